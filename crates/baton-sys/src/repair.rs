@@ -1,0 +1,422 @@
+//! `TCP_REPAIR`: dump an established socket on the front-end and restore it
+//! on the back-end, in the order the kernel requires (see `shared/DESIGN.md`).
+//!
+//! Ordering rules the kernel enforces (and that each function follows):
+//! `TCP_QUEUE_SEQ` only before `connect` (else EPERM); `TCP_REPAIR_OPTIONS`
+//! only after `connect` (else EPERM); `TCP_REPAIR_WINDOW` only after the
+//! receive-queue bytes are queued (else EINVAL); `TCP_TIMESTAMP` only in repair
+//! mode (else EPERM); `TCP_REPAIR` before any `SO_REUSEADDR` (which would
+//! cancel the forced address reuse that lets many restored sockets share
+//! VIP:port).
+
+use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use baton_proto::{RepairWindow, TcpState};
+
+use crate::sockopt::{self, OptVal};
+use crate::{cvt, Result, SysError};
+
+const TCP_REPAIR_ON: libc::c_int = 1;
+const TCP_REPAIR_OFF: libc::c_int = 0;
+/// Leave repair mode without sending a window probe.
+const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+
+const TCP_NO_QUEUE: libc::c_int = 0;
+const TCP_RECV_QUEUE: libc::c_int = 1;
+const TCP_SEND_QUEUE: libc::c_int = 2;
+
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+
+/// The largest value `TCP_MAXSEG` accepts.
+const MAX_USER_MSS: u16 = 32767;
+
+/// The most unread bytes a handoff carries. More than this means the client
+/// sent a large body before we handed off; the front then refuses the handoff.
+pub const MAX_UNREAD: usize = 4 << 20;
+
+/// `struct tcp_repair_opt`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct RepairOpt {
+    code: u32,
+    val: u32,
+}
+// SAFETY: two u32, no padding, valid for every bit pattern.
+unsafe impl OptVal for RepairOpt {}
+
+/// `struct tcp_repair_window`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct RawWindow {
+    snd_wl1: u32,
+    snd_wnd: u32,
+    max_window: u32,
+    rcv_wnd: u32,
+    rcv_wup: u32,
+}
+// SAFETY: five u32, no padding, valid for every bit pattern.
+unsafe impl OptVal for RawWindow {}
+const _: () = assert!(std::mem::size_of::<RawWindow>() == 20);
+const _: () = assert!(std::mem::size_of::<RepairOpt>() == 8);
+
+/// A dumped connection: its state and the bytes the client sent that the
+/// back-end's HTTP server must still read.
+#[derive(Debug, Clone)]
+pub struct Dumped {
+    /// The TCP state (with `ts_val` as read at dump time).
+    pub state: TcpState,
+    /// Bytes still in the kernel's receive queue (peeked, not consumed).
+    pub unread: Vec<u8>,
+}
+
+fn tcp(fd: BorrowedFd<'_>, name: libc::c_int, val: libc::c_int, call: &'static str) -> Result<()> {
+    sockopt::set_int(fd, libc::IPPROTO_TCP, name, val, call)
+}
+
+/// Puts the socket into repair mode (or takes it out).
+pub fn set_repair(fd: BorrowedFd<'_>, on: bool) -> Result<()> {
+    let val = if on { TCP_REPAIR_ON } else { TCP_REPAIR_OFF };
+    tcp(fd, libc::TCP_REPAIR, val, "setsockopt(TCP_REPAIR)")
+}
+
+/// Takes a restored socket out of repair mode without the window probe the
+/// kernel would otherwise send: the connection is live from here on.
+pub fn go_live(fd: BorrowedFd<'_>) -> Result<()> {
+    tcp(
+        fd,
+        libc::TCP_REPAIR,
+        TCP_REPAIR_OFF_NO_WP,
+        "setsockopt(TCP_REPAIR, OFF_NO_WP)",
+    )
+}
+
+/// Dumps an established socket. Leaves it in repair mode: the caller then
+/// either closes it (nothing is sent to the client) or, if the handoff fails,
+/// calls [`set_repair`]`(fd, false)` and keeps serving on it.
+///
+/// The caller must have stopped the client's packets from reaching this
+/// socket first (the forwarder's PARK entry): in repair mode the kernel still
+/// ACKs incoming data, and those bytes would not be in the dump.
+pub fn dump(fd: BorrowedFd<'_>) -> Result<Dumped> {
+    set_repair(fd, true)?;
+    let r = dump_in_repair(fd);
+    if r.is_err() {
+        // Best effort: leave the socket usable so the caller can answer 502.
+        let _ = set_repair(fd, false);
+    }
+    r
+}
+
+fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
+    let p = libc::IPPROTO_TCP;
+    tcp(
+        fd,
+        libc::TCP_REPAIR_QUEUE,
+        TCP_SEND_QUEUE,
+        "setsockopt(TCP_REPAIR_QUEUE, send)",
+    )?;
+    let snd_seq: u32 = sockopt::get(
+        fd,
+        p,
+        libc::TCP_QUEUE_SEQ,
+        "getsockopt(TCP_QUEUE_SEQ, send)",
+        false,
+    )?;
+    let unsent = outq(fd)?;
+    if unsent != 0 {
+        // The front never writes to a connection it hands off; data in the
+        // send queue would be lost.
+        return Err(SysError {
+            call: "ioctl(SIOCOUTQ)",
+            source: std::io::Error::other(format!("{unsent} bytes in the send queue")),
+        });
+    }
+    tcp(
+        fd,
+        libc::TCP_REPAIR_QUEUE,
+        TCP_RECV_QUEUE,
+        "setsockopt(TCP_REPAIR_QUEUE, recv)",
+    )?;
+    let rcv_seq: u32 = sockopt::get(
+        fd,
+        p,
+        libc::TCP_QUEUE_SEQ,
+        "getsockopt(TCP_QUEUE_SEQ, recv)",
+        false,
+    )?;
+    let unread = peek_recv_queue(fd)?;
+    tcp(
+        fd,
+        libc::TCP_REPAIR_QUEUE,
+        TCP_NO_QUEUE,
+        "setsockopt(TCP_REPAIR_QUEUE, none)",
+    )?;
+
+    // In repair mode TCP_MAXSEG reports the MSS clamp (what the peer offered).
+    let mss = sockopt::get_int(fd, p, libc::TCP_MAXSEG, "getsockopt(TCP_MAXSEG)")?;
+    let info: [u8; 8] = sockopt::get(fd, p, libc::TCP_INFO, "getsockopt(TCP_INFO)", true)?;
+    let options = info[5];
+    let ts_val: u32 = sockopt::get(
+        fd,
+        p,
+        libc::TCP_TIMESTAMP,
+        "getsockopt(TCP_TIMESTAMP)",
+        false,
+    )?;
+    let w: RawWindow = sockopt::get(
+        fd,
+        p,
+        libc::TCP_REPAIR_WINDOW,
+        "getsockopt(TCP_REPAIR_WINDOW)",
+        false,
+    )?;
+
+    let state = TcpState {
+        snd_seq,
+        rcv_seq,
+        mss: u16::try_from(mss).unwrap_or(u16::MAX),
+        wscale_ok: options & TCPI_OPT_WSCALE != 0,
+        // tcpi_snd_wscale is the low nibble, tcpi_rcv_wscale the high one.
+        snd_wscale: info[6] & 0x0f,
+        rcv_wscale: info[6] >> 4,
+        timestamps_ok: options & TCPI_OPT_TIMESTAMPS != 0,
+        sack_ok: options & TCPI_OPT_SACK != 0,
+        ts_val,
+        window: RepairWindow {
+            snd_wl1: w.snd_wl1,
+            snd_wnd: w.snd_wnd,
+            max_window: w.max_window,
+            rcv_wnd: w.rcv_wnd,
+            rcv_wup: w.rcv_wup,
+        },
+    };
+    Ok(Dumped { state, unread })
+}
+
+fn ioctl_int(fd: BorrowedFd<'_>, req: libc::c_ulong, call: &'static str) -> Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCINQ/SIOCOUTQ write one int through the pointer.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut n) };
+    cvt(ret, call)?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+fn outq(fd: BorrowedFd<'_>) -> Result<usize> {
+    ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")
+}
+
+/// Peeks every byte in the receive queue (repair mode, receive queue
+/// selected: the kernel only allows `MSG_PEEK` then).
+fn peek_recv_queue(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
+    let n = ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if n > MAX_UNREAD {
+        return Err(SysError {
+            call: "ioctl(SIOCINQ)",
+            source: std::io::Error::other(format!(
+                "{n} unread bytes exceed the handoff limit of {MAX_UNREAD}"
+            )),
+        });
+    }
+    let mut buf = vec![0u8; n];
+    // SAFETY: `buf` is a writable buffer of `n` bytes.
+    let got = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            n,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if got < 0 {
+        return Err(SysError::last("recv(MSG_PEEK)"));
+    }
+    buf.truncate(got as usize);
+    Ok(buf)
+}
+
+/// Recreates a dumped connection on this host, bound to `local` (the VIP,
+/// which must be a local address) and connected to `peer` (the client), with
+/// `data` (what the client sent that the server has not read yet) in its
+/// receive queue. `ts_advance_ms` is added to the dumped timestamp to cover
+/// the time since the dump (a stale timestamp trips the client's PAWS check).
+///
+/// The socket is returned still in repair mode: nothing has been sent. Call
+/// [`go_live`] to start it, or drop it to discard it silently.
+pub fn restore(
+    state: &TcpState,
+    local: SocketAddrV4,
+    peer: SocketAddrV4,
+    data: &[u8],
+    ts_advance_ms: u32,
+) -> Result<OwnedFd> {
+    let p = libc::IPPROTO_TCP;
+    // SAFETY: plain socket(2); the fd is owned immediately below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let raw = cvt(raw, "socket")?;
+    // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = sock.as_fd();
+
+    // Repair mode first: it forces address reuse for bind.
+    set_repair(fd, true)?;
+    tcp(
+        fd,
+        libc::TCP_REPAIR_QUEUE,
+        TCP_SEND_QUEUE,
+        "setsockopt(TCP_REPAIR_QUEUE, send)",
+    )?;
+    sockopt::set(
+        fd,
+        p,
+        libc::TCP_QUEUE_SEQ,
+        &state.snd_seq,
+        "setsockopt(TCP_QUEUE_SEQ, send)",
+    )?;
+    tcp(
+        fd,
+        libc::TCP_REPAIR_QUEUE,
+        TCP_RECV_QUEUE,
+        "setsockopt(TCP_REPAIR_QUEUE, recv)",
+    )?;
+    let len = u32::try_from(data.len()).map_err(|_| SysError {
+        call: "restore",
+        source: std::io::Error::other("handoff data too large"),
+    })?;
+    let rcv_start = state.rcv_seq.wrapping_sub(len);
+    sockopt::set(
+        fd,
+        p,
+        libc::TCP_QUEUE_SEQ,
+        &rcv_start,
+        "setsockopt(TCP_QUEUE_SEQ, recv)",
+    )?;
+    // Before connect, or the socket starts with MSS 536. The kernel caps a
+    // user MSS at 32767 (MAX_TCP_WINDOW); the exact clamp (65483 on loopback)
+    // is restored by TCP_REPAIR_OPTIONS below.
+    let user_mss = libc::c_int::from(state.mss.min(MAX_USER_MSS));
+    sockopt::set_int(fd, p, libc::TCP_MAXSEG, user_mss, "setsockopt(TCP_MAXSEG)")?;
+
+    sys_bind_connect(fd, local, peer)?;
+
+    let mut opts = Vec::with_capacity(4);
+    opts.push(RepairOpt {
+        code: TCPOPT_MSS,
+        val: u32::from(state.mss),
+    });
+    if state.wscale_ok {
+        let val = u32::from(state.snd_wscale) | (u32::from(state.rcv_wscale) << 16);
+        opts.push(RepairOpt {
+            code: TCPOPT_WINDOW,
+            val,
+        });
+    }
+    if state.sack_ok {
+        opts.push(RepairOpt {
+            code: TCPOPT_SACK_PERM,
+            val: 0,
+        });
+    }
+    if state.timestamps_ok {
+        opts.push(RepairOpt {
+            code: TCPOPT_TIMESTAMP,
+            val: 0,
+        });
+    }
+    sockopt::set_slice(
+        fd,
+        p,
+        libc::TCP_REPAIR_OPTIONS,
+        &opts,
+        "setsockopt(TCP_REPAIR_OPTIONS)",
+    )?;
+    if state.timestamps_ok {
+        let ts = state.ts_val.wrapping_add(ts_advance_ms);
+        sockopt::set(fd, p, libc::TCP_TIMESTAMP, &ts, "setsockopt(TCP_TIMESTAMP)")?;
+    }
+
+    if !data.is_empty() {
+        // The receive queue is still selected: send() queues into it.
+        let mut off = 0;
+        while off < data.len() {
+            let rest = &data[off..];
+            // SAFETY: `rest` is a readable buffer of `rest.len()` bytes.
+            let n = unsafe { libc::send(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), 0) };
+            if n <= 0 {
+                return Err(SysError::last("send(receive queue)"));
+            }
+            off += n as usize;
+        }
+    }
+    tcp(
+        fd,
+        libc::TCP_REPAIR_QUEUE,
+        TCP_NO_QUEUE,
+        "setsockopt(TCP_REPAIR_QUEUE, none)",
+    )?;
+
+    let w = RawWindow {
+        snd_wl1: state.window.snd_wl1,
+        snd_wnd: state.window.snd_wnd,
+        max_window: state.window.max_window,
+        rcv_wnd: state.window.rcv_wnd,
+        rcv_wup: state.window.rcv_wup,
+    };
+    sockopt::set(
+        fd,
+        p,
+        libc::TCP_REPAIR_WINDOW,
+        &w,
+        "setsockopt(TCP_REPAIR_WINDOW)",
+    )?;
+    Ok(sock)
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn sys_bind_connect(fd: BorrowedFd<'_>, local: SocketAddrV4, peer: SocketAddrV4) -> Result<()> {
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let l = sockaddr(local);
+    // SAFETY: `l` is a valid sockaddr_in of `len` bytes.
+    let ret = unsafe { libc::bind(fd.as_raw_fd(), (&l as *const libc::sockaddr_in).cast(), len) };
+    cvt(ret, "bind(VIP)")?;
+    let r = sockaddr(peer);
+    // SAFETY: as above; in repair mode connect sends no SYN and returns at once.
+    let ret =
+        unsafe { libc::connect(fd.as_raw_fd(), (&r as *const libc::sockaddr_in).cast(), len) };
+    cvt(ret, "connect(client)").map(drop)
+}
+
+/// Sets `O_NONBLOCK` (for handing the fd to an async runtime).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: fcntl on a valid fd.
+    let flags = cvt(
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) },
+        "fcntl(F_GETFL)",
+    )?;
+    // SAFETY: as above.
+    cvt(
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) },
+        "fcntl(F_SETFL)",
+    )
+    .map(drop)
+}

@@ -1,0 +1,110 @@
+//! Size-checked socket option helpers: the choke point for `setsockopt` and
+//! `getsockopt`.
+
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::{cvt, Result, SysError};
+
+/// Plain-old-data values that may be passed to the kernel as option values.
+///
+/// # Safety
+/// Implementors must be `repr(C)` (or primitive) with no padding that the
+/// kernel could read uninitialised and valid for every bit pattern, because
+/// `get` fills them from kernel memory.
+pub unsafe trait OptVal: Copy {}
+
+// SAFETY: primitive integers are valid for every bit pattern.
+unsafe impl OptVal for libc::c_int {}
+// SAFETY: as above.
+unsafe impl OptVal for u32 {}
+// SAFETY: a byte array is valid for every bit pattern and has no padding.
+unsafe impl<const N: usize> OptVal for [u8; N] {}
+
+/// `setsockopt(fd, level, name, &val, sizeof val)`.
+pub fn set<T: OptVal>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &T,
+    call: &'static str,
+) -> Result<()> {
+    set_slice(fd, level, name, std::slice::from_ref(val), call)
+}
+
+/// `setsockopt` with an array of values (e.g. `TCP_REPAIR_OPTIONS`).
+pub fn set_slice<T: OptVal>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    vals: &[T],
+    call: &'static str,
+) -> Result<()> {
+    let len = std::mem::size_of_val(vals);
+    let len = libc::socklen_t::try_from(len).map_err(|_| SysError {
+        call,
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })?;
+    // SAFETY: the pointer and length describe `vals`, which is live for the
+    // call; `OptVal` guarantees the kernel may read it as plain bytes.
+    let ret = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, vals.as_ptr().cast(), len) };
+    cvt(ret, call).map(drop)
+}
+
+/// `getsockopt` into a `T`; fails if the kernel wrote fewer bytes than `T`
+/// unless `allow_short` (used for `TCP_INFO`, which grows across kernels).
+pub fn get<T: OptVal>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    call: &'static str,
+    allow_short: bool,
+) -> Result<T> {
+    let mut val = MaybeUninit::<T>::zeroed();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `val` is a writable buffer of `len` bytes; the kernel writes at
+    // most `len` bytes and reports how many in `len`.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            val.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    cvt(ret, call)?;
+    if !allow_short && (len as usize) != size_of::<T>() {
+        return Err(SysError {
+            call,
+            source: std::io::Error::other(format!(
+                "kernel returned {len} bytes, expected {}",
+                size_of::<T>()
+            )),
+        });
+    }
+    // SAFETY: zero-initialised above and `OptVal` types are valid for every
+    // bit pattern, so whatever the kernel wrote (or did not) is a valid `T`.
+    Ok(unsafe { val.assume_init() })
+}
+
+/// Sets an `int` option.
+pub fn set_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: libc::c_int,
+    call: &'static str,
+) -> Result<()> {
+    set(fd, level, name, &val, call)
+}
+
+/// Reads an `int` option.
+pub fn get_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    call: &'static str,
+) -> Result<libc::c_int> {
+    get(fd, level, name, call, false)
+}

@@ -1,0 +1,92 @@
+//! Dump a live server-side socket and restore it as a new socket on the same
+//! host (loopback, root): the client must not notice.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
+
+use baton_sys::repair;
+
+fn v4(a: SocketAddr) -> SocketAddrV4 {
+    match a {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => panic!("test uses IPv4"),
+    }
+}
+
+#[test]
+fn dump_close_restore_keeps_the_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+
+    // Some bytes the server consumed, some it did not.
+    client
+        .write_all(b"GET / HTTP/1.1\r\n\r\nGET /second HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 18];
+    server.read_exact(&mut head).unwrap();
+    // Wait until the rest is in the server's receive queue.
+    let mut peek = [0u8; 64];
+    let mut waited = 0;
+    while server.peek(&mut peek).unwrap() < 23 {
+        waited += 1;
+        assert!(waited < 1000, "pipelined bytes never arrived");
+        std::thread::yield_now();
+    }
+
+    let local = v4(server.local_addr().unwrap());
+    let peer = v4(server.peer_addr().unwrap());
+    let dumped = repair::dump(server.as_fd()).unwrap();
+    assert_eq!(dumped.unread, b"GET /second HTTP/1.1\r\n\r\n");
+    assert!(dumped.state.mss > 0);
+    // Loopback negotiates timestamps, SACK and window scaling.
+    assert!(dumped.state.timestamps_ok && dumped.state.sack_ok && dumped.state.wscale_ok);
+
+    // Closing in repair mode sends nothing: the client sees no FIN/RST.
+    drop(server);
+
+    let mut data = head.to_vec();
+    data.extend_from_slice(&dumped.unread);
+    let fd = repair::restore(&dumped.state, local, peer, &data, 5).unwrap();
+    repair::go_live(fd.as_fd()).unwrap();
+    // SAFETY-free conversion: the fd is a connected TCP socket we own.
+    let mut restored = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+
+    let mut all = vec![0u8; data.len()];
+    restored.read_exact(&mut all).unwrap();
+    assert_eq!(
+        all, data,
+        "the restored socket must see every byte the client sent"
+    );
+
+    restored
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .unwrap();
+    let mut resp = [0u8; 40];
+    client.read_exact(&mut resp).unwrap();
+    assert_eq!(&resp, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+
+    // And the client can keep talking to the restored socket.
+    client.write_all(b"more").unwrap();
+    let mut more = [0u8; 4];
+    restored.read_exact(&mut more).unwrap();
+    assert_eq!(&more, b"more");
+}
+
+#[test]
+fn restore_rejects_a_non_local_address() {
+    let state = baton_proto::TcpState {
+        mss: 1460,
+        ..Default::default()
+    };
+    let err = repair::restore(
+        &state,
+        "198.19.255.254:80".parse().unwrap(),
+        "127.0.0.1:1".parse().unwrap(),
+        b"",
+        0,
+    )
+    .unwrap_err();
+    assert_eq!(err.call, "bind(VIP)");
+}
