@@ -1,1 +1,760 @@
-//! baton-lab
+//! baton-lab: the network-namespace testbed behind `baton lab up|status|exec|down`.
+//!
+//! Layer: test and demo infrastructure, above the daemons (it starts the
+//! `baton` binary, it does not link it). It drives iproute2 (`ip`) and
+//! `sysctl` through `ip netns exec`, and `curl` for readiness checks.
+//!
+//! Invariants:
+//! - Everything a lab makes lives in its own namespaces, `{name}-client`,
+//!   `{name}-front`, `{name}-backK` and `{name}-br` (the bridge); veths are
+//!   created from the bridge namespace straight into the host namespaces,
+//!   so nothing ever appears in the root namespace.
+//! - Addresses come only from 198.18.0.0/24: client .2, front .3, backK .(10+K),
+//!   VIP .100 on the front's `eth0` (/32) and on each back-end's `lo` (/32);
+//!   back-ends never answer ARP for the VIP. The lab is IPv4 only.
+//! - What `up` made, `up` removes again if it fails (RAII guards), and `down`
+//!   removes from any process, with or without a state file, any number of times.
+//! - Processes are recorded as pid plus start time, so a stale state file can
+//!   never get an unrelated process signalled.
+//!
+//! Files, under `/run/baton/labs/{name}/`: `state.json`, `key.hex` (0600),
+//! `front.toml`, `backK.toml`, `{host}.log`, and `docroot/` unless the spec names one.
+#![deny(unsafe_code)]
+
+mod cmd;
+mod config;
+mod daemon;
+mod docroot;
+mod error;
+mod sys;
+pub mod topology;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use config::{ADMIN_LISTEN, CONTROL_PORT, DIRECT_PORT, VIP_PORT};
+pub use daemon::ProcId;
+pub use docroot::{sample_content, sample_docroot, INDEX_HTML, SAMPLE_FILES};
+pub use error::LabError;
+pub use topology::{Topology, IFACE, MAX_BACKENDS, VIP};
+
+use topology::{is_host_name, is_lab_netns, remove_namespaces, Role, TERM_GRACE};
+
+/// Where labs keep their files.
+pub const LABS_DIR: &str = "/run/baton/labs";
+/// The longest lab name: namespace and interface names must stay short.
+pub const MAX_NAME_LEN: usize = 12;
+/// How long `up` waits for the lab to serve.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often `up` polls for readiness.
+const READY_POLL: Duration = Duration::from_millis(20);
+/// Version of `state.json`'s layout.
+const STATE_VERSION: u32 = 1;
+
+/// What `up` builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabSpec {
+    /// The lab name: 1 to 12 of `[a-z0-9-]`, starting with a letter or digit.
+    pub name: String,
+    /// How many back-ends (1 to [`MAX_BACKENDS`]).
+    pub backends: usize,
+    /// The back-ends' document root; `None` generates [`sample_docroot`] in the lab directory.
+    pub docroot: Option<PathBuf>,
+    /// The `baton` binary to run as `front` and `back`.
+    pub baton_bin: PathBuf,
+    /// TOML inserted after the top-level keys of `front.toml` (before the `[[backend]]` tables).
+    pub front_extra: Option<String>,
+    /// TOML appended to every `backK.toml`.
+    pub back_extra: Option<String>,
+}
+
+impl LabSpec {
+    /// The back-end count when none is given.
+    pub const DEFAULT_BACKENDS: usize = 2;
+
+    /// A spec with two back-ends, the sample docroot and no extras.
+    pub fn new(name: impl Into<String>, baton_bin: impl Into<PathBuf>) -> Self {
+        LabSpec {
+            name: name.into(),
+            backends: Self::DEFAULT_BACKENDS,
+            docroot: None,
+            baton_bin: baton_bin.into(),
+            front_extra: None,
+            back_extra: None,
+        }
+    }
+}
+
+/// One host of a running lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address on `iface`.
+    pub ip: Ipv4Addr,
+    /// Its NIC (always `eth0`).
+    pub iface: String,
+    /// The MAC address of `iface`.
+    pub mac: String,
+    /// The daemon's pid (front and back-ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The daemon's config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<PathBuf>,
+    /// The daemon's log (stdout and stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
+    /// Whether the daemon still runs (filled in by [`status`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+}
+
+/// A lab as `up` built it; `status` prints it as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabInfo {
+    /// The virtual IP clients connect to.
+    pub vip: Ipv4Addr,
+    /// The port on the VIP.
+    pub port: u16,
+    /// `client`, `front`, `back1`..`backN`.
+    pub hosts: BTreeMap<String, HostInfo>,
+    /// The lab name.
+    pub name: String,
+    /// The lab directory.
+    pub labdir: PathBuf,
+    /// The pre-shared key file.
+    pub key_file: PathBuf,
+    /// The back-ends' document root.
+    pub docroot: PathBuf,
+}
+
+/// What `state.json` holds: enough for `status`, `exec` and `down` in another process.
+#[derive(Debug, Serialize, Deserialize)]
+struct LabState {
+    version: u32,
+    spec: LabSpec,
+    info: LabInfo,
+    /// Daemons by host name.
+    daemons: BTreeMap<String, ProcId>,
+}
+
+/// Checks a lab name: 1 to 12 characters of `[a-z0-9-]`, not starting with `-`
+/// (which `ip` would read as an option).
+pub fn validate_name(name: &str) -> Result<(), LabError> {
+    let bad = |reason| {
+        Err(LabError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return bad("must be 1 to 12 characters long");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad("only a-z, 0-9 and '-' are allowed");
+    }
+    if name.starts_with('-') {
+        return bad("must start with a letter or digit");
+    }
+    Ok(())
+}
+
+/// The directory of lab `name` (the name must be valid).
+pub fn lab_dir(name: &str) -> PathBuf {
+    Path::new(LABS_DIR).join(name)
+}
+
+fn state_path(name: &str) -> PathBuf {
+    lab_dir(name).join("state.json")
+}
+
+fn read_state(name: &str) -> Result<Option<LabState>, LabError> {
+    let path = state_path(name);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LabError::io("read", path, e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| LabError::State { path, source })
+}
+
+fn write_state(state: &LabState) -> Result<(), LabError> {
+    let path = state_path(&state.info.name);
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(state).map_err(|source| LabError::State {
+        path: path.clone(),
+        source,
+    })?;
+    // Write then rename: a reader never sees half a file.
+    fs::write(&tmp, text).map_err(|e| LabError::io("write", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| LabError::io("rename to", &path, e))
+}
+
+/// The namespaces of lab `name` that exist now.
+fn lab_namespaces(name: &str) -> Result<Vec<String>, LabError> {
+    let mut v: Vec<String> = cmd::netns_list()?
+        .into_iter()
+        .filter(|ns| is_lab_netns(name, ns))
+        .collect();
+    v.sort_by_key(|ns| host_order(ns.rsplit('-').next().unwrap_or_default()));
+    Ok(v)
+}
+
+/// client, front, back1, back2, ... back10 (numerically), then the bridge.
+fn host_order(host: &str) -> (u8, usize, String) {
+    match host {
+        "client" => (0, 0, String::new()),
+        "front" => (1, 0, String::new()),
+        "br" => (3, 0, String::new()),
+        _ => match host.strip_prefix("back").and_then(|k| k.parse().ok()) {
+            Some(k) => (2, k, String::new()),
+            None => (4, 0, host.to_owned()),
+        },
+    }
+}
+
+/// The lab a namespace belongs to, if it looks like a lab namespace.
+fn lab_of_netns(ns: &str) -> Option<&str> {
+    let (name, host) = ns.rsplit_once('-')?;
+    ((host == "br" || is_host_name(host)) && validate_name(name).is_ok()).then_some(name)
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Undoes a half-done `up`: ends its daemons, removes its namespaces and directory.
+struct UpGuard {
+    labdir: PathBuf,
+    topology: Option<Topology>,
+    children: Vec<(String, Child, ProcId)>,
+    armed: bool,
+}
+
+impl Drop for UpGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let victims: Vec<daemon::Victim> = self
+            .children
+            .iter()
+            .filter_map(|(_, _, id)| daemon::Victim::group(*id))
+            .collect();
+        let _ = daemon::terminate(&victims, TERM_GRACE);
+        for (_, child, _) in &mut self.children {
+            // Reap what terminate did not (it reaps only when it sees a zombie).
+            let _ = child.try_wait();
+        }
+        // Removes the namespaces and ends anything still inside them.
+        drop(self.topology.take());
+        let _ = fs::remove_dir_all(&self.labdir);
+    }
+}
+
+/// Builds lab `spec.name`: topology, key, configs, docroot, daemons; returns
+/// once a client can fetch `http://VIP/`. On any error, everything made is removed.
+pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
+    let name = spec.name.as_str();
+    validate_name(name)?;
+    if spec.backends == 0 || spec.backends > MAX_BACKENDS {
+        return Err(LabError::InvalidSpec(format!(
+            "back-end count {} is outside 1..={MAX_BACKENDS}",
+            spec.backends
+        )));
+    }
+    let baton_bin = fs::canonicalize(&spec.baton_bin)
+        .ok()
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            LabError::InvalidSpec(format!(
+                "baton binary {} not found",
+                spec.baton_bin.display()
+            ))
+        })?;
+    let given_docroot = match &spec.docroot {
+        Some(d) => Some(
+            fs::canonicalize(d)
+                .ok()
+                .filter(|p| p.is_dir())
+                .ok_or_else(|| {
+                    LabError::InvalidSpec(format!("docroot {} is not a directory", d.display()))
+                })?,
+        ),
+        None => None,
+    };
+    let curl = cmd::curl()
+        .ok_or_else(|| LabError::InvalidSpec("curl is needed for the readiness checks".into()))?;
+
+    let labdir = lab_dir(name);
+    let existing = lab_namespaces(name)?;
+    if !existing.is_empty() {
+        return Err(LabError::Exists {
+            name: name.to_owned(),
+            what: format!("namespaces {}", existing.join(", ")),
+        });
+    }
+    fs::create_dir_all(LABS_DIR).map_err(|e| LabError::io("create", LABS_DIR, e))?;
+    // The exclusive create doubles as the lab's lock against a concurrent `up`.
+    match fs::create_dir(&labdir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(LabError::Exists {
+                name: name.to_owned(),
+                what: format!("directory {}", labdir.display()),
+            })
+        }
+        Err(e) => return Err(LabError::io("create", &labdir, e)),
+    }
+    let mut guard = UpGuard {
+        labdir: labdir.clone(),
+        topology: None,
+        children: Vec::new(),
+        armed: true,
+    };
+
+    let topo = guard
+        .topology
+        .insert(Topology::create(name, spec.backends)?);
+    let key_file = labdir.join("key.hex");
+    write_key(&key_file)?;
+    let docroot = match given_docroot {
+        Some(d) => d,
+        None => {
+            let d = labdir.join("docroot");
+            sample_docroot(&d).map_err(|e| LabError::io("write sample docroot", &d, e))?;
+            d
+        }
+    };
+
+    let mut hosts = BTreeMap::new();
+    let mut backends = Vec::new();
+    for h in topo.hosts() {
+        let daemon = !matches!(h.role, Role::Client);
+        hosts.insert(
+            h.name.clone(),
+            HostInfo {
+                netns: h.netns.clone(),
+                ip: h.ip,
+                iface: IFACE.to_owned(),
+                mac: h.mac.clone(),
+                pid: None,
+                config: daemon.then(|| labdir.join(format!("{}.toml", h.name))),
+                log: daemon.then(|| labdir.join(format!("{}.log", h.name))),
+                running: None,
+            },
+        );
+        if let Role::Back(_) = h.role {
+            let text =
+                config::back_toml(h.ip, VIP, &docroot, &key_file, spec.back_extra.as_deref())?;
+            write_file(&labdir.join(format!("{}.toml", h.name)), &text)?;
+            backends.push((h.name.clone(), h.ip));
+        }
+    }
+    let front_text = config::front_toml(
+        VIP,
+        IFACE,
+        &key_file,
+        &backends,
+        spec.front_extra.as_deref(),
+    )?;
+    write_file(&labdir.join("front.toml"), &front_text)?;
+
+    let mut state = LabState {
+        version: STATE_VERSION,
+        // Absolute paths, so the state means the same from any working directory.
+        spec: LabSpec {
+            baton_bin: baton_bin.clone(),
+            docroot: spec.docroot.as_ref().map(|_| docroot.clone()),
+            ..spec.clone()
+        },
+        info: LabInfo {
+            vip: VIP,
+            port: VIP_PORT,
+            hosts,
+            name: name.to_owned(),
+            labdir: labdir.clone(),
+            key_file,
+            docroot,
+        },
+        daemons: BTreeMap::new(),
+    };
+    write_state(&state)?;
+
+    // Back-ends first: the front connects to their control ports when it starts.
+    let order: Vec<(String, String, &str)> = topo
+        .hosts()
+        .iter()
+        .filter_map(|h| match h.role {
+            Role::Back(_) => Some((h.name.clone(), h.netns.clone(), "back")),
+            _ => None,
+        })
+        .chain(
+            topo.host("front")
+                .map(|h| (h.name.clone(), h.netns.clone(), "front")),
+        )
+        .collect();
+    let front_ns = topo
+        .host("front")
+        .map(|h| h.netns.clone())
+        .unwrap_or_default();
+    let client_ns = topo
+        .host("client")
+        .map(|h| h.netns.clone())
+        .unwrap_or_default();
+    for (host, netns, role) in order {
+        let config = labdir.join(format!("{host}.toml"));
+        let log = labdir.join(format!("{host}.log"));
+        let argv = [
+            baton_bin.as_os_str(),
+            OsStr::new(role),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ];
+        let (child, id) = daemon::spawn(&netns, &argv, &log).map_err(|e| match e {
+            LabError::DaemonExited {
+                status, log, tail, ..
+            } => LabError::DaemonExited {
+                host: host.clone(),
+                status,
+                log,
+                tail,
+            },
+            e => e,
+        })?;
+        guard.children.push((host.clone(), child, id));
+        state.daemons.insert(host.clone(), id);
+        if let Some(h) = state.info.hosts.get_mut(&host) {
+            h.pid = Some(id.pid);
+        }
+        write_state(&state)?;
+    }
+
+    wait_ready(&mut guard.children, &front_ns, &client_ns, &labdir, curl)?;
+
+    guard.armed = false;
+    if let Some(t) = guard.topology.take() {
+        t.keep();
+    }
+    Ok(state.info)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
+    fs::write(path, text).map_err(|e| LabError::io("write", path, e))
+}
+
+/// 32 random bytes as 64 lowercase hex digits, no newline, readable by root only.
+fn write_key(path: &Path) -> Result<(), LabError> {
+    let mut key = [0u8; 32];
+    getrandom::getrandom(&mut key).map_err(|e| LabError::Sys {
+        call: "getrandom",
+        source: io::Error::other(e.to_string()),
+    })?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LabError::io("create", path, e))?;
+    f.write_all(hex.as_bytes())
+        .map_err(|e| LabError::io("write", path, e))
+}
+
+/// Polls until the front reports ready and the client can fetch from the VIP;
+/// fails at once if a daemon dies.
+fn wait_ready(
+    children: &mut [(String, Child, ProcId)],
+    front_ns: &str,
+    client_ns: &str,
+    labdir: &Path,
+    curl: &Path,
+) -> Result<(), LabError> {
+    let start = Instant::now();
+    let ready_url = format!("http://{ADMIN_LISTEN}/ready");
+    let vip_url = format!("http://{VIP}:{VIP_PORT}/");
+    let mut front_ready = false;
+    loop {
+        for (host, child, _) in children.iter_mut() {
+            let exited = child.try_wait().map_err(|source| LabError::Sys {
+                call: "waitpid",
+                source,
+            })?;
+            if let Some(status) = exited {
+                let log = labdir.join(format!("{host}.log"));
+                return Err(LabError::DaemonExited {
+                    host: host.clone(),
+                    status: describe(status),
+                    tail: daemon::log_tail(&log),
+                    log,
+                });
+            }
+        }
+        if !front_ready {
+            front_ready = cmd::http_ok(front_ns, curl, &ready_url)?;
+        }
+        if front_ready && cmd::http_ok(client_ns, curl, &vip_url)? {
+            return Ok(());
+        }
+        if start.elapsed() >= READY_TIMEOUT {
+            let log = labdir.join("front.log");
+            return Err(LabError::NotReady {
+                what: if front_ready {
+                    format!("the client cannot fetch {vip_url}")
+                } else {
+                    format!("the front never answered {ready_url}")
+                },
+                waited: start.elapsed(),
+                tail: daemon::log_tail(&log),
+                log,
+            });
+        }
+        std::thread::sleep(READY_POLL);
+    }
+}
+
+fn absent_or_incomplete(name: &str) -> LabError {
+    match lab_namespaces(name) {
+        Ok(ns) if !ns.is_empty() => LabError::Incomplete {
+            name: name.to_owned(),
+            detail: format!(
+                "namespaces {} but no {}",
+                ns.join(", "),
+                state_path(name).display()
+            ),
+        },
+        _ if lab_dir(name).exists() => LabError::Incomplete {
+            name: name.to_owned(),
+            detail: format!("{} exists without a usable state", lab_dir(name).display()),
+        },
+        _ => LabError::NotFound {
+            name: name.to_owned(),
+            labdir: lab_dir(name),
+        },
+    }
+}
+
+/// The lab as recorded by `up`, with `running` filled in for each daemon.
+pub fn status(name: &str) -> Result<LabInfo, LabError> {
+    validate_name(name)?;
+    let Some(state) = read_state(name)? else {
+        return Err(absent_or_incomplete(name));
+    };
+    let present: BTreeSet<String> = lab_namespaces(name)?.into_iter().collect();
+    let missing: Vec<&str> = state
+        .info
+        .hosts
+        .values()
+        .map(|h| h.netns.as_str())
+        .filter(|ns| !present.contains(*ns))
+        .collect();
+    if !missing.is_empty() {
+        return Err(LabError::Incomplete {
+            name: name.to_owned(),
+            detail: format!("namespaces {} are missing", missing.join(", ")),
+        });
+    }
+    let mut info = state.info;
+    for (host, h) in &mut info.hosts {
+        if let Some(id) = state.daemons.get(host) {
+            h.running = Some(id.alive());
+        }
+    }
+    Ok(info)
+}
+
+/// Runs `argv` in the namespace of `host` (`client`, `front`, `backK`, or `br`
+/// for the bridge) with this process's stdio; returns its exit code (128+N
+/// for a death by signal N).
+pub fn exec(name: &str, host: &str, argv: &[String]) -> Result<i32, LabError> {
+    validate_name(name)?;
+    if argv.is_empty() {
+        return Err(LabError::EmptyCommand);
+    }
+    let present = lab_namespaces(name)?;
+    let mut hosts: Vec<String> = match read_state(name) {
+        Ok(Some(s)) => s.info.hosts.into_keys().collect(),
+        _ => present
+            .iter()
+            .filter_map(|ns| ns.rsplit('-').next())
+            .filter(|h| *h != "br")
+            .map(str::to_owned)
+            .collect(),
+    };
+    if present.contains(&topology::bridge_netns(name)) {
+        hosts.push("br".to_owned());
+    }
+    hosts.sort_by_key(|h| host_order(h));
+    if hosts.is_empty() {
+        return Err(absent_or_incomplete(name));
+    }
+    if !hosts.iter().any(|h| h == host) {
+        return Err(LabError::UnknownHost {
+            lab: name.to_owned(),
+            host: host.to_owned(),
+            known: hosts.join(", "),
+        });
+    }
+    let netns = format!("{name}-{host}");
+    if !present.contains(&netns) {
+        return Err(LabError::Incomplete {
+            name: name.to_owned(),
+            detail: format!("namespace {netns} is missing"),
+        });
+    }
+    let status = Command::new(cmd::ip())
+        .args(["netns", "exec", &netns])
+        .args(argv)
+        .status()
+        .map_err(|source| LabError::Spawn {
+            program: cmd::ip().display().to_string(),
+            source,
+        })?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    })
+}
+
+/// Removes lab `name`: ends its daemons and every process in its namespaces
+/// (SIGTERM, up to 5 s, SIGKILL), deletes the namespaces and the lab
+/// directory. Works on half-made labs and without a state file; a lab that
+/// does not exist is not an error.
+pub fn down(name: &str) -> Result<(), LabError> {
+    validate_name(name)?;
+    // A broken state file must not stop the cleanup; the namespaces are found anyway.
+    let daemons = read_state(name)
+        .ok()
+        .flatten()
+        .map(|s| s.daemons)
+        .unwrap_or_default();
+    let namespaces = lab_namespaces(name)?;
+    let mut problems = remove_namespaces(&namespaces, &daemons);
+    let dir = lab_dir(name);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => problems.push(format!("remove {}: {e}", dir.display())),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::Teardown {
+            name: name.to_owned(),
+            problems,
+        })
+    }
+}
+
+/// The labs that exist (a directory under [`LABS_DIR`] or any namespace), sorted.
+pub fn list() -> Vec<String> {
+    let mut names = BTreeSet::new();
+    if let Ok(dir) = fs::read_dir(LABS_DIR) {
+        for entry in dir.flatten() {
+            if let Some(n) = entry.file_name().to_str() {
+                if validate_name(n).is_ok() && entry.path().is_dir() {
+                    names.insert(n.to_owned());
+                }
+            }
+        }
+    }
+    if let Ok(all) = cmd::netns_list() {
+        names.extend(
+            all.iter()
+                .filter_map(|ns| lab_of_netns(ns))
+                .map(str::to_owned),
+        );
+    }
+    names.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["a", "lab1", "t1234a", "a-b-c", "abcdefghijkl"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "abcdefghijklm", "Lab", "a_b", "-a", "a b", "a/b", "é"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn namespaces_of_a_lab_never_include_another_labs() {
+        assert!(is_lab_netns("a", "a-client"));
+        assert!(is_lab_netns("a", "a-back12"));
+        assert!(is_lab_netns("a", "a-br"));
+        assert!(!is_lab_netns("a", "a-b-client"));
+        assert!(!is_lab_netns("a", "a-back1-br"));
+        assert!(!is_lab_netns("a", "a-back"));
+        assert!(!is_lab_netns("a", "ab-client"));
+        assert_eq!(lab_of_netns("a-back1-br"), Some("a-back1"));
+        assert_eq!(lab_of_netns("a-back1"), Some("a"));
+        assert_eq!(lab_of_netns("docker"), None);
+    }
+
+    #[test]
+    fn hosts_sort_numerically() {
+        let mut v = vec!["back10", "br", "back2", "front", "client", "back1"];
+        v.sort_by_key(|h| host_order(h));
+        assert_eq!(v, ["client", "front", "back1", "back2", "back10", "br"]);
+    }
+
+    #[test]
+    fn info_serializes_with_the_contract_fields() {
+        let mut hosts = BTreeMap::new();
+        hosts.insert(
+            "client".to_owned(),
+            HostInfo {
+                netns: "x-client".into(),
+                ip: topology::CLIENT_IP,
+                iface: "eth0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                pid: None,
+                config: None,
+                log: None,
+                running: None,
+            },
+        );
+        let info = LabInfo {
+            vip: VIP,
+            port: 80,
+            hosts,
+            name: "x".into(),
+            labdir: lab_dir("x"),
+            key_file: lab_dir("x").join("key.hex"),
+            docroot: lab_dir("x").join("docroot"),
+        };
+        let v: serde_json::Value = serde_json::to_value(&info).expect("json");
+        assert_eq!(v["vip"], "198.18.0.100");
+        assert_eq!(v["port"], 80);
+        assert_eq!(v["hosts"]["client"]["netns"], "x-client");
+        assert_eq!(v["hosts"]["client"]["ip"], "198.18.0.2");
+        assert_eq!(v["hosts"]["client"]["iface"], "eth0");
+        assert!(v["hosts"]["client"].get("pid").is_none());
+    }
+}

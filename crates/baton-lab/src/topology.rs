@@ -1,0 +1,346 @@
+//! The lab's network: one namespace per host and one for the bridge that joins them.
+//!
+//! Every veth pair is created from inside the bridge namespace straight into
+//! its host namespace, so nothing ever appears in the root namespace, and
+//! every namespace is removed again when the [`Topology`] is dropped (unless
+//! [`Topology::keep`] hands it over to a lab that `down` will remove).
+//!
+//! Offloads are left at the veth defaults (TSO/checksum offload on, GRO off):
+//! frames may carry partial checksums, which the BPF forwarder must handle.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cmd::{self, ip_run, sysctl_in};
+use crate::{daemon, validate_name, LabError};
+
+/// The virtual IP: on the front's NIC, and on every back-end's `lo`.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// Prefix length of the lab segment 198.18.0.0/24.
+pub const PREFIX_LEN: u8 = 24;
+/// The host NIC's name in every host namespace.
+pub const IFACE: &str = "eth0";
+/// The bridge device inside `{name}-br`.
+pub const BRIDGE: &str = "br0";
+/// At most this many back-ends: their addresses (198.18.0.11 up) must stay below the VIP.
+pub const MAX_BACKENDS: usize = 89;
+
+/// The client's address.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The front's address (the VIP is added beside it).
+pub const FRONT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+
+/// The address of back-end `k` (1-based): 198.18.0.(10+k).
+pub fn back_ip(k: usize) -> Option<Ipv4Addr> {
+    (1..=MAX_BACKENDS)
+        .contains(&k)
+        .then(|| u8::try_from(10 + k).ok())
+        .flatten()
+        .map(|last| Ipv4Addr::new(198, 18, 0, last))
+}
+
+/// The role a host plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Runs curl, wrk, benchmarks.
+    Client,
+    /// Runs `baton front`; holds the VIP on its NIC.
+    Front,
+    /// Runs `baton back`; holds the VIP on `lo` and never answers ARP for it.
+    Back(usize),
+}
+
+/// One host of a topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// `client`, `front`, `back1`...
+    pub name: String,
+    /// What it does.
+    pub role: Role,
+    /// Its namespace, `{lab}-{name}`.
+    pub netns: String,
+    /// Its address on [`IFACE`].
+    pub ip: Ipv4Addr,
+    /// The MAC of its [`IFACE`].
+    pub mac: String,
+}
+
+/// A created lab network; dropping it removes every namespace it made (and
+/// ends any process still living in one).
+#[derive(Debug)]
+pub struct Topology {
+    name: String,
+    hosts: Vec<Host>,
+    /// Namespaces made so far, bridge first: what `Drop` must remove.
+    made: Vec<String>,
+    armed: bool,
+}
+
+/// The namespace of the bridge of lab `name`.
+pub fn bridge_netns(name: &str) -> String {
+    format!("{name}-br")
+}
+
+/// Whether `netns` belongs to lab `name`: `{name}-client`, `-front`, `-br` or `-backK`.
+/// The suffix is matched exactly so that lab `a` never claims lab `a-b`'s namespaces.
+pub fn is_lab_netns(name: &str, netns: &str) -> bool {
+    netns
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|host| host == "br" || is_host_name(host))
+}
+
+/// Whether `host` is a host name a lab can have (`client`, `front`, `backK`).
+pub(crate) fn is_host_name(host: &str) -> bool {
+    match host {
+        "client" | "front" => true,
+        _ => host
+            .strip_prefix("back")
+            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())),
+    }
+}
+
+fn ipv6_available() -> bool {
+    Path::new("/proc/sys/net/ipv6").exists()
+}
+
+impl Topology {
+    /// Creates the namespaces, bridge, veths, addresses and sysctls of lab
+    /// `name` with `backends` back-ends. On error everything made so far is
+    /// removed again.
+    pub fn create(name: &str, backends: usize) -> Result<Topology, LabError> {
+        validate_name(name)?;
+        if backends == 0 || backends > MAX_BACKENDS {
+            return Err(LabError::InvalidSpec(format!(
+                "back-end count {backends} is outside 1..={MAX_BACKENDS}"
+            )));
+        }
+        let mut hosts = vec![
+            (String::from("client"), Role::Client, CLIENT_IP),
+            (String::from("front"), Role::Front, FRONT_IP),
+        ];
+        for k in 1..=backends {
+            let ip = back_ip(k)
+                .ok_or_else(|| LabError::InvalidSpec(format!("no address for back{k}")))?;
+            hosts.push((format!("back{k}"), Role::Back(k), ip));
+        }
+
+        let existing: Vec<String> = cmd::netns_list()?
+            .into_iter()
+            .filter(|ns| is_lab_netns(name, ns))
+            .collect();
+        if !existing.is_empty() {
+            return Err(LabError::Exists {
+                name: name.to_owned(),
+                what: format!("namespaces {}", existing.join(", ")),
+            });
+        }
+
+        let mut topo = Topology {
+            name: name.to_owned(),
+            hosts: Vec::new(),
+            made: Vec::new(),
+            armed: true,
+        };
+        let br = bridge_netns(name);
+        let v6 = ipv6_available();
+        for ns in
+            std::iter::once(br.clone()).chain(hosts.iter().map(|(h, _, _)| format!("{name}-{h}")))
+        {
+            ip_run(&["netns", "add", &ns])?;
+            topo.made.push(ns.clone());
+            if v6 {
+                // Before any link exists, so no link ever gets an IPv6 address
+                // or sends router solicitations, DAD or MLD: the lab is IPv4 only.
+                sysctl_in(
+                    &ns,
+                    &[
+                        "net.ipv6.conf.all.disable_ipv6=1".into(),
+                        "net.ipv6.conf.default.disable_ipv6=1".into(),
+                    ],
+                )?;
+            }
+            ip_run(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+
+        ip_run(&[
+            "-n",
+            &br,
+            "link",
+            "add",
+            BRIDGE,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        ip_run(&["-n", &br, "link", "set", BRIDGE, "up"])?;
+
+        for (host, role, ip) in hosts {
+            let ns = format!("{name}-{host}");
+            ip_run(&[
+                "-n", &br, "link", "add", &host, "type", "veth", "peer", "name", IFACE, "netns",
+                &ns,
+            ])?;
+            ip_run(&["-n", &br, "link", "set", &host, "master", BRIDGE, "up"])?;
+            // Sysctls go in before any address or link-up, so there is never a
+            // moment in which a back-end could answer ARP for the VIP.
+            sysctl_in(&ns, &role_sysctls(role))?;
+            let cidr = format!("{ip}/{PREFIX_LEN}");
+            ip_run(&["-n", &ns, "addr", "add", &cidr, "dev", IFACE])?;
+            let vip = format!("{VIP}/32");
+            match role {
+                // A /32 beside the /24: the front answers ARP for the VIP on
+                // eth0 but never picks it as a source address.
+                Role::Front => ip_run(&["-n", &ns, "addr", "add", &vip, "dev", IFACE])?,
+                Role::Back(_) => ip_run(&["-n", &ns, "addr", "add", &vip, "dev", "lo"])?,
+                Role::Client => String::new(),
+            };
+            ip_run(&["-n", &ns, "link", "set", IFACE, "up"])?;
+            let mac = link_mac(&ns, IFACE)?;
+            topo.hosts.push(Host {
+                name: host,
+                role,
+                netns: ns,
+                ip,
+                mac,
+            });
+        }
+        Ok(topo)
+    }
+
+    /// The lab name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The hosts: client, front, back1..backN.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The host called `name`, if any.
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// Every namespace of the topology, bridge first.
+    pub fn namespaces(&self) -> &[String] {
+        &self.made
+    }
+
+    /// Keeps the namespaces after this value is gone: from now on `down` owns them.
+    pub fn keep(mut self) -> Vec<Host> {
+        self.armed = false;
+        std::mem::take(&mut self.hosts)
+    }
+
+    /// Removes everything now and reports what could not be removed.
+    pub fn destroy(mut self) -> Result<(), LabError> {
+        self.armed = false;
+        let problems = remove_namespaces(&self.made, &BTreeMap::new());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Teardown {
+                name: self.name.clone(),
+                problems,
+            })
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if self.armed {
+            // Best effort: a drop cannot report, and `down` cleans whatever survives.
+            let _ = remove_namespaces(&self.made, &BTreeMap::new());
+        }
+    }
+}
+
+fn role_sysctls(role: Role) -> Vec<String> {
+    let set = |keys: &[&str], v: u8| -> Vec<String> {
+        keys.iter()
+            .map(|k| format!("net.ipv4.conf.{k}={v}"))
+            .collect()
+    };
+    match role {
+        Role::Client => Vec::new(),
+        Role::Front => {
+            // The front sees client packets for flows it handed off and, on
+            // ingress, frames it did not route: no reverse-path filtering.
+            let mut s = set(&["all.rp_filter", "default.rp_filter", "eth0.rp_filter"], 0);
+            // Answer ARP for the VIP regardless of what the root namespace's defaults say.
+            s.extend(set(&["all.arp_ignore", "eth0.arp_ignore"], 0));
+            s
+        }
+        Role::Back(_) => {
+            // Direct server return: the VIP on lo must stay invisible to ARP.
+            let mut s = set(&["all.arp_ignore", "eth0.arp_ignore"], 1);
+            s.extend(set(&["all.arp_announce", "eth0.arp_announce"], 2));
+            s
+        }
+    }
+}
+
+/// The MAC address of `dev` in `netns`.
+pub(crate) fn link_mac(netns: &str, dev: &str) -> Result<String, LabError> {
+    let out = ip_run(&["-j", "-n", netns, "link", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::Command {
+        command: format!("ip -j -n {netns} link show dev {dev}"),
+        status: "unparsable output".into(),
+        stderr: e.to_string(),
+    })?;
+    v.get(0)
+        .and_then(|l| l.get("address"))
+        .and_then(|a| a.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| LabError::Command {
+            command: format!("ip -j -n {netns} link show dev {dev}"),
+            status: "no address in output".into(),
+            stderr: out.trim().to_owned(),
+        })
+}
+
+/// How long processes get to exit after SIGTERM before SIGKILL.
+pub(crate) const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// Ends every process still in `namespaces` (plus the `daemons` process
+/// groups), then deletes the namespaces. Returns what could not be done.
+pub(crate) fn remove_namespaces(
+    namespaces: &[String],
+    daemons: &BTreeMap<String, daemon::ProcId>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut victims: Vec<daemon::Victim> = daemons
+        .values()
+        .filter_map(|p| daemon::Victim::group(*p))
+        .collect();
+    for ns in namespaces {
+        match cmd::netns_pids(ns) {
+            Ok(pids) => victims.extend(pids.into_iter().filter_map(daemon::Victim::process)),
+            // Already gone: nothing lives in it.
+            Err(_) if !netns_exists(ns) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    problems.extend(daemon::terminate(&victims, TERM_GRACE));
+    // Hosts before the bridge: a host namespace removed first takes its veth with it.
+    for ns in namespaces.iter().rev() {
+        if let Err(e) = ip_run(&["netns", "del", ns]) {
+            if netns_exists(ns) {
+                problems.push(e.to_string());
+            }
+        }
+    }
+    problems
+}
+
+fn netns_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
