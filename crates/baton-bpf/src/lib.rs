@@ -1,1 +1,39 @@
-//! baton-bpf
+//! BTCP, the bottom module of Baton's TCP handoff: a tc-BPF program on the
+//! front's NIC that steers the packets of handed-off connections in the
+//! kernel, and its typed loader.
+//!
+//! Layer: kernel data path plus the user-space handle on it. `bpf/` holds the
+//! C program (compiled by build.rs with clang, embedded in this crate) and
+//! `bpf/abi.h`, the one header whose structs both sides share.
+//!
+//! Invariants:
+//! - A flow without a FLOWS entry is the front's own business: its packets pass.
+//! - A PARKED flow's packets never reach the front's stack: each is copied into
+//!   the ring and dropped, or, when it cannot be kept, dropped and counted in
+//!   [`Stats::park_lost`] (the client retransmits). IPv4 fragments are the
+//!   exception: without trustworthy ports they always pass ([`Stats::fragments`]).
+//! - A FORWARDED flow's packets leave with the back-end's MAC as destination
+//!   and the front's MAC as source.
+//! - All `unsafe` lives in the `abi` module; the rest of the crate cannot use it.
+//!
+//! The tests load real programs and create network namespaces: run them as root.
+#![deny(unsafe_code)]
+
+mod abi;
+mod error;
+mod forwarder;
+mod frame;
+#[cfg(test)]
+mod tests;
+
+pub use error::BpfError;
+pub use forwarder::{
+    Action, AttachMode, FlowEntry, ForwardTarget, Forwarder, ParkedFrame, ParkedRing, Stats,
+    TestRun, Verdict,
+};
+pub use frame::{prepare_for_resend, FrameError};
+
+/// Capacity of the flow table: writes beyond it fail with a map error.
+pub const MAX_FLOWS: u32 = abi::MAX_FLOWS;
+/// The largest frame that can be parked; larger ones count as [`Stats::park_lost`].
+pub const PARK_MAX_FRAME: u32 = abi::PARK_MAX_FRAME;

@@ -1,1 +1,188 @@
-fn main() {}
+//! `baton`: the one binary. Daemons (`front`, `back`), configuration checks
+//! (`check`), the network-namespace testbed (`lab`), the demo and the
+//! benchmarks.
+
+use baton::{back, bench, config, demo, front, labcmd};
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "baton", version, about = "A content-aware web cluster with kernel-level TCP handoff")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the front-end daemon (needs CAP_NET_ADMIN and CAP_BPF).
+    Front(FrontArgs),
+    /// Run the back-end daemon (needs CAP_NET_ADMIN for TCP_REPAIR).
+    Back(BackArgs),
+    /// Validate a front or back configuration file without starting anything.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// The network-namespace testbed.
+    Lab {
+        #[command(subcommand)]
+        cmd: labcmd::LabCmd,
+    },
+    /// Bring up a lab, drive real traffic through it, report, tear down.
+    Demo(demo::DemoArgs),
+    /// Benchmarks (numbers printed and written as JSON).
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct FrontArgs {
+    /// The configuration file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Override `vip`.
+    #[arg(long)]
+    vip: Option<std::net::Ipv4Addr>,
+    /// Override `port`.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Override `interface`.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Override `admin_listen`.
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(clap::Args, Debug)]
+struct BackArgs {
+    /// The configuration file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Override `docroot`.
+    #[arg(long)]
+    docroot: Option<PathBuf>,
+    /// Override `control_listen`.
+    #[arg(long)]
+    control_listen: Option<std::net::SocketAddrV4>,
+    /// Override `vip`.
+    #[arg(long)]
+    vip: Option<std::net::Ipv4Addr>,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run_front(a: FrontArgs) -> Result<()> {
+    let mut cfg = config::FrontConfig::load(&a.config)?;
+    if let Some(v) = a.vip {
+        cfg.vip = v;
+    }
+    if let Some(v) = a.port {
+        cfg.port = v;
+    }
+    if let Some(v) = a.interface {
+        cfg.interface = v;
+    }
+    if let Some(v) = a.admin_listen {
+        cfg.admin_listen = v;
+    }
+    cfg.validate().with_context(|| format!("invalid configuration {}", a.config.display()))?;
+    runtime()?.block_on(async {
+        let front = front::Front::new(cfg)?;
+        front.run(shutdown_signal()).await
+    })
+}
+
+fn run_back(a: BackArgs) -> Result<()> {
+    let mut cfg = config::BackConfig::load(&a.config)?;
+    if let Some(v) = a.docroot {
+        cfg.docroot = v;
+    }
+    if let Some(v) = a.control_listen {
+        cfg.control_listen = v;
+    }
+    if let Some(v) = a.vip {
+        cfg.vip = v;
+    }
+    cfg.validate().with_context(|| format!("invalid configuration {}", a.config.display()))?;
+    runtime()?.block_on(back::run(cfg, shutdown_signal()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let r = match cli.cmd {
+        Cmd::Lab { cmd } => {
+            return match labcmd::run(cmd) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("baton: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Demo(a) => demo::require_root("baton demo").and_then(|()| demo::run(&a)),
+        Cmd::Bench { cmd } => demo::require_root("baton bench").and_then(|()| bench::run(cmd)),
+        Cmd::Front(a) => run_front(a),
+        Cmd::Back(a) => run_back(a),
+        Cmd::Check { file } => config::check(&file).map(|c| match c {
+            config::AnyConfig::Front(f) => println!(
+                "{}: valid front-end configuration ({} back-ends, VIP {}:{})",
+                file.display(),
+                f.backends.len(),
+                f.vip,
+                f.port
+            ),
+            config::AnyConfig::Back(b) => println!(
+                "{}: valid back-end configuration (control {}, VIP {})",
+                file.display(),
+                b.control_listen,
+                b.vip
+            ),
+        }),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

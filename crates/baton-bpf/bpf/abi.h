@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The one ABI header shared by the BPF program and the Rust loader.
+ *
+ * Every struct here crosses the kernel/user boundary as raw bytes, so its
+ * layout is pinned: explicit padding, sizes asserted below and again in
+ * src/abi.rs. build.rs turns every `#define BTCP_<NAME> <integer>` line of
+ * this file into a Rust `pub const <NAME>: u32`, so constants cannot drift;
+ * keep those defines on one line each with a plain decimal or hex value.
+ */
+#ifndef BTCP_ABI_H
+#define BTCP_ABI_H
+
+#include <linux/types.h>
+
+/* flow_val.action */
+#define BTCP_ACTION_PARK 1
+#define BTCP_ACTION_FORWARD 2
+
+/* Map sizes. */
+#define BTCP_MAX_FLOWS 65536
+/* Must be a power of two and a multiple of the page size. */
+#define BTCP_RING_BYTES 4194304
+/* The largest frame that can be parked: a legacy-GRO/GSO super-frame. */
+#define BTCP_PARK_MAX_FRAME 65536
+
+/* Indices of the per-CPU STATS array. */
+#define BTCP_STAT_PASSED 0       /* IPv4/TCP, no map entry: left to the front's kernel */
+#define BTCP_STAT_FORWARDED 1    /* redirected to a back-end */
+#define BTCP_STAT_PARKED 2       /* copied into the PARKED ring and dropped */
+#define BTCP_STAT_PARK_LOST 3    /* parked flow, frame dropped without a copy (ring full, too big) */
+#define BTCP_STAT_NOT_IPV4_TCP 4 /* not an Ethernet/IPv4/TCP frame, or truncated: passed */
+#define BTCP_STAT_FRAGMENT 5     /* IPv4 fragment (no reliable ports): passed */
+#define BTCP_STAT_ERROR 6        /* helper failure or unknown action in the map */
+#define BTCP_STAT_COUNT 7
+
+/* Sizes, asserted on both sides. */
+#define BTCP_SIZEOF_FLOW_KEY 12
+#define BTCP_SIZEOF_FLOW_VAL 48
+#define BTCP_SIZEOF_PARKED_HDR 20
+
+/*
+ * Key of the FLOWS map, in network byte order, as seen in a client's packet:
+ * saddr/sport are the client, daddr/dport the VIP.
+ */
+struct flow_key {
+	__be32 client_ip;
+	__be32 vip;
+	__be16 client_port;
+	__be16 vip_port;
+};
+
+/* Value of the FLOWS map. User space writes action/ifindex/MACs, BPF the counters. */
+struct flow_val {
+	__u32 action;     /* BTCP_ACTION_* */
+	__u32 ifindex;    /* FORWARD: egress device */
+	__u8 dst_mac[6];  /* FORWARD: the back-end's MAC */
+	__u8 src_mac[6];  /* FORWARD: the front's MAC */
+	__u32 _pad;       /* keeps the u64 counters 8-aligned; always 0 */
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet (CLOCK_MONOTONIC) */
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* One record of the PARKED ring buffer: this header, then `len` frame bytes. */
+struct parked_hdr {
+	struct flow_key key;
+	__u32 len;      /* bytes of frame that follow */
+	__u32 orig_len; /* skb->len when the frame arrived */
+};
+
+_Static_assert(sizeof(struct flow_key) == BTCP_SIZEOF_FLOW_KEY, "flow_key size");
+_Static_assert(sizeof(struct flow_val) == BTCP_SIZEOF_FLOW_VAL, "flow_val size");
+_Static_assert(__builtin_offsetof(struct flow_val, dst_mac) == 8, "flow_val.dst_mac");
+_Static_assert(__builtin_offsetof(struct flow_val, src_mac) == 14, "flow_val.src_mac");
+_Static_assert(__builtin_offsetof(struct flow_val, last_seen_ns) == 24, "flow_val.last_seen_ns");
+_Static_assert(sizeof(struct parked_hdr) == BTCP_SIZEOF_PARKED_HDR, "parked_hdr size");
+_Static_assert(BTCP_STAT_ERROR + 1 == BTCP_STAT_COUNT, "stats indices are dense");
+
+#endif /* BTCP_ABI_H */

@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/* The forwarder's maps. Names are what the Rust loader looks up. */
+#ifndef BTCP_MAPS_H
+#define BTCP_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "abi.h"
+
+/*
+ * Written per handoff from user space, read per packet. No preallocation:
+ * 65536 idle elements would pin ~6 MiB, and a replaced element stays valid
+ * for a program still holding it until the RCU grace period ends.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BTCP_MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} FLOWS SEC(".maps");
+
+/* Frames of parked flows, for the front to re-send once the flow forwards. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, BTCP_RING_BYTES);
+} PARKED SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BTCP_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} STATS SEC(".maps");
+
+/*
+ * Staging area for one parked record per CPU. A PERCPU_ARRAY value is capped
+ * at 32 KiB, too small for a 64 KiB GSO frame, so this is a plain array with
+ * one slot per possible CPU (the loader sets max_entries), indexed by
+ * bpf_get_smp_processor_id(). tc programs run with migration disabled and do
+ * not nest on one CPU, so a slot has one writer at a time.
+ */
+struct park_scratch {
+	struct parked_hdr hdr;
+	__u8 frame[BTCP_PARK_MAX_FRAME];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* overridden at load time */
+	__type(key, __u32);
+	__type(value, struct park_scratch);
+} SCRATCH SEC(".maps");
+
+#endif /* BTCP_MAPS_H */

@@ -1,0 +1,611 @@
+//! The typed loader: loads the embedded program, attaches it at tc ingress,
+//! and exposes its maps as flows, statistics and parked frames.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use baton_proto::FlowKey;
+
+use crate::abi::{self, RawFlowKey, RawFlowVal};
+use crate::error::BpfError;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
+
+const PROGRAM: &str = "btcp_ingress";
+const FLOWS: &str = "FLOWS";
+const STATS: &str = "STATS";
+const PARKED: &str = "PARKED";
+const SCRATCH: &str = "SCRATCH";
+/// The `iface` of errors from a forwarder loaded with [`Forwarder::load`].
+const UNATTACHED: &str = "(unattached)";
+
+// The front keeps these in async tasks.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Forwarder>();
+    assert_send::<ParkedRing>();
+};
+
+/// An error and its causes on one line.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// What the forwarder does with a flow's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Keep them in the parked ring and drop them: the handoff is under way.
+    Park,
+    /// Rewrite the MACs and redirect them to the back-end.
+    Forward,
+}
+
+/// Where a forwarded flow's packets go: out of `ifindex`, on the same L2 segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ForwardTarget {
+    /// The egress interface (the front's NIC).
+    pub ifindex: u32,
+    /// The back-end's MAC.
+    pub dst_mac: [u8; 6],
+    /// The front's own MAC, so the bridge never learns the client's MAC on the front's port.
+    pub src_mac: [u8; 6],
+}
+
+/// One FLOWS entry as the program last left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// What the program does with the flow.
+    pub action: Action,
+    /// Set for [`Action::Forward`].
+    pub target: Option<ForwardTarget>,
+    /// Last packet (or control-plane change), in [`Forwarder::now_ns`] time.
+    pub last_seen_ns: u64,
+    /// Packets seen for the flow (parked and forwarded).
+    pub packets: u64,
+    /// Bytes seen for the flow, Ethernet header included.
+    pub bytes: u64,
+}
+
+/// Packet counters, summed over CPUs, since the program was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// IPv4/TCP packets of flows without an entry, left to the front's kernel.
+    pub passed: u64,
+    /// Packets redirected to a back-end.
+    pub forwarded: u64,
+    /// Packets of parked flows copied into the ring (and dropped).
+    pub parked: u64,
+    /// Packets of parked flows dropped without a copy: ring full or frame over 64 KiB.
+    pub park_lost: u64,
+    /// Frames that are not Ethernet/IPv4/TCP, or truncated: passed.
+    pub not_ipv4_tcp: u64,
+    /// IPv4 fragments: passed, since their ports cannot be trusted.
+    pub fragments: u64,
+    /// Helper failures (dropped) and entries with an unknown action (passed).
+    pub errors: u64,
+}
+
+/// A frame kept while its flow was parked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedFrame {
+    /// The flow it belongs to.
+    pub key: FlowKey,
+    /// The whole frame from the Ethernet header on, as it arrived.
+    pub frame: Vec<u8>,
+}
+
+/// How the program is attached at tc ingress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// A TCX link (Linux 6.6+): detached when its fd closes, whatever the thread's namespace.
+    Tcx,
+    /// A direct-action filter on a `clsact` qdisc, via netlink (older kernels). The
+    /// qdisc stays after detaching; detaching talks netlink in the calling
+    /// thread's network namespace, so drop the forwarder there.
+    Clsact,
+}
+
+/// The verdict of one [`Forwarder::test_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// `TC_ACT_OK`: the front's kernel gets the packet.
+    Pass,
+    /// `TC_ACT_SHOT`.
+    Drop,
+    /// `TC_ACT_REDIRECT`.
+    Redirect,
+    /// Any other return value.
+    Other(u32),
+}
+
+impl From<u32> for Verdict {
+    fn from(retval: u32) -> Self {
+        match retval {
+            0 => Verdict::Pass,
+            2 => Verdict::Drop,
+            7 => Verdict::Redirect,
+            other => Verdict::Other(other),
+        }
+    }
+}
+
+/// The outcome of running the program on one frame with `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRun {
+    /// What the program returned.
+    pub verdict: Verdict,
+    /// The frame after the program ran.
+    pub frame: Vec<u8>,
+    /// Mean run time per repetition, as measured by the kernel.
+    pub duration_ns: u32,
+}
+
+/// The parked-frame ring, taken once from [`Forwarder::parked`].
+///
+/// Its fd becomes readable when frames are waiting (register it with
+/// `tokio::io::unix::AsyncFd`), then drain with [`ParkedRing::next`].
+pub struct ParkedRing {
+    ring: RingBuf<MapData>,
+    poll_fd: Option<OwnedFd>,
+    malformed: u64,
+}
+
+impl ParkedRing {
+    /// The oldest frame not yet read, or `None` when the ring is empty.
+    #[allow(clippy::should_implement_trait)] // items are not a stream: new ones arrive later
+    pub fn next(&mut self) -> Option<ParkedFrame> {
+        // Each pass consumes one record, so this ends when the ring is empty.
+        loop {
+            let item = self.ring.next()?;
+            match abi::parse_parked_record(&item) {
+                Some((key, frame)) => {
+                    return Some(ParkedFrame {
+                        key,
+                        frame: frame.to_vec(),
+                    })
+                }
+                None => self.malformed += 1,
+            }
+        }
+    }
+
+    /// An owned duplicate of the ring's descriptor, to register with a
+    /// poller that must own its fd (readable when frames wait).
+    pub fn poll_fd(&self) -> std::io::Result<OwnedFd> {
+        match &self.poll_fd {
+            Some(fd) => fd.try_clone(),
+            None => Err(std::io::Error::other("the ring's descriptor could not be duplicated")),
+        }
+    }
+
+    /// Records skipped because they were shorter than their header said (an ABI defect).
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+}
+
+impl AsRawFd for ParkedRing {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+impl fmt::Debug for ParkedRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParkedRing")
+            .field("fd", &self.ring.as_raw_fd())
+            .field("malformed", &self.malformed)
+            .finish()
+    }
+}
+
+/// The loaded forwarder; attached at tc ingress unless made with [`Forwarder::load`].
+/// Dropping it detaches and unloads the program.
+pub struct Forwarder {
+    iface: String,
+    mode: Option<AttachMode>,
+    flows: HashMap<MapData, RawFlowKey, RawFlowVal>,
+    stats: PerCpuArray<MapData, u64>,
+    ring: Option<RingBuf<MapData>>,
+    ring_fd: Option<OwnedFd>,
+    // Owns the program and its link; dropped last.
+    ebpf: Ebpf,
+}
+
+impl fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("iface", &self.iface)
+            .field("mode", &self.mode)
+            .field("ring_taken", &self.ring.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// Loads the program and attaches it at tc ingress of `iface`: a TCX link,
+    /// or a clsact filter where TCX is unavailable. `iface` is resolved in
+    /// the calling thread's network namespace.
+    pub fn attach(iface: &str) -> Result<Self, BpfError> {
+        let mut forwarder = Self::load_for(iface)?;
+        let tcx = forwarder.attach_as(AttachMode::Tcx);
+        if let Err(tcx_error) = tcx {
+            let tcx_error = match &tcx_error {
+                BpfError::Attach { source, .. } => describe(source.as_ref()),
+                other => describe(other),
+            };
+            forwarder
+                .attach_as(AttachMode::Clsact)
+                .map_err(|e| match e {
+                    BpfError::Attach {
+                        iface,
+                        step,
+                        source,
+                    } => BpfError::Attach {
+                        iface,
+                        step: format!("{step}, after the TCX link failed: {tcx_error}"),
+                        source,
+                    },
+                    other => other,
+                })?;
+        }
+        Ok(forwarder)
+    }
+
+    /// Like [`Forwarder::attach`], with no fallback from the given mode.
+    pub fn attach_with(iface: &str, mode: AttachMode) -> Result<Self, BpfError> {
+        let mut forwarder = Self::load_for(iface)?;
+        forwarder.attach_as(mode)?;
+        Ok(forwarder)
+    }
+
+    /// Loads the program without attaching it, for [`Forwarder::test_run`] and benchmarks.
+    pub fn load() -> Result<Self, BpfError> {
+        Self::load_for(UNATTACHED)
+    }
+
+    /// The interface given to `attach`.
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// How the program is attached; `None` after [`Forwarder::load`].
+    pub fn attach_mode(&self) -> Option<AttachMode> {
+        self.mode
+    }
+
+    /// The kernel's id of the loaded program (as `bpftool prog show id` takes it).
+    pub fn program_id(&self) -> Result<u32, BpfError> {
+        let info = self
+            .program()?
+            .info()
+            .map_err(|e| self.program_error("querying program info", e))?;
+        Ok(info.id())
+    }
+
+    /// Parks `key`: its packets are kept in the ring and dropped. Replaces any entry.
+    pub fn park(&mut self, key: &FlowKey) -> Result<(), BpfError> {
+        self.write_entry(
+            key,
+            RawFlowVal {
+                action: abi::ACTION_PARK,
+                ..RawFlowVal::default()
+            },
+        )
+    }
+
+    /// Forwards `key` to `to`. Replaces any entry.
+    pub fn forward(&mut self, key: &FlowKey, to: &ForwardTarget) -> Result<(), BpfError> {
+        let invalid = |reason| BpfError::InvalidTarget {
+            iface: self.iface.clone(),
+            key: *key,
+            reason,
+        };
+        if to.ifindex == 0 {
+            return Err(invalid("ifindex 0"));
+        }
+        // Group (incl. broadcast) addresses would flood the segment with the client's packets.
+        if to.dst_mac[0] & 1 != 0 || to.dst_mac == [0; 6] {
+            return Err(invalid("destination MAC is not a unicast address"));
+        }
+        if to.src_mac[0] & 1 != 0 || to.src_mac == [0; 6] {
+            return Err(invalid("source MAC is not a unicast address"));
+        }
+        self.write_entry(
+            key,
+            RawFlowVal {
+                action: abi::ACTION_FORWARD,
+                ifindex: to.ifindex,
+                dst_mac: to.dst_mac,
+                src_mac: to.src_mac,
+                ..RawFlowVal::default()
+            },
+        )
+    }
+
+    /// Removes `key`'s entry: its packets go to the front's kernel again. Absent is fine.
+    pub fn remove(&mut self, key: &FlowKey) -> Result<(), BpfError> {
+        match self.flows.remove(&RawFlowKey::from(key)) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(self.map_error("removing an entry", FLOWS, e)),
+        }
+    }
+
+    /// The entries of the FLOWS map, in no particular order.
+    pub fn entries(&self) -> Result<Vec<(FlowKey, FlowEntry)>, BpfError> {
+        let mut out = Vec::new();
+        for item in self.flows.iter() {
+            let (raw_key, raw) = item.map_err(|e| self.map_error("iterating", FLOWS, e))?;
+            let key = FlowKey::from(raw_key);
+            let (action, target) = match raw.action {
+                abi::ACTION_PARK => (Action::Park, None),
+                abi::ACTION_FORWARD => (
+                    Action::Forward,
+                    Some(ForwardTarget {
+                        ifindex: raw.ifindex,
+                        dst_mac: raw.dst_mac,
+                        src_mac: raw.src_mac,
+                    }),
+                ),
+                action => {
+                    return Err(BpfError::UnknownAction {
+                        iface: self.iface.clone(),
+                        key,
+                        action,
+                    })
+                }
+            };
+            out.push((
+                key,
+                FlowEntry {
+                    action,
+                    target,
+                    last_seen_ns: raw.last_seen_ns,
+                    packets: raw.packets,
+                    bytes: raw.bytes,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The packet counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats, BpfError> {
+        let read = |index: u32| -> Result<u64, BpfError> {
+            let per_cpu = self
+                .stats
+                .get(&index, 0)
+                .map_err(|e| self.map_error("reading a counter", STATS, e))?;
+            Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+        };
+        Ok(Stats {
+            passed: read(abi::STAT_PASSED)?,
+            forwarded: read(abi::STAT_FORWARDED)?,
+            parked: read(abi::STAT_PARKED)?,
+            park_lost: read(abi::STAT_PARK_LOST)?,
+            not_ipv4_tcp: read(abi::STAT_NOT_IPV4_TCP)?,
+            fragments: read(abi::STAT_FRAGMENT)?,
+            errors: read(abi::STAT_ERROR)?,
+        })
+    }
+
+    /// Takes the parked-frame ring. There is one consumer: a second call fails.
+    pub fn parked(&mut self) -> Result<ParkedRing, BpfError> {
+        let ring = self.ring.take().ok_or_else(|| BpfError::RingTaken {
+            iface: self.iface.clone(),
+        })?;
+        Ok(ParkedRing {
+            ring,
+            poll_fd: self.ring_fd.take(),
+            malformed: 0,
+        })
+    }
+
+    /// CLOCK_MONOTONIC in nanoseconds, the clock of [`FlowEntry::last_seen_ns`].
+    pub fn now_ns() -> u64 {
+        abi::monotonic_ns()
+    }
+
+    /// Runs the program on `frame` `repeat` times (at least once) with
+    /// `BPF_PROG_TEST_RUN`, against the live maps. A redirect is only
+    /// reported, not carried out. Parked copies do go into the ring.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRun, BpfError> {
+        let program = self.program()?;
+        let fd = program
+            .fd()
+            .map_err(|e| self.program_error("getting the program fd", e))?;
+        let raw =
+            abi::prog_test_run(fd.as_fd(), frame, repeat).map_err(|source| BpfError::Sys {
+                iface: self.iface.clone(),
+                step: "BPF_PROG_TEST_RUN",
+                source,
+            })?;
+        Ok(TestRun {
+            verdict: Verdict::from(raw.retval),
+            frame: raw.data_out,
+            duration_ns: raw.duration_ns,
+        })
+    }
+
+    fn load_for(iface: &str) -> Result<Self, BpfError> {
+        let cpus = aya::util::nr_cpus()
+            .ok()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| BpfError::Sys {
+                iface: iface.to_owned(),
+                step: "reading the number of possible CPUs",
+                source: io::Error::other("/sys/devices/system/cpu/possible unreadable"),
+            })?;
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries(SCRATCH, cpus)
+            .load(OBJECT)
+            .map_err(|e| BpfError::LoadObject {
+                iface: iface.to_owned(),
+                source: Box::new(e),
+            })?;
+        let missing = |what, name| BpfError::Missing {
+            iface: iface.to_owned(),
+            what,
+            name,
+        };
+        let program_error = |step, e| BpfError::Program {
+            iface: iface.to_owned(),
+            step,
+            source: Box::new(e),
+        };
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| missing("program", PROGRAM))?
+            .try_into()
+            .map_err(|e| program_error("checking the program type", e))?;
+        program
+            .load()
+            .map_err(|e| program_error("loading btcp_ingress (verifier)", e))?;
+
+        let map_error = |step, map, e| BpfError::Map {
+            iface: iface.to_owned(),
+            step,
+            map,
+            source: Box::new(e),
+        };
+        let flows = ebpf.take_map(FLOWS).ok_or_else(|| missing("map", FLOWS))?;
+        let flows = HashMap::try_from(flows).map_err(|e| map_error("opening", FLOWS, e))?;
+        let stats = ebpf.take_map(STATS).ok_or_else(|| missing("map", STATS))?;
+        let stats = PerCpuArray::try_from(stats).map_err(|e| map_error("opening", STATS, e))?;
+        let ring = ebpf
+            .take_map(PARKED)
+            .ok_or_else(|| missing("map", PARKED))?;
+        // A second descriptor of the ring, owned, for pollers (tokio's
+        // AsyncFd) that must own what they register.
+        let ring_fd = match &ring {
+            aya::maps::Map::RingBuf(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
+        let ring = RingBuf::try_from(ring).map_err(|e| map_error("opening", PARKED, e))?;
+
+        Ok(Self {
+            iface: iface.to_owned(),
+            mode: None,
+            flows,
+            stats,
+            ring: Some(ring),
+            ring_fd,
+            ebpf,
+        })
+    }
+
+    fn attach_as(&mut self, mode: AttachMode) -> Result<(), BpfError> {
+        let iface = self.iface.clone();
+        let attach_error =
+            |step: &str, source: Box<dyn std::error::Error + Send + Sync>| BpfError::Attach {
+                iface: iface.clone(),
+                step: step.to_owned(),
+                source,
+            };
+        let program = self.program_mut()?;
+        match mode {
+            AttachMode::Tcx => {
+                // First: a handed-off flow must be steered before any other program can answer it.
+                let options = TcAttachOptions::TcxOrder(LinkOrder::first());
+                program
+                    .attach_with_options(&iface, TcAttachType::Ingress, options)
+                    .map_err(|e| attach_error("TCX link", Box::new(e)))?;
+            }
+            AttachMode::Clsact => {
+                if let Err(e) = tc::qdisc_add_clsact(&iface) {
+                    if e.raw_os_error() != Some(libc::EEXIST) {
+                        return Err(attach_error("adding the clsact qdisc", Box::new(e)));
+                    }
+                }
+                let options = TcAttachOptions::Netlink(NlOptions::default());
+                program
+                    .attach_with_options(&iface, TcAttachType::Ingress, options)
+                    .map_err(|e| attach_error("clsact filter", Box::new(e)))?;
+            }
+        }
+        self.mode = Some(mode);
+        Ok(())
+    }
+
+    fn write_entry(&mut self, key: &FlowKey, mut value: RawFlowVal) -> Result<(), BpfError> {
+        let raw_key = RawFlowKey::from(key);
+        // Counters carry over from PARK to FORWARD; a best effort, the program may
+        // count one more packet into the old element while it is replaced.
+        match self.flows.get(&raw_key, 0) {
+            Ok(old) => {
+                value.packets = old.packets;
+                value.bytes = old.bytes;
+            }
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(self.map_error("looking up an entry", FLOWS, e)),
+        }
+        // Ageing starts now, not at the first packet, which may never come.
+        value.last_seen_ns = Self::now_ns();
+        self.flows
+            .insert(raw_key, value, 0)
+            .map_err(|e| self.map_error("writing an entry", FLOWS, e))
+    }
+
+    fn program(&self) -> Result<&SchedClassifier, BpfError> {
+        let program = self
+            .ebpf
+            .program(PROGRAM)
+            .ok_or_else(|| BpfError::Missing {
+                iface: self.iface.clone(),
+                what: "program",
+                name: PROGRAM,
+            })?;
+        program
+            .try_into()
+            .map_err(|e| self.program_error("checking the program type", e))
+    }
+
+    fn program_mut(&mut self) -> Result<&mut SchedClassifier, BpfError> {
+        let iface = self.iface.clone();
+        let program = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| BpfError::Missing {
+                iface: iface.clone(),
+                what: "program",
+                name: PROGRAM,
+            })?;
+        program.try_into().map_err(|e| BpfError::Program {
+            iface,
+            step: "checking the program type",
+            source: Box::new(e),
+        })
+    }
+
+    fn program_error(&self, step: &'static str, e: aya::programs::ProgramError) -> BpfError {
+        BpfError::Program {
+            iface: self.iface.clone(),
+            step,
+            source: Box::new(e),
+        }
+    }
+
+    fn map_error(&self, step: &'static str, map: &'static str, e: MapError) -> BpfError {
+        BpfError::Map {
+            iface: self.iface.clone(),
+            step,
+            map,
+            source: Box::new(e),
+        }
+    }
+}

@@ -1,0 +1,721 @@
+//! Control-channel messages and their wire codec.
+//!
+//! # Wire format (version [`PROTOCOL_VERSION`])
+//!
+//! ```text
+//! +----------------+------+-----------------+------------------------+
+//! | len: u32 BE    | type | body            | tag (16 bytes, sealed) |
+//! +----------------+------+-----------------+------------------------+
+//!                  |<------------------- len bytes ----------------->|
+//! ```
+//!
+//! All integers are big-endian and fixed-width. Strings are a `u16` byte
+//! length followed by UTF-8; byte blobs are a `u32` length followed by the
+//! bytes. The tag is present only on a channel that completed the
+//! [`auth`](crate::auth) handshake; [`Frame::encode`]/[`Frame::decode`] are
+//! the unsealed form (tests, tools, fuzzing), [`Sealer`](crate::auth::Sealer)
+//! and [`Opener`](crate::auth::Opener) the sealed one.
+//!
+//! | type | frame      | body                                             |
+//! |------|------------|--------------------------------------------------|
+//! | 1    | `Handoff`  | id u64, flow, state, data blob                   |
+//! | 2    | `Ready`    | id u64                                           |
+//! | 3    | `Refused`  | id u64, reason string                            |
+//! | 4    | `Go`       | id u64                                           |
+//! | 5    | `Abort`    | id u64                                           |
+//! | 6    | `Closed`   | id u64, flow                                     |
+//! | 7    | `Load`     | active u32, total u64                            |
+//! | 8    | `Ping`     | nonce u64                                        |
+//! | 9    | `Pong`     | nonce u64                                        |
+//! | 10   | `Goodbye`  | reason string                                    |
+//!
+//! `flow` is client IPv4 (4), client port (2), VIP (4), VIP port (2).
+//! `state` is snd_seq u32, rcv_seq u32, mss u16, flags u8 (bit 0 window
+//! scaling, bit 1 timestamps, bit 2 SACK; other bits must be zero),
+//! snd_wscale u8, rcv_wscale u8, ts_val u32, then the five `u32` of
+//! [`RepairWindow`] in declaration order.
+//!
+//! # Limits
+//!
+//! The decoder rejects a claimed length above [`FrameLimits::max_frame_len`]
+//! as soon as the four prefix bytes arrive, and reserves at most the claimed
+//! length while waiting for the rest. A decode error leaves the stream at an
+//! unknown position: the channel must be closed.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::flow::FlowKey;
+use crate::tcp::{RepairWindow, TcpState};
+use crate::wire::{self, Reader, LEN_PREFIX};
+
+/// The version both ends announce in the handshake; bump it on any change to
+/// the wire format or to the meaning of a frame.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A control-channel message.
+///
+/// The id of a handoff is chosen by the front-end and is unique on one
+/// channel; every later frame about that connection carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Front to back: restore this connection.
+    Handoff(Handoff),
+    /// Back to front: the socket is restored and still in repair mode.
+    Ready { id: u64 },
+    /// Back to front: the handoff was not accepted; the front still owns the
+    /// connection.
+    Refused { id: u64, reason: String },
+    /// Front to back: the front has let go; take the socket out of repair mode.
+    Go { id: u64 },
+    /// Front to back: close the restored socket silently (still in repair
+    /// mode, so nothing reaches the client).
+    Abort { id: u64 },
+    /// Back to front: the connection finished on the back-end.
+    Closed { id: u64, flow: FlowKey },
+    /// Back to front, periodic: how busy the back-end is.
+    Load(LoadReport),
+    /// Either direction: liveness probe; answered with the same nonce.
+    Ping { nonce: u64 },
+    /// Answer to [`Frame::Ping`].
+    Pong { nonce: u64 },
+    /// Either direction: orderly shutdown; no new handoffs after this.
+    Goodbye { reason: String },
+}
+
+/// One connection handed from the front-end to a back-end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// Chosen by the front, echoed in `Ready`/`Refused`/`Go`/`Abort`/`Closed`.
+    pub id: u64,
+    /// The connection's addresses.
+    pub flow: FlowKey,
+    /// The dumped kernel state.
+    pub state: TcpState,
+    /// Bytes the client sent that the back-end's application has not read
+    /// yet: the request head the front read, then the unread receive queue.
+    pub data: Bytes,
+}
+
+/// A back-end's periodic load report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadReport {
+    /// Connections open right now.
+    pub active: u32,
+    /// Connections accepted since the back-end started.
+    pub total: u64,
+}
+
+/// Size limits applied when encoding and decoding frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest accepted value of the length prefix (type, body and tag).
+    /// The wire caps it at `u32::MAX`.
+    pub max_frame_len: usize,
+    /// Longest accepted string, in bytes. The wire caps it at `u16::MAX`.
+    /// Longer strings are truncated (at a character boundary) when encoding:
+    /// strings are human-readable reasons, and a long one must not kill a
+    /// channel carrying other connections.
+    pub max_string_len: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        Self {
+            max_frame_len: 16 << 20,
+            max_string_len: 1024,
+        }
+    }
+}
+
+impl FrameLimits {
+    fn frame_max(&self) -> usize {
+        self.max_frame_len.min(u32::MAX as usize)
+    }
+
+    fn string_max(&self) -> usize {
+        self.max_string_len.min(u16::MAX as usize)
+    }
+}
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("frame of {len} bytes is shorter than the minimum of {min} bytes")]
+    FrameTooShort { len: usize, min: usize },
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    #[error("frame truncated while reading {0}")]
+    Truncated(&'static str),
+    #[error("{0} unexpected bytes after the end of the frame body")]
+    TrailingBytes(usize),
+    #[error("string of {len} bytes exceeds the limit of {max} bytes")]
+    StringTooLong { len: usize, max: usize },
+    #[error("string is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("unknown TCP option flags {0:#04x}")]
+    InvalidFlags(u8),
+    #[error("frame #{seq} failed authentication: tampered, replayed, reordered or injected")]
+    BadTag { seq: u64 },
+    #[error("the channel failed earlier and must be closed")]
+    Poisoned,
+}
+
+mod ty {
+    pub const HANDOFF: u8 = 1;
+    pub const READY: u8 = 2;
+    pub const REFUSED: u8 = 3;
+    pub const GO: u8 = 4;
+    pub const ABORT: u8 = 5;
+    pub const CLOSED: u8 = 6;
+    pub const LOAD: u8 = 7;
+    pub const PING: u8 = 8;
+    pub const PONG: u8 = 9;
+    pub const GOODBYE: u8 = 10;
+}
+
+const FLOW_LEN: usize = 12;
+const STATE_LEN: usize = 4 + 4 + 2 + 1 + 1 + 1 + 4 + 5 * 4;
+const FLAG_WSCALE: u8 = 1 << 0;
+const FLAG_TIMESTAMPS: u8 = 1 << 1;
+const FLAG_SACK: u8 = 1 << 2;
+const KNOWN_FLAGS: u8 = FLAG_WSCALE | FLAG_TIMESTAMPS | FLAG_SACK;
+
+impl Frame {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Handoff(_) => "handoff",
+            Frame::Ready { .. } => "ready",
+            Frame::Refused { .. } => "refused",
+            Frame::Go { .. } => "go",
+            Frame::Abort { .. } => "abort",
+            Frame::Closed { .. } => "closed",
+            Frame::Load(_) => "load",
+            Frame::Ping { .. } => "ping",
+            Frame::Pong { .. } => "pong",
+            Frame::Goodbye { .. } => "goodbye",
+        }
+    }
+
+    /// The handoff this frame is about, if any.
+    pub fn handoff_id(&self) -> Option<u64> {
+        match self {
+            Frame::Handoff(h) => Some(h.id),
+            Frame::Ready { id }
+            | Frame::Refused { id, .. }
+            | Frame::Go { id }
+            | Frame::Abort { id }
+            | Frame::Closed { id, .. } => Some(*id),
+            Frame::Load(_) | Frame::Ping { .. } | Frame::Pong { .. } | Frame::Goodbye { .. } => {
+                None
+            }
+        }
+    }
+
+    /// Appends the unsealed encoding (length prefix, type, body) to `out`.
+    ///
+    /// Fails only with [`ProtoError::FrameTooLarge`], in which case nothing
+    /// was written.
+    pub fn encode(&self, limits: &FrameLimits, out: &mut BytesMut) -> Result<(), ProtoError> {
+        encode_with_trailer(self, limits, 0, out)
+    }
+
+    /// Takes one unsealed frame off the front of `buf`. `Ok(None)` means
+    /// more bytes are needed; `buf` is then unchanged.
+    pub fn decode(buf: &mut BytesMut, limits: &FrameLimits) -> Result<Option<Frame>, ProtoError> {
+        match wire::take_message(buf, 1, limits.frame_max())? {
+            Some(payload) => decode_payload(payload, limits).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Length of type byte plus body, with strings as they will be encoded.
+    fn payload_len(&self, limits: &FrameLimits) -> usize {
+        let string = |s: &str| 2 + truncated(s, limits.string_max()).len();
+        1 + match self {
+            Frame::Handoff(h) => 8 + FLOW_LEN + STATE_LEN + 4 + h.data.len(),
+            Frame::Ready { .. } | Frame::Go { .. } | Frame::Abort { .. } => 8,
+            Frame::Refused { reason, .. } => 8 + string(reason),
+            Frame::Closed { .. } => 8 + FLOW_LEN,
+            Frame::Load(_) => 4 + 8,
+            Frame::Ping { .. } | Frame::Pong { .. } => 8,
+            Frame::Goodbye { reason } => string(reason),
+        }
+    }
+}
+
+/// Writes length prefix, type and body, leaving room in the length for a
+/// `trailer` (the seal tag) that the caller appends. Checks the limit before
+/// writing anything, so an oversized frame leaves `out` untouched.
+pub(crate) fn encode_with_trailer(
+    frame: &Frame,
+    limits: &FrameLimits,
+    trailer: usize,
+    out: &mut BytesMut,
+) -> Result<(), ProtoError> {
+    let len = frame.payload_len(limits).saturating_add(trailer);
+    let max = limits.frame_max();
+    let prefix = match u32::try_from(len) {
+        Ok(prefix) if len <= max => prefix,
+        _ => return Err(ProtoError::FrameTooLarge { len, max }),
+    };
+    out.reserve(LEN_PREFIX + len);
+    out.put_u32(prefix);
+    encode_payload(frame, limits, out);
+    Ok(())
+}
+
+fn encode_payload(frame: &Frame, limits: &FrameLimits, out: &mut BytesMut) {
+    let max_str = limits.string_max();
+    match frame {
+        Frame::Handoff(h) => {
+            out.put_u8(ty::HANDOFF);
+            out.put_u64(h.id);
+            put_flow(out, &h.flow);
+            put_state(out, &h.state);
+            // The caller checked the total against the frame limit, which is
+            // capped at u32::MAX, so the length fits.
+            out.put_u32(h.data.len() as u32);
+            out.put_slice(&h.data);
+        }
+        Frame::Ready { id } => put_id(out, ty::READY, *id),
+        Frame::Refused { id, reason } => {
+            put_id(out, ty::REFUSED, *id);
+            put_str(out, reason, max_str);
+        }
+        Frame::Go { id } => put_id(out, ty::GO, *id),
+        Frame::Abort { id } => put_id(out, ty::ABORT, *id),
+        Frame::Closed { id, flow } => {
+            put_id(out, ty::CLOSED, *id);
+            put_flow(out, flow);
+        }
+        Frame::Load(load) => {
+            out.put_u8(ty::LOAD);
+            out.put_u32(load.active);
+            out.put_u64(load.total);
+        }
+        Frame::Ping { nonce } => put_id(out, ty::PING, *nonce),
+        Frame::Pong { nonce } => put_id(out, ty::PONG, *nonce),
+        Frame::Goodbye { reason } => {
+            out.put_u8(ty::GOODBYE);
+            put_str(out, reason, max_str);
+        }
+    }
+}
+
+fn put_id(out: &mut BytesMut, ty: u8, id: u64) {
+    out.put_u8(ty);
+    out.put_u64(id);
+}
+
+fn put_flow(out: &mut BytesMut, flow: &FlowKey) {
+    out.put_slice(&flow.client.ip().octets());
+    out.put_u16(flow.client.port());
+    out.put_slice(&flow.vip.ip().octets());
+    out.put_u16(flow.vip.port());
+}
+
+fn put_state(out: &mut BytesMut, s: &TcpState) {
+    out.put_u32(s.snd_seq);
+    out.put_u32(s.rcv_seq);
+    out.put_u16(s.mss);
+    let mut flags = 0;
+    if s.wscale_ok {
+        flags |= FLAG_WSCALE;
+    }
+    if s.timestamps_ok {
+        flags |= FLAG_TIMESTAMPS;
+    }
+    if s.sack_ok {
+        flags |= FLAG_SACK;
+    }
+    out.put_u8(flags);
+    out.put_u8(s.snd_wscale);
+    out.put_u8(s.rcv_wscale);
+    out.put_u32(s.ts_val);
+    let w = &s.window;
+    for v in [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup] {
+        out.put_u32(v);
+    }
+}
+
+/// The longest prefix of `s` that is at most `max` bytes and ends on a
+/// character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.get(..cut).unwrap_or_default()
+}
+
+fn put_str(out: &mut BytesMut, s: &str, max: usize) {
+    let s = truncated(s, max);
+    // `max` is capped at u16::MAX by FrameLimits::string_max.
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
+}
+
+/// Parses type byte and body (the tag, if any, already removed).
+pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Frame, ProtoError> {
+    let mut r = Reader::new(payload);
+    let frame = match r.u8("frame type")? {
+        ty::HANDOFF => {
+            let id = r.u64("handoff id")?;
+            let flow = read_flow(&mut r)?;
+            let state = read_state(&mut r)?;
+            let len = r.u32("handoff data length")?;
+            let len = usize::try_from(len).map_err(|_| ProtoError::Truncated("handoff data"))?;
+            let data = r.bytes(len, "handoff data")?;
+            Frame::Handoff(Handoff {
+                id,
+                flow,
+                state,
+                data,
+            })
+        }
+        ty::READY => Frame::Ready { id: r.u64("id")? },
+        ty::REFUSED => Frame::Refused {
+            id: r.u64("id")?,
+            reason: read_str(&mut r, limits, "refusal reason")?,
+        },
+        ty::GO => Frame::Go { id: r.u64("id")? },
+        ty::ABORT => Frame::Abort { id: r.u64("id")? },
+        ty::CLOSED => Frame::Closed {
+            id: r.u64("id")?,
+            flow: read_flow(&mut r)?,
+        },
+        ty::LOAD => Frame::Load(LoadReport {
+            active: r.u32("active connections")?,
+            total: r.u64("total connections")?,
+        }),
+        ty::PING => Frame::Ping {
+            nonce: r.u64("ping nonce")?,
+        },
+        ty::PONG => Frame::Pong {
+            nonce: r.u64("pong nonce")?,
+        },
+        ty::GOODBYE => Frame::Goodbye {
+            reason: read_str(&mut r, limits, "goodbye reason")?,
+        },
+        other => return Err(ProtoError::UnknownType(other)),
+    };
+    r.finish()?;
+    Ok(frame)
+}
+
+fn read_flow(r: &mut Reader) -> Result<FlowKey, ProtoError> {
+    let client_ip = Ipv4Addr::from(r.array::<4>("client address")?);
+    let client_port = r.u16("client port")?;
+    let vip = Ipv4Addr::from(r.array::<4>("virtual address")?);
+    let vip_port = r.u16("virtual port")?;
+    Ok(FlowKey {
+        client: SocketAddrV4::new(client_ip, client_port),
+        vip: SocketAddrV4::new(vip, vip_port),
+    })
+}
+
+fn read_state(r: &mut Reader) -> Result<TcpState, ProtoError> {
+    let snd_seq = r.u32("snd_seq")?;
+    let rcv_seq = r.u32("rcv_seq")?;
+    let mss = r.u16("mss")?;
+    let flags = r.u8("tcp option flags")?;
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(ProtoError::InvalidFlags(flags));
+    }
+    let snd_wscale = r.u8("snd_wscale")?;
+    let rcv_wscale = r.u8("rcv_wscale")?;
+    let ts_val = r.u32("ts_val")?;
+    let window = RepairWindow {
+        snd_wl1: r.u32("snd_wl1")?,
+        snd_wnd: r.u32("snd_wnd")?,
+        max_window: r.u32("max_window")?,
+        rcv_wnd: r.u32("rcv_wnd")?,
+        rcv_wup: r.u32("rcv_wup")?,
+    };
+    Ok(TcpState {
+        snd_seq,
+        rcv_seq,
+        mss,
+        wscale_ok: flags & FLAG_WSCALE != 0,
+        snd_wscale,
+        rcv_wscale,
+        timestamps_ok: flags & FLAG_TIMESTAMPS != 0,
+        sack_ok: flags & FLAG_SACK != 0,
+        ts_val,
+        window,
+    })
+}
+
+fn read_str(
+    r: &mut Reader,
+    limits: &FrameLimits,
+    what: &'static str,
+) -> Result<String, ProtoError> {
+    let len = usize::from(r.u16(what)?);
+    let max = limits.string_max();
+    if len > max {
+        return Err(ProtoError::StringTooLong { len, max });
+    }
+    let raw = r.bytes(len, what)?;
+    String::from_utf8(raw.to_vec()).map_err(|_| ProtoError::InvalidUtf8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow() -> FlowKey {
+        FlowKey {
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 40000),
+            vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80),
+        }
+    }
+
+    fn handoff() -> Frame {
+        Frame::Handoff(Handoff {
+            id: 42,
+            flow: flow(),
+            state: TcpState {
+                snd_seq: 1,
+                rcv_seq: 2,
+                mss: 1460,
+                wscale_ok: true,
+                snd_wscale: 7,
+                rcv_wscale: 9,
+                timestamps_ok: true,
+                sack_ok: false,
+                ts_val: 123_456,
+                window: RepairWindow {
+                    snd_wl1: 3,
+                    snd_wnd: 4,
+                    max_window: 5,
+                    rcv_wnd: 6,
+                    rcv_wup: 7,
+                },
+            },
+            data: Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        })
+    }
+
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            handoff(),
+            Frame::Ready { id: 1 },
+            Frame::Refused {
+                id: 2,
+                reason: "no capacity: 503 ✓".into(),
+            },
+            Frame::Go { id: 3 },
+            Frame::Abort { id: u64::MAX },
+            Frame::Closed {
+                id: 4,
+                flow: flow(),
+            },
+            Frame::Load(LoadReport {
+                active: 5,
+                total: 6,
+            }),
+            Frame::Ping { nonce: 7 },
+            Frame::Pong { nonce: 8 },
+            Frame::Goodbye {
+                reason: String::new(),
+            },
+        ]
+    }
+
+    fn encode(frame: &Frame) -> BytesMut {
+        let mut out = BytesMut::new();
+        frame
+            .encode(&FrameLimits::default(), &mut out)
+            .expect("encodes");
+        out
+    }
+
+    fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
+        Frame::decode(buf, &FrameLimits::default())
+    }
+
+    #[test]
+    fn every_frame_round_trips_and_consumes_exactly_its_bytes() {
+        let mut stream = BytesMut::new();
+        for f in all_frames() {
+            stream.extend_from_slice(&encode(&f));
+        }
+        for expected in all_frames() {
+            assert_eq!(decode(&mut stream), Ok(Some(expected)));
+        }
+        assert!(stream.is_empty());
+        assert_eq!(decode(&mut stream), Ok(None));
+    }
+
+    #[test]
+    fn wire_layout_is_stable() {
+        // Golden bytes: a change here is a protocol change (bump PROTOCOL_VERSION).
+        assert_eq!(
+            &encode(&Frame::Ready { id: 0x0102 })[..],
+            &[0, 0, 0, 9, 2, 0, 0, 0, 0, 0, 0, 1, 2]
+        );
+        assert_eq!(
+            &encode(&Frame::Goodbye {
+                reason: "ab".into()
+            })[..],
+            &[0, 0, 0, 5, 10, 0, 2, b'a', b'b']
+        );
+        let closed = encode(&Frame::Closed {
+            id: 1,
+            flow: flow(),
+        });
+        assert_eq!(
+            &closed[13..],
+            &[198, 18, 0, 10, 0x9c, 0x40, 198, 18, 0, 1, 0, 80]
+        );
+        let h = encode(&handoff());
+        assert_eq!(h.len(), 4 + 1 + 8 + FLOW_LEN + STATE_LEN + 4 + 27);
+        // flags byte: window scaling and timestamps
+        assert_eq!(h[4 + 1 + 8 + FLOW_LEN + 10], FLAG_WSCALE | FLAG_TIMESTAMPS);
+    }
+
+    #[test]
+    fn every_proper_prefix_needs_more_and_leaves_the_buffer_alone() {
+        for f in all_frames() {
+            let full = encode(&f);
+            for cut in 0..full.len() {
+                let mut buf = BytesMut::from(&full[..cut]);
+                assert_eq!(decode(&mut buf), Ok(None), "{} cut at {cut}", f.kind());
+                assert_eq!(&buf[..], &full[..cut]);
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_claim_is_rejected_from_the_prefix_alone_without_reserving() {
+        let limits = FrameLimits {
+            max_frame_len: 1000,
+            ..FrameLimits::default()
+        };
+        let mut buf = BytesMut::from(&1001u32.to_be_bytes()[..]);
+        let before = buf.capacity();
+        assert_eq!(
+            Frame::decode(&mut buf, &limits),
+            Err(ProtoError::FrameTooLarge {
+                len: 1001,
+                max: 1000
+            })
+        );
+        assert_eq!(buf.capacity(), before);
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert!(matches!(
+            decode(&mut buf),
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_frames_get_specific_errors() {
+        let cases: &[(&[u8], ProtoError)] = &[
+            (&[0, 0, 0, 0], ProtoError::FrameTooShort { len: 0, min: 1 }),
+            (&[0, 0, 0, 1, 0xee], ProtoError::UnknownType(0xee)),
+            (&[0, 0, 0, 5, 2, 0, 0, 0, 0], ProtoError::Truncated("id")),
+            (
+                &[0, 0, 0, 10, 2, 0, 0, 0, 0, 0, 0, 0, 1, 9],
+                ProtoError::TrailingBytes(1),
+            ),
+            (&[0, 0, 0, 4, 10, 0, 1, 0xff], ProtoError::InvalidUtf8),
+            (
+                &[0, 0, 0, 5, 10, 0, 9, b'a', b'b'],
+                ProtoError::Truncated("goodbye reason"),
+            ),
+        ];
+        for (bytes, err) in cases {
+            assert_eq!(
+                decode(&mut BytesMut::from(*bytes)),
+                Err(err.clone()),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_tcp_flags_are_refused() {
+        let mut buf = encode(&handoff());
+        buf[4 + 1 + 8 + FLOW_LEN + 10] |= 0x80;
+        assert_eq!(decode(&mut buf), Err(ProtoError::InvalidFlags(0x83)));
+    }
+
+    #[test]
+    fn handoff_data_longer_than_the_frame_is_truncated_not_trusted() {
+        let mut buf = encode(&handoff());
+        let at = 4 + 1 + 8 + FLOW_LEN + STATE_LEN;
+        buf[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(&mut buf), Err(ProtoError::Truncated("handoff data")));
+    }
+
+    #[test]
+    fn string_limit_applies_on_decode_and_truncates_on_encode() {
+        let small = FrameLimits {
+            max_string_len: 4,
+            ..FrameLimits::default()
+        };
+        let mut buf = encode(&Frame::Goodbye {
+            reason: "abcdef".into(),
+        });
+        assert_eq!(
+            Frame::decode(&mut buf, &small),
+            Err(ProtoError::StringTooLong { len: 6, max: 4 })
+        );
+
+        // "ab✓" is 5 bytes; cutting at 4 would split the check mark.
+        let mut out = BytesMut::new();
+        Frame::Refused {
+            id: 1,
+            reason: "ab✓".into(),
+        }
+        .encode(&small, &mut out)
+        .expect("encodes");
+        assert_eq!(
+            Frame::decode(&mut out, &small),
+            Ok(Some(Frame::Refused {
+                id: 1,
+                reason: "ab".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn oversized_frame_is_not_encoded_and_leaves_output_untouched() {
+        let limits = FrameLimits {
+            max_frame_len: 64,
+            ..FrameLimits::default()
+        };
+        let mut out = BytesMut::from(&b"prior"[..]);
+        let err = handoff().encode(&limits, &mut out);
+        assert!(matches!(
+            err,
+            Err(ProtoError::FrameTooLarge { max: 64, .. })
+        ));
+        assert_eq!(&out[..], b"prior");
+    }
+
+    #[test]
+    fn handoff_ids_and_kinds() {
+        assert_eq!(handoff().handoff_id(), Some(42));
+        assert_eq!(Frame::Ping { nonce: 1 }.handoff_id(), None);
+        assert_eq!(
+            Frame::Closed {
+                id: 4,
+                flow: flow()
+            }
+            .kind(),
+            "closed"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! The fuzz targets' seed corpora (`fuzz/corpus/*` at the repository root)
+//! are generated from the codec, so they must follow it when the wire format
+//! changes. Regenerate with
+//! `cargo test -p baton-proto --test fuzz_seeds -- --ignored`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+
+use baton_proto::auth::{FrontHandshake, Psk};
+use baton_proto::{FlowKey, Frame, FrameLimits, Handoff, LoadReport, RepairWindow, TcpState};
+use bytes::{Bytes, BytesMut};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+fn encode(frames: &[Frame]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for f in frames {
+        f.encode(&FrameLimits::default(), &mut out)
+            .expect("seed frames fit");
+    }
+    out.to_vec()
+}
+
+fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let flow = FlowKey {
+        client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 51234),
+        vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80),
+    };
+    let handoff = Frame::Handoff(Handoff {
+        id: 1,
+        flow,
+        state: TcpState {
+            snd_seq: 0x1000_0001,
+            rcv_seq: 0x2000_0040,
+            mss: 1460,
+            wscale_ok: true,
+            snd_wscale: 7,
+            rcv_wscale: 7,
+            timestamps_ok: true,
+            sack_ok: true,
+            ts_val: 987_654,
+            window: RepairWindow {
+                snd_wl1: 0x2000_0001,
+                snd_wnd: 502,
+                max_window: 502,
+                rcv_wnd: 512,
+                rcv_wup: 0x2000_0040,
+            },
+        },
+        data: Bytes::from_static(b"GET /index.html HTTP/1.1\r\nHost: baton.test\r\n\r\n"),
+    });
+    let (_, hello) = FrontHandshake::start(Psk::new([7u8; 32]).expect("long enough"), [1; 32]);
+    vec![
+        ("handoff", encode(&[handoff])),
+        (
+            "ready_go",
+            encode(&[Frame::Ready { id: 1 }, Frame::Go { id: 1 }]),
+        ),
+        (
+            "refused",
+            encode(&[Frame::Refused {
+                id: 2,
+                reason: "restore failed: EADDRINUSE".into(),
+            }]),
+        ),
+        (
+            "closed_abort",
+            encode(&[Frame::Closed { id: 1, flow }, Frame::Abort { id: 3 }]),
+        ),
+        (
+            "load_ping_pong",
+            encode(&[
+                Frame::Load(LoadReport {
+                    active: 3,
+                    total: 99,
+                }),
+                Frame::Ping { nonce: 5 },
+                Frame::Pong { nonce: 5 },
+            ]),
+        ),
+        (
+            "goodbye",
+            encode(&[Frame::Goodbye {
+                reason: "draining".into(),
+            }]),
+        ),
+        ("hello", hello),
+    ]
+}
+
+fn http_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let heads: [(&str, &str); 6] = [
+        ("get", "GET /index.html HTTP/1.1\r\nHost: baton.test\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n"),
+        ("post_length", "POST /upload HTTP/1.1\r\nHost: baton.test:8080\r\nContent-Length: 5\r\n\r\nhello"),
+        ("post_chunked", "POST /api HTTP/1.1\r\nHost: baton.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ("absolute", "GET http://Baton.Test/a?b=c HTTP/1.1\r\nHost: baton.test\r\nConnection: close\r\n\r\n"),
+        ("http10", "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
+        ("pipelined", "GET /a HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ];
+    heads
+        .into_iter()
+        .map(|(name, raw)| (name, raw.as_bytes().to_vec()))
+        .collect()
+}
+
+fn all_seeds() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>)> {
+    vec![("frame_decode", frame_seeds()), ("http_head", http_seeds())]
+}
+
+#[test]
+fn fuzz_seed_corpora_match_the_current_codec() {
+    for (target, seeds) in all_seeds() {
+        for (name, bytes) in seeds {
+            let path = corpus_dir(target).join(name);
+            let on_disk = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("{}: {e}; regenerate with `cargo test -p baton-proto --test fuzz_seeds -- --ignored`", path.display())
+            });
+            assert!(
+                on_disk == bytes,
+                "{} is stale; regenerate (see module doc)",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "writes the seed corpora into fuzz/corpus; run on purpose"]
+fn write_fuzz_seeds() {
+    for (target, seeds) in all_seeds() {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).expect("create corpus directory");
+        for (name, bytes) in seeds {
+            std::fs::write(dir.join(name), bytes).expect("write seed");
+        }
+    }
+}

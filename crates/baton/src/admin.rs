@@ -1,0 +1,72 @@
+//! The front-end's admin endpoint (keep it on loopback): `GET /ready` (200
+//! once every back-end's control channel is up, else 503), `GET /stats`
+//! (JSON), `POST /stats/reset-latency` (forget latency samples).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::warn;
+
+use crate::front::Front;
+
+/// Serves the admin endpoint until the task is aborted.
+pub async fn serve(addr: SocketAddr, front: Arc<Front>) {
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(%addr, error = %e, "admin endpoint unavailable");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let front = Arc::clone(&front);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let front = Arc::clone(&front);
+                async move { Ok::<_, Infallible>(route(&front, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(front: &Front, req: hyper::Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ready") => {
+            if front.ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: a back-end channel is down\n")
+            }
+        }
+        (&Method::GET, "/stats") => match serde_json::to_vec_pretty(&front.snapshot()) {
+            Ok(body) => Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response\n")),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+        },
+        (&Method::POST, "/stats/reset-latency") => {
+            front.reset_latency();
+            text(StatusCode::OK, "reset\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "try /ready or /stats\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r
+}

@@ -1,0 +1,298 @@
+//! Daemon configuration: one TOML file per daemon, with defaults and
+//! validation. `baton check FILE` runs the same validation without starting
+//! anything; command-line flags override the file.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
+
+/// The front-end daemon's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontConfig {
+    /// The virtual IP clients connect to; must be an address of `interface`.
+    pub vip: Ipv4Addr,
+    /// The port clients connect to.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The NIC clients' packets arrive on; the BPF forwarder attaches here.
+    pub interface: String,
+    /// The pre-shared key for the control channels.
+    pub key_file: PathBuf,
+    /// Where `/ready` and `/stats` are served (keep it on loopback).
+    #[serde(default = "default_admin")]
+    pub admin_listen: SocketAddr,
+    /// The distribution policy.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// The back-ends.
+    #[serde(rename = "backend", default)]
+    pub backends: Vec<BackendConfig>,
+    /// Limits on what clients may send.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Forwarding-entry lifetimes.
+    #[serde(default)]
+    pub flows: FlowTimers,
+    /// Control-channel timers.
+    #[serde(default)]
+    pub control: ControlTimers,
+}
+
+/// One back-end, as the front knows it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// A name for logs and stats.
+    pub name: String,
+    /// The back-end's control address (on the same L2 segment as the front).
+    pub control: SocketAddrV4,
+    /// Relative capacity.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+/// Limits on client input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The largest request head accepted (431 beyond).
+    pub head_max_bytes: usize,
+    /// The most header lines accepted (431 beyond).
+    pub head_max_headers: usize,
+    /// How long a client may take to send its request head (408 after).
+    pub head_timeout_ms: u64,
+    /// How long the front waits for a back-end to restore a connection (502 after).
+    pub handoff_timeout_ms: u64,
+    /// The most client connections in progress at once (reading or handing off).
+    pub max_pending: usize,
+    /// The most frames kept per parked flow.
+    pub max_parked_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            head_max_bytes: 16 * 1024,
+            head_max_headers: 100,
+            head_timeout_ms: 10_000,
+            handoff_timeout_ms: 1_000,
+            max_pending: 4096,
+            max_parked_frames: 64,
+        }
+    }
+}
+
+/// How long forwarding entries live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowTimers {
+    /// After the back-end reports `Closed`, the entry stays this long for the
+    /// last FIN/ACK exchange.
+    pub closed_grace_ms: u64,
+    /// An entry with no packet for this long and no report is removed.
+    pub idle_timeout_ms: u64,
+    /// How often entries are checked.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for FlowTimers {
+    fn default() -> Self {
+        FlowTimers {
+            closed_grace_ms: 2_000,
+            idle_timeout_ms: 300_000,
+            sweep_interval_ms: 500,
+        }
+    }
+}
+
+/// Control-channel timers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlTimers {
+    /// Connect + handshake must finish within this.
+    pub connect_timeout_ms: u64,
+    /// Heartbeat period.
+    pub heartbeat_ms: u64,
+    /// A channel silent for this long is declared dead.
+    pub dead_after_ms: u64,
+    /// The longest wait between reconnection attempts.
+    pub max_backoff_ms: u64,
+    /// A back-end that refused a handoff is left out of rotation this long.
+    pub refused_pause_ms: u64,
+}
+
+impl Default for ControlTimers {
+    fn default() -> Self {
+        ControlTimers {
+            connect_timeout_ms: 2_000,
+            heartbeat_ms: 1_000,
+            dead_after_ms: 3_500,
+            max_backoff_ms: 2_000,
+            refused_pause_ms: 1_000,
+        }
+    }
+}
+
+/// The back-end daemon's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackConfig {
+    /// Where front-ends connect for the control channel.
+    pub control_listen: SocketAddrV4,
+    /// The VIP (must be configured on `lo`): restored sockets bind to it.
+    pub vip: Ipv4Addr,
+    /// The files served.
+    pub docroot: PathBuf,
+    /// The pre-shared key for the control channels.
+    pub key_file: PathBuf,
+    /// Optional plain HTTP listener (a baseline for benchmarks).
+    #[serde(default)]
+    pub direct_listen: Option<SocketAddr>,
+    /// How often the load is reported to the fronts.
+    #[serde(default = "default_load_report")]
+    pub load_report_ms: u64,
+    /// A restored socket that gets neither `Go` nor `Abort` within this is dropped.
+    #[serde(default = "default_go_timeout")]
+    pub go_timeout_ms: u64,
+    /// The most front-ends connected at once.
+    #[serde(default = "default_max_fronts")]
+    pub max_fronts: usize,
+}
+
+fn default_port() -> u16 {
+    80
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+fn default_policy() -> String {
+    "round-robin".into()
+}
+fn one() -> u32 {
+    1
+}
+fn default_load_report() -> u64 {
+    1_000
+}
+fn default_go_timeout() -> u64 {
+    5_000
+}
+fn default_max_fronts() -> usize {
+    64
+}
+
+/// Milliseconds as a `Duration`.
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl FrontConfig {
+    /// Parses and validates a front configuration file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: FrontConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks everything that can be checked without starting.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.vip.is_unspecified(), "vip must be a concrete address");
+        ensure!(self.port != 0, "port must not be 0");
+        ensure!(
+            !self.interface.is_empty() && self.interface.len() < 16,
+            "interface must be a name of 1 to 15 bytes"
+        );
+        ensure!(!self.backends.is_empty(), "at least one [[backend]] is required");
+        let mut names = std::collections::HashSet::new();
+        for b in &self.backends {
+            ensure!(!b.name.is_empty(), "a backend needs a name");
+            ensure!(names.insert(&b.name), "backend name {:?} is used twice", b.name);
+            ensure!(b.control.port() != 0, "backend {}: control port must not be 0", b.name);
+        }
+        ensure!(
+            baton_policy::by_name(&self.policy).is_some(),
+            "unknown policy {:?} (known: round-robin)",
+            self.policy
+        );
+        let l = &self.limits;
+        ensure!((256..=1 << 20).contains(&l.head_max_bytes), "limits.head_max_bytes must be 256..=1048576");
+        ensure!((1..=1000).contains(&l.head_max_headers), "limits.head_max_headers must be 1..=1000");
+        ensure!(l.head_timeout_ms > 0, "limits.head_timeout_ms must be > 0");
+        ensure!(l.handoff_timeout_ms > 0, "limits.handoff_timeout_ms must be > 0");
+        ensure!(l.max_pending > 0, "limits.max_pending must be > 0");
+        let f = &self.flows;
+        ensure!(f.sweep_interval_ms > 0, "flows.sweep_interval_ms must be > 0");
+        ensure!(
+            f.idle_timeout_ms > f.sweep_interval_ms,
+            "flows.idle_timeout_ms must exceed flows.sweep_interval_ms"
+        );
+        let c = &self.control;
+        ensure!(c.heartbeat_ms > 0, "control.heartbeat_ms must be > 0");
+        ensure!(
+            c.dead_after_ms > c.heartbeat_ms,
+            "control.dead_after_ms must exceed control.heartbeat_ms"
+        );
+        load_key(&self.key_file)?;
+        Ok(())
+    }
+}
+
+impl BackConfig {
+    /// Parses a back configuration file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: BackConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks everything that can be checked without starting.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.vip.is_unspecified(), "vip must be a concrete address");
+        ensure!(self.control_listen.port() != 0, "control_listen port must not be 0");
+        ensure!(self.docroot.is_dir(), "docroot {} is not a directory", self.docroot.display());
+        ensure!(self.load_report_ms > 0, "load_report_ms must be > 0");
+        ensure!(self.go_timeout_ms > 0, "go_timeout_ms must be > 0");
+        ensure!(self.max_fronts > 0, "max_fronts must be > 0");
+        load_key(&self.key_file)?;
+        Ok(())
+    }
+}
+
+/// Reads the pre-shared key: the file's text with surrounding whitespace
+/// removed, at least 16 bytes (e.g. 64 hex digits from a random source).
+pub fn load_key(path: &Path) -> Result<baton_proto::auth::Psk> {
+    let text = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let trimmed = text.trim_ascii();
+    if trimmed.len() < 16 {
+        bail!("key file {} holds {} bytes; at least 16 are required", path.display(), trimmed.len());
+    }
+    baton_proto::auth::Psk::new(trimmed).with_context(|| format!("key file {}", path.display()))
+}
+
+/// Which daemon a file configures, judged by its keys.
+#[derive(Debug)]
+pub enum AnyConfig {
+    /// A front-end file.
+    Front(Box<FrontConfig>),
+    /// A back-end file.
+    Back(Box<BackConfig>),
+}
+
+/// Loads and validates a file of either kind (for `baton check`).
+pub fn check(path: &Path) -> Result<AnyConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    if value.contains_key("control_listen") {
+        let cfg: BackConfig = toml::from_str(&text).with_context(|| format!("{} (back-end config)", path.display()))?;
+        cfg.validate().with_context(|| format!("{} (back-end config)", path.display()))?;
+        Ok(AnyConfig::Back(Box::new(cfg)))
+    } else {
+        let cfg: FrontConfig = toml::from_str(&text).with_context(|| format!("{} (front-end config)", path.display()))?;
+        cfg.validate().with_context(|| format!("{} (front-end config)", path.display()))?;
+        Ok(AnyConfig::Front(Box::new(cfg)))
+    }
+}

@@ -1,0 +1,929 @@
+//! `baton front`: accepts clients on VIP:port, reads each request head, picks
+//! a back-end and hands the TCP connection to it (the upper module, UTCP);
+//! drives the BPF forwarder (the bottom module, BTCP) that steers the
+//! client's later packets to the back-end.
+//!
+//! One handoff (see `shared/DESIGN.md`): PARK the flow in the forwarder, dump
+//! the socket with TCP_REPAIR, send `Handoff`, wait for `Ready`, switch the
+//! entry to FORWARD, deliver the frames kept while parked, close the socket in
+//! repair mode (nothing reaches the client), send `Go`. Any failure before
+//! `Ready` puts the socket back into normal mode and answers 502/503 on it.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use baton_bpf::{ForwardTarget, Forwarder, ParkedRing};
+use baton_policy::{BackendView, Policy, Request};
+use baton_proto::frame::{Frame, Handoff};
+use baton_proto::http::{error_response, parse_request_head, HeadLimits, RequestHead};
+use baton_proto::FlowKey;
+use baton_sys::packet::PacketSender;
+use baton_sys::repair;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::config::{ms, FrontConfig};
+use crate::control::{self, FrameWriter};
+use crate::stats::{Counter, Samples, Summary};
+
+/// How a back-end answered a handoff.
+#[derive(Debug)]
+enum Reply {
+    Ready,
+    Refused(String),
+}
+
+/// A back-end and what the front knows of it.
+#[derive(Debug)]
+struct Backend {
+    name: String,
+    control: SocketAddrV4,
+    weight: u32,
+    st: Mutex<BackendState>,
+    writer: tokio::sync::Mutex<Option<FrameWriter>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    handoffs: Counter,
+    failures: Counter,
+}
+
+#[derive(Debug, Default)]
+struct BackendState {
+    up: bool,
+    draining: bool,
+    paused_until: Option<Instant>,
+    reported_load: u32,
+    /// Handed off since the last load report (the report does not know them yet).
+    handed_since_report: u32,
+    mac: Option<[u8; 6]>,
+    connects: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Parked,
+    Forwarding(ForwardTarget),
+    Closed { at: Instant, target: ForwardTarget },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FlowInfo {
+    id: u64,
+    phase: Phase,
+}
+
+/// Frames kept while flows are parked, and the ring they arrive on.
+struct ParkedStore {
+    ring: ParkedRing,
+    kept: HashMap<FlowKey, Vec<Vec<u8>>>,
+}
+
+/// Front-end counters.
+#[derive(Debug, Default)]
+struct FrontCounters {
+    accepted: Counter,
+    handoffs_ok: Counter,
+    handoffs_failed: Counter,
+    bad_requests: Counter,
+    head_timeouts: Counter,
+    no_backend: Counter,
+    client_gone: Counter,
+    frames_resent: Counter,
+    frames_dropped: Counter,
+    entries_removed_closed: Counter,
+    entries_removed_idle: Counter,
+}
+
+/// The shared state of one front-end.
+pub struct Front {
+    cfg: FrontConfig,
+    iface: baton_sys::iface::IfaceInfo,
+    backends: Vec<Arc<Backend>>,
+    policy: Mutex<Box<dyn Policy>>,
+    forwarder: Mutex<Forwarder>,
+    flows: Mutex<HashMap<FlowKey, FlowInfo>>,
+    parked: Mutex<ParkedStore>,
+    sender: PacketSender,
+    next_id: AtomicU64,
+    started: Instant,
+    counters: FrontCounters,
+    lat_dump: Samples,
+    lat_rtt: Samples,
+    lat_total: Samples,
+    shutting_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front").field("vip", &self.cfg.vip).finish_non_exhaustive()
+    }
+}
+
+const SAMPLES: usize = 100_000;
+
+impl Front {
+    /// Attaches the forwarder and prepares everything; does not accept yet.
+    pub fn new(cfg: FrontConfig) -> Result<Arc<Self>> {
+        let iface = baton_sys::iface::iface_info(&cfg.interface)
+            .with_context(|| format!("interface {}", cfg.interface))?;
+        let mut forwarder = Forwarder::attach(&cfg.interface)
+            .with_context(|| format!("attaching the BPF forwarder to {}", cfg.interface))?;
+        let ring = forwarder.parked().context("opening the parked-frame ring")?;
+        let sender = PacketSender::open(iface.ifindex).context("opening the packet socket")?;
+        let policy = baton_policy::by_name(&cfg.policy)
+            .with_context(|| format!("unknown policy {:?}", cfg.policy))?;
+        let backends = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                Arc::new(Backend {
+                    name: b.name.clone(),
+                    control: b.control,
+                    weight: b.weight,
+                    st: Mutex::default(),
+                    writer: tokio::sync::Mutex::new(None),
+                    pending: Mutex::default(),
+                    handoffs: Counter::default(),
+                    failures: Counter::default(),
+                })
+            })
+            .collect();
+        info!(iface = %cfg.interface, ifindex = iface.ifindex, "BPF forwarder attached");
+        Ok(Arc::new(Front {
+            iface,
+            backends,
+            policy: Mutex::new(policy),
+            forwarder: Mutex::new(forwarder),
+            flows: Mutex::default(),
+            parked: Mutex::new(ParkedStore {
+                ring,
+                kept: HashMap::new(),
+            }),
+            sender,
+            next_id: AtomicU64::new(1),
+            started: Instant::now(),
+            counters: FrontCounters::default(),
+            lat_dump: Samples::new(SAMPLES),
+            lat_rtt: Samples::new(SAMPLES),
+            lat_total: Samples::new(SAMPLES),
+            shutting_down: AtomicBool::new(false),
+            cfg,
+        }))
+    }
+
+    /// Runs until `shutdown` resolves; then stops accepting and returns (the
+    /// forwarder is detached when the last reference drops).
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} (is the VIP configured on {}?)", self.cfg.interface))?;
+        let psk = crate::config::load_key(&self.cfg.key_file)?;
+        for (i, _) in self.backends.iter().enumerate() {
+            tokio::spawn(Arc::clone(&self).control_loop(i, psk.clone()));
+        }
+        tokio::spawn(Arc::clone(&self).parked_reader());
+        tokio::spawn(Arc::clone(&self).sweeper());
+        let admin = tokio::spawn(crate::admin::serve(
+            self.cfg.admin_listen,
+            Arc::clone(&self),
+        ));
+        info!(%addr, backends = self.backends.len(), "front-end serving");
+        let limit = Arc::new(Semaphore::new(self.cfg.limits.max_pending));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        self.counters.accepted.inc();
+                        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                            // Over the limit: answer at once rather than queue.
+                            tokio::spawn(reject(stream, 503, "busy"));
+                            continue;
+                        };
+                        let front = Arc::clone(&self);
+                        tokio::spawn(async move {
+                            front.client(stream, peer).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        self.shutting_down.store(true, Ordering::Relaxed);
+        admin.abort();
+        info!("front-end stopped accepting");
+        Ok(())
+    }
+
+    /// One client connection: read the head, pick, hand off.
+    async fn client(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let t0 = Instant::now();
+        let limits = HeadLimits {
+            max_bytes: self.cfg.limits.head_max_bytes,
+            max_headers: self.cfg.limits.head_max_headers,
+        };
+        let head_timeout = ms(self.cfg.limits.head_timeout_ms);
+        let mut buf = Vec::with_capacity(1024);
+        let head = match tokio::time::timeout(head_timeout, read_head(&mut stream, &mut buf, &limits)).await {
+            Err(_) => {
+                self.counters.head_timeouts.inc();
+                let _ = stream.write_all(&error_response(408, "request head timeout")).await;
+                return;
+            }
+            Ok(Err(HeadFailure::Closed)) => {
+                self.counters.client_gone.inc();
+                return;
+            }
+            Ok(Err(HeadFailure::Bad(status, why))) => {
+                self.counters.bad_requests.inc();
+                debug!(%peer, status, why, "bad request head");
+                let _ = stream.write_all(&error_response(status, &why)).await;
+                return;
+            }
+            Ok(Ok(h)) => h,
+        };
+        let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, stream.local_addr()) else {
+            let _ = stream.write_all(&error_response(505, "IPv4 only")).await;
+            return;
+        };
+        let key = FlowKey { client, vip };
+        let Some(bi) = self.pick(&head) else {
+            self.counters.no_backend.inc();
+            let _ = stream.write_all(&error_response(503, "no back-end available")).await;
+            return;
+        };
+        match self.handoff(&stream, key, bi, &buf, t0).await {
+            Ok(()) => {
+                // Still in repair mode: closing sends nothing to the client.
+                drop(stream);
+                self.counters.handoffs_ok.inc();
+            }
+            Err(f) => {
+                self.counters.handoffs_failed.inc();
+                self.backends[bi].failures.inc();
+                warn!(%key, backend = %self.backends[bi].name, error = %f.why, "handoff failed");
+                let _ = stream.write_all(&error_response(f.status, &f.why)).await;
+                let _ = stream.shutdown().await;
+            }
+        }
+    }
+
+    fn pick(&self, head: &RequestHead) -> Option<usize> {
+        let now = Instant::now();
+        let views: Vec<BackendView> = self
+            .backends
+            .iter()
+            .map(|b| {
+                let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                let paused = st.paused_until.is_some_and(|t| t > now);
+                BackendView {
+                    up: st.up && st.mac.is_some() && !paused,
+                    draining: st.draining,
+                    load: st.reported_load.saturating_add(st.handed_since_report),
+                    weight: b.weight,
+                }
+            })
+            .collect();
+        let req = Request {
+            method: &head.method,
+            host: head.host.as_deref(),
+            path: &head.path,
+        };
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pick(&req, &views, now_ms)
+    }
+
+    /// The handoff proper. On error the socket is back in normal mode and
+    /// the forwarder no longer knows the flow.
+    async fn handoff(
+        self: &Arc<Self>,
+        stream: &TcpStream,
+        key: FlowKey,
+        bi: usize,
+        already_read: &[u8],
+        t0: Instant,
+    ) -> std::result::Result<(), Failure> {
+        let b = &self.backends[bi];
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock_flows().insert(key, FlowInfo { id, phase: Phase::Parked });
+        let parked = self.lock_forwarder().park(&key);
+        if let Err(e) = parked {
+            self.forget(&key, id);
+            return Err(Failure::internal(format!("forwarder: {e}")));
+        }
+        let td = Instant::now();
+        let dumped = match repair::dump(stream.as_fd()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.unpark(&key, id);
+                return Err(Failure::internal(format!("dump: {e}")));
+            }
+        };
+        let mut data = Vec::with_capacity(already_read.len() + dumped.unread.len());
+        data.extend_from_slice(already_read);
+        data.extend_from_slice(&dumped.unread);
+        let mut state = dumped.state;
+        let dump_us = td.elapsed().as_micros();
+        // The timestamp clock runs in ms; what elapsed since the dump is
+        // added here, what elapses in transit is added by the back-end.
+        state.ts_val = state.ts_val.wrapping_add(ms_since(td));
+        let (tx, rx) = oneshot::channel();
+        b.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        let frame = Frame::Handoff(Handoff {
+            id,
+            flow: key,
+            state,
+            data: data.into(),
+        });
+        let tr = Instant::now();
+        let target = match self.exchange(b, id, frame, rx).await {
+            Ok(t) => t,
+            Err(f) => {
+                b.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.resume(stream, &key, id);
+                return Err(f);
+            }
+        };
+        let rtt_us = tr.elapsed().as_micros();
+        let forwarded = self.lock_forwarder().forward(&key, &target);
+        if let Err(e) = forwarded {
+            let _ = self.send(b, Frame::Abort { id }).await;
+            self.resume(stream, &key, id);
+            return Err(Failure::internal(format!("forwarder: {e}")));
+        }
+        if let Some(f) = self.lock_flows().get_mut(&key) {
+            if f.id == id {
+                f.phase = Phase::Forwarding(target);
+            }
+        }
+        self.flush_parked(&key, &target);
+        if let Err(e) = self.send(b, Frame::Go { id }).await {
+            // The back-end holds a socket that will never go live; its Go
+            // timer drops it. The client's connection is lost: make the
+            // forwarder forget it so the front kernel answers with a reset.
+            let _ = self.lock_forwarder().remove(&key);
+            self.forget(&key, id);
+            warn!(%key, error = %e, "Go not delivered; connection lost");
+            return Ok(());
+        }
+        {
+            let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+            st.handed_since_report = st.handed_since_report.saturating_add(1);
+        }
+        b.handoffs.inc();
+        self.lat_dump.record_us(dump_us as u64);
+        self.lat_rtt.record_us(rtt_us as u64);
+        self.lat_total.record_us(t0.elapsed().as_micros() as u64);
+        Ok(())
+    }
+
+    /// Sends the handoff and waits for the answer; returns where to forward.
+    async fn exchange(
+        &self,
+        b: &Backend,
+        id: u64,
+        frame: Frame,
+        rx: oneshot::Receiver<Reply>,
+    ) -> std::result::Result<ForwardTarget, Failure> {
+        let mac = b.st.lock().unwrap_or_else(|e| e.into_inner()).mac;
+        let Some(dst_mac) = mac else {
+            return Err(Failure::unavailable("back-end address unknown".into()));
+        };
+        if let Err(e) = self.send(b, frame).await {
+            return Err(Failure::unavailable(format!("control channel: {e}")));
+        }
+        match tokio::time::timeout(ms(self.cfg.limits.handoff_timeout_ms), rx).await {
+            Ok(Ok(Reply::Ready)) => Ok(ForwardTarget {
+                ifindex: self.iface.ifindex,
+                dst_mac,
+                src_mac: self.iface.mac,
+            }),
+            Ok(Ok(Reply::Refused(why))) => {
+                let pause = ms(self.cfg.control.refused_pause_ms);
+                b.st.lock().unwrap_or_else(|e| e.into_inner()).paused_until = Some(Instant::now() + pause);
+                Err(Failure::bad_gateway(format!("back-end {} refused: {why}", b.name)))
+            }
+            Ok(Err(_)) => Err(Failure::bad_gateway(format!("control channel to {} went down", b.name))),
+            Err(_) => {
+                let _ = self.send(b, Frame::Abort { id }).await;
+                // A back-end that does not answer in time is out of rotation
+                // until its channel is re-established.
+                self.drop_channel(b, "handoff timed out").await;
+                Err(Failure::gateway_timeout(format!("back-end {} did not answer in time", b.name)))
+            }
+        }
+    }
+
+    async fn send(&self, b: &Backend, frame: Frame) -> Result<()> {
+        let mut w = b.writer.lock().await;
+        match w.as_mut() {
+            Some(w) => w.send(&frame).await,
+            None => bail!("not connected"),
+        }
+    }
+
+    async fn drop_channel(&self, b: &Backend, why: &str) {
+        if let Some(mut w) = b.writer.lock().await.take() {
+            let _ = w.shutdown().await;
+        }
+        let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+        st.up = false;
+        st.last_error = Some(why.to_string());
+    }
+
+    /// Undo a park after a failure before the dump.
+    fn unpark(&self, key: &FlowKey, id: u64) {
+        let _ = self.lock_forwarder().remove(key);
+        self.forget(key, id);
+    }
+
+    /// Undo a park after the dump: the socket leaves repair mode and the
+    /// front answers on it itself. Frames kept meanwhile are dropped; the
+    /// client retransmits them.
+    fn resume(&self, stream: &TcpStream, key: &FlowKey, id: u64) {
+        let _ = self.lock_forwarder().remove(key);
+        if let Err(e) = repair::set_repair(stream.as_fd(), false) {
+            warn!(%key, error = %e, "could not leave repair mode");
+        }
+        self.forget(key, id);
+    }
+
+    fn forget(&self, key: &FlowKey, id: u64) {
+        let mut flows = self.lock_flows();
+        if flows.get(key).is_some_and(|f| f.id == id) {
+            flows.remove(key);
+        }
+        drop(flows);
+        self.lock_parked().kept.remove(key);
+    }
+
+    fn lock_flows(&self) -> std::sync::MutexGuard<'_, HashMap<FlowKey, FlowInfo>> {
+        self.flows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_forwarder(&self) -> std::sync::MutexGuard<'_, Forwarder> {
+        self.forwarder.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_parked(&self) -> std::sync::MutexGuard<'_, ParkedStore> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves frames from the ring into the store (or straight on, for flows
+    /// that already forward). Returns how many were read.
+    fn drain_ring(&self, store: &mut ParkedStore) -> usize {
+        let mut n = 0;
+        while let Some(pf) = store.ring.next() {
+            n += 1;
+            let phase = self.lock_flows().get(&pf.key).map(|f| f.phase);
+            match phase {
+                Some(Phase::Parked) => {
+                    let q = store.kept.entry(pf.key).or_default();
+                    if q.len() < self.cfg.limits.max_parked_frames {
+                        q.push(pf.frame);
+                    } else {
+                        self.counters.frames_dropped.inc();
+                    }
+                }
+                Some(Phase::Forwarding(t)) | Some(Phase::Closed { target: t, .. }) => {
+                    let mut frame = pf.frame;
+                    self.resend(&mut frame, &t);
+                }
+                None => self.counters.frames_dropped.inc(),
+            }
+        }
+        n
+    }
+
+    fn resend(&self, frame: &mut [u8], t: &ForwardTarget) {
+        match baton_bpf::prepare_for_resend(frame, t.dst_mac, t.src_mac) {
+            Ok(()) => match self.sender.send(frame) {
+                Ok(()) => self.counters.frames_resent.inc(),
+                Err(e) => {
+                    self.counters.frames_dropped.inc();
+                    debug!(error = %e, "resending a kept frame failed");
+                }
+            },
+            Err(e) => {
+                self.counters.frames_dropped.inc();
+                debug!(error = %e, "kept frame not resendable");
+            }
+        }
+    }
+
+    /// After the entry forwards: deliver what was kept for the flow, in order.
+    fn flush_parked(&self, key: &FlowKey, t: &ForwardTarget) {
+        let mut store = self.lock_parked();
+        self.drain_ring(&mut store);
+        if let Some(frames) = store.kept.remove(key) {
+            for mut f in frames {
+                self.resend(&mut f, t);
+            }
+        }
+    }
+
+    /// Reads the parked-frame ring whenever the kernel signals it.
+    async fn parked_reader(self: Arc<Self>) {
+        // A duplicate of the ring's fd, owned by the poller, so the
+        // registration can never outlive the descriptor it watches.
+        let fd = match self.lock_parked().ring.poll_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(error = %e, "cannot poll the parked ring; parked frames will be flushed at handoff only");
+                return;
+            }
+        };
+        // `AsyncFd::new` is deprecated because a borrowed fd could be closed
+        // while registered; an `OwnedFd` rules that out.
+        #[allow(deprecated)]
+        let afd = match AsyncFd::with_interest(fd, tokio::io::Interest::READABLE) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "cannot poll the parked ring; parked frames will be flushed at handoff only");
+                return;
+            }
+        };
+        loop {
+            let Ok(mut guard) = afd.readable().await else { return };
+            let n = {
+                let mut store = self.lock_parked();
+                self.drain_ring(&mut store)
+            };
+            if n == 0 {
+                guard.clear_ready();
+            }
+        }
+    }
+
+    /// Removes forwarding entries whose connection is over.
+    async fn sweeper(self: Arc<Self>) {
+        let grace = ms(self.cfg.flows.closed_grace_ms);
+        let idle_ns = self.cfg.flows.idle_timeout_ms.saturating_mul(1_000_000);
+        let parked_max_ns = self
+            .cfg
+            .limits
+            .handoff_timeout_ms
+            .saturating_mul(4)
+            .saturating_add(1000)
+            .saturating_mul(1_000_000);
+        let mut tick = tokio::time::interval(ms(self.cfg.flows.sweep_interval_ms));
+        loop {
+            tick.tick().await;
+            self.sweep(grace, idle_ns, parked_max_ns);
+        }
+    }
+
+    fn sweep(&self, grace: Duration, idle_ns: u64, parked_max_ns: u64) {
+        let now = Instant::now();
+        let now_ns = Forwarder::now_ns();
+        let entries = match self.lock_forwarder().entries() {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "listing forwarding entries failed");
+                return;
+            }
+        };
+        let mut remove = Vec::new();
+        {
+            let flows = self.lock_flows();
+            for (key, e) in &entries {
+                let idle = now_ns.saturating_sub(e.last_seen_ns);
+                let verdict = match flows.get(key).map(|f| f.phase) {
+                    Some(Phase::Closed { at, .. }) if now.duration_since(at) >= grace => Some(true),
+                    Some(Phase::Parked) if idle > parked_max_ns => Some(false),
+                    // A handoff in progress owns its entry.
+                    Some(Phase::Parked) => None,
+                    _ if idle > idle_ns => Some(false),
+                    _ => None,
+                };
+                if let Some(closed) = verdict {
+                    remove.push((*key, closed));
+                }
+            }
+        }
+        if remove.is_empty() {
+            return;
+        }
+        let mut fwd = self.lock_forwarder();
+        let mut flows = self.lock_flows();
+        for (key, closed) in remove {
+            if fwd.remove(&key).is_ok() {
+                if closed {
+                    self.counters.entries_removed_closed.inc();
+                } else {
+                    self.counters.entries_removed_idle.inc();
+                }
+            }
+            flows.remove(&key);
+        }
+        // Flow records the kernel no longer has (e.g. replaced by a new SYN).
+        let live: std::collections::HashSet<FlowKey> = entries.iter().map(|(k, _)| *k).collect();
+        flows.retain(|k, f| live.contains(k) || matches!(f.phase, Phase::Parked));
+    }
+
+    /// Keeps the control channel to back-end `i` up: connect, authenticate,
+    /// read its frames; on failure take it out of rotation and retry with
+    /// backoff.
+    async fn control_loop(self: Arc<Self>, i: usize, psk: baton_proto::auth::Psk) {
+        let b = Arc::clone(&self.backends[i]);
+        let timers = self.cfg.control.clone();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+            let r = control::connect(b.control, &psk, ms(timers.connect_timeout_ms)).await;
+            let (writer, mut reader) = match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    {
+                        let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                        st.last_error = Some(format!("{e:#}"));
+                    }
+                    debug!(backend = %b.name, error = %format!("{e:#}"), "control connect failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ms(timers.max_backoff_ms));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            // The channel's TCP connection taught the kernel the back-end's MAC.
+            let mac = baton_sys::iface::neighbor_mac(*b.control.ip(), &self.cfg.interface).ok().flatten();
+            if mac.is_none() {
+                warn!(backend = %b.name, "back-end is not on the front's L2 segment (no neighbour entry on {}); not using it", self.cfg.interface);
+            }
+            *b.writer.lock().await = Some(writer);
+            {
+                let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                st.up = true;
+                st.draining = false;
+                st.paused_until = None;
+                st.mac = mac;
+                st.connects += 1;
+                st.last_error = None;
+            }
+            info!(backend = %b.name, addr = %b.control, "control channel up");
+            let why = self.read_channel(&b, &mut reader, &timers).await;
+            warn!(backend = %b.name, reason = %why, "control channel down; back-end out of rotation");
+            self.drop_channel(&b, &why).await;
+            // Wake every handoff waiting on this channel: they answer 502.
+            b.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    async fn read_channel(
+        &self,
+        b: &Backend,
+        reader: &mut control::FrameReader,
+        timers: &crate::config::ControlTimers,
+    ) -> String {
+        let mut heartbeat = tokio::time::interval(ms(timers.heartbeat_ms));
+        let mut last_heard = Instant::now();
+        let mut nonce = 0u64;
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > ms(timers.dead_after_ms) {
+                        return "no heartbeat".into();
+                    }
+                    nonce += 1;
+                    if let Err(e) = self.send(b, Frame::Ping { nonce }).await {
+                        return format!("sending heartbeat: {e}");
+                    }
+                }
+                r = reader.next() => {
+                    let frame = match r {
+                        Ok(Some(f)) => f,
+                        Ok(None) => return "closed by the back-end".into(),
+                        Err(e) => return format!("{e:#}"),
+                    };
+                    last_heard = Instant::now();
+                    self.handle_frame(b, frame);
+                }
+            }
+        }
+    }
+
+    fn handle_frame(&self, b: &Backend, frame: Frame) {
+        match frame {
+            Frame::Ready { id } => self.answer(b, id, Reply::Ready),
+            Frame::Refused { id, reason } => self.answer(b, id, Reply::Refused(reason)),
+            Frame::Closed { id, flow } => {
+                let mut flows = self.lock_flows();
+                if let Some(f) = flows.get_mut(&flow) {
+                    if f.id == id {
+                        if let Phase::Forwarding(target) = f.phase {
+                            f.phase = Phase::Closed { at: Instant::now(), target };
+                        }
+                    }
+                }
+            }
+            Frame::Load(l) => {
+                let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                st.reported_load = l.active;
+                st.handed_since_report = 0;
+            }
+            Frame::Goodbye { reason } => {
+                info!(backend = %b.name, %reason, "back-end is draining");
+                b.st.lock().unwrap_or_else(|e| e.into_inner()).draining = true;
+            }
+            Frame::Pong { .. } => {}
+            other => debug!(backend = %b.name, frame = ?other, "unexpected frame from a back-end; ignored"),
+        }
+    }
+
+    fn answer(&self, b: &Backend, id: u64, reply: Reply) {
+        if let Some(tx) = b.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// All back-ends' channels are up (the lab's readiness check).
+    pub fn ready(&self) -> bool {
+        self.backends.iter().all(|b| {
+            let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+            st.up && st.mac.is_some()
+        })
+    }
+
+    /// A snapshot for `/stats`.
+    pub fn snapshot(&self) -> FrontStats {
+        let c = &self.counters;
+        let bpf = self.lock_forwarder().stats().ok();
+        let entries = self.lock_forwarder().entries().map(|e| e.len()).unwrap_or(0);
+        FrontStats {
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            accepted: c.accepted.get(),
+            handoffs_ok: c.handoffs_ok.get(),
+            handoffs_failed: c.handoffs_failed.get(),
+            bad_requests: c.bad_requests.get(),
+            head_timeouts: c.head_timeouts.get(),
+            no_backend: c.no_backend.get(),
+            client_gone: c.client_gone.get(),
+            frames_resent: c.frames_resent.get(),
+            frames_dropped: c.frames_dropped.get(),
+            entries_removed_closed: c.entries_removed_closed.get(),
+            entries_removed_idle: c.entries_removed_idle.get(),
+            forwarding_entries: entries,
+            flows_tracked: self.lock_flows().len(),
+            kept_frames: self.lock_parked().kept.values().map(Vec::len).sum(),
+            bpf_forwarded: bpf.as_ref().map_or(0, |s| s.forwarded),
+            bpf_parked: bpf.as_ref().map_or(0, |s| s.parked),
+            bpf_park_lost: bpf.as_ref().map_or(0, |s| s.park_lost),
+            latency_us: Latency {
+                dump: self.lat_dump.summary(),
+                control_rtt: self.lat_rtt.summary(),
+                total: self.lat_total.summary(),
+            },
+            backends: self
+                .backends
+                .iter()
+                .map(|b| {
+                    let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                    BackendStats {
+                        name: b.name.clone(),
+                        control: b.control.to_string(),
+                        up: st.up,
+                        draining: st.draining,
+                        load: st.reported_load.saturating_add(st.handed_since_report),
+                        handoffs: b.handoffs.get(),
+                        failures: b.failures.get(),
+                        connects: st.connects,
+                        last_error: st.last_error.clone(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Forgets latency samples (between benchmark phases).
+    pub fn reset_latency(&self) {
+        self.lat_dump.clear();
+        self.lat_rtt.clear();
+        self.lat_total.clear();
+    }
+}
+
+/// `/stats` of a front-end.
+#[derive(Debug, Serialize)]
+pub struct FrontStats {
+    pub uptime_s: f64,
+    pub accepted: u64,
+    pub handoffs_ok: u64,
+    pub handoffs_failed: u64,
+    pub bad_requests: u64,
+    pub head_timeouts: u64,
+    pub no_backend: u64,
+    pub client_gone: u64,
+    pub frames_resent: u64,
+    pub frames_dropped: u64,
+    pub entries_removed_closed: u64,
+    pub entries_removed_idle: u64,
+    pub forwarding_entries: usize,
+    pub flows_tracked: usize,
+    pub kept_frames: usize,
+    pub bpf_forwarded: u64,
+    pub bpf_parked: u64,
+    pub bpf_park_lost: u64,
+    pub latency_us: Latency,
+    pub backends: Vec<BackendStats>,
+}
+
+/// Handoff latency, front side.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    /// TCP_REPAIR on + state reads.
+    pub dump: Summary,
+    /// `Handoff` sent to `Ready` received (includes the back-end's restore).
+    pub control_rtt: Summary,
+    /// Accept to `Go` sent.
+    pub total: Summary,
+}
+
+/// One back-end in `/stats`.
+#[derive(Debug, Serialize)]
+pub struct BackendStats {
+    pub name: String,
+    pub control: String,
+    pub up: bool,
+    pub draining: bool,
+    pub load: u32,
+    pub handoffs: u64,
+    pub failures: u64,
+    pub connects: u64,
+    pub last_error: Option<String>,
+}
+
+/// Why a handoff failed, and what the client is told.
+#[derive(Debug)]
+struct Failure {
+    status: u16,
+    why: String,
+}
+
+impl Failure {
+    fn internal(why: String) -> Self {
+        Failure { status: 502, why }
+    }
+    fn unavailable(why: String) -> Self {
+        Failure { status: 503, why }
+    }
+    fn bad_gateway(why: String) -> Self {
+        Failure { status: 502, why }
+    }
+    fn gateway_timeout(why: String) -> Self {
+        Failure { status: 504, why }
+    }
+}
+
+enum HeadFailure {
+    Closed,
+    Bad(u16, String),
+}
+
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &HeadLimits,
+) -> std::result::Result<RequestHead, HeadFailure> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadFailure::Closed)?;
+        if n == 0 {
+            return Err(HeadFailure::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_request_head(buf, limits) {
+            Ok(Some(h)) => return Ok(h),
+            Ok(None) => continue,
+            Err(e) => return Err(HeadFailure::Bad(e.status(), e.to_string())),
+        }
+    }
+}
+
+async fn reject(mut stream: TcpStream, status: u16, why: &'static str) {
+    let _ = stream.write_all(&error_response(status, why)).await;
+}
+
+fn ms_since(t: Instant) -> u32 {
+    u32::try_from(t.elapsed().as_millis()).unwrap_or(u32::MAX)
+}

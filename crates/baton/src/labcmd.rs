@@ -1,0 +1,95 @@
+//! `baton lab`: the command-line face of `baton-lab`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+/// `baton lab ...`
+#[derive(Subcommand, Debug)]
+pub enum LabCmd {
+    /// Create the namespaces, start the daemons, return when the VIP serves.
+    Up {
+        /// The lab name (1 to 12 of a-z, 0-9, -).
+        #[arg(long, default_value = "baton")]
+        name: String,
+        /// How many back-ends.
+        #[arg(long, default_value_t = 2)]
+        backends: usize,
+        /// The back-ends' document root (default: generated sample files).
+        #[arg(long)]
+        docroot: Option<PathBuf>,
+        /// Extra TOML for the front's configuration (top-level keys and tables
+        /// such as `[limits]`).
+        #[arg(long)]
+        front_extra: Option<String>,
+        /// Extra TOML appended to every back-end's configuration.
+        #[arg(long)]
+        back_extra: Option<String>,
+    },
+    /// Print the lab's hosts and addresses.
+    Status {
+        /// The lab name.
+        #[arg(long, default_value = "baton")]
+        name: String,
+        /// Print JSON (the only format so far; accepted for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in one host's namespace; its exit code passes through.
+    Exec {
+        /// The lab name.
+        #[arg(long, default_value = "baton")]
+        name: String,
+        /// client, front, back1 ... backN.
+        host: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop the daemons and remove everything the lab made.
+    Down {
+        /// The lab name.
+        #[arg(long, default_value = "baton")]
+        name: String,
+    },
+}
+
+/// Runs a lab command; returns the process exit code.
+pub fn run(cmd: LabCmd) -> Result<i32> {
+    match cmd {
+        LabCmd::Up {
+            name,
+            backends,
+            docroot,
+            front_extra,
+            back_extra,
+        } => {
+            let mut spec = baton_lab::LabSpec::new(&name, self_exe()?);
+            spec.backends = backends;
+            spec.docroot = docroot;
+            spec.front_extra = front_extra;
+            spec.back_extra = back_extra;
+            let info = baton_lab::up(&spec).with_context(|| format!("lab {name}"))?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(0)
+        }
+        LabCmd::Status { name, json: _ } => {
+            let info = baton_lab::status(&name).with_context(|| format!("lab {name}"))?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(0)
+        }
+        LabCmd::Exec { name, host, cmd } => {
+            baton_lab::exec(&name, &host, &cmd).with_context(|| format!("lab {name}, host {host}"))
+        }
+        LabCmd::Down { name } => {
+            baton_lab::down(&name).with_context(|| format!("lab {name}"))?;
+            Ok(0)
+        }
+    }
+}
+
+/// This binary, to start as the lab's daemons.
+pub fn self_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("locating the baton binary")
+}
