@@ -32,7 +32,8 @@
 #define BTCP_STAT_NOT_IPV4_TCP 4 /* not an Ethernet/IPv4/TCP frame, or truncated: passed */
 #define BTCP_STAT_FRAGMENT 5     /* IPv4 fragment (no reliable ports): passed */
 #define BTCP_STAT_ERROR 6        /* helper failure or unknown action in the map */
-#define BTCP_STAT_COUNT 7
+#define BTCP_STAT_SYN_REPLACED 7 /* a new SYN reused a handed-off 4-tuple: entry deleted, passed */
+#define BTCP_STAT_COUNT 8
 
 /* Sizes, asserted on both sides. */
 #define BTCP_SIZEOF_FLOW_KEY 12
@@ -75,6 +76,6 @@ _Static_assert(__builtin_offsetof(struct flow_val, dst_mac) == 8, "flow_val.dst_
 _Static_assert(__builtin_offsetof(struct flow_val, src_mac) == 14, "flow_val.src_mac");
 _Static_assert(__builtin_offsetof(struct flow_val, last_seen_ns) == 24, "flow_val.last_seen_ns");
 _Static_assert(sizeof(struct parked_hdr) == BTCP_SIZEOF_PARKED_HDR, "parked_hdr size");
-_Static_assert(BTCP_STAT_ERROR + 1 == BTCP_STAT_COUNT, "stats indices are dense");
+_Static_assert(BTCP_STAT_SYN_REPLACED + 1 == BTCP_STAT_COUNT, "stats indices are dense");
 
 #endif /* BTCP_ABI_H */

@@ -4,6 +4,8 @@
  * front's NIC that steers the packets of handed-off connections.
  *
  *   no FLOWS entry -> TC_ACT_OK: the front's own kernel handles the packet;
+ *   a SYN (no ACK) -> delete the entry, TC_ACT_OK: a new connection on a reused
+ *                     4-tuple belongs to the front's listener;
  *   PARK           -> copy the frame into the PARKED ring, TC_ACT_SHOT: the
  *                     front's socket is in repair mode and must not see it;
  *   FORWARD        -> Ethernet dst := back-end, src := front, redirect to the
@@ -83,9 +85,10 @@ int btcp_ingress(struct __sk_buff *skb)
 {
 	struct flow_key key = {};
 	struct flow_val *val;
+	__u8 flags = 0;
 	__u32 len;
 
-	switch (parse_flow_key(skb, &key)) {
+	switch (parse_flow_key(skb, &key, &flags)) {
 	case PARSE_OK:
 		break;
 	case PARSE_FRAGMENT:
@@ -99,6 +102,18 @@ int btcp_ingress(struct __sk_buff *skb)
 	val = bpf_map_lookup_elem(&FLOWS, &key);
 	if (!val) {
 		count(BTCP_STAT_PASSED);
+		return TC_ACT_OK;
+	}
+
+	/*
+	 * A SYN without ACK opens a new connection that reuses the 4-tuple of a
+	 * handed-off one (a client port freed early; entries outlive the close by
+	 * a grace period). It belongs to the front's listener, not to the old
+	 * back-end: forget the old flow and let the front's kernel have it.
+	 */
+	if ((flags & (BTCP_TCP_SYN | BTCP_TCP_ACK)) == BTCP_TCP_SYN) {
+		bpf_map_delete_elem(&FLOWS, &key);
+		count(BTCP_STAT_SYN_REPLACED);
 		return TC_ACT_OK;
 	}
 

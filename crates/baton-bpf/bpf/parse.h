@@ -15,8 +15,11 @@
 
 #define BTCP_IP_MF 0x2000
 #define BTCP_IP_OFFSET 0x1fff
-/* TCP source and destination ports: all the L4 bytes the key needs. */
-#define BTCP_L4_PORTS_LEN 4
+/* TCP header up to and including the flags byte (offset 13). */
+#define BTCP_L4_LEN 14
+#define BTCP_TCP_FLAGS_OFF 13
+#define BTCP_TCP_SYN 0x02
+#define BTCP_TCP_ACK 0x10
 
 enum parse_result {
 	PARSE_OK = 0,
@@ -38,14 +41,18 @@ static __always_inline int ensure_linear(struct __sk_buff *skb, __u32 len)
 	return bpf_skb_pull_data(skb, len) ? -1 : 0;
 }
 
-/* Fills `key` from an Ethernet/IPv4/TCP frame (client -> VIP direction). */
+/*
+ * Fills `key` from an Ethernet/IPv4/TCP frame (client -> VIP direction) and
+ * `flags` with the TCP flags byte.
+ */
 static __always_inline enum parse_result parse_flow_key(struct __sk_buff *skb,
-							struct flow_key *key)
+							struct flow_key *key, __u8 *flags)
 {
 	void *data, *data_end;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	__u16 *ports;
+	__u8 *l4;
 	__u32 ihl_bytes;
 
 	/* skb->protocol is already set by eth_type_trans(): skip the rest cheaply. */
@@ -73,15 +80,17 @@ static __always_inline enum parse_result parse_flow_key(struct __sk_buff *skb,
 	key->vip = ip->daddr;
 	ihl_bytes = ip->ihl * 4;
 
-	if (ensure_linear(skb, sizeof(*eth) + ihl_bytes + BTCP_L4_PORTS_LEN))
+	if (ensure_linear(skb, sizeof(*eth) + ihl_bytes + BTCP_L4_LEN))
 		return PARSE_NOT_IPV4_TCP;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	ports = data + sizeof(*eth) + ihl_bytes;
-	if ((void *)(ports + 2) > data_end)
+	l4 = data + sizeof(*eth) + ihl_bytes;
+	if ((void *)(l4 + BTCP_L4_LEN) > data_end)
 		return PARSE_NOT_IPV4_TCP;
+	ports = (__u16 *)l4;
 	key->client_port = ports[0];
 	key->vip_port = ports[1];
+	*flags = l4[BTCP_TCP_FLAGS_OFF];
 	return PARSE_OK;
 }
 

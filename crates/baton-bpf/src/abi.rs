@@ -47,7 +47,7 @@ const _: () = assert!(offset_of!(RawFlowVal, src_mac) == 14);
 const _: () = assert!(offset_of!(RawFlowVal, last_seen_ns) == 24);
 // The ring must be a power-of-two number of pages; Stats reads every index.
 const _: () = assert!(RING_BYTES.is_power_of_two() && RING_BYTES % 4096 == 0);
-const _: () = assert!(STAT_COUNT == 7);
+const _: () = assert!(STAT_COUNT == 8);
 
 // SAFETY: repr(C), integer fields only, no padding (size asserted equal to the
 // sum of the fields above), so every bit pattern is a valid value and the

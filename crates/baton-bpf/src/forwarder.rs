@@ -95,6 +95,8 @@ pub struct Stats {
     pub fragments: u64,
     /// Helper failures (dropped) and entries with an unknown action (passed).
     pub errors: u64,
+    /// Entries deleted because a new SYN reused their 4-tuple.
+    pub syn_replaced: u64,
 }
 
 /// A frame kept while its flow was parked.
@@ -401,6 +403,7 @@ impl Forwarder {
             not_ipv4_tcp: read(abi::STAT_NOT_IPV4_TCP)?,
             fragments: read(abi::STAT_FRAGMENT)?,
             errors: read(abi::STAT_ERROR)?,
+            syn_replaced: read(abi::STAT_SYN_REPLACED)?,
         })
     }
 
