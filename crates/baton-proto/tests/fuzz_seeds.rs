@@ -25,7 +25,7 @@ fn encode(frames: &[Frame]) -> Vec<u8> {
     out.to_vec()
 }
 
-fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
+fn frame_seeds() -> Seeds {
     let flow = FlowKey {
         client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 51234),
         vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80),
@@ -92,7 +92,7 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn http_seeds() -> Vec<(&'static str, Vec<u8>)> {
+fn http_seeds() -> Seeds {
     let heads: [(&str, &str); 6] = [
         ("get", "GET /index.html HTTP/1.1\r\nHost: baton.test\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n"),
         ("post_length", "POST /upload HTTP/1.1\r\nHost: baton.test:8080\r\nContent-Length: 5\r\n\r\nhello"),
@@ -107,7 +107,10 @@ fn http_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .collect()
 }
 
-fn all_seeds() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>)> {
+/// (file name, contents) of each seed of one fuzz target.
+type Seeds = Vec<(&'static str, Vec<u8>)>;
+
+fn all_seeds() -> Vec<(&'static str, Seeds)> {
     vec![("frame_decode", frame_seeds()), ("http_head", http_seeds())]
 }
 
