@@ -19,7 +19,7 @@
 //! | type | frame      | body                                             |
 //! |------|------------|--------------------------------------------------|
 //! | 1    | `Handoff`  | id u64, flow, state, data blob                   |
-//! | 2    | `Ready`    | id u64                                           |
+//! | 2    | `Ready`    | id u64, restore_us u32                           |
 //! | 3    | `Refused`  | id u64, reason string                            |
 //! | 4    | `Go`       | id u64                                           |
 //! | 5    | `Abort`    | id u64                                           |
@@ -64,7 +64,7 @@ pub enum Frame {
     /// Front to back: restore this connection.
     Handoff(Handoff),
     /// Back to front: the socket is restored and still in repair mode.
-    Ready { id: u64 },
+    Ready { id: u64, restore_us: u32 },
     /// Back to front: the handoff was not accepted; the front still owns the
     /// connection.
     Refused { id: u64, reason: String },
@@ -206,7 +206,7 @@ impl Frame {
     pub fn handoff_id(&self) -> Option<u64> {
         match self {
             Frame::Handoff(h) => Some(h.id),
-            Frame::Ready { id }
+            Frame::Ready { id, .. }
             | Frame::Refused { id, .. }
             | Frame::Go { id }
             | Frame::Abort { id }
@@ -239,7 +239,8 @@ impl Frame {
         let string = |s: &str| 2 + truncated(s, limits.string_max()).len();
         1 + match self {
             Frame::Handoff(h) => 8 + FLOW_LEN + STATE_LEN + 4 + h.data.len(),
-            Frame::Ready { .. } | Frame::Go { .. } | Frame::Abort { .. } => 8,
+            Frame::Ready { .. } => 8 + 4,
+            Frame::Go { .. } | Frame::Abort { .. } => 8,
             Frame::Refused { reason, .. } => 8 + string(reason),
             Frame::Closed { .. } => 8 + FLOW_LEN,
             Frame::Load(_) => 4 + 8,
@@ -283,7 +284,10 @@ fn encode_payload(frame: &Frame, limits: &FrameLimits, out: &mut BytesMut) {
             out.put_u32(h.data.len() as u32);
             out.put_slice(&h.data);
         }
-        Frame::Ready { id } => put_id(out, ty::READY, *id),
+        Frame::Ready { id, restore_us } => {
+            put_id(out, ty::READY, *id);
+            out.put_u32(*restore_us);
+        }
         Frame::Refused { id, reason } => {
             put_id(out, ty::REFUSED, *id);
             put_str(out, reason, max_str);
@@ -382,7 +386,10 @@ pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Fra
                 data,
             })
         }
-        ty::READY => Frame::Ready { id: r.u64("id")? },
+        ty::READY => Frame::Ready {
+            id: r.u64("id")?,
+            restore_us: r.u32("restore time")?,
+        },
         ty::REFUSED => Frame::Refused {
             id: r.u64("id")?,
             reason: read_str(&mut r, limits, "refusal reason")?,
@@ -509,7 +516,7 @@ mod tests {
     fn all_frames() -> Vec<Frame> {
         vec![
             handoff(),
-            Frame::Ready { id: 1 },
+            Frame::Ready { id: 1, restore_us: 15 },
             Frame::Refused {
                 id: 2,
                 reason: "no capacity: 503 ✓".into(),
@@ -561,8 +568,8 @@ mod tests {
     fn wire_layout_is_stable() {
         // Golden bytes: a change here is a protocol change (bump PROTOCOL_VERSION).
         assert_eq!(
-            &encode(&Frame::Ready { id: 0x0102 })[..],
-            &[0, 0, 0, 9, 2, 0, 0, 0, 0, 0, 0, 1, 2]
+            &encode(&Frame::Ready { id: 0x0102, restore_us: 0x0304 })[..],
+            &[0, 0, 0, 13, 2, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4]
         );
         assert_eq!(
             &encode(&Frame::Goodbye {
@@ -627,6 +634,10 @@ mod tests {
             (&[0, 0, 0, 5, 2, 0, 0, 0, 0], ProtoError::Truncated("id")),
             (
                 &[0, 0, 0, 10, 2, 0, 0, 0, 0, 0, 0, 0, 1, 9],
+                ProtoError::Truncated("restore time"),
+            ),
+            (
+                &[0, 0, 0, 14, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 9],
                 ProtoError::TrailingBytes(1),
             ),
             (&[0, 0, 0, 4, 10, 0, 1, 0xff], ProtoError::InvalidUtf8),

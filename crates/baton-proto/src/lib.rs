@@ -33,7 +33,7 @@
 //!  pick a back-end, park the flow, dump the TCP state
 //!   |-- Handoff {id, flow, state, data} ------------------------->|
 //!   |                       restore the socket, still in repair mode
-//!   |<------------------------------------------------ Ready {id} -|
+//!   |<------------------------------------ Ready {id, restore_us} -|
 //!  steer the flow to the back,
 //!  close the local socket in repair mode (nothing reaches the client)
 //!   |-- Go {id} -------------------------------------------------->|

@@ -72,7 +72,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 state,
                 data: Bytes::from(data)
             })),
-        any::<u64>().prop_map(|id| Frame::Ready { id }),
+        (any::<u64>(), any::<u32>()).prop_map(|(id, restore_us)| Frame::Ready { id, restore_us }),
         (any::<u64>(), reason()).prop_map(|(id, reason)| Frame::Refused { id, reason }),
         any::<u64>().prop_map(|id| Frame::Go { id }),
         any::<u64>().prop_map(|id| Frame::Abort { id }),

@@ -198,8 +198,9 @@ impl Back {
                 let reply = match self.restore(&h, received) {
                     Ok(fd) => {
                         self.counters.restored.inc();
+                        let restore_us = u32::try_from(received.elapsed().as_micros()).unwrap_or(u32::MAX);
                         waiting.insert(id, Waiting { fd, flow: h.flow, since: received });
-                        Frame::Ready { id }
+                        Frame::Ready { id, restore_us }
                     }
                     Err(e) => {
                         self.counters.refused.inc();

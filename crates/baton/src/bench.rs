@@ -36,6 +36,12 @@ pub enum BenchCmd {
         /// The lab name.
         #[arg(long, default_value = "batonbench")]
         name: String,
+        /// Extra TOML for the front's configuration (e.g. "workers = 1").
+        #[arg(long)]
+        front_extra: Option<String>,
+        /// Extra TOML for the back-end's configuration.
+        #[arg(long)]
+        back_extra: Option<String>,
     },
 }
 
@@ -66,8 +72,14 @@ pub struct HandoffReport {
 /// Runs a benchmark.
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
-        BenchCmd::Handoff { requests, json, name } => {
-            let r = handoff(&name, requests)?;
+        BenchCmd::Handoff {
+            requests,
+            json,
+            name,
+            front_extra,
+            back_extra,
+        } => {
+            let r = handoff(&name, requests, front_extra.as_deref(), back_extra.as_deref())?;
             print_handoff(&r);
             if let Some(dir) = json.parent() {
                 std::fs::create_dir_all(dir).ok();
@@ -82,11 +94,11 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
-fn handoff(name: &str, requests: u32) -> Result<HandoffReport> {
+fn handoff(name: &str, requests: u32, front_extra: Option<&str>, back_extra: Option<&str>) -> Result<HandoffReport> {
     let baton = crate::labcmd::self_exe()?;
     let _ = baton_lab::down(name);
     eprintln!("bench: bringing up lab {name} ...");
-    let lab = Lab::up(&baton, name, 1, None, None, None)?;
+    let lab = Lab::up(&baton, name, 1, None, front_extra, back_extra)?;
     let vip: SocketAddr = SocketAddr::from((lab.info.vip, lab.info.port));
     let back = lab.info.hosts.get("back1").context("lab has no back1")?;
     let direct: SocketAddr = SocketAddr::from((back.ip, 8080));

@@ -28,6 +28,9 @@ pub struct FrontConfig {
     /// The distribution policy.
     #[serde(default = "default_policy")]
     pub policy: String,
+    /// Runtime worker threads; 0 = one per CPU.
+    #[serde(default)]
+    pub workers: usize,
     /// The back-ends.
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
@@ -161,6 +164,9 @@ pub struct BackConfig {
     /// The most front-ends connected at once.
     #[serde(default = "default_max_fronts")]
     pub max_fronts: usize,
+    /// Runtime worker threads; 0 = one per CPU.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 fn default_port() -> u16 {

@@ -38,7 +38,7 @@ use crate::stats::{Counter, Samples, Summary};
 /// How a back-end answered a handoff.
 #[derive(Debug)]
 enum Reply {
-    Ready,
+    Ready { restore_us: u32 },
     Refused(String),
 }
 
@@ -63,9 +63,21 @@ struct BackendState {
     reported_load: u32,
     /// Handed off since the last load report (the report does not know them yet).
     handed_since_report: u32,
+    /// `Closed` reports since the last load report.
+    closed_since_report: u32,
     mac: Option<[u8; 6]>,
     connects: u64,
     last_error: Option<String>,
+}
+
+impl BackendState {
+    /// Active connections: the last report, corrected by what this front
+    /// handed off and heard closed since.
+    fn load(&self) -> u32 {
+        self.reported_load
+            .saturating_add(self.handed_since_report)
+            .saturating_sub(self.closed_since_report)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +130,7 @@ pub struct Front {
     counters: FrontCounters,
     lat_dump: Samples,
     lat_rtt: Samples,
+    lat_restore: Samples,
     lat_total: Samples,
     shutting_down: AtomicBool,
 }
@@ -174,6 +187,7 @@ impl Front {
             counters: FrontCounters::default(),
             lat_dump: Samples::new(SAMPLES),
             lat_rtt: Samples::new(SAMPLES),
+            lat_restore: Samples::new(SAMPLES),
             lat_total: Samples::new(SAMPLES),
             shutting_down: AtomicBool::new(false),
             cfg,
@@ -295,7 +309,7 @@ impl Front {
                 BackendView {
                     up: st.up && st.mac.is_some() && !paused,
                     draining: st.draining,
-                    load: st.reported_load.saturating_add(st.handed_since_report),
+                    load: st.load(),
                     weight: b.weight,
                 }
             })
@@ -412,11 +426,14 @@ impl Front {
             return Err(Failure::unavailable(format!("control channel: {e}")));
         }
         match tokio::time::timeout(ms(self.cfg.limits.handoff_timeout_ms), rx).await {
-            Ok(Ok(Reply::Ready)) => Ok(ForwardTarget {
-                ifindex: self.iface.ifindex,
-                dst_mac,
-                src_mac: self.iface.mac,
-            }),
+            Ok(Ok(Reply::Ready { restore_us })) => {
+                self.lat_restore.record_us(u64::from(restore_us));
+                Ok(ForwardTarget {
+                    ifindex: self.iface.ifindex,
+                    dst_mac,
+                    src_mac: self.iface.mac,
+                })
+            }
             Ok(Ok(Reply::Refused(why))) => {
                 let pause = ms(self.cfg.control.refused_pause_ms);
                 b.st.lock().unwrap_or_else(|e| e.into_inner()).paused_until = Some(Instant::now() + pause);
@@ -725,9 +742,13 @@ impl Front {
 
     fn handle_frame(&self, b: &Backend, frame: Frame) {
         match frame {
-            Frame::Ready { id } => self.answer(b, id, Reply::Ready),
+            Frame::Ready { id, restore_us } => self.answer(b, id, Reply::Ready { restore_us }),
             Frame::Refused { id, reason } => self.answer(b, id, Reply::Refused(reason)),
             Frame::Closed { id, flow } => {
+                {
+                    let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                    st.closed_since_report = st.closed_since_report.saturating_add(1);
+                }
                 let mut flows = self.lock_flows();
                 if let Some(f) = flows.get_mut(&flow) {
                     if f.id == id {
@@ -741,6 +762,7 @@ impl Front {
                 let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
                 st.reported_load = l.active;
                 st.handed_since_report = 0;
+                st.closed_since_report = 0;
             }
             Frame::Goodbye { reason } => {
                 info!(backend = %b.name, %reason, "back-end is draining");
@@ -792,6 +814,7 @@ impl Front {
             latency_us: Latency {
                 dump: self.lat_dump.summary(),
                 control_rtt: self.lat_rtt.summary(),
+                restore: self.lat_restore.summary(),
                 total: self.lat_total.summary(),
             },
             backends: self
@@ -804,7 +827,7 @@ impl Front {
                         control: b.control.to_string(),
                         up: st.up,
                         draining: st.draining,
-                        load: st.reported_load.saturating_add(st.handed_since_report),
+                        load: st.load(),
                         handoffs: b.handoffs.get(),
                         failures: b.failures.get(),
                         connects: st.connects,
@@ -819,6 +842,7 @@ impl Front {
     pub fn reset_latency(&self) {
         self.lat_dump.clear();
         self.lat_rtt.clear();
+        self.lat_restore.clear();
         self.lat_total.clear();
     }
 }
@@ -855,6 +879,8 @@ pub struct Latency {
     pub dump: Summary,
     /// `Handoff` sent to `Ready` received (includes the back-end's restore).
     pub control_rtt: Summary,
+    /// The back-end's restore, as it reported it in `Ready`.
+    pub restore: Summary,
     /// Accept to `Go` sent.
     pub total: Summary,
 }

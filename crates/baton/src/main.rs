@@ -102,11 +102,17 @@ async fn shutdown_signal() {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
+    let mut b = if workers == 1 {
+        // One thread: no cross-thread wakeups on the handoff path.
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build().context("starting the async runtime")
 }
 
 fn run_front(a: FrontArgs) -> Result<()> {
@@ -124,7 +130,7 @@ fn run_front(a: FrontArgs) -> Result<()> {
         cfg.admin_listen = v;
     }
     cfg.validate().with_context(|| format!("invalid configuration {}", a.config.display()))?;
-    runtime()?.block_on(async {
+    runtime(cfg.workers)?.block_on(async {
         let front = front::Front::new(cfg)?;
         front.run(shutdown_signal()).await
     })
@@ -142,12 +148,15 @@ fn run_back(a: BackArgs) -> Result<()> {
         cfg.vip = v;
     }
     cfg.validate().with_context(|| format!("invalid configuration {}", a.config.display()))?;
-    runtime()?.block_on(back::run(cfg, shutdown_signal()))
+    runtime(cfg.workers)?.block_on(back::run(cfg, shutdown_signal()))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Err(e) = baton_sys::raise_nofile_limit() {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
     let r = match cli.cmd {
         Cmd::Lab { cmd } => {
             return match labcmd::run(cmd) {

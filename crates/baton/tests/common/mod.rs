@@ -1,0 +1,495 @@
+//! Helpers shared by the privileged end-to-end tests: unique lab names, a
+//! raw HTTP/1.1 client that runs inside a lab namespace, waiting for a
+//! `/stats` predicate with a deadline, and the post-test checks that a lab
+//! left nothing behind.
+//!
+//! Every test that brings a lab up holds it in a [`Lab`] (torn down on drop,
+//! also on panic) and ends with [`finish`], which checks that the front's
+//! forwarding entries drained and that `down` removed the namespaces and
+//! daemons.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use baton::labtools::{sha256_file, Lab, TempDir};
+use serde_json::Value;
+
+/// Flow timers short enough that forwarding entries drain within a test.
+pub const FAST_FLOWS: &str = "[flows]\nclosed_grace_ms = 200\nsweep_interval_ms = 50\n";
+
+/// How long a test waits for forwarding entries to drain after the traffic stopped.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The `baton` binary under test.
+pub fn baton() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// Fails at once, with the reason, when the tests cannot work: labs need
+/// network namespaces, BPF and `TCP_REPAIR`.
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    assert_eq!(
+        uid, "0",
+        "these end-to-end tests build network namespaces, load BPF and use TCP_REPAIR: run them as root"
+    );
+}
+
+/// A lab name unique to this process and call: `bt{pid}-{n}` (at most 12
+/// characters; the `bt` prefix is what `scripts/check-clean` looks for).
+pub fn lab_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("bt{}-{n}", std::process::id() % 100_000)
+}
+
+/// Brings up a lab with `backends` back-ends and the given extra TOML.
+pub fn up(backends: usize, front_extra: Option<&str>, back_extra: Option<&str>) -> Lab {
+    require_root();
+    let name = lab_name();
+    match Lab::up(baton(), &name, backends, None, front_extra, back_extra) {
+        Ok(lab) => lab,
+        Err(e) => panic!("baton lab up --name {name}: {e:#}"),
+    }
+}
+
+/// The tail of the daemons' logs, for failure messages.
+pub fn logs(lab: &Lab) -> String {
+    let mut out = String::new();
+    for host in lab.info.hosts.keys().filter(|h| *h != "client") {
+        let tail = lab.log_tail(host, 30);
+        out.push_str(&format!("\n--- {host}.log (tail) ---\n{tail}"));
+    }
+    out
+}
+
+/// The front's `/stats`; panics with the front's log if it is unreachable.
+pub fn stats(lab: &Lab) -> Value {
+    match lab.front_stats() {
+        Ok(v) => v,
+        Err(e) => panic!("front /stats: {e:#}\n{}", lab.log_tail("front", 30)),
+    }
+}
+
+/// A counter from `/stats`.
+pub fn counter(stats: &Value, key: &str) -> u64 {
+    stats[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("/stats has no counter {key}: {stats:#}"))
+}
+
+/// One back-end's entry in `/stats`.
+pub fn backend<'a>(stats: &'a Value, name: &str) -> &'a Value {
+    stats["backends"]
+        .as_array()
+        .and_then(|v| v.iter().find(|b| b["name"] == name))
+        .unwrap_or_else(|| panic!("/stats has no back-end {name}: {stats:#}"))
+}
+
+/// Handoffs per back-end.
+pub fn handoffs(stats: &Value) -> BTreeMap<String, u64> {
+    baton::labtools::handoffs_by_backend(stats)
+}
+
+/// Polls `/stats` (every 25 ms) until `pred` holds; panics after `timeout`
+/// with the last snapshot and the front's log.
+pub fn wait_stats(lab: &Lab, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = stats(lab);
+        if pred(&s) {
+            return s;
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "waited {timeout:?} for {what}; last /stats:\n{s:#}\n{}",
+                logs(lab)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Waits until the front holds no forwarding entry and tracks no flow.
+pub fn assert_drained(lab: &Lab) {
+    wait_stats(lab, "forwarding entries to drain to 0", DRAIN_DEADLINE, |s| {
+        s["forwarding_entries"] == 0 && s["flows_tracked"] == 0
+    });
+}
+
+/// Whether each daemon still runs, according to `baton lab status`.
+pub fn daemons_running(lab: &Lab) -> BTreeMap<String, bool> {
+    let out = Command::new(baton())
+        .args(["lab", "status", "--name", &lab.name, "--json"])
+        .output()
+        .expect("running baton lab status");
+    assert!(
+        out.status.success(),
+        "baton lab status --name {}: {}",
+        lab.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("baton lab status prints JSON");
+    v["hosts"]
+        .as_object()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter_map(|(h, info)| info["running"].as_bool().map(|r| (h.clone(), r)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts that the front and every back-end daemon still run.
+pub fn assert_daemons_alive(lab: &Lab) {
+    let running = daemons_running(lab);
+    let expected = lab.info.hosts.len() - 1; // all but the client
+    assert!(
+        running.len() == expected && running.values().all(|r| *r),
+        "daemons not all running: {running:?}\n{}",
+        logs(lab)
+    );
+}
+
+/// Ends a lab test: forwarding entries drain, then `down` leaves no
+/// namespace and no daemon of the lab behind.
+pub fn finish(lab: Lab) {
+    assert_drained(&lab);
+    let name = lab.name.clone();
+    let labdir = lab.info.labdir.clone();
+    drop(lab);
+    assert_gone(&name, &labdir);
+}
+
+/// No namespace of lab `name` and no process started with its files remain.
+pub fn assert_gone(name: &str, labdir: &Path) {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let prefix = format!("{name}-");
+    let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "lab {name}: namespaces left after down: {left:?}");
+    let pattern = format!("baton (front|back) .*{}/", labdir.display());
+    let out = Command::new("pgrep")
+        .args(["-af", &pattern])
+        .output()
+        .expect("pgrep");
+    let procs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        procs.trim().is_empty(),
+        "lab {name}: daemons left after down:\n{procs}"
+    );
+    assert!(!labdir.exists(), "lab {name}: {} left after down", labdir.display());
+}
+
+/// Runs `f` on a thread that entered network namespace `netns` (sockets it
+/// opens, and threads it spawns, live there); returns what `f` returns and
+/// passes its panic on.
+pub fn in_netns<T, F>(netns: &str, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let ns = netns.to_owned();
+    let handle = std::thread::spawn(move || {
+        if let Err(e) = baton_sys::netns::enter_named(&ns) {
+            panic!("entering namespace {ns}: {e}");
+        }
+        f()
+    });
+    match handle.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// The VIP as a socket address.
+pub fn vip(lab: &Lab) -> SocketAddr {
+    SocketAddr::from((lab.info.vip, lab.info.port))
+}
+
+/// A file of the lab's document root.
+pub fn doc(lab: &Lab, name: &str) -> Vec<u8> {
+    let path = lab.docroot().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// sha256 of `bytes`, hex.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A GET request head for `path` (with `Connection: close` if `close`).
+pub fn get_request(path: &str, close: bool) -> String {
+    let conn = if close { "Connection: close\r\n" } else { "" };
+    format!("GET {path} HTTP/1.1\r\nHost: baton.test\r\nUser-Agent: baton-e2e\r\n{conn}\r\n")
+}
+
+/// One parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Header fields, names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A client connection that reads responses one after the other (keep-alive
+/// and pipelining included).
+#[derive(Debug)]
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    /// Connects within 2 s; reads time out after 5 s so that nothing hangs.
+    pub fn connect(addr: SocketAddr) -> io::Result<HttpConn> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Writes all of `bytes`.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    fn need(&mut self, len: usize, what: &str) -> io::Result<()> {
+        while self.buf.len() < len {
+            if self.fill()? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed in the middle of the {what} ({} of {len} bytes)", self.buf.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to the end of a line (CRLF) starting at the buffer's head.
+    fn take_line(&mut self, what: &str) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..i].to_vec();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("closed inside the {what}")));
+            }
+        }
+    }
+
+    /// Reads one response. `head_request`: the request was HEAD, so no body follows.
+    pub fn read_response(&mut self, head_request: bool) -> io::Result<Response> {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed before a complete response head ({} bytes)", self.buf.len()),
+                ));
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}")))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if head_request || status / 100 == 1 || status == 204 || status == 304 {
+            return Ok(resp);
+        }
+        if let Some(len) = resp.header("content-length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad Content-Length {len:?}")))?;
+            self.need(len, "body")?;
+            resp.body = self.buf.drain(..len).collect();
+        } else if resp.header("transfer-encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked")) {
+            loop {
+                let line = self.take_line("chunk size")?;
+                let size_hex = String::from_utf8_lossy(&line);
+                let size_hex = size_hex.split(';').next().unwrap_or_default().trim().to_owned();
+                let size = usize::from_str_radix(&size_hex, 16)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {size_hex:?}")))?;
+                if size == 0 {
+                    // Trailers end with an empty line.
+                    while !self.take_line("trailer")?.is_empty() {}
+                    break;
+                }
+                self.need(size + 2, "chunk")?;
+                resp.body.extend(self.buf.drain(..size));
+                self.buf.drain(..2);
+            }
+        } else {
+            while self.fill()? > 0 {}
+            resp.body = std::mem::take(&mut self.buf);
+        }
+        Ok(resp)
+    }
+
+    /// Whether the peer closed the connection (reads end of stream) within `timeout`.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if self.stream.set_read_timeout(Some(left)).is_err() {
+                return true;
+            }
+            match self.fill() {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
+                // A reset counts as closed.
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// Connects, sends `request`, reads one response (must run inside the client namespace).
+pub fn exchange(addr: SocketAddr, request: &[u8], head_request: bool) -> io::Result<Response> {
+    let mut c = HttpConn::connect(addr)?;
+    c.send(request)?;
+    c.read_response(head_request)
+}
+
+/// Makes closing `stream` send a RST instead of a FIN (`SO_LINGER` = {on, 0 s}).
+pub fn set_linger_zero(stream: &TcpStream) {
+    // struct linger { int l_onoff; int l_linger; } in native byte order.
+    let mut linger = [0u8; 8];
+    linger[..4].copy_from_slice(&1i32.to_ne_bytes());
+    const SOL_SOCKET: i32 = 1;
+    const SO_LINGER: i32 = 13;
+    baton_sys::sockopt::set(stream.as_fd(), SOL_SOCKET, SO_LINGER, &linger, "setsockopt(SO_LINGER)")
+        .expect("setting SO_LINGER 0");
+}
+
+/// Runs a curl transfer in the client namespace.
+pub fn curl(lab: &Lab, path: &str, out: &Path, extra: &[&str]) -> baton::labtools::CurlResult {
+    lab.curl(path, out, extra)
+        .unwrap_or_else(|e| panic!("curl {path}: {e:#}\n{}", logs(lab)))
+}
+
+/// A daemon started by a test; killed (by its pid) and reaped when dropped.
+#[derive(Debug)]
+pub struct Spawned(pub Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `baton back --config CONFIG` in `netns`, logging to `log`.
+pub fn spawn_back(netns: &str, config: &Path, log: &Path) -> Spawned {
+    let out = std::fs::File::create(log).expect("creating the daemon log");
+    let err = out.try_clone().expect("cloning the log handle");
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(baton())
+        .arg("back")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawning baton back");
+    Spawned(child)
+}
+
+/// Sends `signal` (e.g. `-9`, `-STOP`) to `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) {
+    let st = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(st.success(), "kill {signal} {pid} failed");
+}
+
+/// Whether `pid` runs (a zombie does not count).
+pub fn process_runs(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// A daemon's pid from the lab info.
+pub fn pid_of(lab: &Lab, host: &str) -> u32 {
+    lab.info.hosts[host].pid.unwrap_or_else(|| panic!("lab has no pid for {host}"))
+}
+
+/// A daemon's config file from the lab info.
+pub fn config_of(lab: &Lab, host: &str) -> PathBuf {
+    lab.info.hosts[host]
+        .config
+        .clone()
+        .unwrap_or_else(|| panic!("lab has no config for {host}"))
+}
