@@ -188,7 +188,9 @@ impl ParkedRing {
     pub fn poll_fd(&self) -> std::io::Result<OwnedFd> {
         match &self.poll_fd {
             Some(fd) => fd.try_clone(),
-            None => Err(std::io::Error::other("the ring's descriptor could not be duplicated")),
+            None => Err(std::io::Error::other(
+                "the ring's descriptor could not be duplicated",
+            )),
         }
     }
 

@@ -516,7 +516,10 @@ mod tests {
     fn all_frames() -> Vec<Frame> {
         vec![
             handoff(),
-            Frame::Ready { id: 1, restore_us: 15 },
+            Frame::Ready {
+                id: 1,
+                restore_us: 15,
+            },
             Frame::Refused {
                 id: 2,
                 reason: "no capacity: 503 ✓".into(),
@@ -568,7 +571,10 @@ mod tests {
     fn wire_layout_is_stable() {
         // Golden bytes: a change here is a protocol change (bump PROTOCOL_VERSION).
         assert_eq!(
-            &encode(&Frame::Ready { id: 0x0102, restore_us: 0x0304 })[..],
+            &encode(&Frame::Ready {
+                id: 0x0102,
+                restore_us: 0x0304
+            })[..],
             &[0, 0, 0, 13, 2, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4]
         );
         assert_eq!(

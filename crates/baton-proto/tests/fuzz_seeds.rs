@@ -58,7 +58,13 @@ fn frame_seeds() -> Seeds {
         ("handoff", encode(&[handoff])),
         (
             "ready_go",
-            encode(&[Frame::Ready { id: 1, restore_us: 12 }, Frame::Go { id: 1 }]),
+            encode(&[
+                Frame::Ready {
+                    id: 1,
+                    restore_us: 12,
+                },
+                Frame::Go { id: 1 },
+            ]),
         ),
         (
             "refused",

@@ -64,13 +64,22 @@ pub(crate) fn cvt(ret: libc::c_int, call: &'static str) -> Result<libc::c_int> {
 /// descriptor per connection in progress, a back-end one per connection).
 /// Returns the new soft limit.
 pub fn raise_nofile_limit() -> Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one rlimit through the pointer.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, "getrlimit(RLIMIT_NOFILE)")?;
+    cvt(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) },
+        "getrlimit(RLIMIT_NOFILE)",
+    )?;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: setrlimit reads one rlimit through the pointer.
-        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, "setrlimit(RLIMIT_NOFILE)")?;
+        cvt(
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) },
+            "setrlimit(RLIMIT_NOFILE)",
+        )?;
     }
     Ok(lim.rlim_cur)
 }

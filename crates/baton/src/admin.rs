@@ -27,7 +27,9 @@ pub async fn serve(addr: SocketAddr, front: Arc<Front>) {
         }
     };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let front = Arc::clone(&front);
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
@@ -47,7 +49,10 @@ fn route(front: &Front, req: hyper::Request<Incoming>) -> Response<Full<Bytes>> 
             if front.ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: a back-end channel is down\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: a back-end channel is down\n",
+                )
             }
         }
         (&Method::GET, "/stats") => match serde_json::to_vec_pretty(&front.snapshot()) {

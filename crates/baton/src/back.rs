@@ -48,7 +48,8 @@ struct Back {
 pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let psk = crate::config::load_key(&cfg.key_file)?;
     let files = Arc::new(
-        StaticFiles::new(&cfg.docroot).with_context(|| format!("docroot {}", cfg.docroot.display()))?,
+        StaticFiles::new(&cfg.docroot)
+            .with_context(|| format!("docroot {}", cfg.docroot.display()))?,
     );
     check_vip_local(cfg.vip)?;
     let listener = TcpListener::bind(cfg.control_listen)
@@ -69,9 +70,13 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
                 .with_context(|| format!("binding the direct address {addr}"))?;
             info!(%addr, "serving plain HTTP (direct)");
             let mut rx = stop_rx.clone();
-            Some(tokio::spawn(baton_serve::serve_listener(l, Arc::clone(&files), async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })))
+            Some(tokio::spawn(baton_serve::serve_listener(
+                l,
+                Arc::clone(&files),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )))
         }
         None => None,
     };
@@ -114,7 +119,9 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
 fn check_vip_local(vip: std::net::Ipv4Addr) -> Result<()> {
     match std::net::TcpListener::bind(SocketAddr::from((vip, 0))) {
         Ok(_) => Ok(()),
-        Err(e) => bail!("the VIP {vip} is not a local address ({e}); add it to lo: ip addr add {vip}/32 dev lo"),
+        Err(e) => bail!(
+            "the VIP {vip} is not a local address ({e}); add it to lo: ip addr add {vip}/32 dev lo"
+        ),
     }
 }
 
@@ -133,7 +140,8 @@ impl Back {
         psk: &baton_proto::auth::Psk,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        let (writer, mut reader) = match control::accept(stream, psk, Duration::from_secs(5)).await {
+        let (writer, mut reader) = match control::accept(stream, psk, Duration::from_secs(5)).await
+        {
             Ok(pair) => pair,
             Err(e) => {
                 self.counters.auth_failures.inc();
@@ -198,14 +206,25 @@ impl Back {
                 let reply = match self.restore(&h, received) {
                     Ok(fd) => {
                         self.counters.restored.inc();
-                        let restore_us = u32::try_from(received.elapsed().as_micros()).unwrap_or(u32::MAX);
-                        waiting.insert(id, Waiting { fd, flow: h.flow, since: received });
+                        let restore_us =
+                            u32::try_from(received.elapsed().as_micros()).unwrap_or(u32::MAX);
+                        waiting.insert(
+                            id,
+                            Waiting {
+                                fd,
+                                flow: h.flow,
+                                since: received,
+                            },
+                        );
                         Frame::Ready { id, restore_us }
                     }
                     Err(e) => {
                         self.counters.refused.inc();
                         warn!(id, flow = %h.flow, error = %format!("{e:#}"), "refusing handoff");
-                        Frame::Refused { id, reason: format!("{e:#}") }
+                        Frame::Refused {
+                            id,
+                            reason: format!("{e:#}"),
+                        }
                     }
                 };
                 send(writer, &reply).await?;
@@ -222,25 +241,37 @@ impl Back {
             Frame::Ping { nonce } => send(writer, &Frame::Pong { nonce }).await?,
             Frame::Pong { .. } => {}
             Frame::Goodbye { reason } => debug!(%reason, "front-end says goodbye"),
-            other => warn!(frame = other.kind(), "unexpected frame from a front-end; ignored"),
+            other => warn!(
+                frame = other.kind(),
+                "unexpected frame from a front-end; ignored"
+            ),
         }
         Ok(())
     }
 
     fn restore(&self, h: &Handoff, received: Instant) -> Result<OwnedFd> {
         if *h.flow.vip.ip() != self.cfg.vip {
-            bail!("flow {} is for {}, this back-end serves VIP {}", h.flow, h.flow.vip.ip(), self.cfg.vip);
+            bail!(
+                "flow {} is for {}, this back-end serves VIP {}",
+                h.flow,
+                h.flow.vip.ip(),
+                self.cfg.vip
+            );
         }
         // What elapsed since the front read the timestamp, rounded up, plus 1 ms
         // so our first segment never carries an older TSval than the front's last.
-        let advance = u32::try_from(received.elapsed().as_millis()).unwrap_or(u32::MAX).saturating_add(2);
+        let advance = u32::try_from(received.elapsed().as_millis())
+            .unwrap_or(u32::MAX)
+            .saturating_add(2);
         let local = SocketAddrV4::new(*h.flow.vip.ip(), h.flow.vip.port());
         repair::restore(&h.state, local, h.flow.client, &h.data, advance).context("restore")
     }
 
     /// The front let go: the connection is ours. Serve it, then report `Closed`.
     fn go(self: &Arc<Self>, id: u64, w: Waiting, writer: Arc<Mutex<FrameWriter>>) {
-        if let Err(e) = repair::go_live(w.fd.as_fd()).and_then(|()| repair::set_nonblocking(w.fd.as_fd())) {
+        if let Err(e) =
+            repair::go_live(w.fd.as_fd()).and_then(|()| repair::set_nonblocking(w.fd.as_fd()))
+        {
             warn!(id, flow = %w.flow, error = %e, "could not take the socket live");
             return;
         }

@@ -79,12 +79,18 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             front_extra,
             back_extra,
         } => {
-            let r = handoff(&name, requests, front_extra.as_deref(), back_extra.as_deref())?;
+            let r = handoff(
+                &name,
+                requests,
+                front_extra.as_deref(),
+                back_extra.as_deref(),
+            )?;
             print_handoff(&r);
             if let Some(dir) = json.parent() {
                 std::fs::create_dir_all(dir).ok();
             }
-            std::fs::write(&json, serde_json::to_vec_pretty(&r)?).with_context(|| format!("writing {}", json.display()))?;
+            std::fs::write(&json, serde_json::to_vec_pretty(&r)?)
+                .with_context(|| format!("writing {}", json.display()))?;
             println!("JSON written to {}", json.display());
             if r.failures > 0 {
                 bail!("{} requests failed", r.failures);
@@ -94,7 +100,12 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
-fn handoff(name: &str, requests: u32, front_extra: Option<&str>, back_extra: Option<&str>) -> Result<HandoffReport> {
+fn handoff(
+    name: &str,
+    requests: u32,
+    front_extra: Option<&str>,
+    back_extra: Option<&str>,
+) -> Result<HandoffReport> {
     let baton = crate::labcmd::self_exe()?;
     let _ = baton_lab::down(name);
     eprintln!("bench: bringing up lab {name} ...");
@@ -135,7 +146,12 @@ fn handoff(name: &str, requests: u32, front_extra: Option<&str>, back_extra: Opt
 
 /// Sequential requests from inside `netns`, one connection each, alternating
 /// between `targets`. Returns TTFB samples (µs) per target and the failures.
-fn client_loop(netns: &str, targets: &[SocketAddr], path: &str, n: u32) -> Result<(Vec<Vec<u32>>, u32)> {
+fn client_loop(
+    netns: &str,
+    targets: &[SocketAddr],
+    path: &str,
+    n: u32,
+) -> Result<(Vec<Vec<u32>>, u32)> {
     let netns = netns.to_string();
     let targets = targets.to_vec();
     let path = path.to_string();
@@ -175,15 +191,29 @@ fn ttfb(addr: SocketAddr, req: &[u8]) -> Result<u32> {
 }
 
 fn print_handoff(r: &HandoffReport) {
-    println!("\nbaton bench handoff: {} sequential requests per target for {} (one connection each)", r.requests_per_target, r.file);
-    println!("  {:<44} {:>9} {:>9} {:>9}", "", "p50 µs", "p99 µs", "samples");
-    let row = |label: &str, s: &Summary| println!("  {label:<44} {:>9.0} {:>9.0} {:>9}", s.p50, s.p99, s.count);
+    println!(
+        "\nbaton bench handoff: {} sequential requests per target for {} (one connection each)",
+        r.requests_per_target, r.file
+    );
+    println!(
+        "  {:<44} {:>9} {:>9} {:>9}",
+        "", "p50 µs", "p99 µs", "samples"
+    );
+    let row = |label: &str, s: &Summary| {
+        println!("  {label:<44} {:>9.0} {:>9.0} {:>9}", s.p50, s.p99, s.count)
+    };
     row("dump (front: TCP_REPAIR on + reads)", &r.dump_us);
     row("restore (back: TCP_REPAIR restore)", &r.restore_us);
-    row("control round trip (Handoff→Ready, incl. restore)", &r.control_rtt_us);
+    row(
+        "control round trip (Handoff→Ready, incl. restore)",
+        &r.control_rtt_us,
+    );
     row("whole handoff (front: accept → Go)", &r.handoff_total_us);
     row("TTFB through Baton (client)", &r.ttfb_baton_us);
     row("TTFB straight to the back-end (client)", &r.ttfb_direct_us);
-    println!("  added by the handoff: p50 {:+.0} µs, p99 {:+.0} µs (targets: p50 <= 60, p99 <= 200)", r.added_p50_us, r.added_p99_us);
+    println!(
+        "  added by the handoff: p50 {:+.0} µs, p99 {:+.0} µs (targets: p50 <= 60, p99 <= 200)",
+        r.added_p50_us, r.added_p99_us
+    );
     println!("  failures: {}", r.failures);
 }

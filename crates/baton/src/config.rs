@@ -199,8 +199,10 @@ pub fn ms(v: u64) -> Duration {
 impl FrontConfig {
     /// Parses and validates a front configuration file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: FrontConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: FrontConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -212,12 +214,23 @@ impl FrontConfig {
             !self.interface.is_empty() && self.interface.len() < 16,
             "interface must be a name of 1 to 15 bytes"
         );
-        ensure!(!self.backends.is_empty(), "at least one [[backend]] is required");
+        ensure!(
+            !self.backends.is_empty(),
+            "at least one [[backend]] is required"
+        );
         let mut names = std::collections::HashSet::new();
         for b in &self.backends {
             ensure!(!b.name.is_empty(), "a backend needs a name");
-            ensure!(names.insert(&b.name), "backend name {:?} is used twice", b.name);
-            ensure!(b.control.port() != 0, "backend {}: control port must not be 0", b.name);
+            ensure!(
+                names.insert(&b.name),
+                "backend name {:?} is used twice",
+                b.name
+            );
+            ensure!(
+                b.control.port() != 0,
+                "backend {}: control port must not be 0",
+                b.name
+            );
         }
         ensure!(
             baton_policy::by_name(&self.policy).is_some(),
@@ -225,13 +238,25 @@ impl FrontConfig {
             self.policy
         );
         let l = &self.limits;
-        ensure!((256..=1 << 20).contains(&l.head_max_bytes), "limits.head_max_bytes must be 256..=1048576");
-        ensure!((1..=1000).contains(&l.head_max_headers), "limits.head_max_headers must be 1..=1000");
+        ensure!(
+            (256..=1 << 20).contains(&l.head_max_bytes),
+            "limits.head_max_bytes must be 256..=1048576"
+        );
+        ensure!(
+            (1..=1000).contains(&l.head_max_headers),
+            "limits.head_max_headers must be 1..=1000"
+        );
         ensure!(l.head_timeout_ms > 0, "limits.head_timeout_ms must be > 0");
-        ensure!(l.handoff_timeout_ms > 0, "limits.handoff_timeout_ms must be > 0");
+        ensure!(
+            l.handoff_timeout_ms > 0,
+            "limits.handoff_timeout_ms must be > 0"
+        );
         ensure!(l.max_pending > 0, "limits.max_pending must be > 0");
         let f = &self.flows;
-        ensure!(f.sweep_interval_ms > 0, "flows.sweep_interval_ms must be > 0");
+        ensure!(
+            f.sweep_interval_ms > 0,
+            "flows.sweep_interval_ms must be > 0"
+        );
         ensure!(
             f.idle_timeout_ms > f.sweep_interval_ms,
             "flows.idle_timeout_ms must exceed flows.sweep_interval_ms"
@@ -250,16 +275,25 @@ impl FrontConfig {
 impl BackConfig {
     /// Parses a back configuration file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: BackConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: BackConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         Ok(cfg)
     }
 
     /// Checks everything that can be checked without starting.
     pub fn validate(&self) -> Result<()> {
         ensure!(!self.vip.is_unspecified(), "vip must be a concrete address");
-        ensure!(self.control_listen.port() != 0, "control_listen port must not be 0");
-        ensure!(self.docroot.is_dir(), "docroot {} is not a directory", self.docroot.display());
+        ensure!(
+            self.control_listen.port() != 0,
+            "control_listen port must not be 0"
+        );
+        ensure!(
+            self.docroot.is_dir(),
+            "docroot {} is not a directory",
+            self.docroot.display()
+        );
         ensure!(self.load_report_ms > 0, "load_report_ms must be > 0");
         ensure!(self.go_timeout_ms > 0, "go_timeout_ms must be > 0");
         ensure!(self.max_fronts > 0, "max_fronts must be > 0");
@@ -271,10 +305,15 @@ impl BackConfig {
 /// Reads the pre-shared key: the file's text with surrounding whitespace
 /// removed, at least 16 bytes (e.g. 64 hex digits from a random source).
 pub fn load_key(path: &Path) -> Result<baton_proto::auth::Psk> {
-    let text = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let text =
+        std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
     let trimmed = text.trim_ascii();
     if trimmed.len() < 16 {
-        bail!("key file {} holds {} bytes; at least 16 are required", path.display(), trimmed.len());
+        bail!(
+            "key file {} holds {} bytes; at least 16 are required",
+            path.display(),
+            trimmed.len()
+        );
     }
     baton_proto::auth::Psk::new(trimmed).with_context(|| format!("key file {}", path.display()))
 }
@@ -290,15 +329,22 @@ pub enum AnyConfig {
 
 /// Loads and validates a file of either kind (for `baton check`).
 pub fn check(path: &Path) -> Result<AnyConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
     if value.contains_key("control_listen") {
-        let cfg: BackConfig = toml::from_str(&text).with_context(|| format!("{} (back-end config)", path.display()))?;
-        cfg.validate().with_context(|| format!("{} (back-end config)", path.display()))?;
+        let cfg: BackConfig = toml::from_str(&text)
+            .with_context(|| format!("{} (back-end config)", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{} (back-end config)", path.display()))?;
         Ok(AnyConfig::Back(Box::new(cfg)))
     } else {
-        let cfg: FrontConfig = toml::from_str(&text).with_context(|| format!("{} (front-end config)", path.display()))?;
-        cfg.validate().with_context(|| format!("{} (front-end config)", path.display()))?;
+        let cfg: FrontConfig = toml::from_str(&text)
+            .with_context(|| format!("{} (front-end config)", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{} (front-end config)", path.display()))?;
         Ok(AnyConfig::Front(Box::new(cfg)))
     }
 }

@@ -33,13 +33,21 @@ impl FrameWriter {
     /// Seals and writes one frame.
     pub async fn send(&mut self, frame: &Frame) -> Result<()> {
         self.buf.clear();
-        self.sealer.seal(frame, &mut self.buf).context("sealing a frame")?;
-        self.half.write_all(&self.buf).await.context("writing to the control channel")
+        self.sealer
+            .seal(frame, &mut self.buf)
+            .context("sealing a frame")?;
+        self.half
+            .write_all(&self.buf)
+            .await
+            .context("writing to the control channel")
     }
 
     /// Closes the sending direction.
     pub async fn shutdown(&mut self) -> Result<()> {
-        self.half.shutdown().await.context("closing the control channel")
+        self.half
+            .shutdown()
+            .await
+            .context("closing the control channel")
     }
 }
 
@@ -51,7 +59,11 @@ impl FrameReader {
             if let Some(f) = self.opener.open(&mut self.buf).context("control channel")? {
                 return Ok(Some(f));
             }
-            let n = self.half.read_buf(&mut self.buf).await.context("reading the control channel")?;
+            let n = self
+                .half
+                .read_buf(&mut self.buf)
+                .await
+                .context("reading the control channel")?;
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
@@ -74,22 +86,39 @@ fn prepare(stream: &TcpStream) -> Result<()> {
 }
 
 /// Front side: connects to a back-end and authenticates both ways within `timeout`.
-pub async fn connect(addr: SocketAddrV4, psk: &Psk, timeout: Duration) -> Result<(FrameWriter, FrameReader)> {
+pub async fn connect(
+    addr: SocketAddrV4,
+    psk: &Psk,
+    timeout: Duration,
+) -> Result<(FrameWriter, FrameReader)> {
     tokio::time::timeout(timeout, async {
-        let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
         prepare(&stream)?;
         let (mut hs, hello) = FrontHandshake::start(psk.clone(), nonce()?);
         stream.write_all(&hello).await.context("sending hello")?;
         let mut buf = BytesMut::with_capacity(4096);
         let done = loop {
-            if let Some(done) = hs.handle(&mut buf).with_context(|| format!("authenticating {addr}"))? {
+            if let Some(done) = hs
+                .handle(&mut buf)
+                .with_context(|| format!("authenticating {addr}"))?
+            {
                 break done;
             }
-            if stream.read_buf(&mut buf).await.context("reading the challenge")? == 0 {
+            if stream
+                .read_buf(&mut buf)
+                .await
+                .context("reading the challenge")?
+                == 0
+            {
                 bail!("{addr} closed the channel during the handshake");
             }
         };
-        stream.write_all(&done.proof).await.context("sending proof")?;
+        stream
+            .write_all(&done.proof)
+            .await
+            .context("sending proof")?;
         Ok(split(stream, done.sealer, done.opener, buf))
     })
     .await
@@ -97,20 +126,35 @@ pub async fn connect(addr: SocketAddrV4, psk: &Psk, timeout: Duration) -> Result
 }
 
 /// Back side: authenticates a front-end that connected, within `timeout`.
-pub async fn accept(mut stream: TcpStream, psk: &Psk, timeout: Duration) -> Result<(FrameWriter, FrameReader)> {
+pub async fn accept(
+    mut stream: TcpStream,
+    psk: &Psk,
+    timeout: Duration,
+) -> Result<(FrameWriter, FrameReader)> {
     let peer = stream.peer_addr().context("peer address")?;
     tokio::time::timeout(timeout, async {
         prepare(&stream)?;
         let mut hs = BackHandshake::new(psk.clone(), nonce()?);
         let mut buf = BytesMut::with_capacity(4096);
         loop {
-            match hs.handle(&mut buf).with_context(|| format!("authenticating front-end {peer}"))? {
+            match hs
+                .handle(&mut buf)
+                .with_context(|| format!("authenticating front-end {peer}"))?
+            {
                 BackStep::NeedMore => {
-                    if stream.read_buf(&mut buf).await.context("reading handshake")? == 0 {
+                    if stream
+                        .read_buf(&mut buf)
+                        .await
+                        .context("reading handshake")?
+                        == 0
+                    {
                         bail!("front-end {peer} closed the channel during the handshake");
                     }
                 }
-                BackStep::Send(bytes) => stream.write_all(&bytes).await.context("sending challenge")?,
+                BackStep::Send(bytes) => stream
+                    .write_all(&bytes)
+                    .await
+                    .context("sending challenge")?,
                 BackStep::Done { sealer, opener } => return Ok(split(stream, sealer, opener, buf)),
                 BackStep::Reject { reply, error } => {
                     let _ = stream.write_all(&reply).await;
@@ -123,7 +167,12 @@ pub async fn accept(mut stream: TcpStream, psk: &Psk, timeout: Duration) -> Resu
     .map_err(|_| anyhow!("front-end {peer}: no authenticated channel within {timeout:?}"))?
 }
 
-fn split(stream: TcpStream, sealer: Sealer, opener: Opener, leftover: BytesMut) -> (FrameWriter, FrameReader) {
+fn split(
+    stream: TcpStream,
+    sealer: Sealer,
+    opener: Opener,
+    leftover: BytesMut,
+) -> (FrameWriter, FrameReader) {
     let (r, w) = stream.into_split();
     (
         FrameWriter {

@@ -24,17 +24,28 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let baton = crate::labcmd::self_exe()?;
     // A demo lab left by a killed run would block this one.
     let _ = baton_lab::down(&args.name);
-    println!("Baton demo: bringing up lab {:?} (client, front, {} back-ends, bridge) ...", args.name, args.backends);
+    println!(
+        "Baton demo: bringing up lab {:?} (client, front, {} back-ends, bridge) ...",
+        args.name, args.backends
+    );
     let t = std::time::Instant::now();
     let lab = Lab::up(&baton, &args.name, args.backends, None, None, None)?;
-    println!("  up in {:.1} s; VIP {}:{}", t.elapsed().as_secs_f64(), lab.info.vip, lab.info.port);
+    println!(
+        "  up in {:.1} s; VIP {}:{}",
+        t.elapsed().as_secs_f64(),
+        lab.info.vip,
+        lab.info.port
+    );
     for (name, h) in &lab.info.hosts {
         println!("  {name:<7} {:<14} netns {}", h.ip.to_string(), h.netns);
     }
     let scratch = TempDir::new("demo")?;
 
     println!("\n1. Byte-exact downloads through the VIP (curl in the client namespace):");
-    println!("   {:<10} {:>10} {:>7} {:>10} {:>11}  sha256", "file", "bytes", "status", "ttfb ms", "MB/s");
+    println!(
+        "   {:<10} {:>10} {:>7} {:>10} {:>11}  sha256",
+        "file", "bytes", "status", "ttfb ms", "MB/s"
+    );
     let mut bad = 0;
     for file in ["index.html", "empty.bin", "1k.bin", "1m.bin", "64m.bin"] {
         let out = scratch.0.join(file);
@@ -62,7 +73,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let after = lab.nic("front", "eth0")?;
     let d = after.since(&before);
     println!("   served to the client     {:>12} bytes", r.size);
-    println!("   front NIC received       {:>12} bytes ({} packets: the client's ACKs, steered by BPF)", d.rx_bytes, d.rx_packets);
+    println!(
+        "   front NIC received       {:>12} bytes ({} packets: the client's ACKs, steered by BPF)",
+        d.rx_bytes, d.rx_packets
+    );
     println!(
         "   front NIC sent           {:>12} bytes ({:.2}% of what was served; the response never crossed the front)",
         d.tx_bytes,
@@ -71,8 +85,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let _ = std::fs::remove_file(&out);
 
     lab.reset_latency()?;
-    println!("\n3. Load from wrk in the client namespace ({} s each, 2 threads, 32 connections):", args.seconds);
-    println!("   {:<34} {:>9} {:>10} {:>9} {:>9} {:>7}", "phase", "requests", "req/s", "p50 ms", "p99 ms", "errors");
+    println!(
+        "\n3. Load from wrk in the client namespace ({} s each, 2 threads, 32 connections):",
+        args.seconds
+    );
+    println!(
+        "   {:<34} {:>9} {:>10} {:>9} {:>9} {:>7}",
+        "phase", "requests", "req/s", "p50 ms", "p99 ms", "errors"
+    );
     let mut errors = 0;
     for (label, path, close) in [
         ("1 KiB, one request per connection", "/1k.bin", true),
@@ -120,11 +140,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-
 /// Exits with a message when not root.
 pub fn require_root(what: &str) -> Result<()> {
     // The effective uid, from /proc (no libc call needed).
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let uid = status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))

@@ -25,8 +25,8 @@ use baton_proto::FlowKey;
 use baton_sys::packet::PacketSender;
 use baton_sys::repair;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, info, warn};
@@ -137,7 +137,9 @@ pub struct Front {
 
 impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Front").field("vip", &self.cfg.vip).finish_non_exhaustive()
+        f.debug_struct("Front")
+            .field("vip", &self.cfg.vip)
+            .finish_non_exhaustive()
     }
 }
 
@@ -150,7 +152,9 @@ impl Front {
             .with_context(|| format!("interface {}", cfg.interface))?;
         let mut forwarder = Forwarder::attach(&cfg.interface)
             .with_context(|| format!("attaching the BPF forwarder to {}", cfg.interface))?;
-        let ring = forwarder.parked().context("opening the parked-frame ring")?;
+        let ring = forwarder
+            .parked()
+            .context("opening the parked-frame ring")?;
         let sender = PacketSender::open(iface.ifindex).context("opening the packet socket")?;
         let policy = baton_policy::by_name(&cfg.policy)
             .with_context(|| format!("unknown policy {:?}", cfg.policy))?;
@@ -196,11 +200,17 @@ impl Front {
 
     /// Runs until `shutdown` resolves; then stops accepting and returns (the
     /// forwarder is detached when the last reference drops).
-    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
         let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr} (is the VIP configured on {}?)", self.cfg.interface))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "binding {addr} (is the VIP configured on {}?)",
+                self.cfg.interface
+            )
+        })?;
         let psk = crate::config::load_key(&self.cfg.key_file)?;
         for (i, _) in self.backends.iter().enumerate() {
             tokio::spawn(Arc::clone(&self).control_loop(i, psk.clone()));
@@ -254,24 +264,29 @@ impl Front {
         };
         let head_timeout = ms(self.cfg.limits.head_timeout_ms);
         let mut buf = Vec::with_capacity(1024);
-        let head = match tokio::time::timeout(head_timeout, read_head(&mut stream, &mut buf, &limits)).await {
-            Err(_) => {
-                self.counters.head_timeouts.inc();
-                let _ = stream.write_all(&error_response(408, "request head timeout")).await;
-                return;
-            }
-            Ok(Err(HeadFailure::Closed)) => {
-                self.counters.client_gone.inc();
-                return;
-            }
-            Ok(Err(HeadFailure::Bad(status, why))) => {
-                self.counters.bad_requests.inc();
-                debug!(%peer, status, why, "bad request head");
-                let _ = stream.write_all(&error_response(status, &why)).await;
-                return;
-            }
-            Ok(Ok(h)) => h,
-        };
+        let head =
+            match tokio::time::timeout(head_timeout, read_head(&mut stream, &mut buf, &limits))
+                .await
+            {
+                Err(_) => {
+                    self.counters.head_timeouts.inc();
+                    let _ = stream
+                        .write_all(&error_response(408, "request head timeout"))
+                        .await;
+                    return;
+                }
+                Ok(Err(HeadFailure::Closed)) => {
+                    self.counters.client_gone.inc();
+                    return;
+                }
+                Ok(Err(HeadFailure::Bad(status, why))) => {
+                    self.counters.bad_requests.inc();
+                    debug!(%peer, status, why, "bad request head");
+                    let _ = stream.write_all(&error_response(status, &why)).await;
+                    return;
+                }
+                Ok(Ok(h)) => h,
+            };
         let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, stream.local_addr()) else {
             let _ = stream.write_all(&error_response(505, "IPv4 only")).await;
             return;
@@ -279,7 +294,9 @@ impl Front {
         let key = FlowKey { client, vip };
         let Some(bi) = self.pick(&head) else {
             self.counters.no_backend.inc();
-            let _ = stream.write_all(&error_response(503, "no back-end available")).await;
+            let _ = stream
+                .write_all(&error_response(503, "no back-end available"))
+                .await;
             return;
         };
         match self.handoff(&stream, key, bi, &buf, t0).await {
@@ -338,7 +355,13 @@ impl Front {
     ) -> std::result::Result<(), Failure> {
         let b = &self.backends[bi];
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock_flows().insert(key, FlowInfo { id, phase: Phase::Parked });
+        self.lock_flows().insert(
+            key,
+            FlowInfo {
+                id,
+                phase: Phase::Parked,
+            },
+        );
         let parked = self.lock_forwarder().park(&key);
         if let Err(e) = parked {
             self.forget(&key, id);
@@ -361,7 +384,10 @@ impl Front {
         // added here, what elapses in transit is added by the back-end.
         state.ts_val = state.ts_val.wrapping_add(ms_since(td));
         let (tx, rx) = oneshot::channel();
-        b.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        b.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
         let frame = Frame::Handoff(Handoff {
             id,
             flow: key,
@@ -372,7 +398,10 @@ impl Front {
         let target = match self.exchange(b, id, frame, rx).await {
             Ok(t) => t,
             Err(f) => {
-                b.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                b.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
                 self.resume(stream, &key, id);
                 return Err(f);
             }
@@ -436,16 +465,26 @@ impl Front {
             }
             Ok(Ok(Reply::Refused(why))) => {
                 let pause = ms(self.cfg.control.refused_pause_ms);
-                b.st.lock().unwrap_or_else(|e| e.into_inner()).paused_until = Some(Instant::now() + pause);
-                Err(Failure::bad_gateway(format!("back-end {} refused: {why}", b.name)))
+                b.st.lock().unwrap_or_else(|e| e.into_inner()).paused_until =
+                    Some(Instant::now() + pause);
+                Err(Failure::bad_gateway(format!(
+                    "back-end {} refused: {why}",
+                    b.name
+                )))
             }
-            Ok(Err(_)) => Err(Failure::bad_gateway(format!("control channel to {} went down", b.name))),
+            Ok(Err(_)) => Err(Failure::bad_gateway(format!(
+                "control channel to {} went down",
+                b.name
+            ))),
             Err(_) => {
                 let _ = self.send(b, Frame::Abort { id }).await;
                 // A back-end that does not answer in time is out of rotation
                 // until its channel is re-established.
                 self.drop_channel(b, "handoff timed out").await;
-                Err(Failure::gateway_timeout(format!("back-end {} did not answer in time", b.name)))
+                Err(Failure::gateway_timeout(format!(
+                    "back-end {} did not answer in time",
+                    b.name
+                )))
             }
         }
     }
@@ -580,7 +619,9 @@ impl Front {
             }
         };
         loop {
-            let Ok(mut guard) = afd.readable().await else { return };
+            let Ok(mut guard) = afd.readable().await else {
+                return;
+            };
             let n = {
                 let mut store = self.lock_parked();
                 self.drain_ring(&mut store)
@@ -684,7 +725,9 @@ impl Front {
             };
             backoff = Duration::from_millis(50);
             // The channel's TCP connection taught the kernel the back-end's MAC.
-            let mac = baton_sys::iface::neighbor_mac(*b.control.ip(), &self.cfg.interface).ok().flatten();
+            let mac = baton_sys::iface::neighbor_mac(*b.control.ip(), &self.cfg.interface)
+                .ok()
+                .flatten();
             if mac.is_none() {
                 warn!(backend = %b.name, "back-end is not on the front's L2 segment (no neighbour entry on {}); not using it", self.cfg.interface);
             }
@@ -753,7 +796,10 @@ impl Front {
                 if let Some(f) = flows.get_mut(&flow) {
                     if f.id == id {
                         if let Phase::Forwarding(target) = f.phase {
-                            f.phase = Phase::Closed { at: Instant::now(), target };
+                            f.phase = Phase::Closed {
+                                at: Instant::now(),
+                                target,
+                            };
                         }
                     }
                 }
@@ -769,12 +815,19 @@ impl Front {
                 b.st.lock().unwrap_or_else(|e| e.into_inner()).draining = true;
             }
             Frame::Pong { .. } => {}
-            other => debug!(backend = %b.name, frame = ?other, "unexpected frame from a back-end; ignored"),
+            other => {
+                debug!(backend = %b.name, frame = ?other, "unexpected frame from a back-end; ignored")
+            }
         }
     }
 
     fn answer(&self, b: &Backend, id: u64, reply: Reply) {
-        if let Some(tx) = b.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+        if let Some(tx) = b
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        {
             let _ = tx.send(reply);
         }
     }
@@ -791,7 +844,11 @@ impl Front {
     pub fn snapshot(&self) -> FrontStats {
         let c = &self.counters;
         let bpf = self.lock_forwarder().stats().ok();
-        let entries = self.lock_forwarder().entries().map(|e| e.len()).unwrap_or(0);
+        let entries = self
+            .lock_forwarder()
+            .entries()
+            .map(|e| e.len())
+            .unwrap_or(0);
         FrontStats {
             uptime_s: self.started.elapsed().as_secs_f64(),
             accepted: c.accepted.get(),
@@ -933,7 +990,10 @@ async fn read_head(
 ) -> std::result::Result<RequestHead, HeadFailure> {
     let mut chunk = [0u8; 4096];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|_| HeadFailure::Closed)?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| HeadFailure::Closed)?;
         if n == 0 {
             return Err(HeadFailure::Closed);
         }

@@ -21,9 +21,23 @@ pub struct Lab {
 impl Lab {
     /// Brings a lab up through the real CLI (`baton lab up`), so that what is
     /// tested is what users run.
-    pub fn up(baton: &Path, name: &str, backends: usize, docroot: Option<&Path>, front_extra: Option<&str>, back_extra: Option<&str>) -> Result<Lab> {
+    pub fn up(
+        baton: &Path,
+        name: &str,
+        backends: usize,
+        docroot: Option<&Path>,
+        front_extra: Option<&str>,
+        back_extra: Option<&str>,
+    ) -> Result<Lab> {
         let mut cmd = Command::new(baton);
-        cmd.args(["lab", "up", "--name", name, "--backends", &backends.to_string()]);
+        cmd.args([
+            "lab",
+            "up",
+            "--name",
+            name,
+            "--backends",
+            &backends.to_string(),
+        ]);
         if let Some(d) = docroot {
             cmd.arg("--docroot").arg(d);
         }
@@ -33,7 +47,10 @@ impl Lab {
         if let Some(x) = back_extra {
             cmd.args(["--back-extra", x]);
         }
-        let out = cmd.stderr(Stdio::inherit()).output().context("running baton lab up")?;
+        let out = cmd
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running baton lab up")?;
         if !out.status.success() {
             // `up` cleans up after itself; make sure anyway.
             let _ = baton_lab::down(name);
@@ -41,7 +58,10 @@ impl Lab {
         }
         let info: baton_lab::LabInfo =
             serde_json::from_slice(&out.stdout).context("parsing the output of baton lab up")?;
-        Ok(Lab { name: name.to_string(), info })
+        Ok(Lab {
+            name: name.to_string(),
+            info,
+        })
     }
 
     /// The namespace of `host`.
@@ -82,16 +102,37 @@ impl Lab {
 
     /// The front's `/stats`.
     pub fn front_stats(&self) -> Result<serde_json::Value> {
-        let out = self.run("front", &["curl", "-sf", "--max-time", "5", "http://127.0.0.1:9100/stats"])?;
+        let out = self.run(
+            "front",
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9100/stats",
+            ],
+        )?;
         if !out.status.success() {
-            bail!("front /stats unavailable: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "front /stats unavailable: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         serde_json::from_slice(&out.stdout).context("parsing /stats")
     }
 
     /// Forgets the front's latency samples.
     pub fn reset_latency(&self) -> Result<()> {
-        let out = self.run("front", &["curl", "-sf", "-X", "POST", "http://127.0.0.1:9100/stats/reset-latency"])?;
+        let out = self.run(
+            "front",
+            &[
+                "curl",
+                "-sf",
+                "-X",
+                "POST",
+                "http://127.0.0.1:9100/stats/reset-latency",
+            ],
+        )?;
         if !out.status.success() {
             bail!("resetting latency failed");
         }
@@ -103,7 +144,10 @@ impl Lab {
         let read = |what: &str| -> Result<u64> {
             let path = format!("/sys/class/net/{iface}/statistics/{what}");
             let out = self.run(host, &["cat", &path])?;
-            String::from_utf8_lossy(&out.stdout).trim().parse().with_context(|| format!("{host}: {path}"))
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .with_context(|| format!("{host}: {path}"))
         };
         Ok(NicCounters {
             rx_bytes: read("rx_bytes")?,
@@ -126,17 +170,45 @@ impl Lab {
         let out = self.run("client", &argv)?;
         let text = String::from_utf8_lossy(&out.stdout);
         let last = text.lines().last().unwrap_or_default();
-        serde_json::from_str(last).with_context(|| format!("curl {url}: {text} {}", String::from_utf8_lossy(&out.stderr)))
+        serde_json::from_str(last).with_context(|| {
+            format!(
+                "curl {url}: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     /// Runs wrk in the client namespace (bounded by `seconds`).
-    pub fn wrk(&self, path: &str, threads: u32, conns: u32, seconds: u32, close: bool) -> Result<WrkResult> {
+    pub fn wrk(
+        &self,
+        path: &str,
+        threads: u32,
+        conns: u32,
+        seconds: u32,
+        close: bool,
+    ) -> Result<WrkResult> {
         let script = std::env::temp_dir().join(format!("baton-wrk-{}.lua", std::process::id()));
         std::fs::write(&script, WRK_LUA).context("writing the wrk script")?;
         let url = self.url(path);
-        let (t, c, d) = (threads.to_string(), conns.to_string(), format!("{seconds}s"));
+        let (t, c, d) = (
+            threads.to_string(),
+            conns.to_string(),
+            format!("{seconds}s"),
+        );
         let s = script.to_string_lossy().to_string();
-        let mut argv = vec!["wrk", "-t", &t, "-c", &c, "-d", &d, "--timeout", "5s", "-s", &s];
+        let mut argv = vec![
+            "wrk",
+            "-t",
+            &t,
+            "-c",
+            &c,
+            "-d",
+            &d,
+            "--timeout",
+            "5s",
+            "-s",
+            &s,
+        ];
         if close {
             argv.extend_from_slice(&["-H", "Connection: close"]);
         }
@@ -145,9 +217,15 @@ impl Lab {
         let _ = std::fs::remove_file(&script);
         let out = out?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| l.starts_with("{\"requests\"")).with_context(|| {
-            format!("wrk printed no summary: {text} {}", String::from_utf8_lossy(&out.stderr))
-        })?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("{\"requests\""))
+            .with_context(|| {
+                format!(
+                    "wrk printed no summary: {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
         serde_json::from_str(line).context("parsing wrk's summary")
     }
 
@@ -224,7 +302,11 @@ impl WrkResult {
     }
     /// All errors.
     pub fn errors(&self) -> u64 {
-        self.errors_connect + self.errors_read + self.errors_write + self.errors_status + self.errors_timeout
+        self.errors_connect
+            + self.errors_read
+            + self.errors_write
+            + self.errors_status
+            + self.errors_timeout
     }
 }
 
@@ -281,7 +363,12 @@ pub fn handoffs_by_backend(stats: &serde_json::Value) -> BTreeMap<String, u64> {
         .as_array()
         .map(|v| {
             v.iter()
-                .map(|b| (b["name"].as_str().unwrap_or("?").to_string(), b["handoffs"].as_u64().unwrap_or(0)))
+                .map(|b| {
+                    (
+                        b["name"].as_str().unwrap_or("?").to_string(),
+                        b["handoffs"].as_u64().unwrap_or(0),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()

@@ -11,7 +11,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "baton", version, about = "A content-aware web cluster with kernel-level TCP handoff")]
+#[command(
+    name = "baton",
+    version,
+    about = "A content-aware web cluster with kernel-level TCP handoff"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -91,7 +95,10 @@ fn init_logging() {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, run until killed.
         std::future::pending::<()>().await;
         return;
@@ -129,7 +136,8 @@ fn run_front(a: FrontArgs) -> Result<()> {
     if let Some(v) = a.admin_listen {
         cfg.admin_listen = v;
     }
-    cfg.validate().with_context(|| format!("invalid configuration {}", a.config.display()))?;
+    cfg.validate()
+        .with_context(|| format!("invalid configuration {}", a.config.display()))?;
     runtime(cfg.workers)?.block_on(async {
         let front = front::Front::new(cfg)?;
         front.run(shutdown_signal()).await
@@ -147,7 +155,8 @@ fn run_back(a: BackArgs) -> Result<()> {
     if let Some(v) = a.vip {
         cfg.vip = v;
     }
-    cfg.validate().with_context(|| format!("invalid configuration {}", a.config.display()))?;
+    cfg.validate()
+        .with_context(|| format!("invalid configuration {}", a.config.display()))?;
     runtime(cfg.workers)?.block_on(back::run(cfg, shutdown_signal()))
 }
 

@@ -86,7 +86,12 @@ impl Samples {
 
     /// Percentiles of what is kept.
     pub fn summary(&self) -> Summary {
-        let mut v = self.inner.lock().unwrap_or_else(|e| e.into_inner()).buf.clone();
+        let mut v = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .buf
+            .clone();
         summarize(&mut v)
     }
 }
@@ -118,7 +123,10 @@ mod tests {
     fn percentiles_nearest_rank() {
         let mut v: Vec<u32> = (1..=100).rev().collect();
         let s = summarize(&mut v);
-        assert_eq!((s.count, s.p50, s.p90, s.p99, s.max), (100, 50.0, 90.0, 99.0, 100.0));
+        assert_eq!(
+            (s.count, s.p50, s.p90, s.p99, s.max),
+            (100, 50.0, 90.0, 99.0, 100.0)
+        );
         assert_eq!(summarize(&mut []), Summary::default());
     }
 
