@@ -107,11 +107,24 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
             }
         }
     }
-    info!("back-end shutting down");
+    // Drain: the fronts hear Goodbye and send no new handoffs; connections
+    // already here finish, up to the drain timeout.
+    drop(listener);
     let _ = stop_tx.send(true);
+    let active = back.active.load(Ordering::Relaxed);
+    info!(active, "back-end draining");
+    let deadline = Instant::now() + ms(back.cfg.drain_timeout_ms);
+    while back.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = back.active.load(Ordering::Relaxed);
+    if left > 0 {
+        warn!(left, "drain timeout: closing the remaining connections");
+    }
     if let Some(d) = direct {
         let _ = d.await;
     }
+    info!("back-end stopped");
     Ok(())
 }
 
@@ -154,11 +167,16 @@ impl Back {
         let mut waiting: HashMap<u64, Waiting> = HashMap::new();
         let mut load = tokio::time::interval(ms(self.cfg.load_report_ms));
         let go_timeout = ms(self.cfg.go_timeout_ms);
+        let mut said_goodbye = false;
         let why = loop {
             tokio::select! {
-                _ = stop.changed() => {
-                    let _ = send(&writer, &Frame::Goodbye { reason: "back-end shutting down".into() }).await;
-                    break "shutdown".to_string();
+                r = stop.changed(), if !said_goodbye => {
+                    said_goodbye = true;
+                    if r.is_ok() {
+                        // Keep the channel: Closed reports of draining
+                        // connections still have to reach the front.
+                        let _ = send(&writer, &Frame::Goodbye { reason: "back-end shutting down".into() }).await;
+                    }
                 }
                 _ = load.tick() => {
                     waiting.retain(|id, w| {

@@ -31,6 +31,10 @@ pub struct FrontConfig {
     /// Runtime worker threads; 0 = one per CPU.
     #[serde(default)]
     pub workers: usize,
+    /// On SIGTERM, how long handed-off connections keep being steered
+    /// (the forwarder stays attached) before the front exits.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_ms: u64,
     /// The back-ends.
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
@@ -167,6 +171,13 @@ pub struct BackConfig {
     /// Runtime worker threads; 0 = one per CPU.
     #[serde(default)]
     pub workers: usize,
+    /// On SIGTERM, how long connections may take to finish.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_drain() -> u64 {
+    10_000
 }
 
 fn default_port() -> u16 {

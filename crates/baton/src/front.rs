@@ -250,8 +250,26 @@ impl Front {
             }
         }
         self.shutting_down.store(true, Ordering::Relaxed);
+        drop(listener);
+        // Drain: the forwarder stays attached while handed-off connections
+        // live, since detaching it would make the front's kernel reset them.
+        let deadline = Instant::now() + ms(self.cfg.drain_timeout_ms);
+        let live = || {
+            self.lock_flows()
+                .values()
+                .filter(|f| !matches!(f.phase, Phase::Closed { .. }))
+                .count()
+        };
+        info!(connections = live(), "front-end stopped accepting; draining");
+        while live() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = live();
+        if left > 0 {
+            warn!(left, "drain timeout: detaching the forwarder with connections still open");
+        }
         admin.abort();
-        info!("front-end stopped accepting");
+        info!("front-end stopped");
         Ok(())
     }
 
@@ -418,7 +436,9 @@ impl Front {
                 f.phase = Phase::Forwarding(target);
             }
         }
-        self.flush_parked(&key, &target);
+        // Go before delivering the kept frames: the back-end can start
+        // answering while they are on their way (it would accept them in
+        // repair mode too), which takes them off the latency path.
         if let Err(e) = self.send(b, Frame::Go { id }).await {
             // The back-end holds a socket that will never go live; its Go
             // timer drops it. The client's connection is lost: make the
@@ -428,6 +448,7 @@ impl Front {
             warn!(%key, error = %e, "Go not delivered; connection lost");
             return Ok(());
         }
+        self.flush_parked(&key, &target);
         {
             let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
             st.handed_since_report = st.handed_since_report.saturating_add(1);
