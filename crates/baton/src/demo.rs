@@ -90,9 +90,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         args.seconds
     );
     println!(
-        "   {:<34} {:>9} {:>10} {:>9} {:>9} {:>7}",
-        "phase", "requests", "req/s", "p50 ms", "p99 ms", "errors"
+        "   {:<34} {:>9} {:>10} {:>10} {:>9} {:>9} {:>7}",
+        "phase", "requests", "req/s", "MB", "p50 ms", "p99 ms", "errors"
     );
+    let nic_before = lab.nic("front", "eth0")?;
+    let mut served = 0u64;
     let mut errors = 0;
     for (label, path, close) in [
         ("1 KiB, one request per connection", "/1k.bin", true),
@@ -101,16 +103,27 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     ] {
         let w = lab.wrk(path, 2, 32, args.seconds, close)?;
         errors += w.errors();
+        served += w.bytes;
         println!(
-            "   {:<34} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+            "   {:<34} {:>9} {:>10.0} {:>10.1} {:>9.2} {:>9.2} {:>7}",
             label,
             w.requests,
             w.rps(),
+            w.bytes as f64 / 1e6,
             w.p50_us as f64 / 1e3,
             w.p99_us as f64 / 1e3,
             w.errors()
         );
     }
+
+    let nic = lab.nic("front", "eth0")?.since(&nic_before);
+    println!(
+        "   served {:.1} MB in all; the front's NIC carried {:.1} MB in and {:.1} MB out ({:.1}% of what was served)",
+        served as f64 / 1e6,
+        nic.rx_bytes as f64 / 1e6,
+        nic.tx_bytes as f64 / 1e6,
+        100.0 * (nic.rx_bytes + nic.tx_bytes) as f64 / served.max(1) as f64
+    );
 
     let s = lab.front_stats()?;
     println!("\n4. The front-end's view:");
@@ -124,6 +137,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let lat = &s["latency_us"];
     for (label, key) in [
         ("dump (TCP_REPAIR on + reads)", "dump"),
+        ("restore (back-end, TCP_REPAIR)", "restore"),
         ("control round trip incl. restore", "control_rtt"),
         ("accept to Go (whole handoff)", "total"),
     ] {

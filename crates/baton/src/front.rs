@@ -260,13 +260,19 @@ impl Front {
                 .filter(|f| !matches!(f.phase, Phase::Closed { .. }))
                 .count()
         };
-        info!(connections = live(), "front-end stopped accepting; draining");
+        info!(
+            connections = live(),
+            "front-end stopped accepting; draining"
+        );
         while live() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let left = live();
         if left > 0 {
-            warn!(left, "drain timeout: detaching the forwarder with connections still open");
+            warn!(
+                left,
+                "drain timeout: detaching the forwarder with connections still open"
+            );
         }
         admin.abort();
         info!("front-end stopped");
