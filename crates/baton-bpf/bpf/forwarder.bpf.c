@@ -4,8 +4,8 @@
  * front's NIC that steers the packets of handed-off connections.
  *
  *   no FLOWS entry -> TC_ACT_OK: the front's own kernel handles the packet;
- *   a SYN (no ACK) -> delete the entry, TC_ACT_OK: a new connection on a reused
- *                     4-tuple belongs to the front's listener;
+ *   bare SYN on a  -> delete the entry, TC_ACT_OK: a new connection on a reused
+ *   FORWARD entry     4-tuple belongs to the front's listener;
  *   PARK           -> copy the frame into the PARKED ring, TC_ACT_SHOT: the
  *                     front's socket is in repair mode and must not see it;
  *   FORWARD        -> Ethernet dst := back-end, src := front, redirect to the
@@ -110,8 +110,15 @@ int btcp_ingress(struct __sk_buff *skb)
 	 * handed-off one (a client port freed early; entries outlive the close by
 	 * a grace period). It belongs to the front's listener, not to the old
 	 * back-end: forget the old flow and let the front's kernel have it.
+	 * With RST or FIN as well it opens nothing (a listener discards it), so
+	 * it must not cost a live flow its entry. ECE/CWR (an ECN SYN) are fine.
+	 * Only FORWARD entries: while a flow is parked its connection is alive
+	 * on the front, so a SYN there is a duplicate or a spoof, kept like any
+	 * other parked segment (the back-end's socket answers it with an ACK).
 	 */
-	if ((flags & (BTCP_TCP_SYN | BTCP_TCP_ACK)) == BTCP_TCP_SYN) {
+	if (val->action == BTCP_ACTION_FORWARD &&
+	    (flags & (BTCP_TCP_SYN | BTCP_TCP_ACK | BTCP_TCP_RST | BTCP_TCP_FIN)) ==
+		    BTCP_TCP_SYN) {
 		bpf_map_delete_elem(&FLOWS, &key);
 		count(BTCP_STAT_SYN_REPLACED);
 		return TC_ACT_OK;

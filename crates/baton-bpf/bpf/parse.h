@@ -18,7 +18,9 @@
 /* TCP header up to and including the flags byte (offset 13). */
 #define BTCP_L4_LEN 14
 #define BTCP_TCP_FLAGS_OFF 13
+#define BTCP_TCP_FIN 0x01
 #define BTCP_TCP_SYN 0x02
+#define BTCP_TCP_RST 0x04
 #define BTCP_TCP_ACK 0x10
 
 enum parse_result {

@@ -7,6 +7,13 @@ use crate::frame::tests::{tcp_frame, BACK_MAC, FRONT_MAC};
 use crate::{Action, BpfError, ForwardTarget, Forwarder, ParkedFrame, Stats, Verdict};
 
 const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+/// Byte 13 of the TCP header, in a frame without IP options.
+const TCP_FLAGS: usize = 14 + 20 + 13;
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+const ECE_CWR: u8 = 0xc0;
 
 fn key() -> FlowKey {
     FlowKey {
@@ -29,6 +36,13 @@ fn loaded() -> Forwarder {
 
 fn frame() -> Vec<u8> {
     tcp_frame(PAYLOAD, 0, 0)
+}
+
+/// An empty segment of the flow with the given TCP flags.
+fn segment(flags: u8) -> Vec<u8> {
+    let mut f = tcp_frame(&[], 0, 0);
+    f[TCP_FLAGS] = flags;
+    f
 }
 
 fn run_once(fwd: &Forwarder, frame: &[u8]) -> (Verdict, Vec<u8>) {
@@ -181,6 +195,8 @@ fn non_tcp_and_truncated_frames_pass_unchanged() {
     not_v4[14] = 0x65;
     // IPv4 header complete, but the frame ends inside the TCP ports.
     let ports_cut = good[..14 + 20 + 3].to_vec();
+    // The ports are there, the flags byte (TCP offset 13) is not.
+    let flags_cut = good[..TCP_FLAGS].to_vec();
     // IHL 15 puts the ports at byte 74, past the end. (Shorter IPv4 frames than a
     // full IP header cannot be tested: BPF_PROG_TEST_RUN refuses them with EINVAL.)
     let mut ihl_past_end = good[..60].to_vec();
@@ -195,6 +211,7 @@ fn non_tcp_and_truncated_frames_pass_unchanged() {
         bad_ihl,
         not_v4,
         ports_cut,
+        flags_cut,
         ihl_past_end,
         short_arp,
     ];
@@ -213,6 +230,86 @@ fn non_tcp_and_truncated_frames_pass_unchanged() {
             ..Stats::default()
         }
     );
+}
+
+#[test]
+fn new_syn_on_a_handed_off_tuple_deletes_the_entry_and_passes() {
+    // An ECN SYN (ECE|CWR set, as Linux clients may send) opens a connection too.
+    for (action, syn) in [(Action::Forward, SYN), (Action::Forward, SYN | ECE_CWR)] {
+        let mut fwd = loaded();
+        match action {
+            Action::Park => fwd.park(&key()),
+            Action::Forward => fwd.forward(&key(), &target()),
+        }
+        .expect("writing the entry");
+        let input = segment(syn);
+
+        let first = run_once(&fwd, &input);
+        let entries = fwd.entries().expect("entries");
+        // The SYN's retransmission finds no entry: an ordinary passed packet.
+        let retransmit = run_once(&fwd, &input);
+
+        let case = format!("{action:?}, flags {syn:#04x}");
+        assert_eq!(first, (Verdict::Pass, input.clone()), "{case}");
+        assert!(entries.is_empty(), "{case}: {entries:?}");
+        assert_eq!(retransmit, (Verdict::Pass, input), "{case}");
+        assert_eq!(
+            fwd.stats().expect("stats"),
+            Stats {
+                syn_replaced: 1,
+                passed: 1,
+                ..Stats::default()
+            },
+            "{case}"
+        );
+        assert!(drain(&mut fwd).is_empty(), "{case}");
+    }
+}
+
+#[test]
+fn a_syn_on_a_parked_flow_is_kept_like_any_parked_segment() {
+    let mut fwd = loaded();
+    fwd.park(&key()).expect("park");
+    let input = segment(SYN);
+    assert_eq!(run_once(&fwd, &input), (Verdict::Drop, input.clone()));
+    assert_eq!(
+        fwd.entries().expect("entries").len(),
+        1,
+        "the parked entry stays"
+    );
+    let kept = drain(&mut fwd);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].frame, input);
+    let stats = fwd.stats().expect("stats");
+    assert_eq!((stats.parked, stats.syn_replaced), (1, 0));
+}
+
+#[test]
+fn segments_of_a_forwarded_flow_that_open_nothing_are_still_redirected() {
+    let fwd = {
+        let mut fwd = loaded();
+        fwd.forward(&key(), &target()).expect("forward");
+        fwd
+    };
+    // A listener would discard SYN+RST and SYN+FIN, so they must not cost the flow its entry.
+    let cases = [SYN | ACK, ACK, SYN | RST, SYN | FIN];
+    for flags in cases {
+        assert_eq!(
+            run_once(&fwd, &segment(flags)).0,
+            Verdict::Redirect,
+            "flags {flags:#04x}"
+        );
+    }
+    let stats = fwd.stats().expect("stats");
+    assert_eq!(
+        (stats.forwarded, stats.syn_replaced),
+        (cases.len() as u64, 0)
+    );
+    let entries = fwd.entries().expect("entries");
+    let [(_, entry)] = entries.as_slice() else {
+        panic!("the entry should be kept, got {entries:?}")
+    };
+    assert_eq!(entry.packets, cases.len() as u64);
 }
 
 #[test]
