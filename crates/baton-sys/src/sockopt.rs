@@ -108,3 +108,22 @@ pub fn get_int(
 ) -> Result<libc::c_int> {
     get(fd, level, name, call, false)
 }
+
+// SAFETY: `struct linger` is two ints, no padding, valid for every bit pattern.
+unsafe impl OptVal for libc::linger {}
+
+/// `SO_LINGER` {on, 0 s}: closing the socket then sends a RST, not a FIN
+/// (tests use it to play a client that resets).
+pub fn set_linger_zero(fd: BorrowedFd<'_>) -> Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    set(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        &l,
+        "setsockopt(SO_LINGER)",
+    )
+}

@@ -680,6 +680,9 @@ impl Front {
     fn sweep(&self, grace: Duration, idle_ns: u64, parked_max_ns: u64) {
         let now = Instant::now();
         let now_ns = Forwarder::now_ns();
+        // Handoffs from this id on may start after the snapshot below: their
+        // records must survive even though the snapshot lacks their entries.
+        let first_unseen = self.next_id.load(Ordering::Relaxed);
         let entries = match self.lock_forwarder().entries() {
             Ok(e) => e,
             Err(e) => {
@@ -722,7 +725,9 @@ impl Front {
         }
         // Flow records the kernel no longer has (e.g. replaced by a new SYN).
         let live: std::collections::HashSet<FlowKey> = entries.iter().map(|(k, _)| *k).collect();
-        flows.retain(|k, f| live.contains(k) || matches!(f.phase, Phase::Parked));
+        flows.retain(|k, f| {
+            live.contains(k) || f.id >= first_unseen || matches!(f.phase, Phase::Parked)
+        });
     }
 
     /// Keeps the control channel to back-end `i` up: connect, authenticate,

@@ -31,7 +31,11 @@ fn downloads_are_byte_exact_and_bypass_the_front() {
     assert_eq!(r.code, 200, "{r:?}\n{}", logs(&lab));
     assert_eq!(r.size, 64 << 20, "{r:?}");
     let want = sha256_file(&lab.docroot().join("64m.bin")).expect("hashing the docroot file");
-    assert_eq!(sha256_file(&out).expect("hashing the download"), want, "64m.bin differs");
+    assert_eq!(
+        sha256_file(&out).expect("hashing the download"),
+        want,
+        "64m.bin differs"
+    );
     std::fs::remove_file(&out).ok();
     let share = front.tx_bytes as f64 / (64u64 << 20) as f64;
     eprintln!(
@@ -58,7 +62,14 @@ fn keep_alive_connection_stays_on_one_backend() {
     let tmp = TempDir::new("e2e-ka").expect("temp dir");
     let before = stats(&lab);
     let url = lab.url("/1k.bin");
-    let files: Vec<String> = (0..100).map(|i| tmp.0.join(format!("{i}.bin")).to_string_lossy().into_owned()).collect();
+    let files: Vec<String> = (0..100)
+        .map(|i| {
+            tmp.0
+                .join(format!("{i}.bin"))
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
     let mut argv: Vec<&str> = vec![
         "curl",
         "-s",
@@ -73,25 +84,59 @@ fn keep_alive_connection_stays_on_one_backend() {
     let out = lab.run("client", &argv).expect("running curl");
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 100, "curl: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        lines.len(),
+        100,
+        "curl: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut connects = 0u32;
     for (i, l) in lines.iter().enumerate() {
         let v: Vec<&str> = l.split_whitespace().collect();
-        assert_eq!(v.first().copied(), Some("200"), "transfer {i}: {l}\n{}", logs(&lab));
+        assert_eq!(
+            v.first().copied(),
+            Some("200"),
+            "transfer {i}: {l}\n{}",
+            logs(&lab)
+        );
         assert_eq!(v.get(1).copied(), Some("1024"), "transfer {i}: {l}");
-        connects += v.get(2).and_then(|c| c.parse::<u32>().ok()).expect("num_connects");
+        connects += v
+            .get(2)
+            .and_then(|c| c.parse::<u32>().ok())
+            .expect("num_connects");
     }
-    assert_eq!(connects, 1, "curl opened {connects} connections for 100 keep-alive requests");
+    assert_eq!(
+        connects, 1,
+        "curl opened {connects} connections for 100 keep-alive requests"
+    );
     let want = sha256(&doc(&lab, "1k.bin"));
     for f in &files {
-        assert_eq!(sha256_file(std::path::Path::new(f)).expect("hash"), want, "{f} differs");
+        assert_eq!(
+            sha256_file(std::path::Path::new(f)).expect("hash"),
+            want,
+            "{f} differs"
+        );
     }
     let after = stats(&lab);
     let (b, a) = (handoffs(&before), handoffs(&after));
-    let grew: Vec<(&String, u64)> = a.iter().map(|(k, v)| (k, v - b.get(k).copied().unwrap_or(0))).filter(|(_, d)| *d > 0).collect();
-    assert_eq!(grew.len(), 1, "handoffs per back-end went from {b:?} to {a:?}");
-    assert_eq!(grew[0].1, 1, "handoffs per back-end went from {b:?} to {a:?}");
-    assert_eq!(counter(&after, "handoffs_ok") - counter(&before, "handoffs_ok"), 1);
+    let grew: Vec<(&String, u64)> = a
+        .iter()
+        .map(|(k, v)| (k, v - b.get(k).copied().unwrap_or(0)))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    assert_eq!(
+        grew.len(),
+        1,
+        "handoffs per back-end went from {b:?} to {a:?}"
+    );
+    assert_eq!(
+        grew[0].1, 1,
+        "handoffs per back-end went from {b:?} to {a:?}"
+    );
+    assert_eq!(
+        counter(&after, "handoffs_ok") - counter(&before, "handoffs_ok"),
+        1
+    );
     finish(lab);
 }
 
@@ -131,10 +176,22 @@ fn pipelined_request_during_handoff_is_not_stalled() {
     let mut slow = Vec::new();
     let mut worst = Duration::ZERO;
     for (delay, took, r1, r2) in &results {
-        let r1 = r1.as_ref().unwrap_or_else(|e| panic!("delay {delay:?}: response 1: {e}\n{}", logs(&lab)));
-        let r2 = r2.as_ref().unwrap_or_else(|e| panic!("delay {delay:?}: response 2: {e}\n{}", logs(&lab)));
-        assert_eq!((r1.status, r1.body == one), (200, true), "delay {delay:?}: response 1 wrong");
-        assert_eq!((r2.status, r2.body == two), (200, true), "delay {delay:?}: response 2 wrong");
+        let r1 = r1
+            .as_ref()
+            .unwrap_or_else(|e| panic!("delay {delay:?}: response 1: {e}\n{}", logs(&lab)));
+        let r2 = r2
+            .as_ref()
+            .unwrap_or_else(|e| panic!("delay {delay:?}: response 2: {e}\n{}", logs(&lab)));
+        assert_eq!(
+            (r1.status, r1.body == one),
+            (200, true),
+            "delay {delay:?}: response 1 wrong"
+        );
+        assert_eq!(
+            (r2.status, r2.body == two),
+            (200, true),
+            "delay {delay:?}: response 2 wrong"
+        );
         worst = worst.max(*took);
         if *took >= Duration::from_millis(150) {
             slow.push((*delay, *took));
@@ -145,7 +202,10 @@ fn pipelined_request_during_handoff_is_not_stalled() {
         counter(&after, "frames_dropped") - counter(&before, "frames_dropped"),
         counter(&after, "bpf_parked") - counter(&before, "bpf_parked"),
     );
-    assert!(slow.is_empty(), "pairs that took >= 150 ms (delay, time): {slow:?}");
+    assert!(
+        slow.is_empty(),
+        "pairs that took >= 150 ms (delay, time): {slow:?}"
+    );
     assert!(
         resent > 0,
         "no request frame arrived while a flow was parked in {TRIES} tries (frames_resent did not grow): the parked-frame path was not exercised\n{after:#}"
@@ -171,7 +231,11 @@ fn ten_thousand_sequential_and_a_thousand_concurrent_handoffs() {
         for i in 0..10_000u32 {
             match exchange(addr, req.as_bytes(), false) {
                 Ok(r) if r.status == 200 && r.body == w => {}
-                Ok(r) => failures.push(format!("#{i}: status {} with {} bytes", r.status, r.body.len())),
+                Ok(r) => failures.push(format!(
+                    "#{i}: status {} with {} bytes",
+                    r.status,
+                    r.body.len()
+                )),
                 Err(e) => failures.push(format!("#{i}: {e}")),
             }
         }
@@ -203,7 +267,11 @@ fn ten_thousand_sequential_and_a_thousand_concurrent_handoffs() {
         for (i, c) in conns.iter_mut().enumerate() {
             match c.read_response(false) {
                 Ok(r) if r.status == 200 && r.body == w => {}
-                Ok(r) => failures.push(format!("#{i}: status {} with {} bytes", r.status, r.body.len())),
+                Ok(r) => failures.push(format!(
+                    "#{i}: status {} with {} bytes",
+                    r.status,
+                    r.body.len()
+                )),
                 Err(e) => failures.push(format!("#{i}: {e}")),
             }
         }

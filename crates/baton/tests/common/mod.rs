@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use baton::labtools::{sha256_file, Lab, TempDir};
 use serde_json::Value;
 
@@ -105,7 +106,12 @@ pub fn handoffs(stats: &Value) -> BTreeMap<String, u64> {
 
 /// Polls `/stats` (every 25 ms) until `pred` holds; panics after `timeout`
 /// with the last snapshot and the front's log.
-pub fn wait_stats(lab: &Lab, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_stats(
+    lab: &Lab,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let start = Instant::now();
     loop {
         let s = stats(lab);
@@ -124,9 +130,12 @@ pub fn wait_stats(lab: &Lab, what: &str, timeout: Duration, pred: impl Fn(&Value
 
 /// Waits until the front holds no forwarding entry and tracks no flow.
 pub fn assert_drained(lab: &Lab) {
-    wait_stats(lab, "forwarding entries to drain to 0", DRAIN_DEADLINE, |s| {
-        s["forwarding_entries"] == 0 && s["flows_tracked"] == 0
-    });
+    wait_stats(
+        lab,
+        "forwarding entries to drain to 0",
+        DRAIN_DEADLINE,
+        |s| s["forwarding_entries"] == 0 && s["flows_tracked"] == 0,
+    );
 }
 
 /// Whether each daemon still runs, according to `baton lab status`.
@@ -187,7 +196,10 @@ pub fn assert_gone(name: &str, labdir: &Path) {
         .filter(|n| n.starts_with(&prefix))
         .map(str::to_owned)
         .collect();
-    assert!(left.is_empty(), "lab {name}: namespaces left after down: {left:?}");
+    assert!(
+        left.is_empty(),
+        "lab {name}: namespaces left after down: {left:?}"
+    );
     let pattern = format!("baton (front|back) .*{}/", labdir.display());
     let out = Command::new("pgrep")
         .args(["-af", &pattern])
@@ -198,7 +210,11 @@ pub fn assert_gone(name: &str, labdir: &Path) {
         procs.trim().is_empty(),
         "lab {name}: daemons left after down:\n{procs}"
     );
-    assert!(!labdir.exists(), "lab {name}: {} left after down", labdir.display());
+    assert!(
+        !labdir.exists(),
+        "lab {name}: {} left after down",
+        labdir.display()
+    );
 }
 
 /// Runs `f` on a thread that entered network namespace `netns` (sockets it
@@ -236,7 +252,10 @@ pub fn doc(lab: &Lab, name: &str) -> Vec<u8> {
 /// sha256 of `bytes`, hex.
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A GET request head for `path` (with `Connection: close` if `close`).
@@ -258,7 +277,10 @@ impl Response {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -301,7 +323,10 @@ impl HttpConn {
             if self.fill()? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("connection closed in the middle of the {what} ({} of {len} bytes)", self.buf.len()),
+                    format!(
+                        "connection closed in the middle of the {what} ({} of {len} bytes)",
+                        self.buf.len()
+                    ),
                 ));
             }
         }
@@ -317,7 +342,10 @@ impl HttpConn {
                 return Ok(line);
             }
             if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("closed inside the {what}")));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("closed inside the {what}"),
+                ));
             }
         }
     }
@@ -331,7 +359,10 @@ impl HttpConn {
             if self.fill()? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("connection closed before a complete response head ({} bytes)", self.buf.len()),
+                    format!(
+                        "connection closed before a complete response head ({} bytes)",
+                        self.buf.len()
+                    ),
                 ));
             }
         };
@@ -344,7 +375,12 @@ impl HttpConn {
             .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
             .and_then(|r| r.get(..3))
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}")))?;
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad status line {status_line:?}"),
+                )
+            })?;
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -358,18 +394,33 @@ impl HttpConn {
             return Ok(resp);
         }
         if let Some(len) = resp.header("content-length") {
-            let len: usize = len
-                .parse()
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad Content-Length {len:?}")))?;
+            let len: usize = len.parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad Content-Length {len:?}"),
+                )
+            })?;
             self.need(len, "body")?;
             resp.body = self.buf.drain(..len).collect();
-        } else if resp.header("transfer-encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked")) {
+        } else if resp
+            .header("transfer-encoding")
+            .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"))
+        {
             loop {
                 let line = self.take_line("chunk size")?;
                 let size_hex = String::from_utf8_lossy(&line);
-                let size_hex = size_hex.split(';').next().unwrap_or_default().trim().to_owned();
-                let size = usize::from_str_radix(&size_hex, 16)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {size_hex:?}")))?;
+                let size_hex = size_hex
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                let size = usize::from_str_radix(&size_hex, 16).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad chunk size {size_hex:?}"),
+                    )
+                })?;
                 if size == 0 {
                     // Trailers end with an empty line.
                     while !self.take_line("trailer")?.is_empty() {}
@@ -400,7 +451,14 @@ impl HttpConn {
             match self.fill() {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false
+                }
                 // A reset counts as closed.
                 Err(_) => return true,
             }
@@ -417,13 +475,7 @@ pub fn exchange(addr: SocketAddr, request: &[u8], head_request: bool) -> io::Res
 
 /// Makes closing `stream` send a RST instead of a FIN (`SO_LINGER` = {on, 0 s}).
 pub fn set_linger_zero(stream: &TcpStream) {
-    // struct linger { int l_onoff; int l_linger; } in native byte order.
-    let mut linger = [0u8; 8];
-    linger[..4].copy_from_slice(&1i32.to_ne_bytes());
-    const SOL_SOCKET: i32 = 1;
-    const SO_LINGER: i32 = 13;
-    baton_sys::sockopt::set(stream.as_fd(), SOL_SOCKET, SO_LINGER, &linger, "setsockopt(SO_LINGER)")
-        .expect("setting SO_LINGER 0");
+    baton_sys::sockopt::set_linger_zero(stream.as_fd()).expect("setting SO_LINGER 0");
 }
 
 /// Runs a curl transfer in the client namespace.
@@ -474,7 +526,9 @@ pub fn signal(pid: u32, signal: &str) {
 pub fn process_runs(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next());
+            let state = s
+                .rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next());
             !matches!(state, Some("Z") | Some("X") | None)
         }
         Err(_) => false,
@@ -483,7 +537,9 @@ pub fn process_runs(pid: u32) -> bool {
 
 /// A daemon's pid from the lab info.
 pub fn pid_of(lab: &Lab, host: &str) -> u32 {
-    lab.info.hosts[host].pid.unwrap_or_else(|| panic!("lab has no pid for {host}"))
+    lab.info.hosts[host]
+        .pid
+        .unwrap_or_else(|| panic!("lab has no pid for {host}"))
 }
 
 /// A daemon's config file from the lab info.

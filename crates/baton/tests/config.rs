@@ -1,0 +1,174 @@
+//! `baton check`: valid configurations pass, broken ones fail with a message
+//! that names the problem. Only the lab case needs root.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// Runs `baton check FILE`; returns (success, stdout + stderr).
+fn check(file: &Path) -> (bool, String) {
+    let out = Command::new(baton())
+        .arg("check")
+        .arg(file)
+        .output()
+        .expect("running baton check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The configurations `baton lab up` writes pass.
+#[test]
+fn lab_configs_pass_check() {
+    let lab = up(2, None, None);
+    for host in ["front", "back1", "back2"] {
+        let cfg = config_of(&lab, host);
+        let (ok, text) = check(&cfg);
+        assert!(ok, "baton check {} failed: {text}", cfg.display());
+        let kind = if host == "front" {
+            "valid front-end configuration"
+        } else {
+            "valid back-end configuration"
+        };
+        assert!(text.contains(kind), "baton check {}: {text}", cfg.display());
+    }
+    finish(lab);
+}
+
+fn front_toml(key: &Path, extra_top: &str, backends: &str) -> String {
+    format!(
+        "vip = \"198.18.0.100\"\nport = 80\ninterface = \"eth0\"\nkey_file = \"{}\"\n{extra_top}{backends}",
+        key.display()
+    )
+}
+
+const BACKENDS: &str = "\n[[backend]]\nname = \"back1\"\ncontrol = \"198.18.0.11:7070\"\n";
+
+fn back_toml(key: &Path, docroot: &Path, extra: &str) -> String {
+    format!(
+        "control_listen = \"198.18.0.11:7070\"\nvip = \"198.18.0.100\"\ndocroot = \"{}\"\nkey_file = \"{}\"\n{extra}",
+        docroot.display(),
+        key.display()
+    )
+}
+
+/// Broken files fail with exit != 0 and a message naming the problem; the
+/// same files with the problem fixed pass.
+#[test]
+fn broken_configs_fail_check_with_a_reason() {
+    let tmp = TempDir::new("e2e-check").expect("temp dir");
+    let dir = &tmp.0;
+    let key = dir.join("key.hex");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .expect("key");
+    let short = dir.join("short.hex");
+    std::fs::write(&short, "0123456789\n").expect("short key");
+    let missing = dir.join("no-such-key");
+    let docroot = dir.join("docroot");
+    std::fs::create_dir(&docroot).expect("docroot");
+
+    let good = [
+        ("good-front.toml", front_toml(&key, "", BACKENDS)),
+        ("good-back.toml", back_toml(&key, &docroot, "")),
+    ];
+    for (name, text) in &good {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        let (ok, out) = check(&path);
+        assert!(ok, "{name} should pass: {out}\n{text}");
+    }
+
+    let bad: &[(&str, String, &[&str])] = &[
+        (
+            "front: unknown key",
+            front_toml(&key, "colour = \"red\"\n", BACKENDS),
+            &["colour"],
+        ),
+        (
+            "front: unknown key in a table",
+            front_toml(&key, "[limits]\nhead_timeout = 5\n", BACKENDS),
+            &["head_timeout"],
+        ),
+        ("front: no backend", front_toml(&key, "", ""), &["backend"]),
+        (
+            "front: bad backend address",
+            front_toml(
+                &key,
+                "",
+                "\n[[backend]]\nname = \"back1\"\ncontrol = \"198.18.0.11\"\n",
+            ),
+            &["control", "address"],
+        ),
+        (
+            "front: bad vip",
+            front_toml(&key, "", BACKENDS).replace("198.18.0.100", "198.18.0.300"),
+            &["vip", "address"],
+        ),
+        (
+            "front: missing key file",
+            front_toml(&missing, "", BACKENDS),
+            &["no-such-key"],
+        ),
+        (
+            "front: key too short",
+            front_toml(&short, "", BACKENDS),
+            &["short.hex", "16"],
+        ),
+        (
+            "front: duplicate backend",
+            front_toml(&key, "", &format!("{BACKENDS}{BACKENDS}")),
+            &["back1", "twice"],
+        ),
+        (
+            "back: unknown key",
+            back_toml(&key, &docroot, "max_conns = 3\n"),
+            &["max_conns"],
+        ),
+        (
+            "back: bad control address",
+            back_toml(&key, &docroot, "").replace("198.18.0.11:7070", "198.18.0.11"),
+            &["control_listen", "address"],
+        ),
+        (
+            "back: missing docroot",
+            back_toml(&key, &dir.join("nowhere"), ""),
+            &["nowhere"],
+        ),
+        (
+            "back: missing key file",
+            back_toml(&missing, &docroot, ""),
+            &["no-such-key"],
+        ),
+        (
+            "back: key too short",
+            back_toml(&short, &docroot, ""),
+            &["short.hex", "16"],
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (i, (what, text, words)) in bad.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let (ok, out) = check(&path);
+        if ok {
+            problems.push(format!("{what}: passed\n{text}"));
+        } else if let Some(w) = words.iter().find(|w| !out.contains(*w)) {
+            problems.push(format!(
+                "{what}: the message does not mention {w:?}: {}",
+                out.trim()
+            ));
+        } else {
+            eprintln!("{what}: {}", out.trim());
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

@@ -1,0 +1,452 @@
+//! End to end through a lab: clients that give up, back-ends that die or
+//! stall, and strangers on the control port. After each, the cluster still
+//! serves and nothing is left behind.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use baton_proto::auth::{FrontHandshake, Psk};
+use baton_proto::frame::Frame;
+use bytes::BytesMut;
+use common::*;
+
+/// Entries of connections that died without a report age out quickly here.
+const ABORT_FLOWS: &str =
+    "[flows]\nclosed_grace_ms = 200\nidle_timeout_ms = 2000\nsweep_interval_ms = 100\n";
+
+/// A normal GET through the VIP works and returns the right bytes.
+fn assert_serves(lab: &Lab) {
+    let addr = vip(lab);
+    let want = doc(lab, "1k.bin");
+    let r = in_netns(lab.netns("client").expect("client netns"), move || {
+        exchange(addr, get_request("/1k.bin", true).as_bytes(), false)
+    });
+    match r {
+        Ok(r) if r.status == 200 && r.body == want => {}
+        Ok(r) => panic!(
+            "GET /1k.bin: status {} with {} bytes\n{}",
+            r.status,
+            r.body.len(),
+            logs(lab)
+        ),
+        Err(e) => panic!("GET /1k.bin: {e}\n{}", logs(lab)),
+    }
+}
+
+/// Clients that abort a 64 MiB download (close with unread data, RST via
+/// SO_LINGER 0, curl giving up) or reset right after sending the request,
+/// 200 times: the daemons keep serving and every forwarding entry ages out.
+#[test]
+fn aborting_clients_leave_nothing_behind() {
+    let lab = up(2, Some(ABORT_FLOWS), None);
+    let addr = vip(&lab);
+    let netns = lab.netns("client").expect("client netns").to_owned();
+
+    // curl refuses the body once it sees the size: it closes mid-response.
+    let tmp = TempDir::new("e2e-abort").expect("temp dir");
+    let out = tmp.0.join("partial");
+    let r = lab
+        .run(
+            "client",
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "10",
+                "--max-filesize",
+                "1000000",
+                "-o",
+                &out.to_string_lossy(),
+                &lab.url("/64m.bin"),
+            ],
+        )
+        .expect("running curl");
+    assert_eq!(
+        r.status.code(),
+        Some(63),
+        "curl --max-filesize should stop with exit code 63 (file too large)"
+    );
+
+    in_netns(&netns, move || {
+        for rst in [false, true] {
+            let mut c = HttpConn::connect(addr).expect("connect to the VIP");
+            c.send(get_request("/64m.bin", false).as_bytes())
+                .expect("send");
+            // Read about 1 MiB of the response, then give up.
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 64 * 1024];
+            while got < 1 << 20 {
+                let n = c
+                    .stream
+                    .read(&mut buf)
+                    .expect("reading the 64 MiB response");
+                assert!(n > 0, "the response ended after {got} bytes");
+                got += n;
+            }
+            if rst {
+                set_linger_zero(&c.stream);
+            }
+            drop(c);
+        }
+        // Resets racing the handoff: request sent, RST right behind it after
+        // 0..400 µs; every fourth client sends only half its head first.
+        let req = get_request("/1m.bin", false);
+        let half = &req.as_bytes()[..req.len() / 2];
+        for i in 0..200u64 {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("connect #{i}: {e}"));
+            let bytes = if i % 4 == 3 { half } else { req.as_bytes() };
+            s.write_all(bytes)
+                .unwrap_or_else(|e| panic!("send #{i}: {e}"));
+            set_linger_zero(&s);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(i % 40 * 10) {
+                std::hint::spin_loop();
+            }
+            drop(s);
+        }
+    });
+
+    assert_serves(&lab);
+    let s = stats(&lab);
+    eprintln!(
+        "after the aborts: handoffs_ok {}, handoffs_failed {}, client_gone {}, frames_resent {}, entries {}",
+        s["handoffs_ok"], s["handoffs_failed"], s["client_gone"], s["frames_resent"], s["forwarding_entries"]
+    );
+    assert!(
+        counter(&s, "client_gone") >= 50,
+        "the 50 clients that reset inside their request head were not seen as gone\n{s:#}"
+    );
+    assert_daemons_alive(&lab);
+    finish(lab);
+}
+
+/// back1 is killed: no client waits (200 from back2 or an immediate 5xx);
+/// once the front noticed, everything goes to back2; a restarted back1 gets
+/// handoffs again.
+#[test]
+fn killed_backend_is_routed_around_and_rejoins() {
+    let lab = up(2, Some(ABORT_FLOWS), None);
+    let tmp = TempDir::new("e2e-kill").expect("temp dir");
+    let out = tmp.0.join("body");
+    // Both back-ends serve before the failure.
+    for _ in 0..2 {
+        assert_eq!(curl(&lab, "/1k.bin", &out, &[]).code, 200);
+    }
+    let h = handoffs(&stats(&lab));
+    assert!(
+        h.values().all(|n| *n > 0),
+        "round robin should have used both back-ends: {h:?}"
+    );
+
+    let pid = pid_of(&lab, "back1");
+    signal(pid, "-9");
+    let t = Instant::now();
+    while process_runs(pid) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "back1 ({pid}) survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Right after the kill, before the front may have noticed: every request
+    // is answered at once (200 from back2 or a 5xx), none hangs.
+    let addr = vip(&lab);
+    let results = in_netns(lab.netns("client").expect("client netns"), move || {
+        (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                let r = exchange(addr, get_request("/1k.bin", true).as_bytes(), false);
+                (r.map(|r| r.status).map_err(|e| e.to_string()), t.elapsed())
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut codes = Vec::new();
+    for (i, (r, took)) in results.iter().enumerate() {
+        assert!(
+            matches!(r, Ok(200 | 502 | 503 | 504)) && *took < Duration::from_secs(3),
+            "request {i} after killing back1: {r:?} after {took:?}\n{}",
+            logs(&lab)
+        );
+        codes.push(r.clone().unwrap_or_default());
+    }
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = curl(&lab, "/1k.bin", &out, &["--max-time", "3"]);
+        let took = t.elapsed();
+        assert!(
+            matches!(r.code, 200 | 502 | 503 | 504) && took < Duration::from_millis(2900),
+            "after killing back1 curl got {} after {took:?} (0 = no answer)\n{}",
+            r.code,
+            logs(&lab)
+        );
+        codes.push(r.code);
+    }
+    eprintln!("status codes right after the kill: {codes:?}");
+
+    wait_stats(
+        &lab,
+        "the front to take back1 out of rotation",
+        Duration::from_secs(10),
+        |s| backend(s, "back1")["up"] == false,
+    );
+    let before = handoffs(&stats(&lab));
+    for i in 0..10 {
+        let r = curl(&lab, "/1k.bin", &out, &["--max-time", "3"]);
+        assert_eq!(r.code, 200, "request {i} with back1 down\n{}", logs(&lab));
+    }
+    let after = handoffs(&stats(&lab));
+    assert_eq!(
+        after["back1"], before["back1"],
+        "back1 is dead but got handoffs"
+    );
+    assert_eq!(
+        after["back2"] - before["back2"],
+        10,
+        "{before:?} -> {after:?}"
+    );
+
+    // Restart back1 by hand; the front reconnects and uses it again.
+    let back1 = spawn_back(
+        lab.netns("back1").expect("back1 netns"),
+        &config_of(&lab, "back1"),
+        &tmp.0.join("back1.log"),
+    );
+    wait_stats(&lab, "back1 to rejoin", Duration::from_secs(15), |s| {
+        backend(s, "back1")["up"] == true
+    });
+    let before = handoffs(&stats(&lab));
+    for i in 0..4 {
+        let r = curl(&lab, "/1k.bin", &out, &["--max-time", "3"]);
+        assert_eq!(
+            r.code,
+            200,
+            "request {i} after back1 rejoined\n{}",
+            logs(&lab)
+        );
+    }
+    let after = handoffs(&stats(&lab));
+    assert!(
+        after["back1"] > before["back1"],
+        "the restarted back1 got no handoffs: {before:?} -> {after:?}\n{}",
+        std::fs::read_to_string(tmp.0.join("back1.log")).unwrap_or_default()
+    );
+    drop(back1);
+    finish(lab);
+}
+
+/// Resumes a stopped process however the test ends.
+struct Continue(u32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The only back-end is frozen (SIGSTOP): the client gets a 5xx within the
+/// handoff timeout plus a margin, not a hang; after SIGCONT it serves again.
+#[test]
+fn stalled_backend_gets_a_prompt_5xx() {
+    let extra = format!("{ABORT_FLOWS}[limits]\nhandoff_timeout_ms = 500\n");
+    let lab = up(1, Some(&extra), None);
+    let tmp = TempDir::new("e2e-stall").expect("temp dir");
+    let out = tmp.0.join("body");
+    let pid = pid_of(&lab, "back1");
+    signal(pid, "-STOP");
+    let resume = Continue(pid);
+
+    for i in 0..2 {
+        let t = Instant::now();
+        let r = curl(&lab, "/1k.bin", &out, &["--max-time", "5"]);
+        let took = t.elapsed();
+        assert!(
+            (500..600).contains(&r.code) && took < Duration::from_millis(1500),
+            "request {i} to a stalled back-end got {} after {took:?} (handoff_timeout_ms = 500)\n{}",
+            r.code,
+            logs(&lab)
+        );
+        eprintln!("stalled back-end, request {i}: {} after {took:?}", r.code);
+    }
+
+    drop(resume);
+    wait_stats(&lab, "back1 to come back", Duration::from_secs(15), |s| {
+        backend(s, "back1")["up"] == true
+    });
+    let t = Instant::now();
+    loop {
+        let r = curl(&lab, "/1k.bin", &out, &["--max-time", "3"]);
+        if r.code == 200 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "back1 resumed but requests get {}\n{}",
+            r.code,
+            logs(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_daemons_alive(&lab);
+    finish(lab);
+}
+
+/// Reads from `s` until end of stream or an error, within `timeout`: true if
+/// the peer closed.
+fn peer_closes(s: &mut TcpStream, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Runs the front half of the handshake with `psk` on `s`; returns the
+/// handshake outcome and the bytes after it.
+fn handshake(s: &mut TcpStream, psk: Psk) -> Result<baton_proto::auth::FrontDone, String> {
+    let mut nonce = [0u8; 32];
+    getrandom::getrandom(&mut nonce).map_err(|e| e.to_string())?;
+    let (mut hs, hello) = FrontHandshake::start(psk, nonce);
+    s.write_all(&hello).map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 1024];
+    for _ in 0..64 {
+        if let Some(done) = hs.handle(&mut buf).map_err(|e| e.to_string())? {
+            return Ok(done);
+        }
+        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed during the handshake".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Err("no challenge".into())
+}
+
+/// Strangers on a back-end's control port (garbage, a wrong key, a frame
+/// with a forged tag) are disconnected at once; the real front's channel
+/// and the service are unaffected.
+#[test]
+fn control_port_rejects_unauthenticated_peers() {
+    let lab = up(2, Some(FAST_FLOWS), None);
+    let control = SocketAddr::V4(SocketAddrV4::new(lab.info.hosts["back1"].ip, 7070));
+    let key = std::fs::read(&lab.info.key_file).expect("reading the lab key");
+    let real = Psk::new(key.trim_ascii()).expect("the lab key is a valid PSK");
+    let before = stats(&lab);
+
+    in_netns(lab.netns("front").expect("front netns"), move || {
+        let connect = || {
+            let s = TcpStream::connect_timeout(&control, Duration::from_secs(2))
+                .expect("connect to back1:7070");
+            s.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            s
+        };
+        // Well under the back-end's 5 s handshake timeout: a rejection, not a timeout.
+        let prompt = Duration::from_secs(2);
+
+        let mut s = connect();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: back1\r\n\r\n")
+            .expect("send garbage");
+        assert!(
+            peer_closes(&mut s, prompt),
+            "back1 kept a channel open after garbage"
+        );
+
+        // A front with the wrong key cannot verify the back-end's proof, and
+        // a made-up proof gets the channel closed.
+        let mut s = connect();
+        let wrong = Psk::new(b"not the key of this lab at all!!").expect("psk");
+        let err = handshake(&mut s, wrong).expect_err("a wrong key must not verify the back-end");
+        assert!(err.contains("proof"), "unexpected handshake error: {err}");
+        let mut forged = vec![0, 0, 0, 33, 0x82];
+        forged.extend_from_slice(&[0x5a; 32]);
+        s.write_all(&forged).expect("send a forged proof");
+        assert!(peer_closes(&mut s, prompt), "back1 accepted a forged proof");
+
+        // With the key, the channel works (Ping gets Pong) until a frame's tag
+        // is altered: then it is closed.
+        let mut s = connect();
+        let done = handshake(&mut s, real).expect("handshake with the lab key");
+        let mut sealer = done.sealer;
+        let mut opener = done.opener;
+        s.write_all(&done.proof).expect("send proof");
+        let mut out = BytesMut::new();
+        sealer
+            .seal(&Frame::Ping { nonce: 7 }, &mut out)
+            .expect("seal");
+        s.write_all(&out).expect("send ping");
+        let mut inbuf = BytesMut::new();
+        let mut chunk = [0u8; 4096];
+        let pong = loop {
+            match opener.open(&mut inbuf).expect("frame from back1") {
+                Some(Frame::Pong { nonce }) => break nonce,
+                Some(_) => continue,
+                None => {
+                    let n = s.read(&mut chunk).expect("reading back1's answer");
+                    assert!(n > 0, "back1 closed an authenticated channel");
+                    inbuf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        };
+        assert_eq!(pong, 7);
+        out.clear();
+        sealer
+            .seal(&Frame::Ping { nonce: 8 }, &mut out)
+            .expect("seal");
+        let last = out.len() - 1;
+        out[last] ^= 1;
+        s.write_all(&out).expect("send tampered ping");
+        assert!(
+            peer_closes(&mut s, prompt),
+            "back1 kept a channel open after a forged frame tag"
+        );
+    });
+
+    // The real front never lost its channel and the service works.
+    assert_serves(&lab);
+    assert_serves(&lab);
+    let after = stats(&lab);
+    for b in ["back1", "back2"] {
+        assert_eq!(
+            backend(&after, b)["up"],
+            true,
+            "{b} went down\n{}",
+            logs(&lab)
+        );
+        assert_eq!(
+            backend(&after, b)["connects"],
+            backend(&before, b)["connects"],
+            "{b}'s channel was re-established"
+        );
+    }
+    assert!(
+        lab.log_tail("back1", 30)
+            .contains("control channel rejected"),
+        "back1's log does not record the rejected peers:\n{}",
+        lab.log_tail("back1", 30)
+    );
+    finish(lab);
+}
