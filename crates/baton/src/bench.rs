@@ -56,8 +56,11 @@ pub struct HandoffReport {
     pub control_rtt_us: Summary,
     /// Back: restore with TCP_REPAIR (µs), as reported in `Ready`.
     pub restore_us: Summary,
-    /// Front: accept to `Go` (µs).
+    /// Front: request head complete to `Go` sent (µs).
     pub handoff_total_us: Summary,
+    /// Front: request head complete to `Handoff` about to be sent: pick,
+    /// park, dump, frame (µs).
+    pub front_before_send_us: Summary,
     /// Client: TTFB through the VIP (µs).
     pub ttfb_baton_us: Summary,
     /// Client: TTFB straight to back1's plain port (µs).
@@ -136,6 +139,7 @@ fn handoff(
         control_rtt_us: get("control_rtt"),
         restore_us: get("restore"),
         handoff_total_us: get("total"),
+        front_before_send_us: get("to_send"),
         ttfb_baton_us: tb,
         ttfb_direct_us: td,
         added_p50_us: tb.p50 - td.p50,
@@ -208,7 +212,11 @@ fn print_handoff(r: &HandoffReport) {
         "control round trip (Handoff→Ready, incl. restore)",
         &r.control_rtt_us,
     );
-    row("whole handoff (front: accept → Go)", &r.handoff_total_us);
+    row("front: head read → Handoff sent", &r.front_before_send_us);
+    row(
+        "whole handoff (front: head read → Go sent)",
+        &r.handoff_total_us,
+    );
     row("TTFB through Baton (client)", &r.ttfb_baton_us);
     row("TTFB straight to the back-end (client)", &r.ttfb_direct_us);
     println!(

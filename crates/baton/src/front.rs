@@ -132,6 +132,7 @@ pub struct Front {
     lat_rtt: Samples,
     lat_restore: Samples,
     lat_total: Samples,
+    lat_send: Samples,
     shutting_down: AtomicBool,
 }
 
@@ -193,6 +194,7 @@ impl Front {
             lat_rtt: Samples::new(SAMPLES),
             lat_restore: Samples::new(SAMPLES),
             lat_total: Samples::new(SAMPLES),
+            lat_send: Samples::new(SAMPLES),
             shutting_down: AtomicBool::new(false),
             cfg,
         }))
@@ -281,7 +283,6 @@ impl Front {
 
     /// One client connection: read the head, pick, hand off.
     async fn client(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
-        let t0 = Instant::now();
         let limits = HeadLimits {
             max_bytes: self.cfg.limits.head_max_bytes,
             max_headers: self.cfg.limits.head_max_headers,
@@ -311,6 +312,7 @@ impl Front {
                 }
                 Ok(Ok(h)) => h,
             };
+        let t_head = Instant::now();
         let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, stream.local_addr()) else {
             let _ = stream.write_all(&error_response(505, "IPv4 only")).await;
             return;
@@ -323,7 +325,7 @@ impl Front {
                 .await;
             return;
         };
-        match self.handoff(&stream, key, bi, &buf, t0).await {
+        match self.handoff(&stream, key, bi, &buf, t_head).await {
             Ok(()) => {
                 // Still in repair mode: closing sends nothing to the client.
                 drop(stream);
@@ -419,6 +421,7 @@ impl Front {
             data: data.into(),
         });
         let tr = Instant::now();
+        let send_us = tr.duration_since(t0).as_micros();
         let target = match self.exchange(b, id, frame, rx).await {
             Ok(t) => t,
             Err(f) => {
@@ -462,6 +465,7 @@ impl Front {
         b.handoffs.inc();
         self.lat_dump.record_us(dump_us as u64);
         self.lat_rtt.record_us(rtt_us as u64);
+        self.lat_send.record_us(send_us as u64);
         self.lat_total.record_us(t0.elapsed().as_micros() as u64);
         Ok(())
     }
@@ -905,6 +909,7 @@ impl Front {
                 control_rtt: self.lat_rtt.summary(),
                 restore: self.lat_restore.summary(),
                 total: self.lat_total.summary(),
+                to_send: self.lat_send.summary(),
             },
             backends: self
                 .backends
@@ -933,6 +938,7 @@ impl Front {
         self.lat_rtt.clear();
         self.lat_restore.clear();
         self.lat_total.clear();
+        self.lat_send.clear();
     }
 }
 
@@ -970,8 +976,10 @@ pub struct Latency {
     pub control_rtt: Summary,
     /// The back-end's restore, as it reported it in `Ready`.
     pub restore: Summary,
-    /// Accept to `Go` sent.
+    /// Request head complete to `Go` sent: the front's whole handoff.
     pub total: Summary,
+    /// Request head complete to `Handoff` sent (pick, park, dump, send).
+    pub to_send: Summary,
 }
 
 /// One back-end in `/stats`.
