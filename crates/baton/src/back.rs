@@ -234,6 +234,15 @@ impl Back {
                                 since: received,
                             },
                         );
+                        let delay = self.cfg.fault.ready_delay_ms;
+                        if delay > 0 {
+                            let writer = Arc::clone(writer);
+                            tokio::spawn(async move {
+                                tokio::time::sleep(ms(delay)).await;
+                                let _ = send(&writer, &Frame::Ready { id, restore_us }).await;
+                            });
+                            return Ok(());
+                        }
                         Frame::Ready { id, restore_us }
                     }
                     Err(e) => {

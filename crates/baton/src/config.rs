@@ -174,6 +174,19 @@ pub struct BackConfig {
     /// On SIGTERM, how long connections may take to finish.
     #[serde(default = "default_drain")]
     pub drain_timeout_ms: u64,
+    /// Fault injection, for tests and experiments; all off by default.
+    #[serde(default)]
+    pub fault: BackFaults,
+}
+
+/// Faults a back-end can inject on purpose.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackFaults {
+    /// Delay every `Ready` by this long (the socket is restored at once): a
+    /// slow back-end, and a wide window in which the front keeps the
+    /// client's packets parked.
+    pub ready_delay_ms: u64,
 }
 
 fn default_drain() -> u64 {

@@ -900,6 +900,11 @@ impl Front {
             entries_removed_idle: c.entries_removed_idle.get(),
             forwarding_entries: entries,
             flows_tracked: self.lock_flows().len(),
+            flows_parked: self
+                .lock_flows()
+                .values()
+                .filter(|f| matches!(f.phase, Phase::Parked))
+                .count(),
             kept_frames: self.lock_parked().kept.values().map(Vec::len).sum(),
             bpf_forwarded: bpf.as_ref().map_or(0, |s| s.forwarded),
             bpf_parked: bpf.as_ref().map_or(0, |s| s.parked),
@@ -959,6 +964,8 @@ pub struct FrontStats {
     pub entries_removed_idle: u64,
     pub forwarding_entries: usize,
     pub flows_tracked: usize,
+    /// Handoffs in progress (flows parked in the forwarder).
+    pub flows_parked: usize,
     pub kept_frames: usize,
     pub bpf_forwarded: u64,
     pub bpf_parked: u64,
