@@ -885,6 +885,17 @@ impl Front {
             .entries()
             .map(|e| e.len())
             .unwrap_or(0);
+        // One lock at a time: guards taken inside the struct literal below
+        // would all live until its end (and the flows lock is not reentrant).
+        let (flows_tracked, flows_parked) = {
+            let flows = self.lock_flows();
+            let parked = flows
+                .values()
+                .filter(|f| matches!(f.phase, Phase::Parked))
+                .count();
+            (flows.len(), parked)
+        };
+        let kept_frames: usize = self.lock_parked().kept.values().map(Vec::len).sum();
         FrontStats {
             uptime_s: self.started.elapsed().as_secs_f64(),
             accepted: c.accepted.get(),
@@ -899,13 +910,9 @@ impl Front {
             entries_removed_closed: c.entries_removed_closed.get(),
             entries_removed_idle: c.entries_removed_idle.get(),
             forwarding_entries: entries,
-            flows_tracked: self.lock_flows().len(),
-            flows_parked: self
-                .lock_flows()
-                .values()
-                .filter(|f| matches!(f.phase, Phase::Parked))
-                .count(),
-            kept_frames: self.lock_parked().kept.values().map(Vec::len).sum(),
+            flows_tracked,
+            flows_parked,
+            kept_frames,
             bpf_forwarded: bpf.as_ref().map_or(0, |s| s.forwarded),
             bpf_parked: bpf.as_ref().map_or(0, |s| s.parked),
             bpf_park_lost: bpf.as_ref().map_or(0, |s| s.park_lost),
