@@ -39,7 +39,9 @@ impl Fnv {
 
     /// Like [`Fnv::part`], ASCII case-folded.
     pub(crate) fn part_lower(mut self, bytes: &[u8]) -> Self {
-        bytes.iter().for_each(|&b| self.byte(b.to_ascii_lowercase()));
+        bytes
+            .iter()
+            .for_each(|&b| self.byte(b.to_ascii_lowercase()));
         self.byte(0xff);
         self
     }

@@ -1,13 +1,44 @@
-//! baton-policy: request distribution policies, pure.
+//! baton-policy: request distribution policies and routing rules, pure.
 //!
 //! Layer: called by the front-end between reading a request head and handing
 //! the connection off. No I/O, no clock, no randomness: time comes in as
-//! `now_ms`, so every policy is deterministic and testable.
+//! `now_ms`, so every policy is deterministic and testable (the simulator in
+//! `baton-sim` drives the very same code).
 //!
-//! Invariant every policy keeps: it never picks a back-end that is not
+//! Invariants every policy keeps: it never picks a back-end that is not
 //! [`BackendView::available`]; when none is, it answers `None` and the front
-//! answers 503.
+//! answers 503; the same sequence of calls gives the same answers. State a
+//! policy keeps per target is bounded (targets come from clients).
+//!
+//! A back-end is identified by its index in the `cluster` slice: the front
+//! must pass its back-ends in a stable order (its configured order) on every
+//! call. The hashing policies rely on it.
+//!
+//! | name | type | source |
+//! |---|---|---|
+//! | `round-robin` | [`RoundRobin`] | |
+//! | `wrr` | [`WeightedRoundRobin`] | nginx smooth weighted round-robin |
+//! | `least-conn` | [`LeastConnections`] | weighted least-connections |
+//! | `lard` | [`Lard`] | Pai et al., ASPLOS 1998, §2.3 |
+//! | `lard-r` | [`LardReplicated`] | Pai et al., ASPLOS 1998, §2.4 |
+//! | `maglev` | [`Maglev`] | Eisenbud et al., NSDI 2016, §3.4 |
+//! | `bounded-ch` | [`BoundedLoadConsistentHash`] | Mirrokni, Thorup, Zadimoghaddam, SODA 2018 |
 #![forbid(unsafe_code)]
+
+mod bounded;
+mod classic;
+mod common;
+mod hash;
+mod lard;
+mod maglev;
+pub mod rules;
+
+pub use bounded::{BoundedLoadConfig, BoundedLoadConsistentHash};
+pub use classic::{LeastConnections, WeightedRoundRobin};
+pub use common::TargetKey;
+pub use lard::{Lard, LardConfig, LardReplicated, LardReplicatedConfig};
+pub use maglev::{Maglev, MaglevConfig, MAGLEV_MAX_TABLE};
+pub use rules::{HostMatch, PathMatch, Rule, RuleError, Rules};
 
 /// What a policy may look at in a request.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +77,12 @@ pub trait Policy: Send + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Picks a back-end for `req`, or `None` when no back-end can take it.
     fn pick(&mut self, req: &Request<'_>, cluster: &[BackendView], now_ms: u64) -> Option<usize>;
+    /// The most connections the front should have outstanding on `cluster`
+    /// in total before it holds (or refuses) new ones, if the policy has
+    /// such a limit. LARD's guarantees assume the front enforces it.
+    fn admission_limit(&self, _cluster: &[BackendView]) -> Option<u64> {
+        None
+    }
 }
 
 /// Plain round-robin over the available back-ends, ignoring weights and load.
@@ -68,12 +105,113 @@ impl Policy for RoundRobin {
     }
 }
 
-/// Builds a policy from its configuration name.
-pub fn by_name(name: &str) -> Option<Box<dyn Policy>> {
-    match name {
-        "round-robin" | "rr" => Some(Box::new(RoundRobin::default())),
-        _ => None,
+/// A policy parameter is out of range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// LARD needs `0 < t_low < t_high <= u32::MAX / 2`.
+    #[error("LARD thresholds: need 0 < t_low < t_high, got t_low = {t_low}, t_high = {t_high}")]
+    LardThresholds {
+        /// As configured.
+        t_low: u32,
+        /// As configured.
+        t_high: u32,
+    },
+    /// The target table must hold at least one target.
+    #[error("max_targets must be at least 1")]
+    ZeroMaxTargets,
+    /// Maglev's table factor must be at least 1.
+    #[error("maglev table_factor must be at least 1")]
+    MaglevTableFactor,
+    /// The bounded-load factor must be a number in [1, 1000].
+    #[error("bounded-load factor c must be in [1, 1000], got {0}")]
+    BoundedLoadFactor(f64),
+    /// The ring needs at least one point per back-end.
+    #[error("replicas must be at least 1")]
+    ZeroReplicas,
+}
+
+/// A policy and its parameters, as a config file names them. Fill it from
+/// TOML (or anything) and [`PolicyConfig::build`] it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyConfig {
+    /// `round-robin` (alias `rr`).
+    RoundRobin,
+    /// `wrr`.
+    WeightedRoundRobin,
+    /// `least-conn`.
+    LeastConnections,
+    /// `lard`.
+    Lard(LardConfig),
+    /// `lard-r`.
+    LardReplicated(LardReplicatedConfig),
+    /// `maglev`.
+    Maglev(MaglevConfig),
+    /// `bounded-ch`.
+    BoundedLoad(BoundedLoadConfig),
+}
+
+/// Every policy name [`by_name`] and [`PolicyConfig::from_name`] know
+/// (aliases aside).
+pub const POLICY_NAMES: [&str; 7] = [
+    "round-robin",
+    "wrr",
+    "least-conn",
+    "lard",
+    "lard-r",
+    "maglev",
+    "bounded-ch",
+];
+
+impl PolicyConfig {
+    /// The policy called `name`, with its default parameters.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "round-robin" | "rr" => PolicyConfig::RoundRobin,
+            "wrr" => PolicyConfig::WeightedRoundRobin,
+            "least-conn" => PolicyConfig::LeastConnections,
+            "lard" => PolicyConfig::Lard(LardConfig::default()),
+            "lard-r" => PolicyConfig::LardReplicated(LardReplicatedConfig::default()),
+            "maglev" => PolicyConfig::Maglev(MaglevConfig::default()),
+            "bounded-ch" => PolicyConfig::BoundedLoad(BoundedLoadConfig::default()),
+            _ => return None,
+        })
     }
+
+    /// The canonical name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PolicyConfig::RoundRobin => "round-robin",
+            PolicyConfig::WeightedRoundRobin => "wrr",
+            PolicyConfig::LeastConnections => "least-conn",
+            PolicyConfig::Lard(_) => "lard",
+            PolicyConfig::LardReplicated(_) => "lard-r",
+            PolicyConfig::Maglev(_) => "maglev",
+            PolicyConfig::BoundedLoad(_) => "bounded-ch",
+        }
+    }
+
+    /// Checks the parameters without building.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.build().map(drop)
+    }
+
+    /// A fresh policy with these parameters.
+    pub fn build(&self) -> Result<Box<dyn Policy>, ConfigError> {
+        Ok(match self {
+            PolicyConfig::RoundRobin => Box::new(RoundRobin::default()),
+            PolicyConfig::WeightedRoundRobin => Box::new(WeightedRoundRobin::default()),
+            PolicyConfig::LeastConnections => Box::new(LeastConnections::default()),
+            PolicyConfig::Lard(c) => Box::new(Lard::new(*c)?),
+            PolicyConfig::LardReplicated(c) => Box::new(LardReplicated::new(*c)?),
+            PolicyConfig::Maglev(c) => Box::new(Maglev::new(*c)?),
+            PolicyConfig::BoundedLoad(c) => Box::new(BoundedLoadConsistentHash::new(*c)?),
+        })
+    }
+}
+
+/// Builds a policy from its configuration name, with default parameters.
+pub fn by_name(name: &str) -> Option<Box<dyn Policy>> {
+    PolicyConfig::from_name(name).and_then(|c| c.build().ok())
 }
 
 #[cfg(test)]
@@ -112,7 +250,31 @@ mod tests {
 
     #[test]
     fn names_resolve() {
-        assert_eq!(by_name("round-robin").unwrap().name(), "round-robin");
+        for name in POLICY_NAMES {
+            let p = by_name(name).unwrap();
+            assert_eq!(p.name(), name);
+            assert_eq!(PolicyConfig::from_name(name).unwrap().name(), name);
+        }
+        assert_eq!(by_name("rr").unwrap().name(), "round-robin");
         assert!(by_name("nope").is_none());
+    }
+
+    #[test]
+    fn build_checks_parameters() {
+        let bad = PolicyConfig::Lard(LardConfig {
+            t_low: 70,
+            ..LardConfig::default()
+        });
+        assert_eq!(
+            bad.validate(),
+            Err(ConfigError::LardThresholds {
+                t_low: 70,
+                t_high: 65
+            })
+        );
+        let c = vec![up(); 3];
+        assert_eq!(by_name("lard").unwrap().admission_limit(&c), Some(154));
+        assert_eq!(by_name("lard-r").unwrap().admission_limit(&c), Some(154));
+        assert_eq!(by_name("wrr").unwrap().admission_limit(&c), None);
     }
 }

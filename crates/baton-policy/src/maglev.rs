@@ -11,10 +11,14 @@ use crate::{BackendView, ConfigError, Policy, Request};
 pub struct MaglevConfig {
     /// What a target is (hashed to a table slot).
     pub key: TargetKey,
-    /// The table size is the smallest prime >= `table_factor * back-ends`.
-    /// The paper wants M much larger than N; 100 keeps each back-end's share
-    /// within about 1% of 1/N.
+    /// The table size M is the smallest prime >= `table_factor * back-ends`
+    /// and >= `min_table_size`. The paper wants M much larger than N (its
+    /// default M is 65537): each back-end's share is then within about N/M
+    /// of 1/N, and the disturbance when a back-end leaves (slots that change
+    /// owner beyond the leaver's own) shrinks as M/N grows.
     pub table_factor: u32,
+    /// Lower bound on M (the paper's 65537 by default).
+    pub min_table_size: u32,
 }
 
 impl Default for MaglevConfig {
@@ -22,6 +26,7 @@ impl Default for MaglevConfig {
         Self {
             key: TargetKey::Path,
             table_factor: 100,
+            min_table_size: 65_537,
         }
     }
 }
@@ -86,49 +91,58 @@ impl Maglev {
             return;
         }
         self.built_for = cluster.iter().map(BackendView::available).collect();
-        self.table = populate(&self.built_for, self.cfg.table_factor);
+        self.table = populate(&self.built_for, &self.cfg);
     }
 }
 
 /// Table size for `n` configured back-ends.
-pub(crate) fn table_size(n: usize, factor: u32) -> u64 {
-    let want = (n as u64).saturating_mul(u64::from(factor)).max(2);
+pub(crate) fn table_size(n: usize, cfg: &MaglevConfig) -> u64 {
+    let want = (n as u64)
+        .saturating_mul(u64::from(cfg.table_factor))
+        .max(u64::from(cfg.min_table_size))
+        .max(2);
     next_prime(want.min(MAGLEV_MAX_TABLE))
 }
 
 /// Pseudocode 1 of the paper, over the available back-ends.
-fn populate(avail: &[bool], factor: u32) -> Vec<u32> {
+fn populate(avail: &[bool], cfg: &MaglevConfig) -> Vec<u32> {
     let members: Vec<usize> = (0..avail.len()).filter(|&i| avail[i]).collect();
     if members.is_empty() {
         return Vec::new();
     }
-    let m = table_size(avail.len(), factor);
-    // (offset, skip, next) per member; the hashes name the back-end by its
-    // index so its preferences survive others coming and going.
-    let mut prefs: Vec<(u64, u64, u64)> = members
+    let m = table_size(avail.len(), cfg);
+    // (position, skip) per member: position walks the member's preference
+    // permutation (offset + j * skip) mod M by repeated addition. The hashes
+    // name the back-end by its index so its preferences survive others
+    // coming and going.
+    let mut prefs: Vec<(u64, u64)> = members
         .iter()
         .map(|&i| {
             let id = (i as u64).to_le_bytes();
             let offset = hash_parts(0x6d61_676c, &[&id]) % m;
             let skip = hash_parts(0x736b_6970, &[&id]) % (m - 1) + 1;
-            (offset, skip, 0)
+            (offset, skip)
         })
         .collect();
     const EMPTY: u32 = u32::MAX;
     let mut table = vec![EMPTY; m as usize];
     let mut filled = 0u64;
+    let step = |pos: &mut u64, skip: u64| {
+        *pos += skip;
+        if *pos >= m {
+            *pos -= m;
+        }
+    };
     'fill: loop {
         for (k, &i) in members.iter().enumerate() {
-            let (offset, skip, next) = &mut prefs[k];
+            let (pos, skip) = &mut prefs[k];
             // M is prime and 1 <= skip < M, so the permutation visits every
             // slot: this loop ends while a free slot remains.
-            let mut c = (*offset + *next * *skip) % m;
-            while table[c as usize] != EMPTY {
-                *next += 1;
-                c = (*offset + *next * *skip) % m;
+            while table[*pos as usize] != EMPTY {
+                step(pos, *skip);
             }
-            table[c as usize] = i as u32;
-            *next += 1;
+            table[*pos as usize] = i as u32;
+            step(pos, *skip);
             filled += 1;
             if filled == m {
                 break 'fill;
@@ -171,7 +185,11 @@ mod tests {
 
     #[test]
     fn table_is_prime_sized_and_balanced() {
-        let mut m = Maglev::default();
+        let mut m = Maglev::new(MaglevConfig {
+            min_table_size: 0,
+            ..MaglevConfig::default()
+        })
+        .unwrap();
         m.refresh(&views(7));
         assert_eq!(m.table().len(), 701);
         let mut counts = [0usize; 7];
@@ -180,6 +198,11 @@ mod tests {
         }
         // Round-robin claiming gives each back-end floor or ceil of M/N.
         assert!(counts.iter().all(|&c| c == 100 || c == 101), "{counts:?}");
+        let mut big = Maglev::default();
+        big.refresh(&views(7));
+        assert_eq!(big.table().len(), 65_537);
+        big.refresh(&views(1000));
+        assert_eq!(big.table().len(), 100_003);
     }
 
     #[test]
