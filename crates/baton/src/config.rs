@@ -38,6 +38,13 @@ pub struct FrontConfig {
     /// The back-ends.
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
+    /// Back-end groups with their own policy (the group `default` uses
+    /// `policy` unless it is listed here).
+    #[serde(rename = "group", default)]
+    pub groups: Vec<GroupConfig>,
+    /// Routing rules, tried in order; the first match names the group.
+    #[serde(rename = "rule", default)]
+    pub rules: Vec<RuleConfig>,
     /// Limits on what clients may send.
     #[serde(default)]
     pub limits: Limits,
@@ -60,6 +67,156 @@ pub struct BackendConfig {
     /// Relative capacity.
     #[serde(default = "one")]
     pub weight: u32,
+    /// The group it serves in.
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+/// The name of the group back-ends and requests belong to by default.
+pub const DEFAULT_GROUP: &str = "default";
+
+fn default_group() -> String {
+    DEFAULT_GROUP.into()
+}
+
+/// A back-end group and its distribution policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The group's name (back-ends and rules refer to it).
+    pub name: String,
+    /// round-robin, wrr, least-conn, lard, lard-r, maglev, bounded-ch.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// LARD/LARD-R: a node below this load is lightly loaded (Pai: 25).
+    pub t_low: Option<u32>,
+    /// LARD/LARD-R: a node above this load is overloaded (Pai: 65).
+    pub t_high: Option<u32>,
+    /// LARD-R: a server set unchanged this long loses its most loaded node.
+    pub k_ms: Option<u64>,
+    /// What identifies a target: "path" (default) or "host-path".
+    pub key: Option<String>,
+    /// bounded-ch: the load bound factor c (default 1.25).
+    pub c: Option<f64>,
+    /// maglev: lookup table size per back-end (default 100).
+    pub table_factor: Option<u32>,
+}
+
+impl GroupConfig {
+    /// The group `default` when the file does not list it.
+    pub fn implicit_default(policy: &str) -> Self {
+        GroupConfig {
+            name: DEFAULT_GROUP.into(),
+            policy: policy.into(),
+            t_low: None,
+            t_high: None,
+            k_ms: None,
+            key: None,
+            c: None,
+            table_factor: None,
+        }
+    }
+
+    /// The policy with its parameters.
+    pub fn policy_config(&self) -> Result<baton_policy::PolicyConfig> {
+        use baton_policy::{PolicyConfig, TargetKey};
+        let mut pc = PolicyConfig::from_name(&self.policy).with_context(|| {
+            format!(
+                "group {}: unknown policy {:?} (known: {})",
+                self.name,
+                self.policy,
+                baton_policy::POLICY_NAMES.join(", ")
+            )
+        })?;
+        let key = match self.key.as_deref() {
+            None | Some("path") => TargetKey::Path,
+            Some("host-path") => TargetKey::HostPath,
+            Some(other) => bail!(
+                "group {}: key must be \"path\" or \"host-path\", not {other:?}",
+                self.name
+            ),
+        };
+        let lard_params = |l: &mut baton_policy::LardConfig| {
+            if let Some(v) = self.t_low {
+                l.t_low = v;
+            }
+            if let Some(v) = self.t_high {
+                l.t_high = v;
+            }
+            l.key = key;
+        };
+        let uses = |what: &str, set: bool| -> Result<()> {
+            if set {
+                bail!(
+                    "group {}: {what} does not apply to policy {}",
+                    self.name,
+                    self.policy
+                );
+            }
+            Ok(())
+        };
+        let lardish = matches!(pc, PolicyConfig::Lard(_) | PolicyConfig::LardReplicated(_));
+        uses(
+            "t_low/t_high",
+            !lardish && (self.t_low.is_some() || self.t_high.is_some()),
+        )?;
+        uses(
+            "k_ms",
+            !matches!(pc, PolicyConfig::LardReplicated(_)) && self.k_ms.is_some(),
+        )?;
+        uses(
+            "c",
+            !matches!(pc, PolicyConfig::BoundedLoad(_)) && self.c.is_some(),
+        )?;
+        uses(
+            "table_factor",
+            !matches!(pc, PolicyConfig::Maglev(_)) && self.table_factor.is_some(),
+        )?;
+        match &mut pc {
+            PolicyConfig::Lard(l) => lard_params(l),
+            PolicyConfig::LardReplicated(r) => {
+                lard_params(&mut r.lard);
+                if let Some(v) = self.k_ms {
+                    r.k_ms = v;
+                }
+            }
+            PolicyConfig::Maglev(m) => {
+                m.key = key;
+                if let Some(v) = self.table_factor {
+                    m.table_factor = v;
+                }
+            }
+            PolicyConfig::BoundedLoad(b) => {
+                b.key = key;
+                if let Some(v) = self.c {
+                    b.c = v;
+                }
+            }
+            PolicyConfig::RoundRobin
+            | PolicyConfig::WeightedRoundRobin
+            | PolicyConfig::LeastConnections => {
+                uses("key", self.key.is_some())?;
+            }
+        }
+        pc.validate()
+            .with_context(|| format!("group {}", self.name))?;
+        Ok(pc)
+    }
+}
+
+/// A routing rule: every matcher given must match; the first rule that
+/// matches names the group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Host, exact (`www.example.com`) or wildcard (`*.example.com`).
+    pub host: Option<String>,
+    /// The path starts with this.
+    pub path_prefix: Option<String>,
+    /// The path matches this regular expression.
+    pub path_regex: Option<String>,
+    /// The group that serves matching requests.
+    pub group: String,
 }
 
 /// Limits on client input.
@@ -256,11 +413,36 @@ impl FrontConfig {
                 b.name
             );
         }
-        ensure!(
-            baton_policy::by_name(&self.policy).is_some(),
-            "unknown policy {:?} (known: round-robin)",
-            self.policy
-        );
+        let groups = self.group_configs();
+        let mut group_names = std::collections::HashSet::new();
+        for g in &groups {
+            ensure!(
+                group_names.insert(g.name.as_str()),
+                "group {:?} is listed twice",
+                g.name
+            );
+            g.policy_config()?;
+            ensure!(
+                self.backends.iter().any(|b| b.group == g.name) || g.name == DEFAULT_GROUP,
+                "group {:?} has no back-ends",
+                g.name
+            );
+        }
+        for b in &self.backends {
+            ensure!(
+                group_names.contains(b.group.as_str()),
+                "backend {}: no group {:?}",
+                b.name,
+                b.group
+            );
+        }
+        let rules = self.routing_rules()?;
+        for g in rules.groups().chain(std::iter::once(DEFAULT_GROUP)) {
+            ensure!(
+                self.backends.iter().any(|b| b.group == g),
+                "requests can be routed to group {g:?}, which has no back-ends"
+            );
+        }
         let l = &self.limits;
         ensure!(
             (256..=1 << 20).contains(&l.head_max_bytes),
@@ -293,6 +475,43 @@ impl FrontConfig {
         );
         load_key(&self.key_file)?;
         Ok(())
+    }
+}
+
+impl FrontConfig {
+    /// Every group, with `default` added when not listed.
+    pub fn group_configs(&self) -> Vec<GroupConfig> {
+        let mut v = self.groups.clone();
+        if !v.iter().any(|g| g.name == DEFAULT_GROUP) {
+            v.push(GroupConfig::implicit_default(&self.policy));
+        }
+        v
+    }
+
+    /// The routing rules, compiled.
+    pub fn routing_rules(&self) -> Result<baton_policy::Rules> {
+        use baton_policy::{HostMatch, PathMatch, Rule};
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (i, r) in self.rules.iter().enumerate() {
+            let host = match &r.host {
+                Some(h) => Some(HostMatch::parse(h).with_context(|| format!("rule {}", i + 1))?),
+                None => None,
+            };
+            let path = match (&r.path_prefix, &r.path_regex) {
+                (Some(_), Some(_)) => {
+                    bail!("rule {}: give path_prefix or path_regex, not both", i + 1)
+                }
+                (Some(p), None) => Some(PathMatch::Prefix(p.clone())),
+                (None, Some(re)) => Some(PathMatch::Regex(re.clone())),
+                (None, None) => None,
+            };
+            rules.push(Rule {
+                host,
+                path,
+                group: r.group.clone(),
+            });
+        }
+        baton_policy::Rules::new(rules, DEFAULT_GROUP).context("routing rules")
     }
 }
 

@@ -93,6 +93,15 @@ struct FlowInfo {
     phase: Phase,
 }
 
+/// A back-end group: the back-ends that serve it, in configuration order
+/// (policies identify back-ends by position), and its policy.
+#[derive(Debug)]
+struct Group {
+    name: String,
+    members: Vec<usize>,
+    policy: Mutex<Box<dyn Policy>>,
+}
+
 /// Frames kept while flows are parked, and the ring they arrive on.
 struct ParkedStore {
     ring: ParkedRing,
@@ -120,7 +129,8 @@ pub struct Front {
     cfg: FrontConfig,
     iface: baton_sys::iface::IfaceInfo,
     backends: Vec<Arc<Backend>>,
-    policy: Mutex<Box<dyn Policy>>,
+    groups: Vec<Group>,
+    rules: baton_policy::Rules,
     forwarder: Mutex<Forwarder>,
     flows: Mutex<HashMap<FlowKey, FlowInfo>>,
     parked: Mutex<ParkedStore>,
@@ -157,8 +167,26 @@ impl Front {
             .parked()
             .context("opening the parked-frame ring")?;
         let sender = PacketSender::open(iface.ifindex).context("opening the packet socket")?;
-        let policy = baton_policy::by_name(&cfg.policy)
-            .with_context(|| format!("unknown policy {:?}", cfg.policy))?;
+        let rules = cfg.routing_rules()?;
+        let mut groups = Vec::new();
+        for gc in cfg.group_configs() {
+            let policy = gc
+                .policy_config()?
+                .build()
+                .with_context(|| format!("group {}", gc.name))?;
+            let members = cfg
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.group == gc.name)
+                .map(|(i, _)| i)
+                .collect();
+            groups.push(Group {
+                name: gc.name.clone(),
+                members,
+                policy: Mutex::new(policy),
+            });
+        }
         let backends = cfg
             .backends
             .iter()
@@ -179,7 +207,8 @@ impl Front {
         Ok(Arc::new(Front {
             iface,
             backends,
-            policy: Mutex::new(policy),
+            groups,
+            rules,
             forwarder: Mutex::new(forwarder),
             flows: Mutex::default(),
             parked: Mutex::new(ParkedStore {
@@ -318,12 +347,13 @@ impl Front {
             return;
         };
         let key = FlowKey { client, vip };
-        let Some(bi) = self.pick(&head) else {
-            self.counters.no_backend.inc();
-            let _ = stream
-                .write_all(&error_response(503, "no back-end available"))
-                .await;
-            return;
+        let bi = match self.pick(&head) {
+            Ok(bi) => bi,
+            Err(why) => {
+                self.counters.no_backend.inc();
+                let _ = stream.write_all(&error_response(503, why)).await;
+                return;
+            }
         };
         match self.handoff(&stream, key, bi, &buf, t_head).await {
             Ok(()) => {
@@ -341,12 +371,20 @@ impl Front {
         }
     }
 
-    fn pick(&self, head: &RequestHead) -> Option<usize> {
+    /// Routes the request to a group and lets the group's policy pick a
+    /// back-end; returns the back-end's index, or why none can take it.
+    fn pick(&self, head: &RequestHead) -> std::result::Result<usize, &'static str> {
+        let host = head.host_name();
+        let group = self.rules.route(host, &head.path);
+        let Some(g) = self.groups.iter().find(|g| g.name == group) else {
+            return Err("no back-end group for this request");
+        };
         let now = Instant::now();
-        let views: Vec<BackendView> = self
-            .backends
+        let views: Vec<BackendView> = g
+            .members
             .iter()
-            .map(|b| {
+            .map(|&i| {
+                let b = &self.backends[i];
                 let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
                 let paused = st.paused_until.is_some_and(|t| t > now);
                 BackendView {
@@ -359,14 +397,27 @@ impl Front {
             .collect();
         let req = Request {
             method: &head.method,
-            host: head.host.as_deref(),
+            host,
             path: &head.path,
         };
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.policy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut policy = g.policy.lock().unwrap_or_else(|e| e.into_inner());
+        // Pai's admission control: beyond S connections in the group, new
+        // ones wait rather than overload a node; a front answers 503 instead.
+        if let Some(limit) = policy.admission_limit(&views) {
+            let total: u64 = views
+                .iter()
+                .filter(|v| v.available())
+                .map(|v| u64::from(v.load))
+                .sum();
+            if total >= limit {
+                return Err("over the admission limit of the back-end group");
+            }
+        }
+        policy
             .pick(&req, &views, now_ms)
+            .and_then(|k| g.members.get(k).copied())
+            .ok_or("no back-end available")
     }
 
     /// The handoff proper. On error the socket is back in normal mode and

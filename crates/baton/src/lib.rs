@@ -15,4 +15,5 @@ pub mod demo;
 pub mod front;
 pub mod labcmd;
 pub mod labtools;
+pub mod simcmd;
 pub mod stats;

@@ -2,7 +2,7 @@
 //! (`check`), the network-namespace testbed (`lab`), the demo and the
 //! benchmarks.
 
-use baton::{back, bench, config, demo, front, labcmd};
+use baton::{back, bench, config, demo, front, labcmd, simcmd};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +39,8 @@ enum Cmd {
     },
     /// Bring up a lab, drive real traffic through it, report, tear down.
     Demo(demo::DemoArgs),
+    /// Simulate a cluster under every distribution policy (trace-driven).
+    Sim(simcmd::SimArgs),
     /// Benchmarks (numbers printed and written as JSON).
     Bench {
         #[command(subcommand)]
@@ -176,6 +178,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Sim(a) => simcmd::run(&a),
         Cmd::Demo(a) => demo::require_root("baton demo").and_then(|()| demo::run(&a)),
         Cmd::Bench { cmd } => demo::require_root("baton bench").and_then(|()| bench::run(cmd)),
         Cmd::Front(a) => run_front(a),
