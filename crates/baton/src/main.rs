@@ -39,6 +39,15 @@ enum Cmd {
     },
     /// Bring up a lab, drive real traffic through it, report, tear down.
     Demo(demo::DemoArgs),
+    /// A plain HTTP static file server (the lab's origin; a baseline).
+    Serve {
+        /// Where to listen.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The files served.
+        #[arg(long)]
+        docroot: PathBuf,
+    },
     /// Simulate a cluster under every distribution policy (trace-driven).
     Sim(simcmd::SimArgs),
     /// Benchmarks (numbers printed and written as JSON).
@@ -162,6 +171,18 @@ fn run_back(a: BackArgs) -> Result<()> {
     runtime(cfg.workers)?.block_on(back::run(cfg, shutdown_signal()))
 }
 
+fn serve(listen: std::net::SocketAddr, docroot: PathBuf) -> Result<()> {
+    let files = baton_serve::StaticFiles::new(&docroot).with_context(|| format!("docroot {}", docroot.display()))?;
+    runtime(0)?.block_on(async {
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        tracing::info!(%listen, docroot = %docroot.display(), "serving plain HTTP");
+        baton_serve::serve_listener(l, std::sync::Arc::new(files), shutdown_signal()).await;
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -179,6 +200,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Sim(a) => simcmd::run(&a),
+        Cmd::Serve { listen, docroot } => serve(listen, docroot),
         Cmd::Demo(a) => demo::require_root("baton demo").and_then(|()| demo::run(&a)),
         Cmd::Bench { cmd } => demo::require_root("baton bench").and_then(|()| bench::run(cmd)),
         Cmd::Front(a) => run_front(a),
