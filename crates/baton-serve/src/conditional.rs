@@ -5,39 +5,59 @@
 //! as absent, which always leads to the full, unconditional answer and never to an error.
 //! Multi-range requests are answered with the whole representation (200), which RFC 9110
 //! allows and which spares us `multipart/byteranges`.
+//!
+//! Public so that other servers of in-memory or proxied objects (the caching back-end) answer
+//! conditionals and ranges exactly as the file server does.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The validators of one file version.
+/// The validators of one representation: a file version, or an object copied from an origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Validators {
-    /// Weak entity tag, `W/"<size>-<mtime s>.<mtime ns>"` in hex: weak because a file can change
-    /// within one timestamp tick without changing size.
-    pub(crate) etag: String,
+pub struct Validators {
+    /// For a file, the weak tag `W/"<size>-<mtime s>.<mtime ns>"` in hex: weak because a file
+    /// can change within one timestamp tick without changing size. `None` when an origin sent
+    /// no `ETag`; then only `If-None-Match: *` matches.
+    etag: Option<String>,
     /// Modification time in whole seconds since the epoch (HTTP dates have no finer unit);
     /// `None` for times before the epoch, which then never validate.
     mtime_secs: Option<u64>,
 }
 
 impl Validators {
-    pub(crate) fn new(len: u64, mtime: Option<SystemTime>) -> Self {
+    /// The validators of a file of `len` bytes last modified at `mtime`.
+    pub fn new(len: u64, mtime: Option<SystemTime>) -> Self {
         let since_epoch = mtime.and_then(|t| t.duration_since(UNIX_EPOCH).ok());
         let (secs, nanos) = since_epoch.map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
         Validators {
-            etag: format!("W/\"{len:x}-{secs:x}.{nanos:x}\""),
+            etag: Some(format!("W/\"{len:x}-{secs:x}.{nanos:x}\"")),
             mtime_secs: since_epoch.map(|d| d.as_secs()),
         }
     }
 
-    /// The `Last-Modified` value, if the file has a representable time.
-    pub(crate) fn last_modified(&self) -> Option<String> {
+    /// The validators an origin sent with a representation (`ETag`, `Last-Modified` header
+    /// values). An unparsable date counts as absent.
+    pub fn from_headers(etag: Option<&str>, last_modified: Option<&str>) -> Self {
+        Validators {
+            etag: etag.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+            mtime_secs: last_modified.and_then(http_date_secs),
+        }
+    }
+
+    /// The entity tag, as it goes into an `ETag` header.
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    /// The `Last-Modified` value, if the representation has a representable time.
+    pub fn last_modified(&self) -> Option<String> {
         self.mtime_secs
             .map(|s| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(s)))
     }
 
     /// The opaque part of our tag, quotes included, as compared by the weak comparison.
-    fn opaque(&self) -> &str {
-        self.etag.strip_prefix("W/").unwrap_or(&self.etag)
+    fn opaque(&self) -> Option<&str> {
+        let tag = self.etag.as_deref()?;
+        Some(tag.strip_prefix("W/").unwrap_or(tag))
     }
 }
 
@@ -48,7 +68,7 @@ fn http_date_secs(value: &str) -> Option<u64> {
 
 /// Whether a GET/HEAD should be answered with 304 Not Modified (RFC 9110 §13.2.2: If-None-Match
 /// wins over If-Modified-Since when both are present).
-pub(crate) fn not_modified(
+pub fn not_modified(
     v: &Validators,
     if_none_match: Option<&str>,
     if_modified_since: Option<&str>,
@@ -57,7 +77,7 @@ pub(crate) fn not_modified(
         return inm
             .split(',')
             .map(str::trim)
-            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == v.opaque());
+            .any(|tag| tag == "*" || Some(tag.strip_prefix("W/").unwrap_or(tag)) == v.opaque());
     }
     match (if_modified_since.and_then(http_date_secs), v.mtime_secs) {
         (Some(since), Some(mtime)) => mtime <= since,
@@ -65,9 +85,9 @@ pub(crate) fn not_modified(
     }
 }
 
-/// What part of the file to send.
+/// What part of the representation to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RangePlan {
+pub enum RangePlan {
     /// 200 with the whole file.
     Full,
     /// 206 with `len` bytes from `start`; `len >= 1` and the range lies inside the file.
@@ -76,8 +96,10 @@ pub(crate) enum RangePlan {
     Unsatisfiable,
 }
 
-/// Interprets `Range` (and `If-Range`) for a GET of a file of `file_len` bytes.
-pub(crate) fn range_plan(
+/// Interprets `Range` (and `If-Range`) for a GET of a representation of `file_len` bytes.
+/// An `If-Range` entity tag never matches (see the comment inside): the answer is then the
+/// whole representation, which is always allowed.
+pub fn range_plan(
     range: Option<&str>,
     if_range: Option<&str>,
     v: &Validators,
@@ -87,8 +109,9 @@ pub(crate) fn range_plan(
         return RangePlan::Full;
     };
     if let Some(if_range) = if_range {
-        // Entity tags in If-Range need the strong comparison, which a weak tag never passes;
-        // a date must equal Last-Modified exactly.
+        // Entity tags in If-Range need the strong comparison, which a weak tag never passes
+        // (and an origin's strong tag is not trusted to be byte-exact for our copy); a date
+        // must equal Last-Modified exactly.
         let if_range = if_range.trim();
         let is_tag = if_range.starts_with('"') || if_range.starts_with("W/");
         let same_date = v.mtime_secs.is_some() && http_date_secs(if_range) == v.mtime_secs;
@@ -247,7 +270,7 @@ mod tests {
         let full = RangePlan::Full;
         let part = RangePlan::Partial { start: 0, len: 1 };
         assert_eq!(range_plan(Some("bytes=0-0"), lm.as_deref(), &v, 1000), part);
-        assert_eq!(range_plan(Some("bytes=0-0"), Some(&v.etag), &v, 1000), full);
+        assert_eq!(range_plan(Some("bytes=0-0"), v.etag(), &v, 1000), full);
         let other = "Sun, 06 Nov 1994 08:49:37 GMT";
         assert_eq!(range_plan(Some("bytes=0-0"), Some(other), &v, 1000), full);
         assert_eq!(range_plan(Some("bytes=0-0"), Some("junk"), &v, 1000), full);
@@ -256,10 +279,11 @@ mod tests {
     #[test]
     fn if_none_match_uses_weak_comparison() {
         let v = v();
-        let strong = v.etag.trim_start_matches("W/").to_owned();
-        assert!(not_modified(&v, Some(&v.etag), None));
+        let etag = v.etag().unwrap_or_default().to_owned();
+        let strong = etag.trim_start_matches("W/").to_owned();
+        assert!(not_modified(&v, Some(&etag), None));
         assert!(not_modified(&v, Some(&strong), None));
-        assert!(not_modified(&v, Some(&format!("\"x\", {}", v.etag)), None));
+        assert!(not_modified(&v, Some(&format!("\"x\", {etag}")), None));
         assert!(not_modified(&v, Some("*"), None));
         assert!(!not_modified(&v, Some("\"other\""), None));
         // If-None-Match takes precedence over a matching If-Modified-Since.
@@ -293,15 +317,32 @@ mod tests {
     fn etag_changes_with_size_and_mtime() {
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
         let a = Validators::new(1, Some(t));
-        assert_ne!(a.etag, Validators::new(2, Some(t)).etag);
+        assert_ne!(a.etag(), Validators::new(2, Some(t)).etag());
         assert_ne!(
-            a.etag,
-            Validators::new(1, Some(t + Duration::from_nanos(1))).etag
+            a.etag(),
+            Validators::new(1, Some(t + Duration::from_nanos(1))).etag()
         );
-        assert!(a.etag.starts_with("W/\""));
+        assert!(a.etag().is_some_and(|e| e.starts_with("W/\"")));
         assert_eq!(
             Validators::new(1, Some(UNIX_EPOCH - Duration::from_secs(1))).last_modified(),
             None
         );
+    }
+
+    #[test]
+    fn origin_validators_without_a_tag_match_only_the_wildcard() {
+        let lm = "Tue, 14 Nov 2023 22:13:20 GMT";
+        let v = Validators::from_headers(None, Some(lm));
+        assert_eq!(v.etag(), None);
+        assert!(!not_modified(&v, Some(","), None));
+        assert!(!not_modified(&v, Some("\"\""), None));
+        assert!(not_modified(&v, Some("*"), None));
+        assert!(not_modified(&v, None, Some(lm)));
+        assert_eq!(v.last_modified().as_deref(), Some(lm));
+        let tagged = Validators::from_headers(Some(" \"abc\" "), None);
+        assert!(not_modified(&tagged, Some("W/\"abc\""), None));
+        assert!(!not_modified(&tagged, Some("\"abd\""), None));
+        assert!(!not_modified(&tagged, None, Some(lm)));
+        assert_eq!(Validators::from_headers(Some(""), None).etag(), None);
     }
 }

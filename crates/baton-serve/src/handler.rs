@@ -81,7 +81,10 @@ async fn respond_inner<B>(files: &Arc<StaticFiles>, req: &Request<B>) -> Respons
     let headers = resp.headers_mut();
     headers.insert(header::SERVER, SERVER);
     headers.insert(header::ACCEPT_RANGES, BYTES);
-    if let Ok(v) = HeaderValue::from_str(&validators.etag) {
+    if let Some(v) = validators
+        .etag()
+        .and_then(|e| HeaderValue::from_str(e).ok())
+    {
         headers.insert(header::ETAG, v);
     }
     if let Some(v) = validators

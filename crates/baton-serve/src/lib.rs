@@ -32,7 +32,7 @@
 //! read-only).
 
 mod body;
-mod conditional;
+pub mod conditional;
 mod handler;
 mod io;
 mod path;
@@ -44,17 +44,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-pub use stats::ServeStats;
+pub use stats::{Counters, ServeStats};
 
 use crate::io::SendTimeout;
-use crate::stats::Counters;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,8 @@ impl Default for Limits {
 }
 
 impl Limits {
-    fn validate(&self) -> Result<(), ServeError> {
+    /// Checks that the limits can work (positive timeouts, sane sizes).
+    pub fn validate(&self) -> Result<(), ServeError> {
         if self.header_read_timeout.is_zero() || self.send_timeout.is_zero() {
             return Err(ServeError::InvalidLimits("timeouts must be positive"));
         }
@@ -207,11 +208,34 @@ where
 {
     files.counters.add_connection();
     let limits = files.limits;
-    let io = TokioIo::new(SendTimeout::new(io, limits.send_timeout));
     let service = service_fn(move |req| {
         let files = Arc::clone(&files);
         async move { Ok::<_, Infallible>(handler::respond(files, req).await) }
     });
+    serve_http1(io, &limits, service, stop).await
+}
+
+/// Serves one connection with any hyper `service`, with the connection behaviour of
+/// [`serve_connection`]: HTTP/1.1 and 1.0, keep-alive, pipelining, half-close, the head and
+/// send timeouts and head size limits of `limits`. When `stop` completes, the response in
+/// flight (if any) finishes and the connection closes instead of waiting for another request.
+/// Public for the back-end's other HTTP handlers (the caching proxy), so that every port of
+/// the back-end behaves alike; the caller counts the connection.
+pub async fn serve_http1<I, S, St>(
+    io: I,
+    limits: &Limits,
+    service: S,
+    stop: St,
+) -> Result<(), ServeError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    St: Future<Output = ()>,
+{
+    let io = TokioIo::new(SendTimeout::new(io, limits.send_timeout));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)

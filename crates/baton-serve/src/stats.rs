@@ -26,8 +26,10 @@ pub struct ServeStats {
     pub aborted: u64,
 }
 
+/// The live counters behind [`ServeStats`]. Public so that other HTTP front-ends of the
+/// back-end (the caching proxy) count connections, responses and bytes the same way.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub struct Counters {
     connections: AtomicU64,
     requests: AtomicU64,
     bytes_sent: AtomicU64,
@@ -37,11 +39,13 @@ pub(crate) struct Counters {
 
 // Relaxed everywhere: the counters are independent statistics, read as a best-effort snapshot.
 impl Counters {
-    pub(crate) fn add_connection(&self) {
+    /// One connection entered service.
+    pub fn add_connection(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn add_response(&self, status: StatusCode) {
+    /// One response, by status class.
+    pub fn add_response(&self, status: StatusCode) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let class = match status.as_u16() {
             200..=299 => Some(0),
@@ -55,15 +59,18 @@ impl Counters {
         }
     }
 
-    pub(crate) fn add_body_bytes(&self, n: u64) {
+    /// Response body bytes handed to the connection.
+    pub fn add_body_bytes(&self, n: u64) {
         self.bytes_sent.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn add_aborted(&self) {
+    /// A response whose body was cut short by the connection ending.
+    pub fn add_aborted(&self) {
         self.aborted.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> ServeStats {
+    /// The current values.
+    pub fn snapshot(&self) -> ServeStats {
         let [c2, c3, c4, c5] = &self.by_class;
         ServeStats {
             connections: self.connections.load(Ordering::Relaxed),
