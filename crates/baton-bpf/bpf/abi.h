@@ -16,6 +16,8 @@
 /* flow_val.action */
 #define BTCP_ACTION_PARK 1
 #define BTCP_ACTION_FORWARD 2
+/* Forwards like FORWARD; the back-end reported the close, so a bare SYN may reuse the 4-tuple. */
+#define BTCP_ACTION_FORWARD_CLOSING 3
 
 /* Map sizes. */
 #define BTCP_MAX_FLOWS 65536
@@ -32,7 +34,7 @@
 #define BTCP_STAT_NOT_IPV4_TCP 4 /* not an Ethernet/IPv4/TCP frame, or truncated: passed */
 #define BTCP_STAT_FRAGMENT 5     /* IPv4 fragment (no reliable ports): passed */
 #define BTCP_STAT_ERROR 6        /* helper failure or unknown action in the map */
-#define BTCP_STAT_SYN_REPLACED 7 /* a new SYN reused a handed-off 4-tuple: entry deleted, passed */
+#define BTCP_STAT_SYN_REPLACED 7 /* a new SYN reused a closing 4-tuple: entry deleted, passed */
 #define BTCP_STAT_COUNT 8
 
 /* Sizes, asserted on both sides. */

@@ -3,13 +3,14 @@
  * BTCP, the bottom half of Baton's TCP handoff: a tc ingress program on the
  * front's NIC that steers the packets of handed-off connections.
  *
- *   no FLOWS entry -> TC_ACT_OK: the front's own kernel handles the packet;
- *   bare SYN on a  -> delete the entry, TC_ACT_OK: a new connection on a reused
- *   FORWARD entry     4-tuple belongs to the front's listener;
- *   PARK           -> copy the frame into the PARKED ring, TC_ACT_SHOT: the
- *                     front's socket is in repair mode and must not see it;
- *   FORWARD        -> Ethernet dst := back-end, src := front, redirect to the
- *                     egress of FLOWS.ifindex (the same L2 segment).
+ *   no FLOWS entry  -> TC_ACT_OK: the front's own kernel handles the packet;
+ *   PARK            -> copy the frame into the PARKED ring, TC_ACT_SHOT: the
+ *                      front's socket is in repair mode and must not see it;
+ *   FORWARD         -> Ethernet dst := back-end, src := front, redirect to the
+ *                      egress of FLOWS.ifindex (the same L2 segment);
+ *   FORWARD_CLOSING -> as FORWARD, except that a bare SYN deletes the entry
+ *                      and passes (TC_ACT_OK): a new connection on a reused
+ *                      4-tuple belongs to the front's listener.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -110,13 +111,14 @@ int btcp_ingress(struct __sk_buff *skb)
 	 * handed-off one (a client port freed early; entries outlive the close by
 	 * a grace period). It belongs to the front's listener, not to the old
 	 * back-end: forget the old flow and let the front's kernel have it.
-	 * With RST or FIN as well it opens nothing (a listener discards it), so
-	 * it must not cost a live flow its entry. ECE/CWR (an ECN SYN) are fine.
-	 * Only FORWARD entries: while a flow is parked its connection is alive
-	 * on the front, so a SYN there is a duplicate or a spoof, kept like any
-	 * other parked segment (the back-end's socket answers it with an ACK).
+	 * Only once the back-end has reported the close (FORWARD_CLOSING): on a
+	 * live flow a bare SYN is a duplicate or a blind spoof, and deleting the
+	 * entry would let the front's kernel reset the connection. Forwarded, the
+	 * back-end's socket answers it with a challenge ACK. Parked flows keep it
+	 * like any other segment. With RST or FIN as well it opens nothing (a
+	 * listener discards it). ECE/CWR (an ECN SYN) are fine.
 	 */
-	if (val->action == BTCP_ACTION_FORWARD &&
+	if (val->action == BTCP_ACTION_FORWARD_CLOSING &&
 	    (flags & (BTCP_TCP_SYN | BTCP_TCP_ACK | BTCP_TCP_RST | BTCP_TCP_FIN)) ==
 		    BTCP_TCP_SYN) {
 		bpf_map_delete_elem(&FLOWS, &key);
@@ -135,6 +137,7 @@ int btcp_ingress(struct __sk_buff *skb)
 		/* Dropped even when lost: the client retransmits, the front must not answer. */
 		return TC_ACT_SHOT;
 	case BTCP_ACTION_FORWARD:
+	case BTCP_ACTION_FORWARD_CLOSING:
 		touch(val, len);
 		if (forward(skb, val)) {
 			count(BTCP_STAT_ERROR);

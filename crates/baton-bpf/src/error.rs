@@ -105,3 +105,20 @@ pub enum BpfError {
         iface: String,
     },
 }
+
+impl BpfError {
+    /// The flow table is full (`E2BIG`/`ENOSPC` from a map write): a
+    /// capacity limit, not a defect, so a front answers 503 and counts it.
+    pub fn is_map_full(&self) -> bool {
+        match self {
+            BpfError::Map { source, .. } => match source.as_ref() {
+                MapError::SyscallError(e) => matches!(
+                    e.io_error.raw_os_error(),
+                    Some(libc::E2BIG) | Some(libc::ENOSPC)
+                ),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}

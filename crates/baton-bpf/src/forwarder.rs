@@ -21,6 +21,8 @@ const FLOWS: &str = "FLOWS";
 const STATS: &str = "STATS";
 const PARKED: &str = "PARKED";
 const SCRATCH: &str = "SCRATCH";
+/// `BPF_EXIST` (include/uapi/linux/bpf.h): update an element only if it exists.
+const BPF_EXIST: u32 = 2;
 /// The `iface` of errors from a forwarder loaded with [`Forwarder::load`].
 const UNATTACHED: &str = "(unattached)";
 
@@ -50,6 +52,9 @@ pub enum Action {
     Park,
     /// Rewrite the MACs and redirect them to the back-end.
     Forward,
+    /// As [`Action::Forward`]; the back-end has reported the close, so a bare
+    /// SYN (a new connection reusing the 4-tuple) deletes the entry and passes.
+    ForwardClosing,
 }
 
 /// Where a forwarded flow's packets go: out of `ifindex`, on the same L2 segment.
@@ -68,7 +73,7 @@ pub struct ForwardTarget {
 pub struct FlowEntry {
     /// What the program does with the flow.
     pub action: Action,
-    /// Set for [`Action::Forward`].
+    /// Set for [`Action::Forward`] and [`Action::ForwardClosing`].
     pub target: Option<ForwardTarget>,
     /// Last packet (or control-plane change), in [`Forwarder::now_ns`] time.
     pub last_seen_ns: u64,
@@ -95,7 +100,7 @@ pub struct Stats {
     pub fragments: u64,
     /// Helper failures (dropped) and entries with an unknown action (passed).
     pub errors: u64,
-    /// Entries deleted because a new SYN reused their 4-tuple.
+    /// Closing entries deleted because a new SYN reused their 4-tuple.
     pub syn_replaced: u64,
 }
 
@@ -339,6 +344,31 @@ impl Forwarder {
         )
     }
 
+    /// Marks `key`'s FORWARD entry as closing (the back-end reported the
+    /// close): it keeps forwarding, and a bare SYN may now replace it. Only
+    /// then, since on a live flow a blind attacker guessing the 4-tuple could
+    /// otherwise reset the connection with one SYN. Returns whether a FORWARD
+    /// entry was marked; a parked, closing or absent entry is left as it is.
+    pub fn mark_closing(&mut self, key: &FlowKey) -> Result<bool, BpfError> {
+        let raw_key = RawFlowKey::from(key);
+        let mut value = match self.flows.get(&raw_key, 0) {
+            Ok(v) if v.action == abi::ACTION_FORWARD => v,
+            Ok(_) | Err(MapError::KeyNotFound) => return Ok(false),
+            Err(e) => return Err(self.map_error("looking up an entry", FLOWS, e)),
+        };
+        value.action = abi::ACTION_FORWARD_CLOSING;
+        // BPF_EXIST: never recreate an entry deleted since the lookup (a
+        // reused 4-tuple's SYN); the counters and last_seen_ns carry over,
+        // best effort, as in `write_entry`.
+        match self.flows.insert(raw_key, value, u64::from(BPF_EXIST)) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.map_error("marking an entry closing", FLOWS, e)),
+        }
+    }
+
     /// Removes `key`'s entry: its packets go to the front's kernel again. Absent is fine.
     pub fn remove(&mut self, key: &FlowKey) -> Result<(), BpfError> {
         match self.flows.remove(&RawFlowKey::from(key)) {
@@ -358,8 +388,12 @@ impl Forwarder {
             let key = FlowKey::from(raw_key);
             let (action, target) = match raw.action {
                 abi::ACTION_PARK => (Action::Park, None),
-                abi::ACTION_FORWARD => (
-                    Action::Forward,
+                abi::ACTION_FORWARD | abi::ACTION_FORWARD_CLOSING => (
+                    if raw.action == abi::ACTION_FORWARD {
+                        Action::Forward
+                    } else {
+                        Action::ForwardClosing
+                    },
                     Some(ForwardTarget {
                         ifindex: raw.ifindex,
                         dst_mac: raw.dst_mac,

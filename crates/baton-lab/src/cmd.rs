@@ -44,6 +44,12 @@ pub(crate) fn curl() -> Option<&'static Path> {
     cached(&CELL, "curl")
 }
 
+/// The `tc` binary (iproute2), needed only to limit a link's rate.
+pub(crate) fn tc() -> Option<&'static Path> {
+    static CELL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    cached(&CELL, "tc")
+}
+
 fn display(program: &Path, args: &[&OsStr]) -> String {
     let mut s = program.display().to_string();
     for a in args {
@@ -101,11 +107,21 @@ pub(crate) fn sysctl_in(netns: &str, settings: &[String]) -> Result<(), LabError
 /// Whether `curl` (run in `netns`) gets a 2xx from `url` within one second.
 /// Proxies are switched off: lab traffic must never leave the lab.
 pub(crate) fn http_ok(netns: &str, curl: &Path, url: &str) -> Result<bool, LabError> {
+    curl_succeeds(netns, curl, url, true)
+}
+
+/// Whether `curl` (run in `netns`) gets any HTTP response from `url` within
+/// one second: a server is up even if `url` names nothing it has.
+pub(crate) fn http_answers(netns: &str, curl: &Path, url: &str) -> Result<bool, LabError> {
+    curl_succeeds(netns, curl, url, false)
+}
+
+fn curl_succeeds(netns: &str, curl: &Path, url: &str, need_2xx: bool) -> Result<bool, LabError> {
     let status = Command::new(ip())
         .args(["netns", "exec", netns])
         .arg(curl)
         .args([
-            "-sf",
+            if need_2xx { "-sf" } else { "-s" },
             "--noproxy",
             "*",
             "--max-time",

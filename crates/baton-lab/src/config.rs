@@ -16,6 +16,8 @@ pub const CONTROL_PORT: u16 = 7070;
 pub const DIRECT_PORT: u16 = 8080;
 /// The port clients connect to on the VIP.
 pub const VIP_PORT: u16 = 80;
+/// The port the origin serves on (at [`crate::ORIGIN_IP`]).
+pub const ORIGIN_PORT: u16 = 8080;
 /// The front's admin endpoint (`/ready`, `/stats`), on its loopback.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
 
@@ -55,12 +57,22 @@ fn push_extra(out: &mut String, extra: Option<&str>) {
     }
 }
 
+/// The origin a caching back-end fetches its misses from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BackOrigin<'a> {
+    /// `http://host:port`.
+    pub url: &'a str,
+    /// The back-end's cache size.
+    pub cache_bytes: u64,
+}
+
 /// The config of a back-end at `ip`.
 pub(crate) fn back_toml(
     ip: Ipv4Addr,
     vip: Ipv4Addr,
     docroot: &Path,
     key_file: &Path,
+    origin: Option<BackOrigin<'_>>,
     extra: Option<&str>,
 ) -> Result<String, LabError> {
     let mut out = format!(
@@ -72,6 +84,14 @@ pub(crate) fn back_toml(
         path_str(docroot)?,
         path_str(key_file)?,
     );
+    if let Some(o) = origin {
+        let _ = write!(
+            out,
+            "origin = {}\ncache_bytes = {}\n",
+            toml_str(o.url),
+            o.cache_bytes
+        );
+    }
     push_extra(&mut out, extra);
     Ok(out)
 }
@@ -117,6 +137,7 @@ mod tests {
             VIP,
             Path::new("/run/baton/labs/x/docroot"),
             Path::new("/run/baton/labs/x/key.hex"),
+            None,
             Some("max_conns = 3"),
         )
         .expect("toml");
@@ -128,6 +149,34 @@ mod tests {
              docroot = \"/run/baton/labs/x/docroot\"\n\
              key_file = \"/run/baton/labs/x/key.hex\"\n\
              max_conns = 3\n"
+        );
+    }
+
+    #[test]
+    fn origin_keys_are_top_level_and_precede_the_extra() {
+        let origin = BackOrigin {
+            url: "http://198.18.0.5:8080",
+            cache_bytes: 64 << 20,
+        };
+        let t = back_toml(
+            Ipv4Addr::new(198, 18, 0, 12),
+            VIP,
+            Path::new("/d"),
+            Path::new("/k"),
+            Some(origin),
+            Some("[limits]\nmax_conns = 3\n"),
+        )
+        .expect("toml");
+        assert_eq!(
+            t,
+            "control_listen = \"198.18.0.12:7070\"\n\
+             direct_listen = \"198.18.0.12:8080\"\n\
+             vip = \"198.18.0.100\"\n\
+             docroot = \"/d\"\n\
+             key_file = \"/k\"\n\
+             origin = \"http://198.18.0.5:8080\"\n\
+             cache_bytes = 67108864\n\
+             [limits]\nmax_conns = 3\n"
         );
     }
 

@@ -32,21 +32,53 @@ pub fn sample_docroot(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::write(dir.join("index.html"), INDEX_HTML)?;
     for (name, len) in SAMPLE_FILES {
-        let mut out = BufWriter::with_capacity(1 << 16, File::create(dir.join(name))?);
-        let mut rng = XorShift::for_name(name);
-        let mut left = *len;
-        let mut chunk = [0u8; 1 << 16];
-        while left > 0 {
-            rng.fill(&mut chunk);
-            let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
-            out.write_all(&chunk[..n])?;
-            left -= n as u64;
-        }
-        out.into_inner()
-            .map_err(io::IntoInnerError::into_error)?
-            .sync_all()?;
+        write_content(&dir.join(name), name, *len)?;
     }
     Ok(())
+}
+
+/// The name of target `i` of [`zipf_docroot`], relative to its root: `t/0000.bin`...
+pub fn zipf_target(i: usize) -> String {
+    format!("t/{i:04}.bin")
+}
+
+/// Writes a docroot for policy benchmarks into `dir` (created if missing):
+/// `targets` files [`zipf_target`]`(0)`.. of `size` bytes each, file `name`
+/// holding [`sample_content`]`(name, size)`, plus an `index.html` so a lab
+/// can serve it. The popularity (Zipf or other) is the client's choice; the
+/// files only have to exist and be checkable. Existing files are overwritten,
+/// others are left alone.
+pub fn zipf_docroot(dir: &Path, targets: usize, size: usize) -> io::Result<()> {
+    fs::create_dir_all(dir.join("t"))?;
+    fs::write(
+        dir.join("index.html"),
+        format!(
+            "<!doctype html>\n<html><head><title>baton lab</title></head>\n\
+             <body><p>{targets} targets of {size} bytes under t/</p></body></html>\n"
+        ),
+    )?;
+    for i in 0..targets {
+        let name = zipf_target(i);
+        write_content(&dir.join(&name), &name, size as u64)?;
+    }
+    Ok(())
+}
+
+/// Writes `sample_content(name, len)` to `path`, a chunk at a time.
+fn write_content(path: &Path, name: &str, len: u64) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 16, File::create(path)?);
+    let mut rng = XorShift::for_name(name);
+    let mut left = len;
+    let mut chunk = [0u8; 1 << 16];
+    while left > 0 {
+        rng.fill(&mut chunk);
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        out.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    out.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .sync_all()
 }
 
 /// The content `sample_docroot` writes for a file called `name` of `len` bytes.
@@ -115,6 +147,27 @@ mod tests {
         }
         let index = fs::read_to_string(d.0.join("index.html")).expect("index");
         assert!(index.contains("64m.bin"));
+    }
+
+    #[test]
+    fn zipf_docroot_holds_every_target_with_its_own_content() {
+        let d = temp("zipf");
+        zipf_docroot(&d.0, 12, 3000).expect("write zipf docroot");
+        assert_eq!(zipf_target(7), "t/0007.bin");
+        let mut names: Vec<String> = fs::read_dir(d.0.join("t"))
+            .expect("t/")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 12);
+        assert_eq!(names.first().map(String::as_str), Some("0000.bin"));
+        assert_eq!(names.last().map(String::as_str), Some("0011.bin"));
+        let first = fs::read(d.0.join("t/0000.bin")).expect("t/0000.bin");
+        let last = fs::read(d.0.join("t/0011.bin")).expect("t/0011.bin");
+        assert!(first == sample_content("t/0000.bin", 3000));
+        assert!(last == sample_content("t/0011.bin", 3000));
+        assert_ne!(first, last, "targets must be told apart by their bytes");
+        assert!(d.0.join("index.html").is_file(), "a lab needs / to answer");
     }
 
     #[test]

@@ -6,19 +6,24 @@
 //!
 //! Invariants:
 //! - Everything a lab makes lives in its own namespaces, `{name}-client`,
-//!   `{name}-front`, `{name}-backK` and `{name}-br` (the bridge); veths are
-//!   created from the bridge namespace straight into the host namespaces,
-//!   so nothing ever appears in the root namespace.
-//! - Addresses come only from 198.18.0.0/24: client .2, front .3, backK .(10+K),
-//!   VIP .100 on the front's `eth0` (/32) and on each back-end's `lo` (/32);
-//!   back-ends never answer ARP for the VIP. The lab is IPv4 only.
+//!   `{name}-front`, `{name}-backK`, `{name}-origin` (only with an origin)
+//!   and `{name}-br` (the bridge); veths are created from the bridge
+//!   namespace straight into the host namespaces, so nothing ever appears in
+//!   the root namespace.
+//! - Addresses come only from 198.18.0.0/24: client .2, front .3, origin .5,
+//!   backK .(10+K), VIP .100 on the front's `eth0` (/32) and on each
+//!   back-end's `lo` (/32); back-ends never answer ARP for the VIP. The lab
+//!   is IPv4 only.
+//! - The origin (`baton serve` on the lab's docroot) serves before any
+//!   back-end starts, so a caching back-end never sees its origin missing.
 //! - What `up` made, `up` removes again if it fails (RAII guards), and `down`
 //!   removes from any process, with or without a state file, any number of times.
 //! - Processes are recorded as pid plus start time, so a stale state file can
 //!   never get an unrelated process signalled.
 //!
 //! Files, under `/run/baton/labs/{name}/`: `state.json`, `key.hex` (0600),
-//! `front.toml`, `backK.toml`, `{host}.log`, and `docroot/` unless the spec names one.
+//! `front.toml`, `backK.toml`, `{host}.log` (`origin.log` too), and `docroot/`
+//! unless the spec names one.
 #![deny(unsafe_code)]
 
 mod cmd;
@@ -42,11 +47,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{ADMIN_LISTEN, CONTROL_PORT, DIRECT_PORT, VIP_PORT};
+pub use config::{ADMIN_LISTEN, CONTROL_PORT, DIRECT_PORT, ORIGIN_PORT, VIP_PORT};
 pub use daemon::ProcId;
-pub use docroot::{sample_content, sample_docroot, INDEX_HTML, SAMPLE_FILES};
+pub use docroot::{
+    sample_content, sample_docroot, zipf_docroot, zipf_target, INDEX_HTML, SAMPLE_FILES,
+};
 pub use error::LabError;
-pub use topology::{Topology, IFACE, MAX_BACKENDS, VIP};
+pub use topology::{Topology, IFACE, MAX_BACKENDS, ORIGIN_IP, VIP};
 
 use topology::{is_host_name, is_lab_netns, remove_namespaces, Role, TERM_GRACE};
 
@@ -76,6 +83,55 @@ pub struct LabSpec {
     pub front_extra: Option<String>,
     /// TOML appended to every `backK.toml`.
     pub back_extra: Option<String>,
+    /// An origin host for caching back-ends; `None`: none.
+    #[serde(default)]
+    pub origin: Option<OriginSpec>,
+}
+
+/// The lab's origin: host `origin` at [`ORIGIN_IP`] runs `baton serve` on
+/// the lab's docroot at port [`ORIGIN_PORT`], and every back-end is
+/// configured to fetch its misses there (`origin = ...`, `cache_bytes = ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginSpec {
+    /// Limits what the origin sends (to the back-ends) to this `tc` rate,
+    /// e.g. `100mbit`, so misses cost what a distant origin costs; `None`: link speed.
+    pub rate: Option<String>,
+    /// The cache size written into every back-end's config.
+    pub cache_bytes: u64,
+}
+
+impl OriginSpec {
+    /// The cache size when none is given: 64 MiB.
+    pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+    /// The URL the back-ends fetch from: `http://198.18.0.5:8080`.
+    pub fn url() -> String {
+        format!("http://{ORIGIN_IP}:{ORIGIN_PORT}")
+    }
+
+    fn validate(&self) -> Result<(), LabError> {
+        if let Some(rate) = &self.rate {
+            topology::check_rate(rate)?;
+        }
+        // TOML integers are i64: a larger size would make an unreadable config.
+        if i64::try_from(self.cache_bytes).is_err() {
+            return Err(LabError::InvalidSpec(format!(
+                "cache size {} does not fit a TOML integer",
+                self.cache_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for OriginSpec {
+    /// No rate limit, [`OriginSpec::DEFAULT_CACHE_BYTES`].
+    fn default() -> Self {
+        OriginSpec {
+            rate: None,
+            cache_bytes: Self::DEFAULT_CACHE_BYTES,
+        }
+    }
 }
 
 impl LabSpec {
@@ -91,6 +147,7 @@ impl LabSpec {
             baton_bin: baton_bin.into(),
             front_extra: None,
             back_extra: None,
+            origin: None,
         }
     }
 }
@@ -106,10 +163,10 @@ pub struct HostInfo {
     pub iface: String,
     /// The MAC address of `iface`.
     pub mac: String,
-    /// The daemon's pid (front and back-ends).
+    /// The daemon's pid (front, back-ends and origin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-    /// The daemon's config file.
+    /// The daemon's config file (front and back-ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<PathBuf>,
     /// The daemon's log (stdout and stderr).
@@ -127,7 +184,7 @@ pub struct LabInfo {
     pub vip: Ipv4Addr,
     /// The port on the VIP.
     pub port: u16,
-    /// `client`, `front`, `back1`..`backN`.
+    /// `client`, `front`, `back1`..`backN`, and `origin` if the lab has one.
     pub hosts: BTreeMap<String, HostInfo>,
     /// The lab name.
     pub name: String,
@@ -216,15 +273,16 @@ fn lab_namespaces(name: &str) -> Result<Vec<String>, LabError> {
     Ok(v)
 }
 
-/// client, front, back1, back2, ... back10 (numerically), then the bridge.
+/// client, front, back1, back2, ... back10 (numerically), origin, then the bridge.
 fn host_order(host: &str) -> (u8, usize, String) {
     match host {
         "client" => (0, 0, String::new()),
         "front" => (1, 0, String::new()),
-        "br" => (3, 0, String::new()),
+        "origin" => (3, 0, String::new()),
+        "br" => (4, 0, String::new()),
         _ => match host.strip_prefix("back").and_then(|k| k.parse().ok()) {
             Some(k) => (2, k, String::new()),
-            None => (4, 0, host.to_owned()),
+            None => (5, 0, host.to_owned()),
         },
     }
 }
@@ -303,6 +361,14 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         ),
         None => None,
     };
+    if let Some(origin) = &spec.origin {
+        origin.validate()?;
+        if origin.rate.is_some() && cmd::tc().is_none() {
+            return Err(LabError::InvalidSpec(
+                "tc (iproute2) is needed to limit the origin's rate".into(),
+            ));
+        }
+    }
     let curl = cmd::curl()
         .ok_or_else(|| LabError::InvalidSpec("curl is needed for the readiness checks".into()))?;
 
@@ -333,9 +399,14 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         armed: true,
     };
 
-    let topo = guard
-        .topology
-        .insert(Topology::create(name, spec.backends)?);
+    let topo = guard.topology.insert(match spec.origin {
+        Some(_) => Topology::create_with_origin(name, spec.backends)?,
+        None => Topology::create(name, spec.backends)?,
+    });
+    if let Some(rate) = spec.origin.as_ref().and_then(|o| o.rate.as_deref()) {
+        // Its egress: what the back-ends receive from it.
+        topo.limit_egress("origin", rate)?;
+    }
     let key_file = labdir.join("key.hex");
     write_key(&key_file)?;
     let docroot = match given_docroot {
@@ -347,10 +418,16 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         }
     };
 
+    let origin_url = OriginSpec::url();
+    let back_origin = spec.origin.as_ref().map(|o| config::BackOrigin {
+        url: &origin_url,
+        cache_bytes: o.cache_bytes,
+    });
     let mut hosts = BTreeMap::new();
     let mut backends = Vec::new();
     for h in topo.hosts() {
-        let daemon = !matches!(h.role, Role::Client);
+        let configured = matches!(h.role, Role::Front | Role::Back(_));
+        let daemon = configured || h.role == Role::Origin;
         hosts.insert(
             h.name.clone(),
             HostInfo {
@@ -359,14 +436,20 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
                 iface: IFACE.to_owned(),
                 mac: h.mac.clone(),
                 pid: None,
-                config: daemon.then(|| labdir.join(format!("{}.toml", h.name))),
+                config: configured.then(|| labdir.join(format!("{}.toml", h.name))),
                 log: daemon.then(|| labdir.join(format!("{}.log", h.name))),
                 running: None,
             },
         );
         if let Role::Back(_) = h.role {
-            let text =
-                config::back_toml(h.ip, VIP, &docroot, &key_file, spec.back_extra.as_deref())?;
+            let text = config::back_toml(
+                h.ip,
+                VIP,
+                &docroot,
+                &key_file,
+                back_origin,
+                spec.back_extra.as_deref(),
+            )?;
             write_file(&labdir.join(format!("{}.toml", h.name)), &text)?;
             backends.push((h.name.clone(), h.ip));
         }
@@ -401,7 +484,25 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
     };
     write_state(&state)?;
 
-    // Back-ends first: the front connects to their control ports when it starts.
+    if let Some(h) = topo.host("origin") {
+        let (host, netns) = (h.name.clone(), h.netns.clone());
+        let log = labdir.join(format!("{host}.log"));
+        let listen = format!("{ORIGIN_IP}:{ORIGIN_PORT}");
+        let docroot = state.info.docroot.clone();
+        let argv = [
+            baton_bin.as_os_str(),
+            OsStr::new("serve"),
+            OsStr::new("--listen"),
+            OsStr::new(&listen),
+            OsStr::new("--docroot"),
+            docroot.as_os_str(),
+        ];
+        start_daemon(&host, &netns, &argv, &log, &mut guard.children, &mut state)?;
+        // Before any back-end: a caching back-end may fetch as soon as it runs.
+        wait_origin(&mut guard.children, &netns, &labdir, curl)?;
+    }
+
+    // Back-ends next: the front connects to their control ports when it starts.
     let order: Vec<(String, String, &str)> = topo
         .hosts()
         .iter()
@@ -431,23 +532,7 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
             OsStr::new("--config"),
             config.as_os_str(),
         ];
-        let (child, id) = daemon::spawn(&netns, &argv, &log).map_err(|e| match e {
-            LabError::DaemonExited {
-                status, log, tail, ..
-            } => LabError::DaemonExited {
-                host: host.clone(),
-                status,
-                log,
-                tail,
-            },
-            e => e,
-        })?;
-        guard.children.push((host.clone(), child, id));
-        state.daemons.insert(host.clone(), id);
-        if let Some(h) = state.info.hosts.get_mut(&host) {
-            h.pid = Some(id.pid);
-        }
-        write_state(&state)?;
+        start_daemon(&host, &netns, &argv, &log, &mut guard.children, &mut state)?;
     }
 
     wait_ready(&mut guard.children, &front_ns, &client_ns, &labdir, curl)?;
@@ -457,6 +542,35 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         t.keep();
     }
     Ok(state.info)
+}
+
+/// Starts `argv` as the daemon of `host` and records it, in the guard (so a
+/// failing `up` ends it) and in the state file (so `down` can).
+fn start_daemon(
+    host: &str,
+    netns: &str,
+    argv: &[&OsStr],
+    log: &Path,
+    children: &mut Vec<(String, Child, ProcId)>,
+    state: &mut LabState,
+) -> Result<(), LabError> {
+    let (child, id) = daemon::spawn(netns, argv, log).map_err(|e| match e {
+        LabError::DaemonExited {
+            status, log, tail, ..
+        } => LabError::DaemonExited {
+            host: host.to_owned(),
+            status,
+            log,
+            tail,
+        },
+        e => e,
+    })?;
+    children.push((host.to_owned(), child, id));
+    state.daemons.insert(host.to_owned(), id);
+    if let Some(h) = state.info.hosts.get_mut(host) {
+        h.pid = Some(id.pid);
+    }
+    write_state(state)
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
@@ -481,6 +595,54 @@ fn write_key(path: &Path) -> Result<(), LabError> {
         .map_err(|e| LabError::io("write", path, e))
 }
 
+/// Fails if any of `children` has exited.
+fn check_children(children: &mut [(String, Child, ProcId)], labdir: &Path) -> Result<(), LabError> {
+    for (host, child, _) in children.iter_mut() {
+        let exited = child.try_wait().map_err(|source| LabError::Sys {
+            call: "waitpid",
+            source,
+        })?;
+        if let Some(status) = exited {
+            let log = labdir.join(format!("{host}.log"));
+            return Err(LabError::DaemonExited {
+                host: host.clone(),
+                status: describe(status),
+                tail: daemon::log_tail(&log),
+                log,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Polls until the origin answers HTTP (any status: a given docroot need not
+/// have an index); fails at once if a daemon dies.
+fn wait_origin(
+    children: &mut [(String, Child, ProcId)],
+    origin_ns: &str,
+    labdir: &Path,
+    curl: &Path,
+) -> Result<(), LabError> {
+    let start = Instant::now();
+    let url = format!("{}/", OriginSpec::url());
+    loop {
+        check_children(children, labdir)?;
+        if cmd::http_answers(origin_ns, curl, &url)? {
+            return Ok(());
+        }
+        if start.elapsed() >= READY_TIMEOUT {
+            let log = labdir.join("origin.log");
+            return Err(LabError::NotReady {
+                what: format!("the origin never answered {url}"),
+                waited: start.elapsed(),
+                tail: daemon::log_tail(&log),
+                log,
+            });
+        }
+        std::thread::sleep(READY_POLL);
+    }
+}
+
 /// Polls until the front reports ready and the client can fetch from the VIP;
 /// fails at once if a daemon dies.
 fn wait_ready(
@@ -495,21 +657,7 @@ fn wait_ready(
     let vip_url = format!("http://{VIP}:{VIP_PORT}/");
     let mut front_ready = false;
     loop {
-        for (host, child, _) in children.iter_mut() {
-            let exited = child.try_wait().map_err(|source| LabError::Sys {
-                call: "waitpid",
-                source,
-            })?;
-            if let Some(status) = exited {
-                let log = labdir.join(format!("{host}.log"));
-                return Err(LabError::DaemonExited {
-                    host: host.clone(),
-                    status: describe(status),
-                    tail: daemon::log_tail(&log),
-                    log,
-                });
-            }
-        }
+        check_children(children, labdir)?;
         if !front_ready {
             front_ready = cmd::http_ok(front_ns, curl, &ready_url)?;
         }
@@ -583,8 +731,8 @@ pub fn status(name: &str) -> Result<LabInfo, LabError> {
     Ok(info)
 }
 
-/// Runs `argv` in the namespace of `host` (`client`, `front`, `backK`, or `br`
-/// for the bridge) with this process's stdio; returns its exit code (128+N
+/// Runs `argv` in the namespace of `host` (`client`, `front`, `backK`,
+/// `origin`, or `br` for the bridge) with this process's stdio; returns its exit code (128+N
 /// for a death by signal N).
 pub fn exec(name: &str, host: &str, argv: &[String]) -> Result<i32, LabError> {
     validate_name(name)?;
@@ -708,6 +856,10 @@ mod tests {
         assert!(is_lab_netns("a", "a-client"));
         assert!(is_lab_netns("a", "a-back12"));
         assert!(is_lab_netns("a", "a-br"));
+        assert!(is_lab_netns("a", "a-origin"));
+        assert!(!is_lab_netns("a", "a-origin2"));
+        assert!(!is_lab_netns("a", "a-b-origin"));
+        assert_eq!(lab_of_netns("a-origin"), Some("a"));
         assert!(!is_lab_netns("a", "a-b-client"));
         assert!(!is_lab_netns("a", "a-back1-br"));
         assert!(!is_lab_netns("a", "a-back"));
@@ -719,9 +871,53 @@ mod tests {
 
     #[test]
     fn hosts_sort_numerically() {
-        let mut v = vec!["back10", "br", "back2", "front", "client", "back1"];
+        let mut v = vec![
+            "back10", "br", "origin", "back2", "front", "client", "back1",
+        ];
         v.sort_by_key(|h| host_order(h));
-        assert_eq!(v, ["client", "front", "back1", "back2", "back10", "br"]);
+        assert_eq!(
+            v,
+            ["client", "front", "back1", "back2", "back10", "origin", "br"]
+        );
+    }
+
+    #[test]
+    fn origin_specs_are_checked() {
+        let ok = |rate: &str| OriginSpec {
+            rate: Some(rate.to_owned()),
+            ..OriginSpec::default()
+        };
+        for rate in ["100mbit", "10Mbit", "1.5gbit", "500kbps", "64000"] {
+            assert!(ok(rate).validate().is_ok(), "{rate}");
+        }
+        for rate in [
+            "",
+            "fast",
+            "-1mbit",
+            "10 mbit",
+            "10mbit burst",
+            "1m/s",
+            "mbit",
+        ] {
+            assert!(ok(rate).validate().is_err(), "{rate:?}");
+        }
+        let huge = OriginSpec {
+            rate: None,
+            cache_bytes: u64::MAX,
+        };
+        assert!(huge.validate().is_err());
+        assert_eq!(OriginSpec::default().cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(OriginSpec::url(), "http://198.18.0.5:8080");
+    }
+
+    #[test]
+    fn a_state_written_before_origins_existed_still_reads() {
+        let spec: LabSpec = serde_json::from_str(
+            r#"{"name":"x","backends":2,"docroot":null,"baton_bin":"/b",
+                "front_extra":null,"back_extra":null}"#,
+        )
+        .expect("old spec");
+        assert_eq!(spec.origin, None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! frames may carry partial checksums, which the BPF forwarder must handle.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub const MAX_BACKENDS: usize = 89;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The front's address (the VIP is added beside it).
 pub const FRONT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+/// The origin's address (only in labs that have one).
+pub const ORIGIN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
 
 /// The address of back-end `k` (1-based): 198.18.0.(10+k).
 pub fn back_ip(k: usize) -> Option<Ipv4Addr> {
@@ -50,6 +53,9 @@ pub enum Role {
     Front,
     /// Runs `baton back`; holds the VIP on `lo` and never answers ARP for it.
     Back(usize),
+    /// Runs `baton serve`: where caching back-ends fetch their misses. A
+    /// plain host like the client; it never sees the VIP.
+    Origin,
 }
 
 /// One host of a topology.
@@ -83,7 +89,7 @@ pub fn bridge_netns(name: &str) -> String {
     format!("{name}-br")
 }
 
-/// Whether `netns` belongs to lab `name`: `{name}-client`, `-front`, `-br` or `-backK`.
+/// Whether `netns` belongs to lab `name`: `{name}-client`, `-front`, `-origin`, `-br` or `-backK`.
 /// The suffix is matched exactly so that lab `a` never claims lab `a-b`'s namespaces.
 pub fn is_lab_netns(name: &str, netns: &str) -> bool {
     netns
@@ -92,10 +98,10 @@ pub fn is_lab_netns(name: &str, netns: &str) -> bool {
         .is_some_and(|host| host == "br" || is_host_name(host))
 }
 
-/// Whether `host` is a host name a lab can have (`client`, `front`, `backK`).
+/// Whether `host` is a host name a lab can have (`client`, `front`, `origin`, `backK`).
 pub(crate) fn is_host_name(host: &str) -> bool {
     match host {
-        "client" | "front" => true,
+        "client" | "front" | "origin" => true,
         _ => host
             .strip_prefix("back")
             .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())),
@@ -111,6 +117,15 @@ impl Topology {
     /// `name` with `backends` back-ends. On error everything made so far is
     /// removed again.
     pub fn create(name: &str, backends: usize) -> Result<Topology, LabError> {
+        Self::build(name, backends, false)
+    }
+
+    /// Like [`Topology::create`], plus the host `origin` ([`ORIGIN_IP`]) on the same segment.
+    pub fn create_with_origin(name: &str, backends: usize) -> Result<Topology, LabError> {
+        Self::build(name, backends, true)
+    }
+
+    fn build(name: &str, backends: usize, origin: bool) -> Result<Topology, LabError> {
         validate_name(name)?;
         if backends == 0 || backends > MAX_BACKENDS {
             return Err(LabError::InvalidSpec(format!(
@@ -125,6 +140,9 @@ impl Topology {
             let ip = back_ip(k)
                 .ok_or_else(|| LabError::InvalidSpec(format!("no address for back{k}")))?;
             hosts.push((format!("back{k}"), Role::Back(k), ip));
+        }
+        if origin {
+            hosts.push((String::from("origin"), Role::Origin, ORIGIN_IP));
         }
 
         let existing: Vec<String> = cmd::netns_list()?
@@ -198,7 +216,7 @@ impl Topology {
                 // eth0 but never picks it as a source address.
                 Role::Front => ip_run(&["-n", &ns, "addr", "add", &vip, "dev", IFACE])?,
                 Role::Back(_) => ip_run(&["-n", &ns, "addr", "add", &vip, "dev", "lo"])?,
-                Role::Client => String::new(),
+                Role::Client | Role::Origin => String::new(),
             };
             ip_run(&["-n", &ns, "link", "set", IFACE, "up"])?;
             let mac = link_mac(&ns, IFACE)?;
@@ -218,7 +236,7 @@ impl Topology {
         &self.name
     }
 
-    /// The hosts: client, front, back1..backN.
+    /// The hosts: client, front, back1..backN, then origin if there is one.
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
     }
@@ -237,6 +255,34 @@ impl Topology {
     pub fn keep(mut self) -> Vec<Host> {
         self.armed = false;
         std::mem::take(&mut self.hosts)
+    }
+
+    /// Shapes what `host` sends on its NIC to `rate` (a `tc` rate such as
+    /// `100mbit`) with a token bucket: 64 KiB of burst, at most 50 ms of queue.
+    pub fn limit_egress(&self, host: &str, rate: &str) -> Result<(), LabError> {
+        check_rate(rate)?;
+        let h = self
+            .host(host)
+            .ok_or_else(|| LabError::InvalidSpec(format!("topology has no host {host}")))?;
+        let tc = cmd::tc().ok_or_else(|| {
+            LabError::InvalidSpec("tc (iproute2) is needed to limit a link's rate".into())
+        })?;
+        let args: Vec<&OsStr> = [
+            OsStr::new("netns"),
+            OsStr::new("exec"),
+            OsStr::new(&h.netns),
+            tc.as_os_str(),
+        ]
+        .into_iter()
+        .chain(
+            [
+                "qdisc", "add", "dev", IFACE, "root", "tbf", "rate", rate, "burst", "64kb",
+                "latency", "50ms",
+            ]
+            .map(OsStr::new),
+        )
+        .collect();
+        cmd::run(cmd::ip(), &args).map(drop)
     }
 
     /// Removes everything now and reports what could not be removed.
@@ -263,6 +309,27 @@ impl Drop for Topology {
     }
 }
 
+/// Checks that `rate` looks like a `tc` rate (`10mbit`, `1.5gbit`, `500kbps`):
+/// a number and a unit, nothing `tc` could read as an option or a second argument.
+pub(crate) fn check_rate(rate: &str) -> Result<(), LabError> {
+    let digits = rate
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.');
+    let number_len = digits.count();
+    let well_formed = (1..=32).contains(&rate.len())
+        && rate.bytes().next().is_some_and(|b| b.is_ascii_digit())
+        && rate
+            .get(number_len..)
+            .is_some_and(|unit| unit.bytes().all(|b| b.is_ascii_alphabetic()));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(LabError::InvalidSpec(format!(
+            "rate {rate:?} is not a tc rate such as 100mbit"
+        )))
+    }
+}
+
 fn role_sysctls(role: Role) -> Vec<String> {
     let set = |keys: &[&str], v: u8| -> Vec<String> {
         keys.iter()
@@ -270,7 +337,7 @@ fn role_sysctls(role: Role) -> Vec<String> {
             .collect()
     };
     match role {
-        Role::Client => Vec::new(),
+        Role::Client | Role::Origin => Vec::new(),
         Role::Front => {
             // The front sees client packets for flows it handed off and, on
             // ingress, frames it did not route: no reverse-path filtering.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use baton_lab::topology::{back_ip, Topology, CLIENT_IP, FRONT_IP};
+use baton_lab::topology::{back_ip, Topology, CLIENT_IP, FRONT_IP, ORIGIN_IP};
 use baton_lab::{down, exec, status, LabError, VIP};
 use common::*;
 
@@ -185,7 +185,9 @@ fn down_cleans_a_half_made_lab_twice_and_spares_other_labs() {
         format!("{name}-br"),
         format!("{name}-client"),
         format!("{name}-back3"),
+        format!("{name}-origin"),
         format!("{neighbour}-client"),
+        format!("{neighbour}-origin"),
     ] {
         let ok = Command::new("ip")
             .args(["netns", "add", &ns])
@@ -206,14 +208,18 @@ fn down_cleans_a_half_made_lab_twice_and_spares_other_labs() {
     assert!(matches!(status(&name), Err(LabError::State { .. })));
     // Without a usable state, exec still finds the hosts from the namespaces.
     match exec(&name, "front", &["true".to_owned()]) {
-        Err(LabError::UnknownHost { known, .. }) => assert_eq!(known, "client, back3, br"),
+        Err(LabError::UnknownHost { known, .. }) => {
+            assert_eq!(known, "client, back3, origin, br")
+        }
         other => panic!("expected UnknownHost, got {other:?}"),
     }
 
     down(&name).expect("down on a half-made lab");
+    let mut left = namespaces_with(&format!("{name}-"));
+    left.sort();
     assert_eq!(
-        namespaces_with(&format!("{name}-")),
-        vec![format!("{neighbour}-client")]
+        left,
+        vec![format!("{neighbour}-client"), format!("{neighbour}-origin")]
     );
     assert!(!labdir.exists());
     assert!(
@@ -228,5 +234,48 @@ fn down_cleans_a_half_made_lab_twice_and_spares_other_labs() {
     ));
 
     down(&neighbour).expect("down neighbour");
+    assert_eq!(namespaces_with(&format!("{name}-")), Vec::<String>::new());
+}
+
+#[test]
+fn the_origin_shares_the_segment_and_its_rate_can_be_limited() {
+    require_root();
+    let name = unique_name();
+    let _cleanup = DownOnDrop(name.clone());
+    let topo = Topology::create_with_origin(&name, 1).expect("create topology");
+    let origin = format!("{name}-origin");
+    let back1 = format!("{name}-back1");
+
+    assert_eq!(topo.hosts().len(), 4);
+    assert_eq!(topo.host("origin").map(|h| h.ip), Some(ORIGIN_IP));
+    assert_eq!(link_names(&origin), set(&["lo", "eth0"]));
+    assert_eq!(
+        link_names(&format!("{name}-br")),
+        set(&["lo", "br0", "client", "front", "back1", "origin"])
+    );
+    assert!(ip_n(&origin, &["addr", "show", "dev", "eth0"]).contains("198.18.0.5/24"));
+    // It is no part of the VIP business.
+    assert!(!ip_n(&origin, &["addr", "show"]).contains("198.18.0.100"));
+    assert!(reachable(&back1, &ORIGIN_IP.to_string()));
+    assert!(reachable(&origin, &back_ip(1).expect("ip").to_string()));
+
+    match topo.limit_egress("origin", "5mbit; reboot") {
+        Err(LabError::InvalidSpec(_)) => {}
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+    topo.limit_egress("origin", "100mbit").expect("limit");
+    let qdisc = Command::new("ip")
+        .args([
+            "netns", "exec", &origin, "tc", "qdisc", "show", "dev", "eth0",
+        ])
+        .output()
+        .expect("tc");
+    let qdisc = String::from_utf8_lossy(&qdisc.stdout);
+    assert!(
+        qdisc.contains("tbf") && qdisc.contains("100Mbit"),
+        "{qdisc}"
+    );
+
+    topo.destroy().expect("destroy");
     assert_eq!(namespaces_with(&format!("{name}-")), Vec::<String>::new());
 }

@@ -839,6 +839,7 @@ mod tests {
         let frame = Frame::Refused {
             id: 7,
             reason: "busy".into(),
+            backend_fault: false,
         };
         let good = seal(&mut sealer, &frame);
         for i in 0..good.len() {
@@ -930,6 +931,7 @@ mod tests {
         let big = Frame::Refused {
             id: 1,
             reason: "x".repeat(100),
+            backend_fault: false,
         };
         let mut out = BytesMut::new();
         assert!(matches!(

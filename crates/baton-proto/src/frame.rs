@@ -20,7 +20,7 @@
 //! |------|------------|--------------------------------------------------|
 //! | 1    | `Handoff`  | id u64, flow, state, data blob                   |
 //! | 2    | `Ready`    | id u64, restore_us u32                           |
-//! | 3    | `Refused`  | id u64, reason string                            |
+//! | 3    | `Refused`  | id u64, backend_fault u8 (0/1), reason string    |
 //! | 4    | `Go`       | id u64                                           |
 //! | 5    | `Abort`    | id u64                                           |
 //! | 6    | `Closed`   | id u64, flow                                     |
@@ -67,7 +67,15 @@ pub enum Frame {
     Ready { id: u64, restore_us: u32 },
     /// Back to front: the handoff was not accepted; the front still owns the
     /// connection.
-    Refused { id: u64, reason: String },
+    ///
+    /// `backend_fault`: the back-end itself cannot restore connections now
+    /// (the front takes it out of rotation for a while); otherwise only this
+    /// connection could not be restored.
+    Refused {
+        id: u64,
+        reason: String,
+        backend_fault: bool,
+    },
     /// Front to back: the front has let go; take the socket out of repair mode.
     Go { id: u64 },
     /// Front to back: close the restored socket silently (still in repair
@@ -241,7 +249,7 @@ impl Frame {
             Frame::Handoff(h) => 8 + FLOW_LEN + STATE_LEN + 4 + h.data.len(),
             Frame::Ready { .. } => 8 + 4,
             Frame::Go { .. } | Frame::Abort { .. } => 8,
-            Frame::Refused { reason, .. } => 8 + string(reason),
+            Frame::Refused { reason, .. } => 8 + 1 + string(reason),
             Frame::Closed { .. } => 8 + FLOW_LEN,
             Frame::Load(_) => 4 + 8,
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
@@ -288,8 +296,13 @@ fn encode_payload(frame: &Frame, limits: &FrameLimits, out: &mut BytesMut) {
             put_id(out, ty::READY, *id);
             out.put_u32(*restore_us);
         }
-        Frame::Refused { id, reason } => {
+        Frame::Refused {
+            id,
+            reason,
+            backend_fault,
+        } => {
             put_id(out, ty::REFUSED, *id);
+            out.put_u8(u8::from(*backend_fault));
             put_str(out, reason, max_str);
         }
         Frame::Go { id } => put_id(out, ty::GO, *id),
@@ -392,6 +405,11 @@ pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Fra
         },
         ty::REFUSED => Frame::Refused {
             id: r.u64("id")?,
+            backend_fault: match r.u8("refusal scope")? {
+                0 => false,
+                1 => true,
+                other => return Err(ProtoError::InvalidFlags(other)),
+            },
             reason: read_str(&mut r, limits, "refusal reason")?,
         },
         ty::GO => Frame::Go { id: r.u64("id")? },
@@ -523,6 +541,7 @@ mod tests {
             Frame::Refused {
                 id: 2,
                 reason: "no capacity: 503 ✓".into(),
+                backend_fault: true,
             },
             Frame::Go { id: 3 },
             Frame::Abort { id: u64::MAX },
@@ -695,6 +714,7 @@ mod tests {
         Frame::Refused {
             id: 1,
             reason: "ab✓".into(),
+            backend_fault: false,
         }
         .encode(&small, &mut out)
         .expect("encodes");
@@ -702,7 +722,8 @@ mod tests {
             Frame::decode(&mut out, &small),
             Ok(Some(Frame::Refused {
                 id: 1,
-                reason: "ab".into()
+                reason: "ab".into(),
+                backend_fault: false,
             }))
         );
     }

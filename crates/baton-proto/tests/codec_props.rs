@@ -73,7 +73,13 @@ fn frame() -> impl Strategy<Value = Frame> {
                 data: Bytes::from(data)
             })),
         (any::<u64>(), any::<u32>()).prop_map(|(id, restore_us)| Frame::Ready { id, restore_us }),
-        (any::<u64>(), reason()).prop_map(|(id, reason)| Frame::Refused { id, reason }),
+        (any::<u64>(), reason(), any::<bool>()).prop_map(|(id, reason, backend_fault)| {
+            Frame::Refused {
+                id,
+                reason,
+                backend_fault,
+            }
+        }),
         any::<u64>().prop_map(|id| Frame::Go { id }),
         any::<u64>().prop_map(|id| Frame::Abort { id }),
         (any::<u64>(), flow()).prop_map(|(id, flow)| Frame::Closed { id, flow }),

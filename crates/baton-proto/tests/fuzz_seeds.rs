@@ -71,6 +71,7 @@ fn frame_seeds() -> Seeds {
             encode(&[Frame::Refused {
                 id: 2,
                 reason: "restore failed: EADDRINUSE".into(),
+                backend_fault: false,
             }]),
         ),
         (

@@ -508,3 +508,17 @@ pub fn render_table(report: &SimReport) -> String {
     }
     out
 }
+
+/// A Zipf request stream for live benchmarks: `len` target indices in
+/// `0..targets`, index `i` drawn with probability proportional to
+/// `1 / (i+1)^alpha`; a pure function of the seed (the simulator draws its
+/// streams the same way).
+pub fn zipf_indices(
+    alpha: f64,
+    targets: usize,
+    len: usize,
+    seed: u64,
+) -> Result<Vec<usize>, SimError> {
+    let s = workload::Stream::zipf(alpha, targets, &SizeDist::Fixed { bytes: 1 }, len, seed)?;
+    Ok(s.requests.iter().map(|&i| i as usize).collect())
+}

@@ -10,7 +10,6 @@ use crate::{cvt, Result, SysError};
 #[derive(Debug)]
 pub struct PacketSender {
     fd: OwnedFd,
-    ifindex: u32,
 }
 
 impl PacketSender {
@@ -34,7 +33,7 @@ impl PacketSender {
             )
         };
         cvt(ret, "bind(AF_PACKET)")?;
-        Ok(PacketSender { fd, ifindex })
+        Ok(PacketSender { fd })
     }
 
     fn addr(ifindex: u32) -> Result<libc::sockaddr_ll> {
@@ -46,11 +45,6 @@ impl PacketSender {
             source: std::io::Error::from_raw_os_error(libc::EINVAL),
         })?;
         Ok(addr)
-    }
-
-    /// The interface this socket sends on.
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
     }
 
     /// Sends one complete Ethernet frame.

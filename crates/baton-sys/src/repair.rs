@@ -11,6 +11,7 @@
 
 use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 use baton_proto::{RepairWindow, TcpState};
 
@@ -34,6 +35,13 @@ const TCPOPT_TIMESTAMP: u32 = 8;
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;
 const TCPI_OPT_WSCALE: u8 = 4;
+
+/// `tcpi_state` of an established connection (`TCP_ESTABLISHED`).
+const TCP_ESTABLISHED: u8 = 1;
+
+/// How often the receive queue is read again when a segment slipped in
+/// while it was being dumped.
+const DUMP_ATTEMPTS: usize = 8;
 
 /// The largest value `TCP_MAXSEG` accepts.
 const MAX_USER_MSS: u16 = 32767;
@@ -145,14 +153,39 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
         TCP_RECV_QUEUE,
         "setsockopt(TCP_REPAIR_QUEUE, recv)",
     )?;
-    let rcv_seq: u32 = sockopt::get(
-        fd,
-        p,
-        libc::TCP_QUEUE_SEQ,
-        "getsockopt(TCP_QUEUE_SEQ, recv)",
-        false,
-    )?;
-    let unread = peek_recv_queue(fd)?;
+    // The forwarder parks the client's packets before the dump, but a segment
+    // already past it (in the backlog, or processed on another CPU) can still
+    // land in the queue while it is read. The restore puts the bytes at
+    // rcv_seq - len, so a sequence number and bytes from different moments
+    // would shift the stream: read until the sequence number holds still.
+    let (rcv_seq, unread) = {
+        let rcv_seq_now = || -> Result<u32> {
+            sockopt::get(
+                fd,
+                p,
+                libc::TCP_QUEUE_SEQ,
+                "getsockopt(TCP_QUEUE_SEQ, recv)",
+                false,
+            )
+        };
+        let mut before = rcv_seq_now()?;
+        let mut stable = None;
+        for _ in 0..DUMP_ATTEMPTS {
+            let unread = peek_recv_queue(fd)?;
+            let after = rcv_seq_now()?;
+            if after == before {
+                stable = Some((after, unread));
+                break;
+            }
+            before = after;
+        }
+        stable.ok_or_else(|| SysError {
+            call: "getsockopt(TCP_QUEUE_SEQ, recv)",
+            source: std::io::Error::other(format!(
+                "the receive queue kept changing over {DUMP_ATTEMPTS} reads"
+            )),
+        })?
+    };
     tcp(
         fd,
         libc::TCP_REPAIR_QUEUE,
@@ -163,6 +196,17 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
     // In repair mode TCP_MAXSEG reports the MSS clamp (what the peer offered).
     let mss = sockopt::get_int(fd, p, libc::TCP_MAXSEG, "getsockopt(TCP_MAXSEG)")?;
     let info: [u8; 8] = sockopt::get(fd, p, libc::TCP_INFO, "getsockopt(TCP_INFO)", true)?;
+    // tcpi_state: a connection the client already half-closed (CLOSE_WAIT)
+    // or that is going away must not be handed off; the caller keeps it.
+    if info[0] != TCP_ESTABLISHED {
+        return Err(SysError {
+            call: "getsockopt(TCP_INFO)",
+            source: std::io::Error::other(format!(
+                "the connection is not established (tcpi_state {})",
+                info[0]
+            )),
+        });
+    }
     let options = info[5];
     let ts_val: u32 = sockopt::get(
         fd,
@@ -248,8 +292,10 @@ fn peek_recv_queue(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
 /// Recreates a dumped connection on this host, bound to `local` (the VIP,
 /// which must be a local address) and connected to `peer` (the client), with
 /// `data` (what the client sent that the server has not read yet) in its
-/// receive queue. `ts_advance_ms` is added to the dumped timestamp to cover
-/// the time since the dump (a stale timestamp trips the client's PAWS check).
+/// receive queue. The dumped timestamp is advanced by `ts_advance` (see
+/// [`advance_timestamp`]) to cover the time since the dump (a stale
+/// timestamp trips the client's PAWS check). `ts_advance` is a [`Duration`];
+/// plain milliseconds (`u32`) are still accepted through [`TsAdvance`].
 ///
 /// The socket is returned still in repair mode: nothing has been sent. Call
 /// [`go_live`] to start it, or drop it to discard it silently.
@@ -258,8 +304,9 @@ pub fn restore(
     local: SocketAddrV4,
     peer: SocketAddrV4,
     data: &[u8],
-    ts_advance_ms: u32,
+    ts_advance: impl Into<TsAdvance>,
 ) -> Result<OwnedFd> {
+    let ts_advance = ts_advance.into().0;
     let p = libc::IPPROTO_TCP;
     // SAFETY: plain socket(2); the fd is owned immediately below.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -341,7 +388,7 @@ pub fn restore(
         "setsockopt(TCP_REPAIR_OPTIONS)",
     )?;
     if state.timestamps_ok {
-        let ts = state.ts_val.wrapping_add(ts_advance_ms);
+        let ts = advance_timestamp(state.ts_val, ts_advance);
         sockopt::set(fd, p, libc::TCP_TIMESTAMP, &ts, "setsockopt(TCP_TIMESTAMP)")?;
     }
 
@@ -382,6 +429,50 @@ pub fn restore(
     Ok(sock)
 }
 
+/// How far [`restore`] advances the dumped timestamp.
+///
+/// Transitional: built from a [`Duration`] (the interface) or from whole
+/// milliseconds (`u32`, the former `ts_advance_ms` argument) so callers can
+/// move to `Duration` one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TsAdvance(pub Duration);
+
+impl From<Duration> for TsAdvance {
+    fn from(d: Duration) -> Self {
+        TsAdvance(d)
+    }
+}
+
+impl From<u32> for TsAdvance {
+    fn from(ms: u32) -> Self {
+        TsAdvance(Duration::from_millis(u64::from(ms)))
+    }
+}
+
+/// Advances a `TCP_TIMESTAMP` value read from a socket by `by`, in the
+/// socket's own unit, keeping the unit.
+///
+/// Since Linux 6.7 bit 0 of the value selects the clock: set, microseconds
+/// (a connection that negotiated usec timestamps); clear, milliseconds. The
+/// kernel reports the bit that way and takes it back from `setsockopt`, so
+/// adding milliseconds to a dumped value could switch a restored socket's
+/// clock. The result is rounded up to the right parity: a timestamp must
+/// never run backwards (the client's PAWS check). Before 6.7 the bit is an
+/// ordinary part of a millisecond clock; an odd value then gets advanced by
+/// microseconds, a jump forward that PAWS accepts.
+pub fn advance_timestamp(ts_val: u32, by: Duration) -> u32 {
+    // The clock wraps at 2^32 like the value itself, so truncation is the
+    // arithmetic TCP uses.
+    if ts_val & 1 == 1 {
+        let us = by.as_micros() as u32;
+        ts_val.wrapping_add(us) | 1
+    } else {
+        let ms = by.as_millis() as u32;
+        let ts = ts_val.wrapping_add(ms);
+        ts.wrapping_add(ts & 1)
+    }
+}
+
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -419,4 +510,35 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
         "fcntl(F_SETFL)",
     )
     .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_millisecond_timestamp_advances_in_ms_and_stays_even() {
+        // 7 ms would make it odd, which a 6.7+ kernel reads as "usec clock".
+        assert_eq!(advance_timestamp(1000, Duration::from_millis(7)), 1008);
+        assert_eq!(advance_timestamp(1000, Duration::from_millis(8)), 1008);
+        assert_eq!(advance_timestamp(1000, Duration::from_micros(999)), 1000);
+        assert_eq!(advance_timestamp(u32::MAX - 1, Duration::from_millis(3)), 2);
+    }
+
+    #[test]
+    fn a_microsecond_timestamp_advances_in_us_and_stays_odd() {
+        assert_eq!(advance_timestamp(1001, Duration::from_millis(7)), 8001);
+        assert_eq!(advance_timestamp(1001, Duration::from_micros(3)), 1005);
+        // Rounded up, never down: the client's PAWS check rejects older values.
+        assert_eq!(advance_timestamp(1001, Duration::from_micros(1)), 1003);
+        assert_eq!(advance_timestamp(u32::MAX, Duration::from_micros(2)), 1);
+    }
+
+    #[test]
+    fn milliseconds_and_durations_advance_alike() {
+        assert_eq!(
+            TsAdvance::from(5u32),
+            TsAdvance::from(Duration::from_millis(5))
+        );
+    }
 }

@@ -109,6 +109,21 @@ pub fn get_int(
     get(fd, level, name, call, false)
 }
 
+/// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the
+/// kernel gives up on the connection (rounded up to whole milliseconds; at
+/// least 1 ms, since 0 would mean the system default).
+pub fn set_tcp_user_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> Result<()> {
+    let ms = timeout.as_micros().div_ceil(1000).max(1);
+    let ms = libc::c_uint::try_from(ms).unwrap_or(libc::c_uint::MAX);
+    set(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        &ms,
+        "setsockopt(TCP_USER_TIMEOUT)",
+    )
+}
+
 // SAFETY: `struct linger` is two ints, no padding, valid for every bit pattern.
 unsafe impl OptVal for libc::linger {}
 

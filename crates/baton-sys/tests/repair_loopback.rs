@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
+use std::time::Duration;
 
 use baton_sys::repair;
 
@@ -48,7 +49,7 @@ fn dump_close_restore_keeps_the_connection() {
 
     let mut data = head.to_vec();
     data.extend_from_slice(&dumped.unread);
-    let fd = repair::restore(&dumped.state, local, peer, &data, 5).unwrap();
+    let fd = repair::restore(&dumped.state, local, peer, &data, Duration::from_millis(5)).unwrap();
     repair::go_live(fd.as_fd()).unwrap();
     // SAFETY-free conversion: the fd is a connected TCP socket we own.
     let mut restored = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
@@ -85,8 +86,33 @@ fn restore_rejects_a_non_local_address() {
         "198.19.255.254:80".parse().unwrap(),
         "127.0.0.1:1".parse().unwrap(),
         b"",
-        0,
+        Duration::ZERO,
     )
     .unwrap_err();
     assert_eq!(err.call, "bind(VIP)");
+}
+
+#[test]
+fn a_half_closed_connection_is_not_dumped_and_stays_usable() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    // The FIN has arrived once the server reads end-of-stream (CLOSE_WAIT).
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"GET / HTTP/1.1\r\n\r\n");
+
+    let err = repair::dump(server.as_fd()).unwrap_err();
+    assert_eq!(err.call, "getsockopt(TCP_INFO)", "{err}");
+
+    // Out of repair mode again: the front can still answer on it itself.
+    server
+        .write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+        .unwrap();
+    drop(server);
+    let mut resp = Vec::new();
+    client.read_to_end(&mut resp).unwrap();
+    assert_eq!(resp, b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
 }

@@ -5,17 +5,25 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::front::Front;
+
+/// A client must send its request head within this (else the connection
+/// is closed), so idle connections cannot pile up.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (EMFILE and the like): the condition does not
+/// clear by retrying at once, and spinning would starve the front's tasks.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves the admin endpoint until the task is aborted.
 pub async fn serve(addr: SocketAddr, front: Arc<Front>) {
@@ -27,8 +35,13 @@ pub async fn serve(addr: SocketAddr, front: Arc<Front>) {
         }
     };
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                debug!(error = %e, "admin accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let front = Arc::clone(&front);
         tokio::spawn(async move {
@@ -37,6 +50,8 @@ pub async fn serve(addr: SocketAddr, front: Arc<Front>) {
                 async move { Ok::<_, Infallible>(route(&front, req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });

@@ -2,19 +2,29 @@
 //! restores each handed-off connection with TCP_REPAIR and serves HTTP on it
 //! (the response goes straight to the client from the VIP on `lo`); reports
 //! `Closed` for every connection and its load, periodically.
+//!
+//! Content comes from a docroot (static files) or, in caching mode, from an
+//! in-memory cache in front of an origin server.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use baton_cache::{CachingProxy, ObjectCache, ProxyLimits};
 use baton_proto::frame::{Frame, Handoff, LoadReport};
 use baton_proto::FlowKey;
 use baton_serve::StaticFiles;
 use baton_sys::repair;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 use tracing::{debug, info, warn};
@@ -22,6 +32,14 @@ use tracing::{debug, info, warn};
 use crate::config::{ms, BackConfig};
 use crate::control::{self, FrameWriter};
 use crate::stats::Counter;
+
+/// How long an unauthenticated peer may take to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Handshakes in progress at once: peers that have not proved the key
+/// cannot take the slots of real front-ends (`max_fronts`).
+const MAX_HANDSHAKES: usize = 16;
+/// A frame that cannot be written within this ends the channel.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Back-end counters.
 #[derive(Debug, Default)]
@@ -31,35 +49,79 @@ pub struct BackCounters {
     pub live: Counter,
     pub aborted: Counter,
     pub go_timeouts: Counter,
+    pub go_failures: Counter,
     pub closed: Counter,
+    pub closed_unreported: Counter,
     pub auth_failures: Counter,
 }
+
+/// What the back-end serves.
+#[derive(Debug, Clone)]
+enum Content {
+    Files(Arc<StaticFiles>),
+    Cache(Arc<CachingProxy>),
+}
+
+impl Content {
+    async fn serve(&self, stream: TcpStream) -> std::result::Result<(), String> {
+        match self {
+            Content::Files(f) => baton_serve::serve_connection(stream, Arc::clone(f))
+                .await
+                .map_err(|e| e.to_string()),
+            Content::Cache(c) => baton_cache::serve_connection(stream, Arc::clone(c))
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The channel to each front-end, by its address: a connection reports
+/// `Closed` on the newest channel of the front that handed it over, so a
+/// reconnect does not lose the reports of connections handed off before it.
+type Fronts = std::sync::Mutex<HashMap<IpAddr, Arc<Mutex<FrameWriter>>>>;
 
 #[derive(Debug)]
 struct Back {
     cfg: BackConfig,
-    files: Arc<StaticFiles>,
+    content: Content,
     active: AtomicU32,
-    total: std::sync::atomic::AtomicU64,
+    total: AtomicU64,
     counters: BackCounters,
+    fronts: Fronts,
 }
 
 /// Runs the back-end until `shutdown` resolves.
 pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let psk = crate::config::load_key(&cfg.key_file)?;
-    let files = Arc::new(
-        StaticFiles::new(&cfg.docroot)
-            .with_context(|| format!("docroot {}", cfg.docroot.display()))?,
-    );
+    let content = match &cfg.origin {
+        None => Content::Files(Arc::new(
+            StaticFiles::new(&cfg.docroot)
+                .with_context(|| format!("docroot {}", cfg.docroot.display()))?,
+        )),
+        Some(origin) => {
+            let uri: http::Uri = origin
+                .parse()
+                .with_context(|| format!("origin {origin:?}"))?;
+            let proxy = CachingProxy::new(
+                uri,
+                ObjectCache::new(cfg.cache_bytes),
+                ProxyLimits::default(),
+            )
+            .with_context(|| format!("origin {origin}"))?;
+            info!(%origin, cache_bytes = cfg.cache_bytes, "caching mode");
+            Content::Cache(Arc::new(proxy))
+        }
+    };
     check_vip_local(cfg.vip)?;
     let listener = TcpListener::bind(cfg.control_listen)
         .await
         .with_context(|| format!("binding the control address {}", cfg.control_listen))?;
     let back = Arc::new(Back {
-        files: Arc::clone(&files),
+        content,
         active: AtomicU32::new(0),
-        total: Default::default(),
+        total: AtomicU64::new(0),
         counters: BackCounters::default(),
+        fronts: std::sync::Mutex::default(),
         cfg,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -69,18 +131,16 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
                 .await
                 .with_context(|| format!("binding the direct address {addr}"))?;
             info!(%addr, "serving plain HTTP (direct)");
-            let mut rx = stop_rx.clone();
-            Some(tokio::spawn(baton_serve::serve_listener(
-                l,
-                Arc::clone(&files),
-                async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                },
-            )))
+            Some(tokio::spawn(Arc::clone(&back).direct(l, stop_rx.clone())))
         }
         None => None,
     };
+    let admin = match back.cfg.admin_listen {
+        Some(addr) => Some(tokio::spawn(Arc::clone(&back).admin(addr))),
+        None => None,
+    };
     info!(control = %back.cfg.control_listen, vip = %back.cfg.vip, "back-end ready for handoffs");
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let fronts = Arc::new(Semaphore::new(back.cfg.max_fronts));
     tokio::pin!(shutdown);
     loop {
@@ -88,15 +148,31 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    let Ok(permit) = Arc::clone(&fronts).try_acquire_owned() else {
-                        warn!(%peer, "too many front-ends; closing the new channel");
+                    let Ok(hs) = Arc::clone(&handshakes).try_acquire_owned() else {
+                        warn!(%peer, "too many handshakes in progress; closing the new channel");
                         continue;
                     };
                     let back = Arc::clone(&back);
                     let psk = psk.clone();
                     let stop = stop_rx.clone();
+                    let fronts = Arc::clone(&fronts);
                     tokio::spawn(async move {
-                        back.session(stream, peer, &psk, stop).await;
+                        let pair = control::accept(stream, &psk, HANDSHAKE_TIMEOUT).await;
+                        drop(hs);
+                        let (writer, reader) = match pair {
+                            Ok(p) => p,
+                            Err(e) => {
+                                back.counters.auth_failures.inc();
+                                warn!(%peer, error = %format!("{e:#}"), "control channel rejected");
+                                return;
+                            }
+                        };
+                        // Only authenticated peers count against max_fronts.
+                        let Ok(permit) = fronts.try_acquire_owned() else {
+                            warn!(%peer, "too many front-ends; closing the new channel");
+                            return;
+                        };
+                        back.session(writer, reader, peer, stop).await;
                         drop(permit);
                     });
                 }
@@ -124,6 +200,9 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
     if let Some(d) = direct {
         let _ = d.await;
     }
+    if let Some(a) = admin {
+        a.abort();
+    }
     info!("back-end stopped");
     Ok(())
 }
@@ -145,28 +224,161 @@ struct Waiting {
     since: Instant,
 }
 
+/// `/stats` of a back-end.
+#[derive(Debug, Serialize)]
+pub struct BackStats {
+    pub active: u32,
+    pub total: u64,
+    pub restored: u64,
+    pub refused: u64,
+    pub live: u64,
+    pub aborted: u64,
+    pub go_timeouts: u64,
+    pub go_failures: u64,
+    pub closed: u64,
+    pub closed_unreported: u64,
+    pub auth_failures: u64,
+    pub fronts: usize,
+    /// Caching mode only.
+    pub cache: Option<baton_cache::CacheStats>,
+    /// Static-file mode only.
+    pub files: Option<FileStats>,
+}
+
+/// The static file server's counters.
+#[derive(Debug, Serialize)]
+pub struct FileStats {
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub responses_2xx: u64,
+    pub responses_4xx: u64,
+    pub aborted: u64,
+}
+
 impl Back {
-    async fn session(
-        self: &Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        psk: &baton_proto::auth::Psk,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let (writer, mut reader) = match control::accept(stream, psk, Duration::from_secs(5)).await
-        {
-            Ok(pair) => pair,
+    fn snapshot(&self) -> BackStats {
+        let c = &self.counters;
+        let (cache, files) = match &self.content {
+            Content::Cache(p) => (Some(p.stats()), None),
+            Content::Files(f) => {
+                let s = f.stats();
+                (
+                    None,
+                    Some(FileStats {
+                        requests: s.requests,
+                        bytes_sent: s.bytes_sent,
+                        responses_2xx: s.responses_2xx,
+                        responses_4xx: s.responses_4xx,
+                        aborted: s.aborted,
+                    }),
+                )
+            }
+        };
+        BackStats {
+            active: self.active.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            restored: c.restored.get(),
+            refused: c.refused.get(),
+            live: c.live.get(),
+            aborted: c.aborted.get(),
+            go_timeouts: c.go_timeouts.get(),
+            go_failures: c.go_failures.get(),
+            closed: c.closed.get(),
+            closed_unreported: c.closed_unreported.get(),
+            auth_failures: c.auth_failures.get(),
+            fronts: self.fronts.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            cache,
+            files,
+        }
+    }
+
+    /// `GET /stats` on the admin address.
+    async fn admin(self: Arc<Self>, addr: SocketAddr) {
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
             Err(e) => {
-                self.counters.auth_failures.inc();
-                warn!(%peer, error = %format!("{e:#}"), "control channel rejected");
+                warn!(%addr, error = %e, "admin endpoint unavailable");
                 return;
             }
         };
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let back = Arc::clone(&self);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let back = Arc::clone(&back);
+                    async move {
+                        let (status, body) = if req.uri().path() == "/stats" {
+                            match serde_json::to_vec_pretty(&back.snapshot()) {
+                                Ok(b) => (http::StatusCode::OK, b),
+                                Err(e) => (
+                                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                                    e.to_string().into_bytes(),
+                                ),
+                            }
+                        } else {
+                            (http::StatusCode::NOT_FOUND, b"try /stats\n".to_vec())
+                        };
+                        let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                        *r.status_mut() = status;
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let serve = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(Duration::from_secs(30), serve).await;
+            });
+        }
+    }
+
+    /// The plain HTTP port (a baseline for benchmarks): same content.
+    async fn direct(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                // The only change ever made is to `true` (stop).
+                _ = stop.changed() => return,
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        let content = self.content.clone();
+                        tokio::spawn(async move {
+                            let _ = content.serve(stream).await;
+                        });
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }
+    }
+
+    async fn session(
+        self: &Arc<Self>,
+        writer: FrameWriter,
+        mut reader: control::FrameReader,
+        peer: SocketAddr,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         info!(%peer, "front-end connected");
         let writer = Arc::new(Mutex::new(writer));
+        self.fronts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.ip(), Arc::clone(&writer));
         let mut waiting: HashMap<u64, Waiting> = HashMap::new();
         let mut load = tokio::time::interval(ms(self.cfg.load_report_ms));
         let go_timeout = ms(self.cfg.go_timeout_ms);
+        let silence = ms(self.cfg.front_silence_ms);
+        let mut last_heard = Instant::now();
         let mut said_goodbye = false;
         let why = loop {
             tokio::select! {
@@ -179,6 +391,9 @@ impl Back {
                     }
                 }
                 _ = load.tick() => {
+                    if last_heard.elapsed() > silence {
+                        break format!("silent for {silence:?}");
+                    }
                     waiting.retain(|id, w| {
                         let keep = w.since.elapsed() < go_timeout;
                         if !keep {
@@ -197,7 +412,8 @@ impl Back {
                 }
                 r = reader.next() => match r {
                     Ok(Some(frame)) => {
-                        if let Err(e) = self.handle(frame, &writer, &mut waiting).await {
+                        last_heard = Instant::now();
+                        if let Err(e) = self.handle(frame, &writer, &mut waiting, peer.ip()).await {
                             break format!("{e:#}");
                         }
                     }
@@ -206,6 +422,15 @@ impl Back {
                 }
             }
         };
+        {
+            let mut fronts = self.fronts.lock().unwrap_or_else(|e| e.into_inner());
+            if fronts
+                .get(&peer.ip())
+                .is_some_and(|w| Arc::ptr_eq(w, &writer))
+            {
+                fronts.remove(&peer.ip());
+            }
+        }
         // Sockets never told to Go are dropped in repair mode: nothing is sent.
         let dropped = waiting.len();
         info!(%peer, reason = %why, dropped, "front-end channel closed");
@@ -216,6 +441,7 @@ impl Back {
         frame: Frame,
         writer: &Arc<Mutex<FrameWriter>>,
         waiting: &mut HashMap<u64, Waiting>,
+        front: IpAddr,
     ) -> Result<()> {
         match frame {
             Frame::Handoff(h) => {
@@ -245,19 +471,20 @@ impl Back {
                         }
                         Frame::Ready { id, restore_us }
                     }
-                    Err(e) => {
+                    Err(refusal) => {
                         self.counters.refused.inc();
-                        warn!(id, flow = %h.flow, error = %format!("{e:#}"), "refusing handoff");
+                        warn!(id, flow = %h.flow, error = %refusal.reason, backend_fault = refusal.backend_fault, "refusing handoff");
                         Frame::Refused {
                             id,
-                            reason: format!("{e:#}"),
+                            reason: refusal.reason,
+                            backend_fault: refusal.backend_fault,
                         }
                     }
                 };
                 send(writer, &reply).await?;
             }
             Frame::Go { id } => match waiting.remove(&id) {
-                Some(w) => self.go(id, w, Arc::clone(writer)),
+                Some(w) => self.go(id, w, front).await,
                 None => debug!(id, "Go for an unknown handoff"),
             },
             Frame::Abort { id } => {
@@ -276,14 +503,18 @@ impl Back {
         Ok(())
     }
 
-    fn restore(&self, h: &Handoff, received: Instant) -> Result<OwnedFd> {
+    fn restore(&self, h: &Handoff, received: Instant) -> std::result::Result<OwnedFd, Refusal> {
         if *h.flow.vip.ip() != self.cfg.vip {
-            bail!(
-                "flow {} is for {}, this back-end serves VIP {}",
-                h.flow,
-                h.flow.vip.ip(),
-                self.cfg.vip
-            );
+            // A front configured for another VIP: nothing it hands us can work.
+            return Err(Refusal {
+                reason: format!(
+                    "flow {} is for {}, this back-end serves VIP {}",
+                    h.flow,
+                    h.flow.vip.ip(),
+                    self.cfg.vip
+                ),
+                backend_fault: true,
+            });
         }
         // What elapsed since the front read the timestamp, rounded up, plus 1 ms
         // so our first segment never carries an older TSval than the front's last.
@@ -291,22 +522,39 @@ impl Back {
             .unwrap_or(u32::MAX)
             .saturating_add(2);
         let local = SocketAddrV4::new(*h.flow.vip.ip(), h.flow.vip.port());
-        repair::restore(&h.state, local, h.flow.client, &h.data, advance).context("restore")
+        repair::restore(&h.state, local, h.flow.client, &h.data, advance).map_err(|e| {
+            // These concern this connection only: its 4-tuple is still in use
+            // here (TIME_WAIT), or its bytes do not fit the receive buffer.
+            let flow_only = matches!(
+                e.errno(),
+                Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE | libc::ENOMEM | libc::ENOBUFS)
+            );
+            Refusal {
+                reason: format!("restore: {e}"),
+                backend_fault: !flow_only,
+            }
+        })
     }
 
     /// The front let go: the connection is ours. Serve it, then report `Closed`.
-    fn go(self: &Arc<Self>, id: u64, w: Waiting, writer: Arc<Mutex<FrameWriter>>) {
+    async fn go(self: &Arc<Self>, id: u64, w: Waiting, front: IpAddr) {
+        let flow = w.flow;
         if let Err(e) =
             repair::go_live(w.fd.as_fd()).and_then(|()| repair::set_nonblocking(w.fd.as_fd()))
         {
-            warn!(id, flow = %w.flow, error = %e, "could not take the socket live");
+            self.counters.go_failures.inc();
+            warn!(id, %flow, error = %e, "could not take the socket live");
+            // Dropping it in repair mode sends nothing; tell the front so it
+            // stops steering the flow.
+            self.report_closed(id, flow, front).await;
             return;
         }
-        let std_stream = std::net::TcpStream::from(w.fd);
-        let stream = match TcpStream::from_std(std_stream) {
+        let stream = match TcpStream::from_std(std::net::TcpStream::from(w.fd)) {
             Ok(s) => s,
             Err(e) => {
+                self.counters.go_failures.inc();
                 warn!(id, error = %e, "registering the restored socket failed");
+                self.report_closed(id, flow, front).await;
                 return;
             }
         };
@@ -316,19 +564,50 @@ impl Back {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         let back = Arc::clone(self);
-        let flow = w.flow;
         tokio::spawn(async move {
-            if let Err(e) = baton_serve::serve_connection(stream, Arc::clone(&back.files)).await {
+            if let Err(e) = back.content.serve(stream).await {
                 debug!(id, %flow, error = %e, "connection ended with an error");
             }
             back.active.fetch_sub(1, Ordering::Relaxed);
             back.counters.closed.inc();
-            // If the channel is gone the front ages the entry out instead.
-            let _ = send(&writer, &Frame::Closed { id, flow }).await;
+            back.report_closed(id, flow, front).await;
         });
+    }
+
+    /// Sends `Closed` on the newest channel of the front that handed the
+    /// connection over; without one, the front ages the entry out.
+    async fn report_closed(&self, id: u64, flow: FlowKey, front: IpAddr) {
+        let writer = self
+            .fronts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&front)
+            .cloned();
+        let sent = match writer {
+            Some(w) => send(&w, &Frame::Closed { id, flow }).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.counters.closed_unreported.inc();
+        }
     }
 }
 
+/// Why a handoff was refused, and whose fault it is.
+struct Refusal {
+    reason: String,
+    backend_fault: bool,
+}
+
+/// Writes one frame, bounded in time: a front that stops reading must not
+/// stall this back-end.
 async fn send(writer: &Arc<Mutex<FrameWriter>>, frame: &Frame) -> Result<()> {
-    writer.lock().await.send(frame).await
+    match tokio::time::timeout(SEND_TIMEOUT, async {
+        writer.lock().await.send(frame).await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => bail!("the front-end did not take a frame within {SEND_TIMEOUT:?}"),
+    }
 }

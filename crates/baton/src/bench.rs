@@ -12,6 +12,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -43,6 +44,64 @@ pub enum BenchCmd {
         #[arg(long)]
         back_extra: Option<String>,
     },
+    /// The same Zipf workload through a lab of caching back-ends in front of
+    /// an origin, once per policy: hit rate, origin bytes, requests/s, latency.
+    Policies {
+        /// Policies to compare (comma separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "round-robin,wrr,least-conn,lard,lard-r,maglev,bounded-ch"
+        )]
+        policies: Vec<String>,
+        /// Caching back-ends.
+        #[arg(long, default_value_t = 3)]
+        backends: usize,
+        /// Distinct objects.
+        #[arg(long, default_value_t = 600)]
+        targets: usize,
+        /// Size of each object in bytes.
+        #[arg(long, default_value_t = 32 * 1024)]
+        object_bytes: usize,
+        /// The working set as a multiple of one back-end's cache.
+        #[arg(long, default_value_t = 3.0)]
+        working_set_per_cache: f64,
+        /// Zipf exponent.
+        #[arg(long, default_value_t = 0.9)]
+        zipf_alpha: f64,
+        /// Requests per policy (one connection each, so each is a handoff).
+        #[arg(long, default_value_t = 6000)]
+        requests: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Rate limit of the origin's link (tc tbf), e.g. 200mbit.
+        #[arg(long, default_value = "400mbit")]
+        origin_rate: String,
+        /// Seed of the request stream.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where to write the JSON.
+        #[arg(long, default_value = "bench-out/policies.json")]
+        json: PathBuf,
+    },
+}
+
+/// The JSON `baton bench policies` writes: one record per policy.
+#[derive(Debug, Serialize)]
+pub struct PolicyRecord {
+    pub policy: String,
+    pub requests: u64,
+    pub failures: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Cache hits / lookups over all back-ends.
+    pub hit_rate: f64,
+    /// Bytes the back-ends fetched from the origin.
+    pub origin_bytes: u64,
+    /// Requests each back-end received (handoffs), in back-end order.
+    pub per_backend: Vec<u64>,
 }
 
 /// The JSON `baton bench handoff` writes.
@@ -75,6 +134,70 @@ pub struct HandoffReport {
 /// Runs a benchmark.
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
+        BenchCmd::Policies {
+            policies,
+            backends,
+            targets,
+            object_bytes,
+            working_set_per_cache,
+            zipf_alpha,
+            requests,
+            concurrency,
+            origin_rate,
+            seed,
+            json,
+        } => {
+            anyhow::ensure!(
+                working_set_per_cache > 0.0,
+                "--working-set-per-cache must be > 0"
+            );
+            anyhow::ensure!(
+                concurrency > 0 && requests > 0 && targets > 0,
+                "nothing to do"
+            );
+            let working_set = (targets * object_bytes) as f64;
+            // The cache charges a little per object beyond its body.
+            let cache_bytes = (working_set / working_set_per_cache) as u64;
+            let stream = baton_sim::zipf_indices(zipf_alpha, targets, requests, seed)?;
+            let docroot = crate::labtools::TempDir::new("policies")?;
+            baton_lab::zipf_docroot(&docroot.0, targets, object_bytes)?;
+            println!(
+                "baton bench policies: {backends} caching back-ends of {:.1} MiB each, working set {:.1} MiB ({working_set_per_cache}x one cache), Zipf {zipf_alpha} over {targets} objects, {requests} requests per policy, {concurrency} clients, origin link {origin_rate}",
+                cache_bytes as f64 / 1048576.0,
+                working_set / 1048576.0
+            );
+            let mut records = Vec::new();
+            for p in &policies {
+                let r = policy_run(
+                    p,
+                    backends,
+                    &docroot.0,
+                    cache_bytes,
+                    &origin_rate,
+                    &stream,
+                    concurrency,
+                )?;
+                println!(
+                    "  {:<12} hit rate {:>5.1}%  origin {:>8.1} MiB  {:>7.0} req/s  p50 {:>6.2} ms  p99 {:>7.2} ms  failures {}  per back-end {:?}",
+                    r.policy,
+                    r.hit_rate * 100.0,
+                    r.origin_bytes as f64 / 1048576.0,
+                    r.rps,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.failures,
+                    r.per_backend
+                );
+                records.push(r);
+            }
+            if let Some(dir) = json.parent() {
+                std::fs::create_dir_all(dir).ok();
+            }
+            std::fs::write(&json, serde_json::to_vec_pretty(&records)?)
+                .with_context(|| format!("writing {}", json.display()))?;
+            println!("JSON written to {}", json.display());
+            Ok(())
+        }
         BenchCmd::Handoff {
             requests,
             json,
@@ -112,7 +235,13 @@ fn handoff(
     let baton = crate::labcmd::self_exe()?;
     let _ = baton_lab::down(name);
     eprintln!("bench: bringing up lab {name} ...");
-    let lab = Lab::up(&baton, name, 1, None, front_extra, back_extra)?;
+    let opts = crate::labtools::LabOptions {
+        backends: 1,
+        front_extra: front_extra.map(str::to_owned),
+        back_extra: back_extra.map(str::to_owned),
+        ..Default::default()
+    };
+    let lab = Lab::up(&baton, name, opts)?;
     let vip: SocketAddr = SocketAddr::from((lab.info.vip, lab.info.port));
     let back = lab.info.hosts.get("back1").context("lab has no back1")?;
     let direct: SocketAddr = SocketAddr::from((back.ip, 8080));
@@ -224,4 +353,122 @@ fn print_handoff(r: &HandoffReport) {
         r.added_p50_us, r.added_p99_us
     );
     println!("  failures: {}", r.failures);
+}
+
+fn policy_run(
+    policy: &str,
+    backends: usize,
+    docroot: &std::path::Path,
+    cache_bytes: u64,
+    origin_rate: &str,
+    stream: &[usize],
+    concurrency: usize,
+) -> Result<PolicyRecord> {
+    let baton = crate::labcmd::self_exe()?;
+    let name = "batonpol";
+    let _ = baton_lab::down(name);
+    let opts = crate::labtools::LabOptions {
+        backends,
+        docroot: Some(docroot.to_path_buf()),
+        front_extra: Some(format!("policy = {policy:?}")),
+        origin: Some(baton_lab::OriginSpec {
+            rate: Some(origin_rate.to_string()),
+            cache_bytes,
+        }),
+        ..Default::default()
+    };
+    let lab = Lab::up(&baton, name, opts)?;
+    let vip = SocketAddr::from((lab.info.vip, lab.info.port));
+    let netns = lab.netns("client")?.to_string();
+    let paths: Arc<Vec<String>> =
+        Arc::new(stream.iter().map(|i| format!("/t/{i:04}.bin")).collect());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..concurrency {
+        let (netns, paths, next) = (netns.clone(), Arc::clone(&paths), Arc::clone(&next));
+        handles.push(std::thread::spawn(move || -> Result<(Vec<u32>, u64)> {
+            baton_sys::netns::enter_named(&netns).context("entering the client namespace")?;
+            let mut lat = Vec::new();
+            let mut failures = 0;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(path) = paths.get(i) else { break };
+                let req =
+                    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+                let t = Instant::now();
+                match fetch_all(vip, req.as_bytes()) {
+                    Ok(()) => lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
+                    Err(_) => failures += 1,
+                }
+            }
+            Ok((lat, failures))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut failures = 0;
+    for h in handles {
+        let (l, f) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        lat.extend(l);
+        failures += f;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let (mut hits, mut lookups, mut origin_bytes) = (0u64, 0u64, 0u64);
+    let mut per_backend = Vec::new();
+    for k in 1..=backends {
+        let out = lab.run(
+            &format!("back{k}"),
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9101/stats",
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("back{k} /stats: {}", String::from_utf8_lossy(&out.stderr)))?;
+        hits += v["cache"]["hits"].as_u64().unwrap_or(0);
+        lookups += v["cache"]["lookups"].as_u64().unwrap_or(0);
+        origin_bytes += v["cache"]["origin_bytes"].as_u64().unwrap_or(0);
+        per_backend.push(v["total"].as_u64().unwrap_or(0));
+    }
+    let s = summarize(&mut lat);
+    Ok(PolicyRecord {
+        policy: policy.to_string(),
+        requests: s.count as u64,
+        failures,
+        rps: s.count as f64 / secs.max(1e-9),
+        p50_ms: s.p50 / 1e3,
+        p99_ms: s.p99 / 1e3,
+        hit_rate: if lookups == 0 {
+            0.0
+        } else {
+            hits as f64 / lookups as f64
+        },
+        origin_bytes,
+        per_backend,
+    })
+}
+
+/// One request on its own connection; the whole response must arrive.
+fn fetch_all(addr: SocketAddr, req: &[u8]) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(req)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = Vec::new();
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    if !got.starts_with(b"HTTP/1.1 200") {
+        bail!("unexpected response from {addr}");
+    }
+    Ok(())
 }

@@ -334,6 +334,31 @@ pub struct BackConfig {
     /// Fault injection, for tests and experiments; all off by default.
     #[serde(default)]
     pub fault: BackFaults,
+    /// Caching mode: serve from an in-memory cache in front of this origin
+    /// (`http://host:port`) instead of from `docroot`.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// Caching mode: the cache's capacity in bytes.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// Where `GET /stats` (JSON) is served; keep it on loopback.
+    #[serde(default = "default_back_admin")]
+    pub admin_listen: Option<SocketAddr>,
+    /// A front-end channel silent this long is closed (fronts ping every second).
+    #[serde(default = "default_front_silence")]
+    pub front_silence_ms: u64,
+}
+
+fn default_cache_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_back_admin() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9101)))
+}
+
+fn default_front_silence() -> u64 {
+    10_000
 }
 
 /// Faults a back-end can inject on purpose.
@@ -371,6 +396,10 @@ fn default_go_timeout() -> u64 {
 fn default_max_fronts() -> usize {
     64
 }
+
+/// The largest duration any `*_ms` setting may have (24 h): larger values
+/// would overflow when added to an `Instant`.
+pub const MAX_MS: u64 = 24 * 3600 * 1000;
 
 /// Milliseconds as a `Duration`.
 pub fn ms(v: u64) -> Duration {
@@ -473,6 +502,48 @@ impl FrontConfig {
             c.dead_after_ms > c.heartbeat_ms,
             "control.dead_after_ms must exceed control.heartbeat_ms"
         );
+        ensure!(
+            c.connect_timeout_ms > 0,
+            "control.connect_timeout_ms must be > 0"
+        );
+        ensure!(c.max_backoff_ms > 0, "control.max_backoff_ms must be > 0");
+        // Durations are added to Instants: beyond MAX_MS that could overflow.
+        let mut durations = vec![
+            ("drain_timeout_ms", self.drain_timeout_ms),
+            ("limits.head_timeout_ms", l.head_timeout_ms),
+            ("limits.handoff_timeout_ms", l.handoff_timeout_ms),
+            ("flows.closed_grace_ms", f.closed_grace_ms),
+            ("flows.idle_timeout_ms", f.idle_timeout_ms),
+            ("flows.sweep_interval_ms", f.sweep_interval_ms),
+            ("control.connect_timeout_ms", c.connect_timeout_ms),
+            ("control.heartbeat_ms", c.heartbeat_ms),
+            ("control.dead_after_ms", c.dead_after_ms),
+            ("control.max_backoff_ms", c.max_backoff_ms),
+            ("control.refused_pause_ms", c.refused_pause_ms),
+        ];
+        durations.extend(
+            self.groups
+                .iter()
+                .filter_map(|g| Some(("group k_ms", g.k_ms?))),
+        );
+        for (name, v) in durations {
+            ensure!(v <= MAX_MS, "{name} must be at most {MAX_MS} (24 h)");
+        }
+        let mut controls = std::collections::HashSet::new();
+        for b in &self.backends {
+            ensure!(
+                controls.insert(b.control),
+                "backend {}: control address {} is used by another backend",
+                b.name,
+                b.control
+            );
+        }
+        if !self.admin_listen.ip().is_loopback() {
+            tracing::warn!(
+                admin_listen = %self.admin_listen,
+                "admin_listen is not a loopback address: /stats and /ready have no authentication"
+            );
+        }
         load_key(&self.key_file)?;
         Ok(())
     }
@@ -540,6 +611,29 @@ impl BackConfig {
         ensure!(self.load_report_ms > 0, "load_report_ms must be > 0");
         ensure!(self.go_timeout_ms > 0, "go_timeout_ms must be > 0");
         ensure!(self.max_fronts > 0, "max_fronts must be > 0");
+        ensure!(self.front_silence_ms > 0, "front_silence_ms must be > 0");
+        for (name, v) in [
+            ("load_report_ms", self.load_report_ms),
+            ("go_timeout_ms", self.go_timeout_ms),
+            ("drain_timeout_ms", self.drain_timeout_ms),
+            ("front_silence_ms", self.front_silence_ms),
+            ("fault.ready_delay_ms", self.fault.ready_delay_ms),
+        ] {
+            ensure!(v <= MAX_MS, "{name} must be at most {MAX_MS} (24 h)");
+        }
+        if let Some(origin) = &self.origin {
+            let uri: http::Uri = origin
+                .parse()
+                .with_context(|| format!("origin {origin:?} is not a URL"))?;
+            ensure!(
+                uri.scheme_str() == Some("http") && uri.authority().is_some(),
+                "origin {origin:?} must be http://host:port (https is not supported)"
+            );
+            ensure!(
+                self.cache_bytes > 0,
+                "cache_bytes must be > 0 in caching mode"
+            );
+        }
         load_key(&self.key_file)?;
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::labtools::{handoffs_by_backend, sha256_file, Lab, TempDir};
+use crate::labtools::{handoffs_by_backend, sha256_file, Lab, LabOptions, TempDir};
 
 /// Options of the demo.
 #[derive(clap::Args, Debug)]
@@ -29,7 +29,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         args.name, args.backends
     );
     let t = std::time::Instant::now();
-    let lab = Lab::up(&baton, &args.name, args.backends, None, None, None)?;
+    let opts = LabOptions {
+        backends: args.backends,
+        ..LabOptions::default()
+    };
+    let lab = Lab::up(&baton, &args.name, opts)?;
     println!(
         "  up in {:.1} s; VIP {}:{}",
         t.elapsed().as_secs_f64(),

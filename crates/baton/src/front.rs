@@ -27,7 +27,7 @@ use baton_sys::repair;
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -39,7 +39,7 @@ use crate::stats::{Counter, Samples, Summary};
 #[derive(Debug)]
 enum Reply {
     Ready { restore_us: u32 },
-    Refused(String),
+    Refused { why: String, backend_fault: bool },
 }
 
 /// A back-end and what the front knows of it.
@@ -117,6 +117,8 @@ struct FrontCounters {
     bad_requests: Counter,
     head_timeouts: Counter,
     no_backend: Counter,
+    /// Handoffs refused because the forwarder's flow table was full.
+    flow_table_full: Counter,
     client_gone: Counter,
     frames_resent: Counter,
     frames_dropped: Counter,
@@ -236,9 +238,9 @@ impl Front {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
-        let listener = TcpListener::bind(addr).await.with_context(|| {
+        let listener = listen_on(addr, &self.cfg.interface).with_context(|| {
             format!(
-                "binding {addr} (is the VIP configured on {}?)",
+                "binding {addr} on {} (is the VIP configured there?)",
                 self.cfg.interface
             )
         })?;
@@ -263,7 +265,7 @@ impl Front {
                         self.counters.accepted.inc();
                         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
                             // Over the limit: answer at once rather than queue.
-                            tokio::spawn(reject(stream, 503, "busy"));
+                            tokio::spawn(reject(stream, 503));
                             continue;
                         };
                         let front = Arc::clone(&self);
@@ -284,7 +286,9 @@ impl Front {
         drop(listener);
         // Drain: the forwarder stays attached while handed-off connections
         // live, since detaching it would make the front's kernel reset them.
-        let deadline = Instant::now() + ms(self.cfg.drain_timeout_ms);
+        // None only for a timeout beyond the clock's range (validation caps
+        // it): then no wait at all rather than a panic.
+        let deadline = Instant::now().checked_add(ms(self.cfg.drain_timeout_ms));
         let live = || {
             self.lock_flows()
                 .values()
@@ -295,7 +299,7 @@ impl Front {
             connections = live(),
             "front-end stopped accepting; draining"
         );
-        while live() > 0 && Instant::now() < deadline {
+        while live() > 0 && deadline.is_some_and(|d| Instant::now() < d) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let left = live();
@@ -324,9 +328,8 @@ impl Front {
             {
                 Err(_) => {
                     self.counters.head_timeouts.inc();
-                    let _ = stream
-                        .write_all(&error_response(408, "request head timeout"))
-                        .await;
+                    debug!(%peer, "request head timeout");
+                    let _ = stream.write_all(&answer(408)).await;
                     return;
                 }
                 Ok(Err(HeadFailure::Closed)) => {
@@ -336,14 +339,15 @@ impl Front {
                 Ok(Err(HeadFailure::Bad(status, why))) => {
                     self.counters.bad_requests.inc();
                     debug!(%peer, status, why, "bad request head");
-                    let _ = stream.write_all(&error_response(status, &why)).await;
+                    let _ = stream.write_all(&answer(status)).await;
                     return;
                 }
                 Ok(Ok(h)) => h,
             };
         let t_head = Instant::now();
         let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, stream.local_addr()) else {
-            let _ = stream.write_all(&error_response(505, "IPv4 only")).await;
+            debug!(%peer, "not IPv4; not handed off");
+            let _ = stream.write_all(&answer(505)).await;
             return;
         };
         let key = FlowKey { client, vip };
@@ -351,21 +355,29 @@ impl Front {
             Ok(bi) => bi,
             Err(why) => {
                 self.counters.no_backend.inc();
-                let _ = stream.write_all(&error_response(503, why)).await;
+                debug!(%peer, why, "no back-end for the request");
+                let _ = stream.write_all(&answer(503)).await;
                 return;
             }
         };
         match self.handoff(&stream, key, bi, &buf, t_head).await {
-            Ok(()) => {
+            Ok(Handed::Live) => {
                 // Still in repair mode: closing sends nothing to the client.
                 drop(stream);
                 self.counters.handoffs_ok.inc();
             }
+            Ok(Handed::Lost) => {
+                // Also closed in repair mode; the client's next segment finds
+                // no socket and gets a reset.
+                drop(stream);
+                self.counters.handoffs_failed.inc();
+                self.backends[bi].failures.inc();
+            }
             Err(f) => {
                 self.counters.handoffs_failed.inc();
                 self.backends[bi].failures.inc();
-                warn!(%key, backend = %self.backends[bi].name, error = %f.why, "handoff failed");
-                let _ = stream.write_all(&error_response(f.status, &f.why)).await;
+                warn!(%key, backend = %self.backends[bi].name, status = f.status, error = %f.why, "handoff failed");
+                let _ = stream.write_all(&answer(f.status)).await;
                 let _ = stream.shutdown().await;
             }
         }
@@ -429,7 +441,7 @@ impl Front {
         bi: usize,
         already_read: &[u8],
         t0: Instant,
-    ) -> std::result::Result<(), Failure> {
+    ) -> std::result::Result<Handed, Failure> {
         let b = &self.backends[bi];
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock_flows().insert(
@@ -442,14 +454,18 @@ impl Front {
         let parked = self.lock_forwarder().park(&key);
         if let Err(e) = parked {
             self.forget(&key, id);
-            return Err(Failure::internal(format!("forwarder: {e}")));
+            if e.is_map_full() {
+                self.counters.flow_table_full.inc();
+                return Err(Failure::unavailable(format!("forwarder: {e}")));
+            }
+            return Err(Failure::bad_gateway(format!("forwarder: {e}")));
         }
         let td = Instant::now();
         let dumped = match repair::dump(stream.as_fd()) {
             Ok(d) => d,
             Err(e) => {
                 self.unpark(&key, id);
-                return Err(Failure::internal(format!("dump: {e}")));
+                return Err(Failure::bad_gateway(format!("dump: {e}")));
             }
         };
         let mut data = Vec::with_capacity(already_read.len() + dumped.unread.len());
@@ -457,9 +473,9 @@ impl Front {
         data.extend_from_slice(&dumped.unread);
         let mut state = dumped.state;
         let dump_us = td.elapsed().as_micros();
-        // The timestamp clock runs in ms; what elapsed since the dump is
-        // added here, what elapses in transit is added by the back-end.
-        state.ts_val = state.ts_val.wrapping_add(ms_since(td));
+        // What elapsed since the dump is added here (in the socket's own
+        // timestamp unit), what elapses in transit is added by the back-end.
+        state.ts_val = repair::advance_timestamp(state.ts_val, td.elapsed());
         let (tx, rx) = oneshot::channel();
         b.pending
             .lock()
@@ -489,7 +505,7 @@ impl Front {
         if let Err(e) = forwarded {
             let _ = self.send(b, Frame::Abort { id }).await;
             self.resume(stream, &key, id);
-            return Err(Failure::internal(format!("forwarder: {e}")));
+            return Err(Failure::bad_gateway(format!("forwarder: {e}")));
         }
         if let Some(f) = self.lock_flows().get_mut(&key) {
             if f.id == id {
@@ -505,8 +521,8 @@ impl Front {
             // forwarder forget it so the front kernel answers with a reset.
             let _ = self.lock_forwarder().remove(&key);
             self.forget(&key, id);
-            warn!(%key, error = %e, "Go not delivered; connection lost");
-            return Ok(());
+            warn!(%key, backend = %b.name, error = %e, "Go not delivered; connection lost");
+            return Ok(Handed::Lost);
         }
         self.flush_parked(&key, &target);
         {
@@ -518,10 +534,11 @@ impl Front {
         self.lat_rtt.record_us(rtt_us as u64);
         self.lat_send.record_us(send_us as u64);
         self.lat_total.record_us(t0.elapsed().as_micros() as u64);
-        Ok(())
+        Ok(Handed::Live)
     }
 
-    /// Sends the handoff and waits for the answer; returns where to forward.
+    /// Sends the handoff and waits for the answer, both within the handoff
+    /// timeout; returns where to forward.
     async fn exchange(
         &self,
         b: &Backend,
@@ -533,10 +550,14 @@ impl Front {
         let Some(dst_mac) = mac else {
             return Err(Failure::unavailable("back-end address unknown".into()));
         };
+        let limit = ms(self.cfg.limits.handoff_timeout_ms);
+        // Measured from before the send: a slow write eats into the wait.
+        let started = tokio::time::Instant::now();
         if let Err(e) = self.send(b, frame).await {
             return Err(Failure::unavailable(format!("control channel: {e}")));
         }
-        match tokio::time::timeout(ms(self.cfg.limits.handoff_timeout_ms), rx).await {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, rx).await {
             Ok(Ok(Reply::Ready { restore_us })) => {
                 self.lat_restore.record_us(u64::from(restore_us));
                 Ok(ForwardTarget {
@@ -545,10 +566,15 @@ impl Front {
                     src_mac: self.iface.mac,
                 })
             }
-            Ok(Ok(Reply::Refused(why))) => {
-                let pause = ms(self.cfg.control.refused_pause_ms);
-                b.st.lock().unwrap_or_else(|e| e.into_inner()).paused_until =
-                    Some(Instant::now() + pause);
+            Ok(Ok(Reply::Refused { why, backend_fault })) => {
+                // Only a back-end that cannot restore anything leaves the
+                // rotation; one connection it could not take (a 4-tuple still
+                // in use there, a body too large) says nothing about the next.
+                if backend_fault {
+                    let pause = ms(self.cfg.control.refused_pause_ms);
+                    b.st.lock().unwrap_or_else(|e| e.into_inner()).paused_until =
+                        Instant::now().checked_add(pause);
+                }
                 Err(Failure::bad_gateway(format!(
                     "back-end {} refused: {why}",
                     b.name
@@ -571,11 +597,27 @@ impl Front {
         }
     }
 
+    /// Sends one frame, within the handoff timeout (waiting for the writer
+    /// included). A write that does not finish in time may have left half a
+    /// frame on the wire, so the channel is dropped: the control loop then
+    /// notices (its heartbeat finds no writer) and reconnects.
     async fn send(&self, b: &Backend, frame: Frame) -> Result<()> {
-        let mut w = b.writer.lock().await;
-        match w.as_mut() {
-            Some(w) => w.send(&frame).await,
-            None => bail!("not connected"),
+        let limit = ms(self.cfg.limits.handoff_timeout_ms);
+        let sent = tokio::time::timeout(limit, async {
+            let mut w = b.writer.lock().await;
+            match w.as_mut() {
+                Some(w) => w.send(&frame).await,
+                None => bail!("not connected"),
+            }
+        })
+        .await;
+        match sent {
+            Ok(r) => r,
+            Err(_) => {
+                self.drop_channel(b, "a control-channel write timed out")
+                    .await;
+                bail!("control-channel write timed out after {limit:?}")
+            }
         }
     }
 
@@ -636,20 +678,31 @@ impl Front {
             match phase {
                 Some(Phase::Parked) => {
                     let q = store.kept.entry(pf.key).or_default();
-                    if q.len() < self.cfg.limits.max_parked_frames {
-                        q.push(pf.frame);
-                    } else {
-                        self.counters.frames_dropped.inc();
-                    }
+                    self.keep(q, pf.frame);
                 }
                 Some(Phase::Forwarding(t)) | Some(Phase::Closed { target: t, .. }) => {
-                    let mut frame = pf.frame;
-                    self.resend(&mut frame, &t);
+                    // Frames kept while parked and not yet flushed (the
+                    // handoff is between FORWARD and its flush) go first:
+                    // queue behind them rather than overtake them.
+                    if let Some(q) = store.kept.get_mut(&pf.key) {
+                        self.keep(q, pf.frame);
+                    } else {
+                        let mut frame = pf.frame;
+                        self.resend(&mut frame, &t);
+                    }
                 }
                 None => self.counters.frames_dropped.inc(),
             }
         }
         n
+    }
+
+    fn keep(&self, q: &mut Vec<Vec<u8>>, frame: Vec<u8>) {
+        if q.len() < self.cfg.limits.max_parked_frames {
+            q.push(frame);
+        } else {
+            self.counters.frames_dropped.inc();
+        }
     }
 
     fn resend(&self, frame: &mut [u8], t: &ForwardTarget) {
@@ -668,15 +721,17 @@ impl Front {
         }
     }
 
-    /// After the entry forwards: deliver what was kept for the flow, in order.
+    /// After the entry forwards: deliver what was kept for the flow, in
+    /// order. The kept frames are older than anything still in the ring, so
+    /// they go first; the ring's frames of this flow then go straight on.
     fn flush_parked(&self, key: &FlowKey, t: &ForwardTarget) {
         let mut store = self.lock_parked();
-        self.drain_ring(&mut store);
         if let Some(frames) = store.kept.remove(key) {
             for mut f in frames {
                 self.resend(&mut f, t);
             }
         }
+        self.drain_ring(&mut store);
     }
 
     /// Reads the parked-frame ring whenever the kernel signals it.
@@ -735,6 +790,7 @@ impl Front {
     fn sweep(&self, grace: Duration, idle_ns: u64, parked_max_ns: u64) {
         let now = Instant::now();
         let now_ns = Forwarder::now_ns();
+        let grace_ns = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
         // Handoffs from this id on may start after the snapshot below: their
         // records must survive even though the snapshot lacks their entries.
         let first_unseen = self.next_id.load(Ordering::Relaxed);
@@ -745,13 +801,24 @@ impl Front {
                 return;
             }
         };
-        let mut remove = Vec::new();
+        // Each removal names the handoff it was judged on (None: no record),
+        // so that a new handoff on the same 4-tuple since then is spared.
+        let mut remove: Vec<(FlowKey, Option<u64>, bool)> = Vec::new();
         {
             let flows = self.lock_flows();
             for (key, e) in &entries {
                 let idle = now_ns.saturating_sub(e.last_seen_ns);
-                let verdict = match flows.get(key).map(|f| f.phase) {
-                    Some(Phase::Closed { at, .. }) if now.duration_since(at) >= grace => Some(true),
+                let flow = flows.get(key);
+                let verdict = match flow.map(|f| f.phase) {
+                    // After the close the back-end's kernel may still be
+                    // sending a large response that the client ACKs through
+                    // this entry: it goes once the grace has passed since the
+                    // report and since the last packet.
+                    Some(Phase::Closed { at, .. })
+                        if now.duration_since(at) >= grace && idle >= grace_ns =>
+                    {
+                        Some(true)
+                    }
                     Some(Phase::Parked) if idle > parked_max_ns => Some(false),
                     // A handoff in progress owns its entry.
                     Some(Phase::Parked) => None,
@@ -759,29 +826,41 @@ impl Front {
                     _ => None,
                 };
                 if let Some(closed) = verdict {
-                    remove.push((*key, closed));
+                    remove.push((*key, flow.map(|f| f.id), closed));
                 }
             }
         }
-        if remove.is_empty() {
-            return;
-        }
+        let live: std::collections::HashSet<FlowKey> = entries.iter().map(|(k, _)| *k).collect();
+        // Lock order: parked, forwarder, flows (drain_ring takes parked then
+        // flows; everything else takes forwarder then flows). The kept frames
+        // go under the same locks, so a new handoff's frames are never taken.
+        let mut store = self.lock_parked();
         let mut fwd = self.lock_forwarder();
         let mut flows = self.lock_flows();
-        for (key, closed) in remove {
-            if fwd.remove(&key).is_ok() {
-                if closed {
-                    self.counters.entries_removed_closed.inc();
-                } else {
-                    self.counters.entries_removed_idle.inc();
-                }
+        for (key, id, closed) in remove {
+            if flows.get(&key).map(|f| f.id) != id {
+                continue;
+            }
+            if let Err(e) = fwd.remove(&key) {
+                // Record kept: the next sweep tries again.
+                debug!(%key, error = %e, "removing a forwarding entry failed");
+                continue;
+            }
+            if closed {
+                self.counters.entries_removed_closed.inc();
+            } else {
+                self.counters.entries_removed_idle.inc();
             }
             flows.remove(&key);
+            store.kept.remove(&key);
         }
         // Flow records the kernel no longer has (e.g. replaced by a new SYN).
-        let live: std::collections::HashSet<FlowKey> = entries.iter().map(|(k, _)| *k).collect();
         flows.retain(|k, f| {
-            live.contains(k) || f.id >= first_unseen || matches!(f.phase, Phase::Parked)
+            let keep = live.contains(k) || f.id >= first_unseen || matches!(f.phase, Phase::Parked);
+            if !keep {
+                store.kept.remove(k);
+            }
+            keep
         });
     }
 
@@ -812,9 +891,7 @@ impl Front {
             };
             backoff = Duration::from_millis(50);
             // The channel's TCP connection taught the kernel the back-end's MAC.
-            let mac = baton_sys::iface::neighbor_mac(*b.control.ip(), &self.cfg.interface)
-                .ok()
-                .flatten();
+            let mac = self.neighbor_mac(&b);
             if mac.is_none() {
                 warn!(backend = %b.name, "back-end is not on the front's L2 segment (no neighbour entry on {}); not using it", self.cfg.interface);
             }
@@ -837,6 +914,28 @@ impl Front {
         }
     }
 
+    /// The back-end's MAC as the kernel's neighbour table has it now.
+    fn neighbor_mac(&self, b: &Backend) -> Option<[u8; 6]> {
+        baton_sys::iface::neighbor_mac(*b.control.ip(), &self.cfg.interface)
+            .ok()
+            .flatten()
+    }
+
+    /// Re-reads the back-end's MAC: a NIC failover on the back-end keeps
+    /// the channel's TCP connection but moves its address. New handoffs use
+    /// the new MAC; a missing neighbour entry (being re-resolved) keeps the
+    /// old one.
+    fn refresh_mac(&self, b: &Backend) {
+        let Some(mac) = self.neighbor_mac(b) else {
+            return;
+        };
+        let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+        if st.mac != Some(mac) {
+            info!(backend = %b.name, old = ?st.mac, new = ?mac, "back-end MAC changed");
+            st.mac = Some(mac);
+        }
+    }
+
     async fn read_channel(
         &self,
         b: &Backend,
@@ -853,9 +952,12 @@ impl Front {
                         return "no heartbeat".into();
                     }
                     nonce += 1;
+                    // Bounded (see `send`), so a stuck channel cannot keep
+                    // this loop from reading for long.
                     if let Err(e) = self.send(b, Frame::Ping { nonce }).await {
                         return format!("sending heartbeat: {e}");
                     }
+                    self.refresh_mac(b);
                 }
                 r = reader.next() => {
                     let frame = match r {
@@ -873,22 +975,48 @@ impl Front {
     fn handle_frame(&self, b: &Backend, frame: Frame) {
         match frame {
             Frame::Ready { id, restore_us } => self.answer(b, id, Reply::Ready { restore_us }),
-            Frame::Refused { id, reason } => self.answer(b, id, Reply::Refused(reason)),
+            Frame::Refused {
+                id,
+                reason,
+                backend_fault,
+            } => self.answer(
+                b,
+                id,
+                Reply::Refused {
+                    why: reason,
+                    backend_fault,
+                },
+            ),
             Frame::Closed { id, flow } => {
-                {
+                let matched = {
+                    // Lock order: forwarder, then flows.
+                    let mut fwd = self.lock_forwarder();
+                    let mut flows = self.lock_flows();
+                    match flows.get_mut(&flow) {
+                        Some(f) if f.id == id => {
+                            if let Phase::Forwarding(target) = f.phase {
+                                f.phase = Phase::Closed {
+                                    at: Instant::now(),
+                                    target,
+                                };
+                                // Only now may a bare SYN on this 4-tuple
+                                // replace the entry (a new connection).
+                                if let Err(e) = fwd.mark_closing(&flow) {
+                                    warn!(key = %flow, error = %e, "could not mark a forwarding entry closing");
+                                }
+                                true
+                            } else {
+                                false
+                            }
+                        }
+                        _ => false,
+                    }
+                };
+                // A report for a flow this front does not know (a stale id,
+                // swept already, a repeat) must not skew the load estimate.
+                if matched {
                     let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
                     st.closed_since_report = st.closed_since_report.saturating_add(1);
-                }
-                let mut flows = self.lock_flows();
-                if let Some(f) = flows.get_mut(&flow) {
-                    if f.id == id {
-                        if let Phase::Forwarding(target) = f.phase {
-                            f.phase = Phase::Closed {
-                                at: Instant::now(),
-                                target,
-                            };
-                        }
-                    }
                 }
             }
             Frame::Load(l) => {
@@ -946,7 +1074,11 @@ impl Front {
                 .count();
             (flows.len(), parked)
         };
-        let kept_frames: usize = self.lock_parked().kept.values().map(Vec::len).sum();
+        let (kept_frames, parked_malformed) = {
+            let store = self.lock_parked();
+            let kept: usize = store.kept.values().map(Vec::len).sum();
+            (kept, store.ring.malformed())
+        };
         FrontStats {
             uptime_s: self.started.elapsed().as_secs_f64(),
             accepted: c.accepted.get(),
@@ -955,6 +1087,7 @@ impl Front {
             bad_requests: c.bad_requests.get(),
             head_timeouts: c.head_timeouts.get(),
             no_backend: c.no_backend.get(),
+            flow_table_full: c.flow_table_full.get(),
             client_gone: c.client_gone.get(),
             frames_resent: c.frames_resent.get(),
             frames_dropped: c.frames_dropped.get(),
@@ -964,9 +1097,12 @@ impl Front {
             flows_tracked,
             flows_parked,
             kept_frames,
+            parked_malformed,
             bpf_forwarded: bpf.as_ref().map_or(0, |s| s.forwarded),
             bpf_parked: bpf.as_ref().map_or(0, |s| s.parked),
             bpf_park_lost: bpf.as_ref().map_or(0, |s| s.park_lost),
+            bpf_syn_replaced: bpf.as_ref().map_or(0, |s| s.syn_replaced),
+            bpf_errors: bpf.as_ref().map_or(0, |s| s.errors),
             latency_us: Latency {
                 dump: self.lat_dump.summary(),
                 control_rtt: self.lat_rtt.summary(),
@@ -1015,6 +1151,8 @@ pub struct FrontStats {
     pub bad_requests: u64,
     pub head_timeouts: u64,
     pub no_backend: u64,
+    /// Handoffs answered 503 because the forwarder's flow table was full.
+    pub flow_table_full: u64,
     pub client_gone: u64,
     pub frames_resent: u64,
     pub frames_dropped: u64,
@@ -1025,9 +1163,15 @@ pub struct FrontStats {
     /// Handoffs in progress (flows parked in the forwarder).
     pub flows_parked: usize,
     pub kept_frames: usize,
+    /// Parked-ring records shorter than their header said (an ABI defect).
+    pub parked_malformed: u64,
     pub bpf_forwarded: u64,
     pub bpf_parked: u64,
     pub bpf_park_lost: u64,
+    /// Closing entries a new connection's SYN replaced.
+    pub bpf_syn_replaced: u64,
+    /// Helper failures and unknown actions in the program.
+    pub bpf_errors: u64,
     pub latency_us: Latency,
     pub backends: Vec<BackendStats>,
 }
@@ -1068,10 +1212,17 @@ struct Failure {
     why: String,
 }
 
+/// How a handoff that got past `Ready` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handed {
+    /// The back-end serves the connection.
+    Live,
+    /// `Go` could not be delivered: the connection is lost, and the socket,
+    /// in repair mode, can tell the client nothing.
+    Lost,
+}
+
 impl Failure {
-    fn internal(why: String) -> Self {
-        Failure { status: 502, why }
-    }
     fn unavailable(why: String) -> Self {
         Failure { status: 503, why }
     }
@@ -1102,7 +1253,15 @@ async fn read_head(
         if n == 0 {
             return Err(HeadFailure::Closed);
         }
-        buf.extend_from_slice(&chunk[..n]);
+        let new = chunk.get(..n).unwrap_or_default();
+        buf.extend_from_slice(new);
+        // A head ends with a newline, so one can only be complete (or a
+        // line wrong) once a newline arrived: re-parsing on every byte of a
+        // head sent a byte per segment would cost quadratic time. Past the
+        // size limit the parser answers "too large" either way.
+        if !new.contains(&b'\n') && buf.len() < limits.max_bytes {
+            continue;
+        }
         match parse_request_head(buf, limits) {
             Ok(Some(h)) => return Ok(h),
             Ok(None) => continue,
@@ -1111,10 +1270,29 @@ async fn read_head(
     }
 }
 
-async fn reject(mut stream: TcpStream, status: u16, why: &'static str) {
-    let _ = stream.write_all(&error_response(status, why)).await;
+async fn reject(mut stream: TcpStream, status: u16) {
+    let _ = stream.write_all(&answer(status)).await;
 }
 
-fn ms_since(t: Instant) -> u32 {
-    u32::try_from(t.elapsed().as_millis()).unwrap_or(u32::MAX)
+/// What a client is told when the front answers itself: the status and its
+/// standard reason phrase only. The detail goes to the log; it would tell a
+/// client about back-ends and internals.
+fn answer(status: u16) -> Vec<u8> {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    error_response(status, reason)
+}
+
+/// The client listener, bound to the front's interface (SO_BINDTODEVICE):
+/// the forwarder only sees that NIC, so a connection arriving on another one
+/// could be parked but its packets never steered.
+fn listen_on(addr: SocketAddr, interface: &str) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    // As TcpListener::bind does: a restarted front must not wait for TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind_device(Some(interface.as_bytes()))?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

@@ -26,6 +26,16 @@ pub enum LabCmd {
         /// Extra TOML appended to every back-end's configuration.
         #[arg(long)]
         back_extra: Option<String>,
+        /// Add an origin host (198.18.0.5, `baton serve` on the docroot) and
+        /// put every back-end in caching mode in front of it.
+        #[arg(long)]
+        origin: bool,
+        /// Limit what the origin sends to this tc rate, e.g. 100mbit (implies --origin).
+        #[arg(long, value_name = "RATE")]
+        origin_rate: Option<String>,
+        /// Each back-end's cache size in bytes (implies --origin; default 64 MiB).
+        #[arg(long, value_name = "N")]
+        cache_bytes: Option<u64>,
     },
     /// Print the lab's hosts and addresses.
     Status {
@@ -41,7 +51,7 @@ pub enum LabCmd {
         /// The lab name.
         #[arg(long, default_value = "baton")]
         name: String,
-        /// client, front, back1 ... backN.
+        /// client, front, back1 ... backN, origin (if the lab has one), br.
         host: String,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
@@ -64,12 +74,21 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
             docroot,
             front_extra,
             back_extra,
+            origin,
+            origin_rate,
+            cache_bytes,
         } => {
             let mut spec = baton_lab::LabSpec::new(&name, self_exe()?);
             spec.backends = backends;
             spec.docroot = docroot;
             spec.front_extra = front_extra;
             spec.back_extra = back_extra;
+            if origin || origin_rate.is_some() || cache_bytes.is_some() {
+                spec.origin = Some(baton_lab::OriginSpec {
+                    rate: origin_rate,
+                    cache_bytes: cache_bytes.unwrap_or(baton_lab::OriginSpec::DEFAULT_CACHE_BYTES),
+                });
+            }
             let info = baton_lab::up(&spec).with_context(|| format!("lab {name}"))?;
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(0)

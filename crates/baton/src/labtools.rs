@@ -9,6 +9,37 @@ use std::process::{Command, Output, Stdio};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+pub use baton_lab::{zipf_docroot, OriginSpec};
+
+/// What [`Lab::up`] builds beyond the name; the default is what `baton lab
+/// up` does without options: two back-ends, the sample docroot, no extras,
+/// no origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabOptions {
+    /// How many back-ends.
+    pub backends: usize,
+    /// The back-ends' (and the origin's) document root; `None`: the sample one.
+    pub docroot: Option<PathBuf>,
+    /// `--front-extra`.
+    pub front_extra: Option<String>,
+    /// `--back-extra`.
+    pub back_extra: Option<String>,
+    /// An origin host, and every back-end in caching mode in front of it.
+    pub origin: Option<OriginSpec>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            backends: baton_lab::LabSpec::DEFAULT_BACKENDS,
+            docroot: None,
+            front_extra: None,
+            back_extra: None,
+            origin: None,
+        }
+    }
+}
+
 /// A running lab that is torn down when dropped, even on panic.
 #[derive(Debug)]
 pub struct Lab {
@@ -21,14 +52,7 @@ pub struct Lab {
 impl Lab {
     /// Brings a lab up through the real CLI (`baton lab up`), so that what is
     /// tested is what users run.
-    pub fn up(
-        baton: &Path,
-        name: &str,
-        backends: usize,
-        docroot: Option<&Path>,
-        front_extra: Option<&str>,
-        back_extra: Option<&str>,
-    ) -> Result<Lab> {
+    pub fn up(baton: &Path, name: &str, opts: LabOptions) -> Result<Lab> {
         let mut cmd = Command::new(baton);
         cmd.args([
             "lab",
@@ -36,16 +60,24 @@ impl Lab {
             "--name",
             name,
             "--backends",
-            &backends.to_string(),
+            &opts.backends.to_string(),
         ]);
-        if let Some(d) = docroot {
+        if let Some(d) = &opts.docroot {
             cmd.arg("--docroot").arg(d);
         }
-        if let Some(x) = front_extra {
-            cmd.args(["--front-extra", x]);
+        if let Some(x) = &opts.front_extra {
+            cmd.arg("--front-extra").arg(x);
         }
-        if let Some(x) = back_extra {
-            cmd.args(["--back-extra", x]);
+        if let Some(x) = &opts.back_extra {
+            cmd.arg("--back-extra").arg(x);
+        }
+        if let Some(o) = &opts.origin {
+            cmd.arg("--origin")
+                .arg("--cache-bytes")
+                .arg(o.cache_bytes.to_string());
+            if let Some(rate) = &o.rate {
+                cmd.arg("--origin-rate").arg(rate);
+            }
         }
         let out = cmd
             .stderr(Stdio::inherit())

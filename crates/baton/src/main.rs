@@ -172,7 +172,8 @@ fn run_back(a: BackArgs) -> Result<()> {
 }
 
 fn serve(listen: std::net::SocketAddr, docroot: PathBuf) -> Result<()> {
-    let files = baton_serve::StaticFiles::new(&docroot).with_context(|| format!("docroot {}", docroot.display()))?;
+    let files = baton_serve::StaticFiles::new(&docroot)
+        .with_context(|| format!("docroot {}", docroot.display()))?;
     runtime(0)?.block_on(async {
         let l = tokio::net::TcpListener::bind(listen)
             .await

@@ -232,16 +232,19 @@ fn non_tcp_and_truncated_frames_pass_unchanged() {
     );
 }
 
+/// A forwarded flow whose back-end has reported the close.
+fn closing() -> Forwarder {
+    let mut fwd = loaded();
+    fwd.forward(&key(), &target()).expect("forward");
+    assert!(fwd.mark_closing(&key()).expect("mark closing"));
+    fwd
+}
+
 #[test]
-fn new_syn_on_a_handed_off_tuple_deletes_the_entry_and_passes() {
+fn new_syn_on_a_closing_tuple_deletes_the_entry_and_passes() {
     // An ECN SYN (ECE|CWR set, as Linux clients may send) opens a connection too.
-    for (action, syn) in [(Action::Forward, SYN), (Action::Forward, SYN | ECE_CWR)] {
-        let mut fwd = loaded();
-        match action {
-            Action::Park => fwd.park(&key()),
-            Action::Forward => fwd.forward(&key(), &target()),
-        }
-        .expect("writing the entry");
+    for syn in [SYN, SYN | ECE_CWR] {
+        let mut fwd = closing();
         let input = segment(syn);
 
         let first = run_once(&fwd, &input);
@@ -249,7 +252,7 @@ fn new_syn_on_a_handed_off_tuple_deletes_the_entry_and_passes() {
         // The SYN's retransmission finds no entry: an ordinary passed packet.
         let retransmit = run_once(&fwd, &input);
 
-        let case = format!("{action:?}, flags {syn:#04x}");
+        let case = format!("flags {syn:#04x}");
         assert_eq!(first, (Verdict::Pass, input.clone()), "{case}");
         assert!(entries.is_empty(), "{case}: {entries:?}");
         assert_eq!(retransmit, (Verdict::Pass, input), "{case}");
@@ -264,6 +267,86 @@ fn new_syn_on_a_handed_off_tuple_deletes_the_entry_and_passes() {
         );
         assert!(drain(&mut fwd).is_empty(), "{case}");
     }
+}
+
+#[test]
+fn a_bare_syn_on_a_live_forwarded_flow_is_redirected_not_obeyed() {
+    // A blind attacker who guesses the 4-tuple must not cost a live flow its
+    // entry: the SYN goes to the back-end, whose socket answers it with a
+    // challenge ACK.
+    let fwd = {
+        let mut fwd = loaded();
+        fwd.forward(&key(), &target()).expect("forward");
+        fwd
+    };
+    for syn in [SYN, SYN | ECE_CWR] {
+        assert_eq!(
+            run_once(&fwd, &segment(syn)).0,
+            Verdict::Redirect,
+            "flags {syn:#04x}"
+        );
+    }
+    let stats = fwd.stats().expect("stats");
+    assert_eq!((stats.forwarded, stats.syn_replaced), (2, 0));
+    let entries = fwd.entries().expect("entries");
+    let [(_, entry)] = entries.as_slice() else {
+        panic!("the entry should be kept, got {entries:?}")
+    };
+    assert_eq!(
+        (entry.action, entry.target),
+        (Action::Forward, Some(target()))
+    );
+}
+
+#[test]
+fn a_closing_flow_still_forwards_everything_but_a_bare_syn() {
+    let fwd = closing();
+    let input = frame();
+
+    let (verdict, output) = run_once(&fwd, &input);
+
+    let mut expected = input.clone();
+    expected[..6].copy_from_slice(&BACK_MAC);
+    expected[6..12].copy_from_slice(&FRONT_MAC);
+    assert_eq!((verdict, output), (Verdict::Redirect, expected));
+    // The last ACKs and the FIN exchange of the closing connection.
+    for flags in [ACK, FIN | ACK] {
+        assert_eq!(
+            run_once(&fwd, &segment(flags)).0,
+            Verdict::Redirect,
+            "flags {flags:#04x}"
+        );
+    }
+    let entries = fwd.entries().expect("entries");
+    let [(_, entry)] = entries.as_slice() else {
+        panic!("the entry should be kept, got {entries:?}")
+    };
+    assert_eq!(
+        (entry.action, entry.target, entry.packets),
+        (Action::ForwardClosing, Some(target()), 3)
+    );
+    assert_eq!(fwd.stats().expect("stats").syn_replaced, 0);
+}
+
+#[test]
+fn only_forward_entries_can_be_marked_closing() {
+    let mut fwd = loaded();
+    assert!(!fwd.mark_closing(&key()).expect("absent entry"));
+    assert!(fwd.entries().expect("entries").is_empty(), "not created");
+    fwd.park(&key()).expect("park");
+    assert!(!fwd.mark_closing(&key()).expect("parked entry"));
+    let entries = fwd.entries().expect("entries");
+    assert_eq!(entries[0].1.action, Action::Park);
+    fwd.forward(&key(), &target()).expect("forward");
+    assert!(fwd.mark_closing(&key()).expect("forward entry"));
+    assert!(
+        !fwd.mark_closing(&key()).expect("already closing"),
+        "marking twice reports nothing new"
+    );
+    assert_eq!(
+        fwd.entries().expect("entries")[0].1.action,
+        Action::ForwardClosing
+    );
 }
 
 #[test]
@@ -285,12 +368,8 @@ fn a_syn_on_a_parked_flow_is_kept_like_any_parked_segment() {
 }
 
 #[test]
-fn segments_of_a_forwarded_flow_that_open_nothing_are_still_redirected() {
-    let fwd = {
-        let mut fwd = loaded();
-        fwd.forward(&key(), &target()).expect("forward");
-        fwd
-    };
+fn segments_of_a_closing_flow_that_open_nothing_are_still_redirected() {
+    let fwd = closing();
     // A listener would discard SYN+RST and SYN+FIN, so they must not cost the flow its entry.
     let cases = [SYN | ACK, ACK, SYN | RST, SYN | FIN];
     for flags in cases {
@@ -409,4 +488,26 @@ fn forward_rejects_targets_that_would_flood_or_misroute() {
         assert!(matches!(err, BpfError::InvalidTarget { .. }), "{err}");
     }
     assert!(fwd.entries().expect("entries").is_empty());
+}
+
+#[test]
+fn a_full_flow_table_is_reported_as_full() {
+    let mut fwd = loaded();
+    let key_n = |n: u32| FlowKey {
+        client: std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::from(0xc612_0000 | (n >> 16)),
+            n as u16,
+        ),
+        vip: "198.18.0.100:80".parse().expect("literal"),
+    };
+    for n in 0..crate::MAX_FLOWS {
+        fwd.park(&key_n(n)).expect("room for MAX_FLOWS entries");
+    }
+    let err = fwd
+        .park(&key_n(crate::MAX_FLOWS))
+        .expect_err("the table is full");
+    assert!(err.is_map_full(), "{err}");
+    // Replacing an existing entry still works, and other errors are not "full".
+    fwd.park(&key_n(0)).expect("replacing an entry");
+    assert!(!BpfError::RingTaken { iface: "x".into() }.is_map_full());
 }

@@ -60,7 +60,13 @@ pub fn lab_name() -> String {
 pub fn up(backends: usize, front_extra: Option<&str>, back_extra: Option<&str>) -> Lab {
     require_root();
     let name = lab_name();
-    match Lab::up(baton(), &name, backends, None, front_extra, back_extra) {
+    let opts = baton::labtools::LabOptions {
+        backends,
+        front_extra: front_extra.map(str::to_owned),
+        back_extra: back_extra.map(str::to_owned),
+        ..Default::default()
+    };
+    match Lab::up(baton(), &name, opts) {
         Ok(lab) => lab,
         Err(e) => panic!("baton lab up --name {name}: {e:#}"),
     }
