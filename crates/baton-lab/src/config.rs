@@ -102,6 +102,7 @@ pub(crate) fn front_toml(
     iface: &str,
     key_file: &Path,
     backends: &[(String, Ipv4Addr)],
+    groups: &[String],
     extra: Option<&str>,
 ) -> Result<String, LabError> {
     let mut out = format!(
@@ -114,12 +115,15 @@ pub(crate) fn front_toml(
         path_str(key_file)?,
     );
     push_extra(&mut out, extra);
-    for (name, ip) in backends {
+    for (i, (name, ip)) in backends.iter().enumerate() {
         let _ = write!(
             out,
             "\n[[backend]]\nname = {}\ncontrol = \"{ip}:{CONTROL_PORT}\"\n",
             toml_str(name)
         );
+        if let Some(g) = groups.get(i) {
+            let _ = writeln!(out, "group = {}", toml_str(g));
+        }
     }
     Ok(out)
 }
@@ -191,6 +195,7 @@ mod tests {
             "eth0",
             Path::new("/k"),
             &backs,
+            &[],
             Some("policy = \"lard\"\n"),
         )
         .expect("toml");

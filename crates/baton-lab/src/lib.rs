@@ -86,6 +86,10 @@ pub struct LabSpec {
     /// An origin host for caching back-ends; `None`: none.
     #[serde(default)]
     pub origin: Option<OriginSpec>,
+    /// The front's group of back-end K (index K-1); missing entries: the
+    /// group `default`.
+    #[serde(default)]
+    pub backend_groups: Vec<String>,
 }
 
 /// The lab's origin: host `origin` at [`ORIGIN_IP`] runs `baton serve` on
@@ -148,6 +152,7 @@ impl LabSpec {
             front_extra: None,
             back_extra: None,
             origin: None,
+            backend_groups: Vec::new(),
         }
     }
 }
@@ -459,6 +464,7 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         IFACE,
         &key_file,
         &backends,
+        &spec.backend_groups,
         spec.front_extra.as_deref(),
     )?;
     write_file(&labdir.join("front.toml"), &front_text)?;

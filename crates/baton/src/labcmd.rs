@@ -36,6 +36,10 @@ pub enum LabCmd {
         /// Each back-end's cache size in bytes (implies --origin; default 64 MiB).
         #[arg(long, value_name = "N")]
         cache_bytes: Option<u64>,
+        /// The front's group of each back-end, in order (comma separated;
+        /// missing ones: `default`), for routing rules in --front-extra.
+        #[arg(long, value_delimiter = ',')]
+        backend_groups: Vec<String>,
     },
     /// Print the lab's hosts and addresses.
     Status {
@@ -77,12 +81,14 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
             origin,
             origin_rate,
             cache_bytes,
+            backend_groups,
         } => {
             let mut spec = baton_lab::LabSpec::new(&name, self_exe()?);
             spec.backends = backends;
             spec.docroot = docroot;
             spec.front_extra = front_extra;
             spec.back_extra = back_extra;
+            spec.backend_groups = backend_groups;
             if origin || origin_rate.is_some() || cache_bytes.is_some() {
                 spec.origin = Some(baton_lab::OriginSpec {
                     rate: origin_rate,

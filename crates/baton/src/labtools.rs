@@ -26,6 +26,8 @@ pub struct LabOptions {
     pub back_extra: Option<String>,
     /// An origin host, and every back-end in caching mode in front of it.
     pub origin: Option<OriginSpec>,
+    /// The front's group of each back-end, in order (`--backend-groups`).
+    pub backend_groups: Vec<String>,
 }
 
 impl Default for LabOptions {
@@ -36,6 +38,7 @@ impl Default for LabOptions {
             front_extra: None,
             back_extra: None,
             origin: None,
+            backend_groups: Vec::new(),
         }
     }
 }
@@ -70,6 +73,10 @@ impl Lab {
         }
         if let Some(x) = &opts.back_extra {
             cmd.arg("--back-extra").arg(x);
+        }
+        if !opts.backend_groups.is_empty() {
+            cmd.arg("--backend-groups")
+                .arg(opts.backend_groups.join(","));
         }
         if let Some(o) = &opts.origin {
             cmd.arg("--origin")

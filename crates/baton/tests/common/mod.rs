@@ -58,14 +58,18 @@ pub fn lab_name() -> String {
 
 /// Brings up a lab with `backends` back-ends and the given extra TOML.
 pub fn up(backends: usize, front_extra: Option<&str>, back_extra: Option<&str>) -> Lab {
-    require_root();
-    let name = lab_name();
-    let opts = baton::labtools::LabOptions {
+    up_with(baton::labtools::LabOptions {
         backends,
         front_extra: front_extra.map(str::to_owned),
         back_extra: back_extra.map(str::to_owned),
         ..Default::default()
-    };
+    })
+}
+
+/// Brings up a lab with any options (origin, groups, ...).
+pub fn up_with(opts: baton::labtools::LabOptions) -> Lab {
+    require_root();
+    let name = lab_name();
     match Lab::up(baton(), &name, opts) {
         Ok(lab) => lab,
         Err(e) => panic!("baton lab up --name {name}: {e:#}"),
