@@ -135,10 +135,10 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
         }
         None => None,
     };
-    let admin = match back.cfg.admin_listen {
-        Some(addr) => Some(tokio::spawn(Arc::clone(&back).admin(addr))),
-        None => None,
-    };
+    let admin = back
+        .cfg
+        .admin_listen
+        .map(|addr| tokio::spawn(Arc::clone(&back).admin(addr)));
     info!(control = %back.cfg.control_listen, vip = %back.cfg.vip, "back-end ready for handoffs");
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let fronts = Arc::new(Semaphore::new(back.cfg.max_fronts));
