@@ -96,7 +96,8 @@ pub async fn connect(
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         prepare(&stream)?;
-        // Unacknowledged frames fail the channel within the connect timeout instead of ~15 min of retransmissions.
+        // Unacknowledged frames fail the channel within the connect timeout,
+        // not after ~15 minutes of retransmissions.
         baton_sys::sockopt::set_tcp_user_timeout(std::os::fd::AsFd::as_fd(&stream), timeout)
             .context("TCP_USER_TIMEOUT")?;
         let (mut hs, hello) = FrontHandshake::start(psk.clone(), nonce()?);

@@ -329,7 +329,7 @@ impl Front {
                 Err(_) => {
                     self.counters.head_timeouts.inc();
                     debug!(%peer, "request head timeout");
-                    let _ = stream.write_all(&answer(408)).await;
+                    let _ = stream.write_all(&plain_error(408)).await;
                     return;
                 }
                 Ok(Err(HeadFailure::Closed)) => {
@@ -339,7 +339,7 @@ impl Front {
                 Ok(Err(HeadFailure::Bad(status, why))) => {
                     self.counters.bad_requests.inc();
                     debug!(%peer, status, why, "bad request head");
-                    let _ = stream.write_all(&answer(status)).await;
+                    let _ = stream.write_all(&plain_error(status)).await;
                     return;
                 }
                 Ok(Ok(h)) => h,
@@ -347,7 +347,7 @@ impl Front {
         let t_head = Instant::now();
         let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, stream.local_addr()) else {
             debug!(%peer, "not IPv4; not handed off");
-            let _ = stream.write_all(&answer(505)).await;
+            let _ = stream.write_all(&plain_error(505)).await;
             return;
         };
         let key = FlowKey { client, vip };
@@ -356,7 +356,7 @@ impl Front {
             Err(why) => {
                 self.counters.no_backend.inc();
                 debug!(%peer, why, "no back-end for the request");
-                let _ = stream.write_all(&answer(503)).await;
+                let _ = stream.write_all(&plain_error(503)).await;
                 return;
             }
         };
@@ -377,7 +377,7 @@ impl Front {
                 self.counters.handoffs_failed.inc();
                 self.backends[bi].failures.inc();
                 warn!(%key, backend = %self.backends[bi].name, status = f.status, error = %f.why, "handoff failed");
-                let _ = stream.write_all(&answer(f.status)).await;
+                let _ = stream.write_all(&plain_error(f.status)).await;
                 let _ = stream.shutdown().await;
             }
         }
@@ -1271,13 +1271,13 @@ async fn read_head(
 }
 
 async fn reject(mut stream: TcpStream, status: u16) {
-    let _ = stream.write_all(&answer(status)).await;
+    let _ = stream.write_all(&plain_error(status)).await;
 }
 
 /// What a client is told when the front answers itself: the status and its
 /// standard reason phrase only. The detail goes to the log; it would tell a
 /// client about back-ends and internals.
-fn answer(status: u16) -> Vec<u8> {
+fn plain_error(status: u16) -> Vec<u8> {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
