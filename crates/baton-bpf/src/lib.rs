@@ -14,6 +14,10 @@
 //!   exception: without trustworthy ports they always pass ([`Stats::fragments`]).
 //! - A FORWARDED flow's packets leave with the back-end's MAC as destination
 //!   and the front's MAC as source.
+//! - A bare SYN deletes an entry only once it is closing
+//!   ([`Forwarder::mark_closing`], after the back-end reported the close);
+//!   on a live flow it is forwarded like any packet, so a blind attacker who
+//!   guesses the 4-tuple cannot hand the connection back to the front's kernel.
 //! - All `unsafe` lives in the `abi` module; the rest of the crate cannot use it.
 //!
 //! The tests load real programs and create network namespaces: run them as root.

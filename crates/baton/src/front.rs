@@ -771,26 +771,17 @@ impl Front {
 
     /// Removes forwarding entries whose connection is over.
     async fn sweeper(self: Arc<Self>) {
-        let grace = ms(self.cfg.flows.closed_grace_ms);
-        let idle_ns = self.cfg.flows.idle_timeout_ms.saturating_mul(1_000_000);
-        let parked_max_ns = self
-            .cfg
-            .limits
-            .handoff_timeout_ms
-            .saturating_mul(4)
-            .saturating_add(1000)
-            .saturating_mul(1_000_000);
+        let limits = SweepLimits::new(&self.cfg);
         let mut tick = tokio::time::interval(ms(self.cfg.flows.sweep_interval_ms));
         loop {
             tick.tick().await;
-            self.sweep(grace, idle_ns, parked_max_ns);
+            self.sweep(&limits);
         }
     }
 
-    fn sweep(&self, grace: Duration, idle_ns: u64, parked_max_ns: u64) {
+    fn sweep(&self, limits: &SweepLimits) {
         let now = Instant::now();
         let now_ns = Forwarder::now_ns();
-        let grace_ns = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
         // Handoffs from this id on may start after the snapshot below: their
         // records must survive even though the snapshot lacks their entries.
         let first_unseen = self.next_id.load(Ordering::Relaxed);
@@ -807,25 +798,9 @@ impl Front {
         {
             let flows = self.lock_flows();
             for (key, e) in &entries {
-                let idle = now_ns.saturating_sub(e.last_seen_ns);
+                let idle_ns = now_ns.saturating_sub(e.last_seen_ns);
                 let flow = flows.get(key);
-                let verdict = match flow.map(|f| f.phase) {
-                    // After the close the back-end's kernel may still be
-                    // sending a large response that the client ACKs through
-                    // this entry: it goes once the grace has passed since the
-                    // report and since the last packet.
-                    Some(Phase::Closed { at, .. })
-                        if now.duration_since(at) >= grace && idle >= grace_ns =>
-                    {
-                        Some(true)
-                    }
-                    Some(Phase::Parked) if idle > parked_max_ns => Some(false),
-                    // A handoff in progress owns its entry.
-                    Some(Phase::Parked) => None,
-                    _ if idle > idle_ns => Some(false),
-                    _ => None,
-                };
-                if let Some(closed) = verdict {
+                if let Some(closed) = limits.verdict(flow.map(|f| f.phase), idle_ns, now) {
                     remove.push((*key, flow.map(|f| f.id), closed));
                 }
             }
@@ -1141,6 +1116,55 @@ impl Front {
     }
 }
 
+/// When the sweeper removes a forwarding entry.
+#[derive(Debug, Clone, Copy)]
+struct SweepLimits {
+    /// How long an entry outlives the back-end's `Closed` report.
+    grace: Duration,
+    /// An entry with no packet for this long goes, whatever its state.
+    idle_ns: u64,
+    /// A handoff stuck this long in PARK is given up.
+    parked_max_ns: u64,
+}
+
+impl SweepLimits {
+    fn new(cfg: &FrontConfig) -> Self {
+        SweepLimits {
+            grace: ms(cfg.flows.closed_grace_ms),
+            idle_ns: cfg.flows.idle_timeout_ms.saturating_mul(1_000_000),
+            parked_max_ns: cfg
+                .limits
+                .handoff_timeout_ms
+                .saturating_mul(4)
+                .saturating_add(1000)
+                .saturating_mul(1_000_000),
+        }
+    }
+
+    /// Whether to remove an entry: `Some(true)` as closed, `Some(false)`
+    /// as idle, `None` not yet. `phase` is the flow's record (None: the front
+    /// has none), `idle_ns` the time since the forwarder saw its last packet.
+    fn verdict(&self, phase: Option<Phase>, idle_ns: u64, now: Instant) -> Option<bool> {
+        let grace_ns = u64::try_from(self.grace.as_nanos()).unwrap_or(u64::MAX);
+        match phase {
+            // After the close the back-end's kernel may still be sending a
+            // large response that the client ACKs through this entry: it goes
+            // once the grace has passed since the report and since the last
+            // packet.
+            Some(Phase::Closed { at, .. })
+                if now.saturating_duration_since(at) >= self.grace && idle_ns >= grace_ns =>
+            {
+                Some(true)
+            }
+            Some(Phase::Parked) if idle_ns > self.parked_max_ns => Some(false),
+            // A handoff in progress owns its entry.
+            Some(Phase::Parked) => None,
+            _ if idle_ns > self.idle_ns => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// `/stats` of a front-end.
 #[derive(Debug, Serialize)]
 pub struct FrontStats {
@@ -1295,4 +1319,78 @@ fn listen_on(addr: SocketAddr, interface: &str) -> std::io::Result<TcpListener> 
     socket.bind_device(Some(interface.as_bytes()))?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn limits() -> SweepLimits {
+        SweepLimits {
+            grace: Duration::from_millis(200),
+            idle_ns: 300_000 * MS,
+            parked_max_ns: 5_000 * MS,
+        }
+    }
+
+    fn closed(ago: Duration, now: Instant) -> Option<Phase> {
+        Some(Phase::Closed {
+            at: now.checked_sub(ago).expect("a monotonic clock this old"),
+            target: ForwardTarget {
+                ifindex: 1,
+                dst_mac: [2, 0, 0, 0, 0, 1],
+                src_mac: [2, 0, 0, 0, 0, 2],
+            },
+        })
+    }
+
+    #[test]
+    fn a_closed_flow_still_carrying_packets_is_kept() {
+        // The back-end reported the close long ago, but its kernel is still
+        // sending the tail of a response and the client's ACKs keep coming.
+        let now = Instant::now();
+        let l = limits();
+        assert_eq!(
+            l.verdict(closed(Duration::from_secs(10), now), MS, now),
+            None
+        );
+        assert_eq!(
+            l.verdict(closed(Duration::from_secs(10), now), 199 * MS, now),
+            None
+        );
+    }
+
+    #[test]
+    fn a_closed_flow_goes_once_quiet_and_past_the_grace() {
+        let now = Instant::now();
+        let l = limits();
+        assert_eq!(
+            l.verdict(closed(Duration::from_millis(200), now), 200 * MS, now),
+            Some(true)
+        );
+        // Quiet, but the report is too recent: the last FIN/ACK may follow.
+        assert_eq!(
+            l.verdict(closed(Duration::from_millis(100), now), 10_000 * MS, now),
+            None
+        );
+    }
+
+    #[test]
+    fn parked_and_live_flows_age_by_their_own_limits() {
+        let now = Instant::now();
+        let l = limits();
+        let live = Some(Phase::Forwarding(ForwardTarget {
+            ifindex: 1,
+            dst_mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 2],
+        }));
+        assert_eq!(l.verdict(Some(Phase::Parked), 4_000 * MS, now), None);
+        assert_eq!(l.verdict(Some(Phase::Parked), 6_000 * MS, now), Some(false));
+        assert_eq!(l.verdict(live, 200_000 * MS, now), None);
+        assert_eq!(l.verdict(live, 300_001 * MS, now), Some(false));
+        assert_eq!(l.verdict(None, 300_001 * MS, now), Some(false));
+        assert_eq!(l.verdict(None, MS, now), None);
+    }
 }
