@@ -75,10 +75,19 @@ impl Content {
     }
 }
 
-/// The channel to each front-end, by its address: a connection reports
-/// `Closed` on the newest channel of the front that handed it over, so a
-/// reconnect does not lose the reports of connections handed off before it.
-type Fronts = std::sync::Mutex<HashMap<IpAddr, Arc<Mutex<FrameWriter>>>>;
+/// One control channel from a front-end.
+#[derive(Debug)]
+struct Channel {
+    writer: Arc<Mutex<FrameWriter>>,
+    /// Cleared when the session ends.
+    alive: std::sync::atomic::AtomicBool,
+}
+
+/// The live channels of each front-end address, oldest first. A connection
+/// reports `Closed` on the channel that handed it over; if that one is gone
+/// (the front reconnected), on the newest channel from the same address, so
+/// a reconnect does not lose the reports of connections handed off before it.
+type Fronts = std::sync::Mutex<HashMap<IpAddr, Vec<Arc<Channel>>>>;
 
 #[derive(Debug)]
 struct Back {
@@ -286,7 +295,13 @@ impl Back {
             closed: c.closed.get(),
             closed_unreported: c.closed_unreported.get(),
             auth_failures: c.auth_failures.get(),
-            fronts: self.fronts.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            fronts: self
+                .fronts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(Vec::len)
+                .sum(),
             cache,
             files,
         }
@@ -369,11 +384,17 @@ impl Back {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         info!(%peer, "front-end connected");
-        let writer = Arc::new(Mutex::new(writer));
+        let chan = Arc::new(Channel {
+            writer: Arc::new(Mutex::new(writer)),
+            alive: std::sync::atomic::AtomicBool::new(true),
+        });
+        let writer = Arc::clone(&chan.writer);
         self.fronts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(peer.ip(), Arc::clone(&writer));
+            .entry(peer.ip())
+            .or_default()
+            .push(Arc::clone(&chan));
         let mut waiting: HashMap<u64, Waiting> = HashMap::new();
         let mut load = tokio::time::interval(ms(self.cfg.load_report_ms));
         let go_timeout = ms(self.cfg.go_timeout_ms);
@@ -413,7 +434,7 @@ impl Back {
                 r = reader.next() => match r {
                     Ok(Some(frame)) => {
                         last_heard = Instant::now();
-                        if let Err(e) = self.handle(frame, &writer, &mut waiting, peer.ip()).await {
+                        if let Err(e) = self.handle(frame, &chan, &mut waiting, peer.ip()).await {
                             break format!("{e:#}");
                         }
                     }
@@ -423,12 +444,13 @@ impl Back {
             }
         };
         {
+            chan.alive.store(false, Ordering::Relaxed);
             let mut fronts = self.fronts.lock().unwrap_or_else(|e| e.into_inner());
-            if fronts
-                .get(&peer.ip())
-                .is_some_and(|w| Arc::ptr_eq(w, &writer))
-            {
-                fronts.remove(&peer.ip());
+            if let Some(v) = fronts.get_mut(&peer.ip()) {
+                v.retain(|c| !Arc::ptr_eq(c, &chan));
+                if v.is_empty() {
+                    fronts.remove(&peer.ip());
+                }
             }
         }
         // Sockets never told to Go are dropped in repair mode: nothing is sent.
@@ -439,10 +461,11 @@ impl Back {
     async fn handle(
         self: &Arc<Self>,
         frame: Frame,
-        writer: &Arc<Mutex<FrameWriter>>,
+        chan: &Arc<Channel>,
         waiting: &mut HashMap<u64, Waiting>,
         front: IpAddr,
     ) -> Result<()> {
+        let writer = &chan.writer;
         match frame {
             Frame::Handoff(h) => {
                 let received = Instant::now();
@@ -484,7 +507,7 @@ impl Back {
                 send(writer, &reply).await?;
             }
             Frame::Go { id } => match waiting.remove(&id) {
-                Some(w) => self.go(id, w, front).await,
+                Some(w) => self.go(id, w, Arc::clone(chan), front).await,
                 None => debug!(id, "Go for an unknown handoff"),
             },
             Frame::Abort { id } => {
@@ -516,11 +539,9 @@ impl Back {
                 backend_fault: true,
             });
         }
-        // What elapsed since the front read the timestamp, rounded up, plus 1 ms
-        // so our first segment never carries an older TSval than the front's last.
-        let advance = u32::try_from(received.elapsed().as_millis())
-            .unwrap_or(u32::MAX)
-            .saturating_add(2);
+        // What elapsed since the front sent the state, plus 2 ms so our first
+        // segment never carries an older TSval than the front's last.
+        let advance = received.elapsed() + Duration::from_millis(2);
         let local = SocketAddrV4::new(*h.flow.vip.ip(), h.flow.vip.port());
         repair::restore(&h.state, local, h.flow.client, &h.data, advance).map_err(|e| {
             // These concern this connection only: its 4-tuple is still in use
@@ -537,7 +558,7 @@ impl Back {
     }
 
     /// The front let go: the connection is ours. Serve it, then report `Closed`.
-    async fn go(self: &Arc<Self>, id: u64, w: Waiting, front: IpAddr) {
+    async fn go(self: &Arc<Self>, id: u64, w: Waiting, chan: Arc<Channel>, front: IpAddr) {
         let flow = w.flow;
         if let Err(e) =
             repair::go_live(w.fd.as_fd()).and_then(|()| repair::set_nonblocking(w.fd.as_fd()))
@@ -546,7 +567,7 @@ impl Back {
             warn!(id, %flow, error = %e, "could not take the socket live");
             // Dropping it in repair mode sends nothing; tell the front so it
             // stops steering the flow.
-            self.report_closed(id, flow, front).await;
+            self.report_closed(id, flow, &chan, front).await;
             return;
         }
         let stream = match TcpStream::from_std(std::net::TcpStream::from(w.fd)) {
@@ -554,7 +575,7 @@ impl Back {
             Err(e) => {
                 self.counters.go_failures.inc();
                 warn!(id, error = %e, "registering the restored socket failed");
-                self.report_closed(id, flow, front).await;
+                self.report_closed(id, flow, &chan, front).await;
                 return;
             }
         };
@@ -570,19 +591,23 @@ impl Back {
             }
             back.active.fetch_sub(1, Ordering::Relaxed);
             back.counters.closed.inc();
-            back.report_closed(id, flow, front).await;
+            back.report_closed(id, flow, &chan, front).await;
         });
     }
 
     /// Sends `Closed` on the newest channel of the front that handed the
     /// connection over; without one, the front ages the entry out.
-    async fn report_closed(&self, id: u64, flow: FlowKey, front: IpAddr) {
-        let writer = self
-            .fronts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&front)
-            .cloned();
+    async fn report_closed(&self, id: u64, flow: FlowKey, chan: &Channel, front: IpAddr) {
+        let writer = if chan.alive.load(Ordering::Relaxed) {
+            Some(Arc::clone(&chan.writer))
+        } else {
+            self.fronts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&front)
+                .and_then(|v| v.last())
+                .map(|c| Arc::clone(&c.writer))
+        };
         let sent = match writer {
             Some(w) => send(&w, &Frame::Closed { id, flow }).await.is_ok(),
             None => false,
