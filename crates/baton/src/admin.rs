@@ -1,6 +1,7 @@
-//! The front-end's admin endpoint (keep it on loopback): `GET /ready` (200
-//! once every back-end's control channel is up, else 503), `GET /stats`
-//! (JSON), `POST /stats/reset-latency` (forget latency samples).
+//! The daemons' admin endpoint (keep it on loopback). The front serves
+//! `GET /ready` (200 once every back-end's control channel is up, else 503),
+//! `GET /stats` (JSON) and `POST /stats/reset-latency` (forget latency
+//! samples); a back-end serves `GET /stats`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,8 +26,18 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// clear by retrying at once, and spinning would starve the front's tasks.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves the admin endpoint until the task is aborted.
+/// Serves the front's admin endpoint until the task is aborted.
 pub async fn serve(addr: SocketAddr, front: Arc<Front>) {
+    serve_with(addr, move |req| route(&front, req)).await
+}
+
+/// Serves `route` on `addr` until the task is aborted: the one HTTP admin
+/// server both daemons use.
+pub async fn serve_with<R>(addr: SocketAddr, route: R)
+where
+    R: Fn(hyper::Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let route = Arc::new(route);
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -43,11 +54,11 @@ pub async fn serve(addr: SocketAddr, front: Arc<Front>) {
                 continue;
             }
         };
-        let front = Arc::clone(&front);
+        let route = Arc::clone(&route);
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let front = Arc::clone(&front);
-                async move { Ok::<_, Infallible>(route(&front, req)) }
+                let route = Arc::clone(&route);
+                async move { Ok::<_, Infallible>(route(req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -70,13 +81,7 @@ fn route(front: &Front, req: hyper::Request<Incoming>) -> Response<Full<Bytes>> 
                 )
             }
         }
-        (&Method::GET, "/stats") => match serde_json::to_vec_pretty(&front.snapshot()) {
-            Ok(body) => Response::builder()
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response\n")),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
-        },
+        (&Method::GET, "/stats") => json(&front.snapshot()),
         (&Method::POST, "/stats/reset-latency") => {
             front.reset_latency();
             text(StatusCode::OK, "reset\n")
@@ -85,7 +90,19 @@ fn route(front: &Front, req: hyper::Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+/// A JSON response of `value`.
+pub fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+    }
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
     *r.status_mut() = status;
     r

@@ -7,7 +7,6 @@
 //! in-memory cache in front of an origin server.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -20,10 +19,6 @@ use baton_proto::frame::{Frame, Handoff, LoadReport};
 use baton_proto::FlowKey;
 use baton_serve::StaticFiles;
 use baton_sys::repair;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
@@ -309,47 +304,14 @@ impl Back {
 
     /// `GET /stats` on the admin address.
     async fn admin(self: Arc<Self>, addr: SocketAddr) {
-        let listener = match TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(%addr, error = %e, "admin endpoint unavailable");
-                return;
+        crate::admin::serve_with(addr, move |req| {
+            if req.method() == http::Method::GET && req.uri().path() == "/stats" {
+                crate::admin::json(&self.snapshot())
+            } else {
+                crate::admin::text(http::StatusCode::NOT_FOUND, "try /stats\n")
             }
-        };
-        loop {
-            let stream = match listener.accept().await {
-                Ok((s, _)) => s,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let back = Arc::clone(&self);
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let back = Arc::clone(&back);
-                    async move {
-                        let (status, body) = if req.uri().path() == "/stats" {
-                            match serde_json::to_vec_pretty(&back.snapshot()) {
-                                Ok(b) => (http::StatusCode::OK, b),
-                                Err(e) => (
-                                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                                    e.to_string().into_bytes(),
-                                ),
-                            }
-                        } else {
-                            (http::StatusCode::NOT_FOUND, b"try /stats\n".to_vec())
-                        };
-                        let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = status;
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let serve = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc);
-                let _ = tokio::time::timeout(Duration::from_secs(30), serve).await;
-            });
-        }
+        })
+        .await
     }
 
     /// The plain HTTP port (a baseline for benchmarks): same content.
