@@ -96,7 +96,9 @@ pub(crate) fn back_toml(
     Ok(out)
 }
 
-/// The front's config, with one `[[backend]]` table per `(name, ip)`.
+/// The front's config, with one `[[backend]]` table per `(name, ip)`:
+/// its control port, and its plain HTTP port (`direct_listen`) as the
+/// `relay_address` the front relays to when it cannot hand a connection off.
 pub(crate) fn front_toml(
     vip: Ipv4Addr,
     iface: &str,
@@ -118,7 +120,8 @@ pub(crate) fn front_toml(
     for (i, (name, ip)) in backends.iter().enumerate() {
         let _ = write!(
             out,
-            "\n[[backend]]\nname = {}\ncontrol = \"{ip}:{CONTROL_PORT}\"\n",
+            "\n[[backend]]\nname = {}\ncontrol = \"{ip}:{CONTROL_PORT}\"\n\
+             relay_address = \"{ip}:{DIRECT_PORT}\"\n",
             toml_str(name)
         );
         if let Some(g) = groups.get(i) {
@@ -204,7 +207,9 @@ mod tests {
             "vip = \"198.18.0.100\"\nport = 80\ninterface = \"eth0\"\nkey_file = \"/k\"\n\
              admin_listen = \"127.0.0.1:9100\"\npolicy = \"lard\"\n\
              \n[[backend]]\nname = \"back1\"\ncontrol = \"198.18.0.11:7070\"\n\
-             \n[[backend]]\nname = \"back2\"\ncontrol = \"198.18.0.12:7070\"\n"
+             relay_address = \"198.18.0.11:8080\"\n\
+             \n[[backend]]\nname = \"back2\"\ncontrol = \"198.18.0.12:7070\"\n\
+             relay_address = \"198.18.0.12:8080\"\n"
         );
     }
 

@@ -10,6 +10,8 @@
 //! - file descriptors are owned (`OwnedFd`) from the moment they exist, so an
 //!   early return never leaks one.
 //!
+//! [`splice::Pipe`] is the zero-copy path of the front's relay mode.
+//!
 //! The TCP handoff sequence implemented by [`repair::dump`] and
 //! [`repair::restore`] is the one in `shared/DESIGN.md`; the order of the
 //! steps matters and is documented at each step.
@@ -19,6 +21,7 @@ pub mod netns;
 pub mod packet;
 pub mod repair;
 pub mod sockopt;
+pub mod splice;
 
 use std::io;
 

@@ -89,6 +89,21 @@ fn tcp(fd: BorrowedFd<'_>, name: libc::c_int, val: libc::c_int, call: &'static s
     sockopt::set_int(fd, libc::IPPROTO_TCP, name, val, call)
 }
 
+/// Whether this process may use `TCP_REPAIR` (it needs CAP_NET_ADMIN in
+/// the socket's network namespace): tries it on a fresh, unconnected socket.
+/// A front without it cannot hand connections off; the error says why
+/// (EPERM for a missing capability).
+pub fn probe() -> Result<()> {
+    // SAFETY: plain socket(2); the fd is owned immediately below.
+    let raw = cvt(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        "socket(AF_INET)",
+    )?;
+    // SAFETY: a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_repair(fd.as_fd(), true)
+}
+
 /// Puts the socket into repair mode (or takes it out).
 pub fn set_repair(fd: BorrowedFd<'_>, on: bool) -> Result<()> {
     let val = if on { TCP_REPAIR_ON } else { TCP_REPAIR_OFF };

@@ -85,6 +85,10 @@ pub enum BenchCmd {
         #[arg(long, default_value = "bench-out/policies.json")]
         json: PathBuf,
     },
+    /// Direct, Baton handoff, Baton relay, nginx and HAProxy side by side in
+    /// one lab: requests/s, MB/s, latency, front CPU and NIC bytes per size
+    /// and connection mode (JSON, Markdown and an SVG chart).
+    Compare(crate::compare::CompareArgs),
 }
 
 /// The JSON `baton bench policies` writes: one record per policy.
@@ -134,6 +138,7 @@ pub struct HandoffReport {
 /// Runs a benchmark.
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
+        BenchCmd::Compare(args) => crate::compare::run(args),
         BenchCmd::Policies {
             policies,
             backends,

@@ -20,11 +20,18 @@ pub struct FrontConfig {
     pub port: u16,
     /// The NIC clients' packets arrive on; the BPF forwarder attaches here.
     pub interface: String,
-    /// The pre-shared key for the control channels.
-    pub key_file: PathBuf,
+    /// The pre-shared key for the control channels (needed when a handoff
+    /// back-end is used with `handoff = true`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Where `/ready` and `/stats` are served (keep it on loopback).
     #[serde(default = "default_admin")]
     pub admin_listen: SocketAddr,
+    /// Hand connections off (the default). `false`: relay every connection
+    /// (to `address` or `relay_address`) and leave the kernel alone: no BPF
+    /// forwarder, no `TCP_REPAIR`, no control channels.
+    #[serde(default = "yes")]
+    pub handoff: bool,
     /// The distribution policy.
     #[serde(default = "default_policy")]
     pub policy: String,
@@ -54,6 +61,58 @@ pub struct FrontConfig {
     /// Control-channel timers.
     #[serde(default)]
     pub control: ControlTimers,
+    /// Relay mode: timeouts and how bytes are copied.
+    #[serde(default)]
+    pub relay: RelayConfig,
+}
+
+/// How the front serves a back-end's connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendMode {
+    /// Hand the TCP connection over (`baton back` with a control channel).
+    #[default]
+    Handoff,
+    /// Proxy the connection's bytes to a plain HTTP server.
+    Relay,
+}
+
+/// How a relay moves bytes between the two sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayCopy {
+    /// `splice(2)` through a pipe per direction: the bytes stay in the kernel.
+    #[default]
+    Splice,
+    /// read/write through a userspace buffer.
+    Userspace,
+}
+
+/// Relay-mode settings (`[relay]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Connecting to the back-end must succeed within this (504 after; the
+    /// back-end leaves rotation for `control.refused_pause_ms`).
+    pub connect_timeout_ms: u64,
+    /// A relayed connection on which no byte moved in either direction
+    /// for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// "splice" (zero-copy, the default) or "userspace".
+    pub copy: RelayCopy,
+    /// The most connections relayed at once (503 beyond).
+    pub max_connections: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            connect_timeout_ms: 2_000,
+            idle_timeout_ms: 60_000,
+            copy: RelayCopy::Splice,
+            max_connections: 16_384,
+        }
+    }
 }
 
 /// One back-end, as the front knows it.
@@ -62,8 +121,20 @@ pub struct FrontConfig {
 pub struct BackendConfig {
     /// A name for logs and stats.
     pub name: String,
-    /// The back-end's control address (on the same L2 segment as the front).
-    pub control: SocketAddrV4,
+    /// "handoff" (default) or "relay".
+    #[serde(default)]
+    pub mode: BackendMode,
+    /// A handoff back-end's control address (on the same L2 segment as the front).
+    #[serde(default)]
+    pub control: Option<SocketAddrV4>,
+    /// A relay back-end's HTTP address, `host:port`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// A handoff back-end's plain HTTP address (`host:port`, e.g. its
+    /// `direct_listen`), used when a connection must be relayed instead:
+    /// the handoff was refused or failed, or the front relays everything.
+    #[serde(default)]
+    pub relay_address: Option<String>,
     /// Relative capacity.
     #[serde(default = "one")]
     pub weight: u32,
@@ -387,6 +458,9 @@ fn default_policy() -> String {
 fn one() -> u32 {
     1
 }
+fn yes() -> bool {
+    true
+}
 fn default_load_report() -> u64 {
     1_000
 }
@@ -436,11 +510,7 @@ impl FrontConfig {
                 "backend name {:?} is used twice",
                 b.name
             );
-            ensure!(
-                b.control.port() != 0,
-                "backend {}: control port must not be 0",
-                b.name
-            );
+            b.validate(self.handoff)?;
         }
         let groups = self.group_configs();
         let mut group_names = std::collections::HashSet::new();
@@ -531,12 +601,26 @@ impl FrontConfig {
         }
         let mut controls = std::collections::HashSet::new();
         for b in &self.backends {
-            ensure!(
-                controls.insert(b.control),
-                "backend {}: control address {} is used by another backend",
-                b.name,
-                b.control
-            );
+            if let Some(control) = b.control {
+                ensure!(
+                    controls.insert(control),
+                    "backend {}: control address {control} is used by another backend",
+                    b.name,
+                );
+            }
+        }
+        let r = &self.relay;
+        ensure!(
+            r.connect_timeout_ms > 0,
+            "relay.connect_timeout_ms must be > 0"
+        );
+        ensure!(r.idle_timeout_ms > 0, "relay.idle_timeout_ms must be > 0");
+        ensure!(r.max_connections > 0, "relay.max_connections must be > 0");
+        for (name, v) in [
+            ("relay.connect_timeout_ms", r.connect_timeout_ms),
+            ("relay.idle_timeout_ms", r.idle_timeout_ms),
+        ] {
+            ensure!(v <= MAX_MS, "{name} must be at most {MAX_MS} (24 h)");
         }
         if !self.admin_listen.ip().is_loopback() {
             tracing::warn!(
@@ -544,9 +628,82 @@ impl FrontConfig {
                 "admin_listen is not a loopback address: /stats and /ready have no authentication"
             );
         }
-        load_key(&self.key_file)?;
+        if self.uses_handoff() {
+            let Some(key) = &self.key_file else {
+                bail!("key_file is required: handoff back-ends are used (handoff = true)");
+            };
+            load_key(key)?;
+        } else if let Some(key) = &self.key_file {
+            load_key(key)?;
+        }
         Ok(())
     }
+
+    /// Whether any connection may be handed off: `handoff = true` and at
+    /// least one handoff back-end.
+    pub fn uses_handoff(&self) -> bool {
+        self.handoff && self.backends.iter().any(|b| b.mode == BackendMode::Handoff)
+    }
+}
+
+impl BackendConfig {
+    /// The keys each mode needs and allows. `handoff`: the front's
+    /// `handoff` setting (when false, handoff back-ends are relayed to).
+    fn validate(&self, handoff: bool) -> Result<()> {
+        let name = &self.name;
+        match self.mode {
+            BackendMode::Handoff => {
+                let Some(control) = self.control else {
+                    bail!("backend {name}: control = \"host:port\" is required in handoff mode");
+                };
+                ensure!(
+                    control.port() != 0,
+                    "backend {name}: control port must not be 0"
+                );
+                ensure!(
+                    self.address.is_none(),
+                    "backend {name}: address is for mode = \"relay\"; a handoff back-end's plain HTTP address is relay_address"
+                );
+                if let Some(a) = &self.relay_address {
+                    check_host_port(a).with_context(|| format!("backend {name}: relay_address"))?;
+                }
+                ensure!(
+                    handoff || self.relay_address.is_some(),
+                    "backend {name}: handoff = false relays every connection, so a handoff back-end needs relay_address"
+                );
+            }
+            BackendMode::Relay => {
+                let Some(a) = &self.address else {
+                    bail!("backend {name}: address = \"host:port\" is required in relay mode");
+                };
+                check_host_port(a).with_context(|| format!("backend {name}: address"))?;
+                ensure!(
+                    self.control.is_none() && self.relay_address.is_none(),
+                    "backend {name}: control and relay_address are for handoff back-ends, not mode = \"relay\""
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks the shape of a `host:port` address (the host is resolved at start).
+pub fn check_host_port(a: &str) -> Result<()> {
+    if a.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = a.rsplit_once(':') else {
+        bail!("{a:?} is not host:port");
+    };
+    ensure!(
+        !host.is_empty() && !host.contains(char::is_whitespace),
+        "{a:?} has no valid host"
+    );
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{a:?} has no valid port"))?;
+    ensure!(port != 0, "{a:?}: port must not be 0");
+    Ok(())
 }
 
 impl FrontConfig {
@@ -683,5 +840,110 @@ pub fn check(path: &Path) -> Result<AnyConfig> {
         cfg.validate()
             .with_context(|| format!("{} (front-end config)", path.display()))?;
         Ok(AnyConfig::Front(Box::new(cfg)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn front(text: &str) -> Result<FrontConfig> {
+        let cfg: FrontConfig = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    const TOP: &str = "vip = \"198.18.0.100\"\ninterface = \"eth0\"\n";
+
+    fn err(text: &str) -> String {
+        match front(text) {
+            Ok(_) => panic!("should fail:\n{text}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn a_relay_only_front_needs_no_key_and_defaults_sensibly() {
+        let cfg = front(&format!(
+            "{TOP}[[backend]]\nname = \"web\"\nmode = \"relay\"\naddress = \"localhost:8080\"\n"
+        ))
+        .expect("valid");
+        assert!(cfg.handoff, "handoff is the default");
+        assert!(!cfg.uses_handoff(), "no handoff back-end");
+        assert_eq!(cfg.backends[0].mode, BackendMode::Relay);
+        assert_eq!(cfg.relay.copy, RelayCopy::Splice);
+        assert_eq!(cfg.relay.idle_timeout_ms, 60_000);
+        let cfg = front(&format!(
+            "{TOP}handoff = false\n[relay]\ncopy = \"userspace\"\n\
+             [[backend]]\nname = \"b\"\ncontrol = \"198.18.0.11:7070\"\nrelay_address = \"198.18.0.11:8080\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(cfg.relay.copy, RelayCopy::Userspace);
+        assert!(!cfg.uses_handoff());
+    }
+
+    #[test]
+    fn each_mode_has_its_keys() {
+        let e = err(&format!(
+            "{TOP}[[backend]]\nname = \"b\"\nmode = \"relay\"\n"
+        ));
+        assert!(e.contains("b") && e.contains("address"), "{e}");
+        let e = err(&format!(
+            "{TOP}[[backend]]\nname = \"b\"\nmode = \"relay\"\naddress = \"h:80\"\ncontrol = \"198.18.0.11:7070\"\n"
+        ));
+        assert!(e.contains("control"), "{e}");
+        let e = err(&format!("{TOP}[[backend]]\nname = \"b\"\n"));
+        assert!(e.contains("control"), "{e}");
+        let e = err(&format!(
+            "{TOP}[[backend]]\nname = \"b\"\ncontrol = \"198.18.0.11:7070\"\naddress = \"h:80\"\n"
+        ));
+        assert!(e.contains("relay_address"), "{e}");
+        let e = err(&format!(
+            "{TOP}handoff = false\n[[backend]]\nname = \"b\"\ncontrol = \"198.18.0.11:7070\"\n"
+        ));
+        assert!(e.contains("relay_address"), "{e}");
+        let e = err(&format!(
+            "{TOP}[[backend]]\nname = \"b\"\nmode = \"tunnel\"\naddress = \"h:80\"\n"
+        ));
+        assert!(e.contains("tunnel"), "{e}");
+        let e = err(&format!(
+            "{TOP}[[backend]]\nname = \"b\"\ncontrol = \"198.18.0.11:7070\"\n"
+        ));
+        assert!(e.contains("key_file"), "handoff needs the key: {e}");
+    }
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        for ok in ["198.18.0.11:8080", "web.example:80", "[::1]:8080"] {
+            assert!(check_host_port(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "198.18.0.11",
+            "web:0",
+            "web:http",
+            ":80",
+            "a b:80",
+            "web:70000",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+        let e = err(&format!(
+            "{TOP}[[backend]]\nname = \"b\"\nmode = \"relay\"\naddress = \"nowhere\"\n"
+        ));
+        assert!(e.contains("nowhere"), "{e}");
+    }
+
+    #[test]
+    fn relay_limits_are_checked() {
+        let backend = "[[backend]]\nname = \"b\"\nmode = \"relay\"\naddress = \"h:80\"\n";
+        for (table, word) in [
+            ("idle_timeout_ms = 0", "idle_timeout_ms"),
+            ("connect_timeout_ms = 0", "connect_timeout_ms"),
+            ("connect_timeout_ms = 86400001", "24 h"),
+            ("max_connections = 0", "max_connections"),
+        ] {
+            let e = err(&format!("{TOP}{backend}[relay]\n{table}\n"));
+            assert!(e.contains(word), "{table}: {e}");
+        }
     }
 }

@@ -7,12 +7,19 @@
 //! the socket with TCP_REPAIR, send `Handoff`, wait for `Ready`, switch the
 //! entry to FORWARD, deliver the frames kept while parked, close the socket in
 //! repair mode (nothing reaches the client), send `Go`. Any failure before
-//! `Ready` puts the socket back into normal mode and answers 502/503 on it.
+//! `Ready` puts the socket back into normal mode and answers 502/503 on it,
+//! or relays the connection if the back-end has a `relay_address`.
+//!
+//! Relay mode (`crate::relay`): the same head reading, routing and policy,
+//! but the front proxies the bytes to a back-end's plain HTTP address. For
+//! `mode = "relay"` back-ends, as the fallback of a failed handoff, and for
+//! everything when `handoff = false` or when the front lacks the privileges
+//! for TCP_REPAIR and BPF (it then says why once, at start).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,11 +35,12 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::config::{ms, FrontConfig};
+use crate::config::{ms, BackendMode, FrontConfig};
 use crate::control::{self, FrameWriter};
+use crate::relay::{self, RelayLimits};
 use crate::stats::{Counter, Samples, Summary};
 
 /// How a back-end answered a handoff.
@@ -46,13 +54,31 @@ enum Reply {
 #[derive(Debug)]
 struct Backend {
     name: String,
-    control: SocketAddrV4,
+    mode: BackendMode,
+    /// Handoff back-ends only.
+    control: Option<SocketAddrV4>,
+    /// Where a relayed connection goes: `address` (relay back-ends) or
+    /// `relay_address` (handoff back-ends), resolved at start.
+    relay_to: Option<SocketAddr>,
     weight: u32,
     st: Mutex<BackendState>,
     writer: tokio::sync::Mutex<Option<FrameWriter>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     handoffs: Counter,
     failures: Counter,
+    relayed: Counter,
+    relay_failures: Counter,
+    /// Connections being relayed to it now (part of its load).
+    relay_active: AtomicU32,
+}
+
+/// How the front serves a back-end's connections right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Handoff,
+    Relay(SocketAddr),
+    /// A handoff back-end without `relay_address` while the front relays.
+    Unusable,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +134,109 @@ struct ParkedStore {
     kept: HashMap<FlowKey, Vec<Vec<u8>>>,
 }
 
+/// What a handoff needs from the kernel: the forwarder on the NIC, its
+/// parked-frame ring and a packet socket. A front without it relays.
+struct HandoffKit {
+    iface: baton_sys::iface::IfaceInfo,
+    forwarder: Mutex<Forwarder>,
+    parked: Mutex<ParkedStore>,
+    sender: PacketSender,
+}
+
+/// Why a handoff kit could not be opened.
+enum KitError {
+    /// The kernel refused for lack of privileges (or support): relay instead.
+    Denied(String),
+    /// Anything else is a configuration or system problem: do not start.
+    Other(anyhow::Error),
+}
+
+impl HandoffKit {
+    /// Checks that TCP_REPAIR is allowed, attaches the forwarder to
+    /// `interface` and opens the packet socket.
+    fn open(interface: &str) -> std::result::Result<HandoffKit, KitError> {
+        let iface = baton_sys::iface::iface_info(interface)
+            .with_context(|| format!("interface {interface}"))
+            .map_err(KitError::Other)?;
+        if let Err(e) = repair::probe() {
+            return Err(match denied(&e) {
+                Some(_) => KitError::Denied(format!(
+                    "TCP_REPAIR is not permitted ({e}; it needs CAP_NET_ADMIN)"
+                )),
+                None => KitError::Other(anyhow::Error::new(e).context("probing TCP_REPAIR")),
+            });
+        }
+        let mut forwarder = match Forwarder::attach(interface) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(match denied(&e) {
+                    Some(errno) => KitError::Denied(format!(
+                        "attaching the BPF forwarder to {interface} is not permitted ({}; it needs CAP_BPF and CAP_NET_ADMIN)",
+                        std::io::Error::from_raw_os_error(errno)
+                    )),
+                    None => KitError::Other(anyhow::Error::new(e).context(format!(
+                        "attaching the BPF forwarder to {interface}"
+                    ))),
+                })
+            }
+        };
+        let ring = forwarder
+            .parked()
+            .context("opening the parked-frame ring")
+            .map_err(KitError::Other)?;
+        let sender = match PacketSender::open(iface.ifindex) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(match denied(&e) {
+                    Some(_) => KitError::Denied(format!(
+                        "opening a packet socket on {interface} is not permitted ({e}; it needs CAP_NET_RAW)"
+                    )),
+                    None => KitError::Other(anyhow::Error::new(e).context("opening the packet socket")),
+                })
+            }
+        };
+        Ok(HandoffKit {
+            iface,
+            forwarder: Mutex::new(forwarder),
+            parked: Mutex::new(ParkedStore {
+                ring,
+                kept: HashMap::new(),
+            }),
+            sender,
+        })
+    }
+
+    fn lock_forwarder(&self) -> std::sync::MutexGuard<'_, Forwarder> {
+        self.forwarder.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_parked(&self) -> std::sync::MutexGuard<'_, ParkedStore> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The errno of a refusal that means "not allowed here" (a missing
+/// capability: EPERM, EACCES; a kernel without the feature: ENOSYS, or
+/// ENOPROTOOPT for TCP_REPAIR), found anywhere in the chain of causes.
+fn denied(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(n) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            if matches!(
+                n,
+                libc::EPERM | libc::EACCES | libc::ENOSYS | libc::ENOPROTOOPT
+            ) {
+                return Some(n);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Front-end counters.
 #[derive(Debug, Default)]
 struct FrontCounters {
@@ -124,19 +253,28 @@ struct FrontCounters {
     frames_dropped: Counter,
     entries_removed_closed: Counter,
     entries_removed_idle: Counter,
+    relayed: Counter,
+    relay_fallbacks: Counter,
+    relay_failures: Counter,
+    relay_idle_timeouts: Counter,
+    relay_bytes_up: Counter,
+    relay_bytes_down: Counter,
 }
 
 /// The shared state of one front-end.
 pub struct Front {
     cfg: FrontConfig,
-    iface: baton_sys::iface::IfaceInfo,
+    /// None: every connection is relayed.
+    kit: Option<HandoffKit>,
     backends: Vec<Arc<Backend>>,
     groups: Vec<Group>,
     rules: baton_policy::Rules,
-    forwarder: Mutex<Forwarder>,
     flows: Mutex<HashMap<FlowKey, FlowInfo>>,
-    parked: Mutex<ParkedStore>,
-    sender: PacketSender,
+    relay_limits: RelayLimits,
+    /// One permit per relayed connection (`relay.max_connections`).
+    relay_slots: Semaphore,
+    /// Empty splice pipes for the next relays.
+    pipes: relay::PipePool,
     next_id: AtomicU64,
     started: Instant,
     counters: FrontCounters,
@@ -157,18 +295,40 @@ impl std::fmt::Debug for Front {
 }
 
 const SAMPLES: usize = 100_000;
+/// Idle splice pipes kept (two per connection in flight; pages are
+/// allocated only while bytes are in a pipe, so an idle one costs little).
+const PIPES_KEPT: usize = 512;
 
 impl Front {
-    /// Attaches the forwarder and prepares everything; does not accept yet.
+    /// Attaches the forwarder (unless every connection is relayed) and
+    /// prepares everything; does not accept yet.
+    ///
+    /// A front that may hand off but lacks the privileges for it (no
+    /// CAP_NET_ADMIN or CAP_BPF: the kernel answers EPERM) says so in one
+    /// line and relays every connection instead.
     pub fn new(cfg: FrontConfig) -> Result<Arc<Self>> {
-        let iface = baton_sys::iface::iface_info(&cfg.interface)
-            .with_context(|| format!("interface {}", cfg.interface))?;
-        let mut forwarder = Forwarder::attach(&cfg.interface)
-            .with_context(|| format!("attaching the BPF forwarder to {}", cfg.interface))?;
-        let ring = forwarder
-            .parked()
-            .context("opening the parked-frame ring")?;
-        let sender = PacketSender::open(iface.ifindex).context("opening the packet socket")?;
+        let kit = if cfg.uses_handoff() {
+            match HandoffKit::open(&cfg.interface) {
+                Ok(kit) => {
+                    info!(iface = %cfg.interface, ifindex = kit.iface.ifindex, "BPF forwarder attached");
+                    Some(kit)
+                }
+                Err(KitError::Denied(why)) => {
+                    warn!("cannot hand connections off: {why}; relaying every connection instead (to each back-end's relay_address)");
+                    None
+                }
+                Err(KitError::Other(e)) => return Err(e),
+            }
+        } else {
+            if cfg.handoff {
+                info!("no handoff back-ends: relaying every connection");
+            } else {
+                info!(
+                    "handoff = false: relaying every connection (no BPF forwarder, no TCP_REPAIR)"
+                );
+            }
+            None
+        };
         let rules = cfg.routing_rules()?;
         let mut groups = Vec::new();
         for gc in cfg.group_configs() {
@@ -189,35 +349,51 @@ impl Front {
                 policy: Mutex::new(policy),
             });
         }
-        let backends = cfg
-            .backends
-            .iter()
-            .map(|b| {
-                Arc::new(Backend {
-                    name: b.name.clone(),
-                    control: b.control,
-                    weight: b.weight,
-                    st: Mutex::default(),
-                    writer: tokio::sync::Mutex::new(None),
-                    pending: Mutex::default(),
-                    handoffs: Counter::default(),
-                    failures: Counter::default(),
-                })
-            })
-            .collect();
-        info!(iface = %cfg.interface, ifindex = iface.ifindex, "BPF forwarder attached");
+        let mut backends = Vec::with_capacity(cfg.backends.len());
+        for b in &cfg.backends {
+            let relay_to = match b.address.as_deref().or(b.relay_address.as_deref()) {
+                Some(a) => Some(resolve(a).with_context(|| format!("backend {}", b.name))?),
+                None => None,
+            };
+            backends.push(Arc::new(Backend {
+                name: b.name.clone(),
+                mode: b.mode,
+                control: b.control,
+                relay_to,
+                weight: b.weight,
+                st: Mutex::default(),
+                writer: tokio::sync::Mutex::new(None),
+                pending: Mutex::default(),
+                handoffs: Counter::default(),
+                failures: Counter::default(),
+                relayed: Counter::default(),
+                relay_failures: Counter::default(),
+                relay_active: AtomicU32::new(0),
+            }));
+        }
+        if kit.is_none() {
+            let unusable: Vec<&str> = backends
+                .iter()
+                .filter(|b| b.relay_to.is_none())
+                .map(|b| b.name.as_str())
+                .collect();
+            if unusable.len() == backends.len() {
+                bail!("no back-end can be relayed to: give the handoff back-ends a relay_address");
+            }
+            if !unusable.is_empty() {
+                warn!(backends = %unusable.join(", "), "back-ends without relay_address are out of rotation while the front relays");
+            }
+        }
+        let relay_limits = RelayLimits::from(&cfg.relay);
         Ok(Arc::new(Front {
-            iface,
+            kit,
             backends,
             groups,
             rules,
-            forwarder: Mutex::new(forwarder),
             flows: Mutex::default(),
-            parked: Mutex::new(ParkedStore {
-                ring,
-                kept: HashMap::new(),
-            }),
-            sender,
+            relay_limits,
+            relay_slots: Semaphore::new(cfg.relay.max_connections),
+            pipes: relay::PipePool::new(PIPES_KEPT),
             next_id: AtomicU64::new(1),
             started: Instant::now(),
             counters: FrontCounters::default(),
@@ -238,18 +414,28 @@ impl Front {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
-        let listener = listen_on(addr, &self.cfg.interface).with_context(|| {
+        // Bound to the NIC only for handoffs: the forwarder sees that NIC
+        // alone. A relay serves wherever the address is.
+        let device = self.kit.as_ref().map(|_| self.cfg.interface.as_str());
+        let listener = listen_on(addr, device).with_context(|| {
             format!(
                 "binding {addr} on {} (is the VIP configured there?)",
                 self.cfg.interface
             )
         })?;
-        let psk = crate::config::load_key(&self.cfg.key_file)?;
-        for (i, _) in self.backends.iter().enumerate() {
-            tokio::spawn(Arc::clone(&self).control_loop(i, psk.clone()));
+        if self.kit.is_some() {
+            let Some(key_file) = &self.cfg.key_file else {
+                bail!("key_file is required to hand connections off");
+            };
+            let psk = crate::config::load_key(key_file)?;
+            for (i, b) in self.backends.iter().enumerate() {
+                if b.mode == BackendMode::Handoff {
+                    tokio::spawn(Arc::clone(&self).control_loop(i, psk.clone()));
+                }
+            }
+            tokio::spawn(Arc::clone(&self).parked_reader());
+            tokio::spawn(Arc::clone(&self).sweeper());
         }
-        tokio::spawn(Arc::clone(&self).parked_reader());
-        tokio::spawn(Arc::clone(&self).sweeper());
         let admin = tokio::spawn(crate::admin::serve(
             self.cfg.admin_listen,
             Arc::clone(&self),
@@ -270,8 +456,7 @@ impl Front {
                         };
                         let front = Arc::clone(&self);
                         tokio::spawn(async move {
-                            front.client(stream, peer).await;
-                            drop(permit);
+                            front.client(stream, peer, permit).await;
                         });
                     }
                     Err(e) => {
@@ -290,10 +475,12 @@ impl Front {
         // it): then no wait at all rather than a panic.
         let deadline = Instant::now().checked_add(ms(self.cfg.drain_timeout_ms));
         let live = || {
-            self.lock_flows()
+            let handed = self
+                .lock_flows()
                 .values()
                 .filter(|f| !matches!(f.phase, Phase::Closed { .. }))
-                .count()
+                .count();
+            handed.saturating_add(usize::try_from(self.relay_active()).unwrap_or(usize::MAX))
         };
         info!(
             connections = live(),
@@ -304,18 +491,22 @@ impl Front {
         }
         let left = live();
         if left > 0 {
-            warn!(
-                left,
-                "drain timeout: detaching the forwarder with connections still open"
-            );
+            warn!(left, "drain timeout: stopping with connections still open");
         }
         admin.abort();
         info!("front-end stopped");
         Ok(())
     }
 
-    /// One client connection: read the head, pick, hand off.
-    async fn client(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+    /// One client connection: read the head, pick, hand off or relay.
+    /// `pending` is the connection's slot among those being read or handed
+    /// off; a relay gives it back, since it may last long.
+    async fn client(
+        self: &Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        pending: OwnedSemaphorePermit,
+    ) {
         let limits = HeadLimits {
             max_bytes: self.cfg.limits.head_max_bytes,
             max_headers: self.cfg.limits.head_max_headers,
@@ -345,12 +536,6 @@ impl Front {
                 Ok(Ok(h)) => h,
             };
         let t_head = Instant::now();
-        let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, stream.local_addr()) else {
-            debug!(%peer, "not IPv4; not handed off");
-            let _ = stream.write_all(&plain_error(505)).await;
-            return;
-        };
-        let key = FlowKey { client, vip };
         let bi = match self.pick(&head) {
             Ok(bi) => bi,
             Err(why) => {
@@ -360,6 +545,26 @@ impl Front {
                 return;
             }
         };
+        match self.route_of(&self.backends[bi]) {
+            Route::Handoff => {}
+            Route::Relay(to) => {
+                drop(pending);
+                self.relay(stream, bi, to, &buf, true).await;
+                return;
+            }
+            Route::Unusable => {
+                // `pick` offers no such back-end; kept total all the same.
+                self.counters.no_backend.inc();
+                let _ = stream.write_all(&plain_error(503)).await;
+                return;
+            }
+        }
+        let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, stream.local_addr()) else {
+            debug!(%peer, "not IPv4; not handed off");
+            let _ = stream.write_all(&plain_error(505)).await;
+            return;
+        };
+        let key = FlowKey { client, vip };
         match self.handoff(&stream, key, bi, &buf, t_head).await {
             Ok(Handed::Live) => {
                 // Still in repair mode: closing sends nothing to the client.
@@ -375,12 +580,102 @@ impl Front {
             }
             Err(f) => {
                 self.counters.handoffs_failed.inc();
-                self.backends[bi].failures.inc();
-                warn!(%key, backend = %self.backends[bi].name, status = f.status, error = %f.why, "handoff failed");
-                let _ = stream.write_all(&plain_error(f.status)).await;
-                let _ = stream.shutdown().await;
+                let b = &self.backends[bi];
+                b.failures.inc();
+                match b.relay_to {
+                    // The socket is back in normal mode and the unread bytes
+                    // are still in its queue (the dump only peeked): the
+                    // connection can be relayed as if it had never been
+                    // offered. Not after a timeout: that back-end is stuck,
+                    // and a relay to it would leave the client waiting too.
+                    Some(to) if f.status != 504 => {
+                        self.counters.relay_fallbacks.inc();
+                        debug!(%key, backend = %b.name, status = f.status, error = %f.why, "handoff failed; relaying the connection instead");
+                        drop(pending);
+                        self.relay(stream, bi, to, &buf, false).await;
+                    }
+                    _ => {
+                        warn!(%key, backend = %b.name, status = f.status, error = %f.why, "handoff failed");
+                        let _ = stream.write_all(&plain_error(f.status)).await;
+                        let _ = stream.shutdown().await;
+                    }
+                }
             }
         }
+    }
+
+    /// How back-end `b` is served now: handed off, relayed, or not at all.
+    fn route_of(&self, b: &Backend) -> Route {
+        match (b.mode, &self.kit, b.relay_to) {
+            (BackendMode::Handoff, Some(_), _) => Route::Handoff,
+            (_, _, Some(to)) => Route::Relay(to),
+            (_, _, None) => Route::Unusable,
+        }
+    }
+
+    /// Connections being relayed now.
+    fn relay_active(&self) -> u64 {
+        self.backends
+            .iter()
+            .map(|b| u64::from(b.relay_active.load(Ordering::Relaxed)))
+            .sum()
+    }
+
+    /// Relays the connection to `to` (back-end `bi`) until both directions
+    /// are done. `first`: what was read from the client already. `primary`:
+    /// relaying is how this back-end is served (not a fallback from a failed
+    /// handoff), so a failed connect takes it out of rotation for
+    /// `control.refused_pause_ms`.
+    async fn relay(
+        self: &Arc<Self>,
+        mut stream: TcpStream,
+        bi: usize,
+        to: SocketAddr,
+        first: &[u8],
+        primary: bool,
+    ) {
+        let b = &self.backends[bi];
+        let Ok(_slot) = self.relay_slots.try_acquire() else {
+            self.counters.relay_failures.inc();
+            debug!(backend = %b.name, "relay.max_connections reached");
+            let _ = stream.write_all(&plain_error(503)).await;
+            return;
+        };
+        let _active = ActiveRelay::enter(&b.relay_active);
+        let back = match relay::connect(to, self.relay_limits.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.counters.relay_failures.inc();
+                b.relay_failures.inc();
+                {
+                    let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                    if primary {
+                        st.paused_until =
+                            Instant::now().checked_add(ms(self.cfg.control.refused_pause_ms));
+                    }
+                    st.last_error = Some(e.to_string());
+                }
+                warn!(backend = %b.name, error = %e, "relay failed");
+                let status = if e.timed_out() { 504 } else { 502 };
+                let _ = stream.write_all(&plain_error(status)).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        };
+        // As nginx's tcp_nodelay: the tail of a response must not wait for
+        // the ACK of what went before it.
+        let _ = stream.set_nodelay(true);
+        self.counters.relayed.inc();
+        b.relayed.inc();
+        let meter = relay::Meter {
+            up: &self.counters.relay_bytes_up,
+            down: &self.counters.relay_bytes_down,
+        };
+        let done = relay::run(stream, back, first, &self.relay_limits, &meter, &self.pipes).await;
+        if done.end == relay::End::Idle {
+            self.counters.relay_idle_timeouts.inc();
+        }
+        debug!(backend = %b.name, up = done.up, down = done.down, end = ?done.end, "relay done");
     }
 
     /// Routes the request to a group and lets the group's policy pick a
@@ -397,12 +692,21 @@ impl Front {
             .iter()
             .map(|&i| {
                 let b = &self.backends[i];
+                let route = self.route_of(b);
                 let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
                 let paused = st.paused_until.is_some_and(|t| t > now);
+                let reachable = match route {
+                    Route::Handoff => st.up && st.mac.is_some(),
+                    // Learnt from connecting: a failed connect pauses it.
+                    Route::Relay(_) => true,
+                    Route::Unusable => false,
+                };
                 BackendView {
-                    up: st.up && st.mac.is_some() && !paused,
+                    up: reachable && !paused,
                     draining: st.draining,
-                    load: st.load(),
+                    load: st
+                        .load()
+                        .saturating_add(b.relay_active.load(Ordering::Relaxed)),
                     weight: b.weight,
                 }
             })
@@ -442,6 +746,9 @@ impl Front {
         already_read: &[u8],
         t0: Instant,
     ) -> std::result::Result<Handed, Failure> {
+        let Some(kit) = self.kit.as_ref() else {
+            return Err(Failure::unavailable("handoff is off".into()));
+        };
         let b = &self.backends[bi];
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock_flows().insert(
@@ -451,9 +758,9 @@ impl Front {
                 phase: Phase::Parked,
             },
         );
-        let parked = self.lock_forwarder().park(&key);
+        let parked = kit.lock_forwarder().park(&key);
         if let Err(e) = parked {
-            self.forget(&key, id);
+            self.forget(kit, &key, id);
             if e.is_map_full() {
                 self.counters.flow_table_full.inc();
                 return Err(Failure::unavailable(format!("forwarder: {e}")));
@@ -464,7 +771,7 @@ impl Front {
         let dumped = match repair::dump(stream.as_fd()) {
             Ok(d) => d,
             Err(e) => {
-                self.unpark(&key, id);
+                self.unpark(kit, &key, id);
                 return Err(Failure::bad_gateway(format!("dump: {e}")));
             }
         };
@@ -489,22 +796,22 @@ impl Front {
         });
         let tr = Instant::now();
         let send_us = tr.duration_since(t0).as_micros();
-        let target = match self.exchange(b, id, frame, rx).await {
+        let target = match self.exchange(kit, b, id, frame, rx).await {
             Ok(t) => t,
             Err(f) => {
                 b.pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
-                self.resume(stream, &key, id);
+                self.resume(kit, stream, &key, id);
                 return Err(f);
             }
         };
         let rtt_us = tr.elapsed().as_micros();
-        let forwarded = self.lock_forwarder().forward(&key, &target);
+        let forwarded = kit.lock_forwarder().forward(&key, &target);
         if let Err(e) = forwarded {
             let _ = self.send(b, Frame::Abort { id }).await;
-            self.resume(stream, &key, id);
+            self.resume(kit, stream, &key, id);
             return Err(Failure::bad_gateway(format!("forwarder: {e}")));
         }
         if let Some(f) = self.lock_flows().get_mut(&key) {
@@ -519,12 +826,12 @@ impl Front {
             // The back-end holds a socket that will never go live; its Go
             // timer drops it. The client's connection is lost: make the
             // forwarder forget it so the front kernel answers with a reset.
-            let _ = self.lock_forwarder().remove(&key);
-            self.forget(&key, id);
+            let _ = kit.lock_forwarder().remove(&key);
+            self.forget(kit, &key, id);
             warn!(%key, backend = %b.name, error = %e, "Go not delivered; connection lost");
             return Ok(Handed::Lost);
         }
-        self.flush_parked(&key, &target);
+        self.flush_parked(kit, &key, &target);
         {
             let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
             st.handed_since_report = st.handed_since_report.saturating_add(1);
@@ -541,6 +848,7 @@ impl Front {
     /// timeout; returns where to forward.
     async fn exchange(
         &self,
+        kit: &HandoffKit,
         b: &Backend,
         id: u64,
         frame: Frame,
@@ -561,9 +869,9 @@ impl Front {
             Ok(Ok(Reply::Ready { restore_us })) => {
                 self.lat_restore.record_us(u64::from(restore_us));
                 Ok(ForwardTarget {
-                    ifindex: self.iface.ifindex,
+                    ifindex: kit.iface.ifindex,
                     dst_mac,
-                    src_mac: self.iface.mac,
+                    src_mac: kit.iface.mac,
                 })
             }
             Ok(Ok(Reply::Refused { why, backend_fault })) => {
@@ -631,46 +939,38 @@ impl Front {
     }
 
     /// Undo a park after a failure before the dump.
-    fn unpark(&self, key: &FlowKey, id: u64) {
-        let _ = self.lock_forwarder().remove(key);
-        self.forget(key, id);
+    fn unpark(&self, kit: &HandoffKit, key: &FlowKey, id: u64) {
+        let _ = kit.lock_forwarder().remove(key);
+        self.forget(kit, key, id);
     }
 
     /// Undo a park after the dump: the socket leaves repair mode and the
     /// front answers on it itself. Frames kept meanwhile are dropped; the
     /// client retransmits them.
-    fn resume(&self, stream: &TcpStream, key: &FlowKey, id: u64) {
-        let _ = self.lock_forwarder().remove(key);
+    fn resume(&self, kit: &HandoffKit, stream: &TcpStream, key: &FlowKey, id: u64) {
+        let _ = kit.lock_forwarder().remove(key);
         if let Err(e) = repair::set_repair(stream.as_fd(), false) {
             warn!(%key, error = %e, "could not leave repair mode");
         }
-        self.forget(key, id);
+        self.forget(kit, key, id);
     }
 
-    fn forget(&self, key: &FlowKey, id: u64) {
+    fn forget(&self, kit: &HandoffKit, key: &FlowKey, id: u64) {
         let mut flows = self.lock_flows();
         if flows.get(key).is_some_and(|f| f.id == id) {
             flows.remove(key);
         }
         drop(flows);
-        self.lock_parked().kept.remove(key);
+        kit.lock_parked().kept.remove(key);
     }
 
     fn lock_flows(&self) -> std::sync::MutexGuard<'_, HashMap<FlowKey, FlowInfo>> {
         self.flows.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_forwarder(&self) -> std::sync::MutexGuard<'_, Forwarder> {
-        self.forwarder.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_parked(&self) -> std::sync::MutexGuard<'_, ParkedStore> {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Moves frames from the ring into the store (or straight on, for flows
     /// that already forward). Returns how many were read.
-    fn drain_ring(&self, store: &mut ParkedStore) -> usize {
+    fn drain_ring(&self, kit: &HandoffKit, store: &mut ParkedStore) -> usize {
         let mut n = 0;
         while let Some(pf) = store.ring.next() {
             n += 1;
@@ -688,7 +988,7 @@ impl Front {
                         self.keep(q, pf.frame);
                     } else {
                         let mut frame = pf.frame;
-                        self.resend(&mut frame, &t);
+                        self.resend(kit, &mut frame, &t);
                     }
                 }
                 None => self.counters.frames_dropped.inc(),
@@ -705,9 +1005,9 @@ impl Front {
         }
     }
 
-    fn resend(&self, frame: &mut [u8], t: &ForwardTarget) {
+    fn resend(&self, kit: &HandoffKit, frame: &mut [u8], t: &ForwardTarget) {
         match baton_bpf::prepare_for_resend(frame, t.dst_mac, t.src_mac) {
-            Ok(()) => match self.sender.send(frame) {
+            Ok(()) => match kit.sender.send(frame) {
                 Ok(()) => self.counters.frames_resent.inc(),
                 Err(e) => {
                     self.counters.frames_dropped.inc();
@@ -724,21 +1024,24 @@ impl Front {
     /// After the entry forwards: deliver what was kept for the flow, in
     /// order. The kept frames are older than anything still in the ring, so
     /// they go first; the ring's frames of this flow then go straight on.
-    fn flush_parked(&self, key: &FlowKey, t: &ForwardTarget) {
-        let mut store = self.lock_parked();
+    fn flush_parked(&self, kit: &HandoffKit, key: &FlowKey, t: &ForwardTarget) {
+        let mut store = kit.lock_parked();
         if let Some(frames) = store.kept.remove(key) {
             for mut f in frames {
-                self.resend(&mut f, t);
+                self.resend(kit, &mut f, t);
             }
         }
-        self.drain_ring(&mut store);
+        self.drain_ring(kit, &mut store);
     }
 
     /// Reads the parked-frame ring whenever the kernel signals it.
     async fn parked_reader(self: Arc<Self>) {
+        let Some(kit) = self.kit.as_ref() else {
+            return;
+        };
         // A duplicate of the ring's fd, owned by the poller, so the
         // registration can never outlive the descriptor it watches.
-        let fd = match self.lock_parked().ring.poll_fd() {
+        let fd = match kit.lock_parked().ring.poll_fd() {
             Ok(fd) => fd,
             Err(e) => {
                 warn!(error = %e, "cannot poll the parked ring; parked frames will be flushed at handoff only");
@@ -760,8 +1063,8 @@ impl Front {
                 return;
             };
             let n = {
-                let mut store = self.lock_parked();
-                self.drain_ring(&mut store)
+                let mut store = kit.lock_parked();
+                self.drain_ring(kit, &mut store)
             };
             if n == 0 {
                 guard.clear_ready();
@@ -771,21 +1074,24 @@ impl Front {
 
     /// Removes forwarding entries whose connection is over.
     async fn sweeper(self: Arc<Self>) {
+        let Some(kit) = self.kit.as_ref() else {
+            return;
+        };
         let limits = SweepLimits::new(&self.cfg);
         let mut tick = tokio::time::interval(ms(self.cfg.flows.sweep_interval_ms));
         loop {
             tick.tick().await;
-            self.sweep(&limits);
+            self.sweep(kit, &limits);
         }
     }
 
-    fn sweep(&self, limits: &SweepLimits) {
+    fn sweep(&self, kit: &HandoffKit, limits: &SweepLimits) {
         let now = Instant::now();
         let now_ns = Forwarder::now_ns();
         // Handoffs from this id on may start after the snapshot below: their
         // records must survive even though the snapshot lacks their entries.
         let first_unseen = self.next_id.load(Ordering::Relaxed);
-        let entries = match self.lock_forwarder().entries() {
+        let entries = match kit.lock_forwarder().entries() {
             Ok(e) => e,
             Err(e) => {
                 warn!(error = %e, "listing forwarding entries failed");
@@ -809,8 +1115,8 @@ impl Front {
         // Lock order: parked, forwarder, flows (drain_ring takes parked then
         // flows; everything else takes forwarder then flows). The kept frames
         // go under the same locks, so a new handoff's frames are never taken.
-        let mut store = self.lock_parked();
-        let mut fwd = self.lock_forwarder();
+        let mut store = kit.lock_parked();
+        let mut fwd = kit.lock_forwarder();
         let mut flows = self.lock_flows();
         for (key, id, closed) in remove {
             if flows.get(&key).map(|f| f.id) != id {
@@ -844,13 +1150,16 @@ impl Front {
     /// backoff.
     async fn control_loop(self: Arc<Self>, i: usize, psk: baton_proto::auth::Psk) {
         let b = Arc::clone(&self.backends[i]);
+        let Some(control_addr) = b.control else {
+            return;
+        };
         let timers = self.cfg.control.clone();
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.shutting_down.load(Ordering::Relaxed) {
                 return;
             }
-            let r = control::connect(b.control, &psk, ms(timers.connect_timeout_ms)).await;
+            let r = control::connect(control_addr, &psk, ms(timers.connect_timeout_ms)).await;
             let (writer, mut reader) = match r {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -880,7 +1189,7 @@ impl Front {
                 st.connects += 1;
                 st.last_error = None;
             }
-            info!(backend = %b.name, addr = %b.control, "control channel up");
+            info!(backend = %b.name, addr = %control_addr, "control channel up");
             let why = self.read_channel(&b, &mut reader, &timers).await;
             warn!(backend = %b.name, reason = %why, "control channel down; back-end out of rotation");
             self.drop_channel(&b, &why).await;
@@ -891,7 +1200,7 @@ impl Front {
 
     /// The back-end's MAC as the kernel's neighbour table has it now.
     fn neighbor_mac(&self, b: &Backend) -> Option<[u8; 6]> {
-        baton_sys::iface::neighbor_mac(*b.control.ip(), &self.cfg.interface)
+        baton_sys::iface::neighbor_mac(*b.control?.ip(), &self.cfg.interface)
             .ok()
             .flatten()
     }
@@ -963,9 +1272,13 @@ impl Front {
                 },
             ),
             Frame::Closed { id, flow } => {
+                // Channels only run while handoff is on.
+                let Some(kit) = self.kit.as_ref() else {
+                    return;
+                };
                 let matched = {
                     // Lock order: forwarder, then flows.
-                    let mut fwd = self.lock_forwarder();
+                    let mut fwd = kit.lock_forwarder();
                     let mut flows = self.lock_flows();
                     match flows.get_mut(&flow) {
                         Some(f) if f.id == id => {
@@ -1022,23 +1335,36 @@ impl Front {
         }
     }
 
-    /// All back-ends' channels are up (the lab's readiness check).
+    /// Every back-end that hands off has its channel up (relay targets
+    /// count as ready: their health is learnt from connecting), and some
+    /// back-end can serve at all (the lab's readiness check).
     pub fn ready(&self) -> bool {
-        self.backends.iter().all(|b| {
-            let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
-            st.up && st.mac.is_some()
-        })
+        let mut usable = false;
+        let all = self.backends.iter().all(|b| match self.route_of(b) {
+            Route::Handoff => {
+                usable = true;
+                let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                st.up && st.mac.is_some()
+            }
+            Route::Relay(_) => {
+                usable = true;
+                true
+            }
+            Route::Unusable => true,
+        });
+        all && usable
     }
 
     /// A snapshot for `/stats`.
     pub fn snapshot(&self) -> FrontStats {
         let c = &self.counters;
-        let bpf = self.lock_forwarder().stats().ok();
-        let entries = self
-            .lock_forwarder()
-            .entries()
-            .map(|e| e.len())
-            .unwrap_or(0);
+        let bpf = self
+            .kit
+            .as_ref()
+            .and_then(|k| k.lock_forwarder().stats().ok());
+        let entries = self.kit.as_ref().map_or(0, |k| {
+            k.lock_forwarder().entries().map(|e| e.len()).unwrap_or(0)
+        });
         // One lock at a time: guards taken inside the struct literal below
         // would all live until its end (and the flows lock is not reentrant).
         let (flows_tracked, flows_parked) = {
@@ -1049,13 +1375,21 @@ impl Front {
                 .count();
             (flows.len(), parked)
         };
-        let (kept_frames, parked_malformed) = {
-            let store = self.lock_parked();
+        let (kept_frames, parked_malformed) = self.kit.as_ref().map_or((0, 0), |k| {
+            let store = k.lock_parked();
             let kept: usize = store.kept.values().map(Vec::len).sum();
             (kept, store.ring.malformed())
-        };
+        });
         FrontStats {
             uptime_s: self.started.elapsed().as_secs_f64(),
+            handoff: self.kit.is_some(),
+            relayed: c.relayed.get(),
+            relay_fallbacks: c.relay_fallbacks.get(),
+            relay_failures: c.relay_failures.get(),
+            relay_idle_timeouts: c.relay_idle_timeouts.get(),
+            relay_active: self.relay_active(),
+            relay_bytes_up: c.relay_bytes_up.get(),
+            relay_bytes_down: c.relay_bytes_down.get(),
             accepted: c.accepted.get(),
             handoffs_ok: c.handoffs_ok.get(),
             handoffs_failed: c.handoffs_failed.get(),
@@ -1089,15 +1423,30 @@ impl Front {
                 .backends
                 .iter()
                 .map(|b| {
+                    let route = self.route_of(b);
                     let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                    let paused = st.paused_until.is_some_and(|t| t > Instant::now());
                     BackendStats {
                         name: b.name.clone(),
-                        control: b.control.to_string(),
-                        up: st.up,
+                        mode: match b.mode {
+                            BackendMode::Handoff => "handoff",
+                            BackendMode::Relay => "relay",
+                        },
+                        control: b.control.map(|c| c.to_string()),
+                        relay_address: b.relay_to.map(|a| a.to_string()),
+                        up: match route {
+                            Route::Handoff => st.up,
+                            Route::Relay(_) => !paused,
+                            Route::Unusable => false,
+                        },
                         draining: st.draining,
-                        load: st.load(),
+                        load: st
+                            .load()
+                            .saturating_add(b.relay_active.load(Ordering::Relaxed)),
                         handoffs: b.handoffs.get(),
                         failures: b.failures.get(),
+                        relayed: b.relayed.get(),
+                        relay_failures: b.relay_failures.get(),
                         connects: st.connects,
                         last_error: st.last_error.clone(),
                     }
@@ -1114,6 +1463,38 @@ impl Front {
         self.lat_total.clear();
         self.lat_send.clear();
     }
+}
+
+/// Counts a relayed connection in its back-end's load while it lives.
+struct ActiveRelay<'a>(&'a AtomicU32);
+
+impl<'a> ActiveRelay<'a> {
+    fn enter(n: &'a AtomicU32) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        ActiveRelay(n)
+    }
+}
+
+impl Drop for ActiveRelay<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves `host:port` once, at start (IPv4 preferred: the front listens
+/// on IPv4 only, and so do the lab's back-ends).
+fn resolve(a: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = a
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {a:?}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|s| s.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .with_context(|| format!("{a:?} resolves to no address"))
 }
 
 /// When the sweeper removes a forwarding entry.
@@ -1169,6 +1550,24 @@ impl SweepLimits {
 #[derive(Debug, Serialize)]
 pub struct FrontStats {
     pub uptime_s: f64,
+    /// Whether connections are handed off (false: every one is relayed,
+    /// by configuration or for lack of privileges).
+    pub handoff: bool,
+    /// Connections relayed (to a relay back-end, or instead of a handoff).
+    pub relayed: u64,
+    /// Of those, handoffs that failed and were relayed instead.
+    pub relay_fallbacks: u64,
+    /// Connections that could not be relayed (connect refused or timed
+    /// out): the client got 502 or 504.
+    pub relay_failures: u64,
+    /// Relayed connections closed for lack of traffic.
+    pub relay_idle_timeouts: u64,
+    /// Connections being relayed now.
+    pub relay_active: u64,
+    /// Bytes relayed from clients to back-ends (the request heads included).
+    pub relay_bytes_up: u64,
+    /// Bytes relayed from back-ends to clients.
+    pub relay_bytes_down: u64,
     pub accepted: u64,
     pub handoffs_ok: u64,
     pub handoffs_failed: u64,
@@ -1219,12 +1618,22 @@ pub struct Latency {
 #[derive(Debug, Serialize)]
 pub struct BackendStats {
     pub name: String,
-    pub control: String,
+    /// "handoff" or "relay".
+    pub mode: &'static str,
+    /// The control address (handoff back-ends).
+    pub control: Option<String>,
+    /// Where relayed connections go (`address` or `relay_address`).
+    pub relay_address: Option<String>,
     pub up: bool,
     pub draining: bool,
     pub load: u32,
     pub handoffs: u64,
+    /// Handoffs that failed.
     pub failures: u64,
+    /// Connections relayed to it.
+    pub relayed: u64,
+    /// Relay connects to it that failed.
+    pub relay_failures: u64,
     pub connects: u64,
     pub last_error: Option<String>,
 }
@@ -1309,14 +1718,16 @@ fn plain_error(status: u16) -> Vec<u8> {
     error_response(status, reason)
 }
 
-/// The client listener, bound to the front's interface (SO_BINDTODEVICE):
-/// the forwarder only sees that NIC, so a connection arriving on another one
-/// could be parked but its packets never steered.
-fn listen_on(addr: SocketAddr, interface: &str) -> std::io::Result<TcpListener> {
+/// The client listener. When handing off, bound to the front's interface
+/// (SO_BINDTODEVICE): the forwarder only sees that NIC, so a connection
+/// arriving on another one could be parked but its packets never steered.
+fn listen_on(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<TcpListener> {
     let socket = TcpSocket::new_v4()?;
     // As TcpListener::bind does: a restarted front must not wait for TIME_WAIT.
     socket.set_reuseaddr(true)?;
-    socket.bind_device(Some(interface.as_bytes()))?;
+    if let Some(interface) = interface {
+        socket.bind_device(Some(interface.as_bytes()))?;
+    }
     socket.bind(addr)?;
     socket.listen(1024)
 }

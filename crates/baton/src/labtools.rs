@@ -217,7 +217,7 @@ impl Lab {
         })
     }
 
-    /// Runs wrk in the client namespace (bounded by `seconds`).
+    /// Runs wrk in the client namespace against `path` on the VIP (bounded by `seconds`).
     pub fn wrk(
         &self,
         path: &str,
@@ -226,16 +226,34 @@ impl Lab {
         seconds: u32,
         close: bool,
     ) -> Result<WrkResult> {
+        self.wrk_url(&self.url(path), threads, conns, seconds, close)
+    }
+
+    /// Runs wrk in the client namespace against any `url` (an address of
+    /// the lab); `close` sends `Connection: close`, so every request gets a
+    /// connection of its own. Killed if it outlives `seconds` by 30 s.
+    pub fn wrk_url(
+        &self,
+        url: &str,
+        threads: u32,
+        conns: u32,
+        seconds: u32,
+        close: bool,
+    ) -> Result<WrkResult> {
         let script = std::env::temp_dir().join(format!("baton-wrk-{}.lua", std::process::id()));
         std::fs::write(&script, WRK_LUA).context("writing the wrk script")?;
-        let url = self.url(path);
         let (t, c, d) = (
             threads.to_string(),
             conns.to_string(),
             format!("{seconds}s"),
         );
+        let limit = format!("{}s", u64::from(seconds) + 30);
         let s = script.to_string_lossy().to_string();
         let mut argv = vec![
+            "timeout",
+            "-k",
+            "5s",
+            &limit,
             "wrk",
             "-t",
             &t,
@@ -251,7 +269,7 @@ impl Lab {
         if close {
             argv.extend_from_slice(&["-H", "Connection: close"]);
         }
-        argv.push(&url);
+        argv.push(url);
         let out = self.run("client", &argv);
         let _ = std::fs::remove_file(&script);
         let out = out?;

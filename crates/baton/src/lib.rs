@@ -9,11 +9,13 @@
 pub mod admin;
 pub mod back;
 pub mod bench;
+pub mod compare;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod front;
 pub mod labcmd;
 pub mod labtools;
+pub mod relay;
 pub mod simcmd;
 pub mod stats;

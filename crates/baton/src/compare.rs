@@ -1,0 +1,1900 @@
+//! `baton bench compare`: Baton against the L7 proxies users run today, in
+//! one lab, in one run.
+//!
+//! Five configurations serve the same files from the same two back-ends:
+//! - `direct`: wrk straight to back1's plain HTTP port (one back-end: the
+//!   limit of what one server does without anything in front of it);
+//! - `handoff`: the lab's `baton front` on VIP:80;
+//! - `relay`: a second `baton front` with `handoff = false` on VIP:8083;
+//! - `nginx`: a reverse proxy on VIP:8081 (keep-alive to the back-ends);
+//! - `haproxy`: HTTP mode on VIP:8082 (connection reuse to the back-ends).
+//!
+//! Every front runs on one core (baton `workers = 1`, nginx
+//! `worker_processes 1`, haproxy `nbthread 1`): the machine this was built
+//! for has two CPUs, and the client and the back-ends need them too.
+//!
+//! Runs are interleaved (for each repetition, for each size and connection
+//! mode, each configuration once, in an order rotated from one step to the
+//! next) so that drift, and other tenants of a shared machine, hit every
+//! configuration alike; the report holds the medians over repetitions.
+//!
+//! Invariants: every process this starts (the peers, the relay front) is
+//! the leader of its own process group and is ended with its group when its
+//! guard drops, on success, error or panic; the lab is torn down by its own
+//! guard after them. Every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{IsTerminal, Write as _};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::labtools::{Lab, LabOptions, TempDir, WrkResult};
+
+/// The response sizes of a full run.
+pub const SIZES: [u64; 5] = [1 << 10, 16 << 10, 256 << 10, 1 << 20, 8 << 20];
+/// The response sizes of `--quick`: the ones the targets name.
+pub const QUICK_SIZES: [u64; 3] = [1 << 10, 256 << 10, 1 << 20];
+/// The largest response size accepted by `--sizes`.
+pub const MAX_SIZE: u64 = 64 << 20;
+
+/// Where the peers listen on the VIP.
+const NGINX_PORT: u16 = 8081;
+const HAPROXY_PORT: u16 = 8082;
+const RELAY_PORT: u16 = 8083;
+/// The relay front's admin endpoint (the lab's front has 9100).
+const RELAY_ADMIN: &str = "127.0.0.1:9102";
+/// How long a started peer may take to serve.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_POLL: Duration = Duration::from_millis(50);
+/// How long a peer may take to exit after SIGTERM before it gets SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// Options of `baton bench compare`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// A short run for CI (under 2 minutes): 1 repetition, 2 s per run,
+    /// sizes 1 KiB, 256 KiB and 1 MiB. Explicit options still apply.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write the JSON records; the Markdown table and the SVG chart
+    /// go next to it (same name, `.md` and `.svg`).
+    #[arg(long, default_value = "bench-out/compare.json")]
+    pub json: PathBuf,
+    /// The lab name.
+    #[arg(long, default_value = "batoncmp")]
+    pub name: String,
+    /// Repetitions of every run (medians are reported); default 3, 1 with --quick.
+    #[arg(long)]
+    pub repetitions: Option<u32>,
+    /// Seconds per run; default 5, 2 with --quick.
+    #[arg(long)]
+    pub seconds: Option<u32>,
+    /// Response sizes (e.g. 1k,16k,256k,1m,8m: KiB and MiB).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    pub sizes: Vec<u64>,
+    /// Configurations to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub configs: Vec<Config>,
+    /// wrk threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+    /// wrk connections (kept open, or one per request with `Connection: close`).
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+}
+
+/// A configuration under test.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Config {
+    Direct,
+    Handoff,
+    Relay,
+    Nginx,
+    Haproxy,
+}
+
+impl Config {
+    /// All, in report order.
+    pub const ALL: [Config; 5] = [
+        Config::Direct,
+        Config::Handoff,
+        Config::Relay,
+        Config::Nginx,
+        Config::Haproxy,
+    ];
+
+    /// The name used in the JSON and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Direct => "direct",
+            Config::Handoff => "handoff",
+            Config::Relay => "relay",
+            Config::Nginx => "nginx",
+            Config::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// How wrk uses its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ConnMode {
+    /// Many requests per connection.
+    #[serde(rename = "keepalive")]
+    KeepAlive,
+    /// `Connection: close`: one request per connection (a handoff each).
+    #[serde(rename = "close")]
+    Close,
+}
+
+impl ConnMode {
+    /// Both, in report order.
+    pub const ALL: [ConnMode; 2] = [ConnMode::KeepAlive, ConnMode::Close];
+
+    /// The name used in the JSON and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnMode::KeepAlive => "keepalive",
+            ConnMode::Close => "close",
+        }
+    }
+}
+
+/// One line of the JSON: the medians of one configuration at one size and
+/// connection mode. Scripts rely on exactly these keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub config: Config,
+    pub size_bytes: u64,
+    pub conn_mode: ConnMode,
+    pub rps: f64,
+    /// Response bytes (headers included) per second, in 10^6 bytes.
+    pub mbps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// utime + stime of the front's processes per request; 0 for `direct`.
+    pub front_cpu_us_per_req: f64,
+    /// Bytes received plus sent by the front's NIC during the run.
+    pub front_nic_bytes: u64,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    pub rps: f64,
+    pub mbps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub cpu_us_per_req: f64,
+    pub nic_bytes: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// TCP connections the client opened per request.
+    pub conns_per_req: f64,
+}
+
+/// A report row: the JSON record plus what the Markdown shows beyond it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub record: Record,
+    /// Requests completed, over all repetitions.
+    pub requests: u64,
+    /// wrk errors (connect, read, write, status, timeout), over all repetitions.
+    pub errors: u64,
+    /// Median TCP connections opened by the client per request.
+    pub conns_per_req: f64,
+    /// Runs that produced no result.
+    pub failed_runs: u32,
+}
+
+/// What was run, for the report's header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub repetitions: u32,
+    pub seconds: u32,
+    pub sizes: Vec<u64>,
+    pub configs: Vec<Config>,
+    pub threads: u32,
+    pub connections: u32,
+}
+
+impl Plan {
+    /// The plan for `args`: the defaults of a full or a quick run, with
+    /// explicit options on top.
+    pub fn from_args(args: &CompareArgs) -> Result<Plan> {
+        let (reps, secs, sizes) = if args.quick {
+            (1, 2, QUICK_SIZES.to_vec())
+        } else {
+            (3, 5, SIZES.to_vec())
+        };
+        let mut sizes = if args.sizes.is_empty() {
+            sizes
+        } else {
+            args.sizes.clone()
+        };
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut configs = if args.configs.is_empty() {
+            Config::ALL.to_vec()
+        } else {
+            args.configs.clone()
+        };
+        configs.sort_unstable();
+        configs.dedup();
+        let plan = Plan {
+            repetitions: args.repetitions.unwrap_or(reps),
+            seconds: args.seconds.unwrap_or(secs),
+            sizes,
+            configs,
+            threads: args.threads,
+            connections: args.connections,
+        };
+        anyhow::ensure!(
+            (1..=100).contains(&plan.repetitions),
+            "--repetitions must be 1 to 100"
+        );
+        anyhow::ensure!(
+            (1..=600).contains(&plan.seconds),
+            "--seconds must be 1 to 600"
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&plan.threads),
+            "--threads must be 1 to 64"
+        );
+        anyhow::ensure!(
+            plan.connections >= plan.threads && plan.connections <= 10_000,
+            "--connections must be at least --threads and at most 10000"
+        );
+        Ok(plan)
+    }
+}
+
+/// Parses `1k`, `16KiB`, `1m`, `8MiB` or a byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = t.strip_suffix("kib").or_else(|| t.strip_suffix('k')) {
+        (n, 1u64 << 10)
+    } else if let Some(n) = t.strip_suffix("mib").or_else(|| t.strip_suffix('m')) {
+        (n, 1u64 << 20)
+    } else {
+        (t.as_str(), 1)
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 1k, 256k, 1m)"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .filter(|b| (1..=MAX_SIZE).contains(b))
+        .ok_or_else(|| format!("{s:?}: sizes must be 1 byte to 64 MiB"))?;
+    Ok(bytes)
+}
+
+/// `1 KiB`, `256 KiB`, `8 MiB`, `100 B`.
+pub fn size_label(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// The file of `bytes` bytes in the bench's docroot.
+fn file_name(bytes: u64) -> String {
+    format!("s{bytes}.bin")
+}
+
+/// Runs the comparison and writes its JSON, Markdown and SVG.
+pub fn run(args: CompareArgs) -> Result<()> {
+    let plan = Plan::from_args(&args)?;
+    baton_lab::validate_name(&args.name)?;
+    for tool in ["wrk", "curl", "ip", "timeout", "kill"] {
+        which(tool).with_context(|| format!("{tool} is needed (scripts/setup installs it)"))?;
+    }
+    let md_path = args.json.with_extension("md");
+    let svg_path = args.json.with_extension("svg");
+
+    let scratch = TempDir::new("compare")?;
+    let docroot = scratch.0.join("docroot");
+    write_docroot(&docroot, &plan.sizes)?;
+
+    let baton = crate::labcmd::self_exe()?;
+    // A lab left by a killed run would block this one.
+    let _ = baton_lab::down(&args.name);
+    eprintln!("compare: bringing up lab {} ...", args.name);
+    let lab = Lab::up(
+        &baton,
+        &args.name,
+        LabOptions {
+            backends: 2,
+            docroot: Some(docroot.clone()),
+            front_extra: Some("workers = 1".into()),
+            ..LabOptions::default()
+        },
+    )?;
+    let mut notes = Vec::new();
+    // Declared after the lab: dropped first, while the namespaces still exist.
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut targets = Vec::new();
+    for &config in &plan.configs {
+        match start_target(&lab, &baton, &scratch.0, config, &mut peers)
+            .with_context(|| format!("starting {}", config.name()))?
+        {
+            Started::Ready(t) => targets.push(t),
+            Started::Unavailable(why) => {
+                eprintln!("compare: {}: unavailable ({why}); skipped", config.name());
+                notes.push(format!("`{}` unavailable: {why}", config.name()));
+            }
+        }
+    }
+    if targets.is_empty() {
+        bail!("no configuration could be run");
+    }
+    let tick_hz = clock_ticks_per_second();
+    anyhow::ensure!(
+        Path::new("/proc/self/task").is_dir(),
+        "/proc is needed to measure the fronts' CPU time"
+    );
+
+    // Warm-up: page cache, ARP, upstream connections and code paths.
+    eprintln!("compare: warming up ...");
+    let warm_file = file_name(plan.sizes.first().copied().unwrap_or(1024));
+    for t in &targets {
+        let url = format!("{}/{warm_file}", t.base_url);
+        if let Err(e) = lab.wrk_url(&url, plan.threads, plan.connections, 1, false) {
+            eprintln!("compare: warm-up of {} failed: {e:#}", t.config.name());
+        }
+    }
+
+    let steps: Vec<(u64, ConnMode)> = plan
+        .sizes
+        .iter()
+        .flat_map(|&s| ConnMode::ALL.map(|m| (s, m)))
+        .collect();
+    let total = plan.repetitions as usize * steps.len() * targets.len();
+    let mut progress = Progress::new(total);
+    let mut samples: BTreeMap<(Config, u64, ConnMode), Vec<Sample>> = BTreeMap::new();
+    let mut failed: BTreeMap<(Config, u64, ConnMode), u32> = BTreeMap::new();
+    let mut step = 0usize;
+    for _rep in 0..plan.repetitions {
+        for &(size, mode) in &steps {
+            // Rotate who goes first, so no configuration always follows another.
+            let n = targets.len();
+            for k in 0..n {
+                let Some(t) = targets.get((k + step) % n) else {
+                    continue;
+                };
+                progress.draw(&format!(
+                    "{} {} {}",
+                    t.config.name(),
+                    size_label(size).replace(' ', ""),
+                    mode.name()
+                ));
+                match measure(&lab, t, size, mode, &plan, tick_hz) {
+                    Ok(s) => {
+                        if s.errors > 0 {
+                            progress.note(&format!(
+                                "{} {} {}: {} wrk errors in {} requests",
+                                t.config.name(),
+                                size_label(size),
+                                mode.name(),
+                                s.errors,
+                                s.requests
+                            ));
+                        }
+                        samples.entry((t.config, size, mode)).or_default().push(s);
+                    }
+                    Err(e) => {
+                        progress.note(&format!(
+                            "{} {} {}: run failed: {e:#}",
+                            t.config.name(),
+                            size_label(size),
+                            mode.name()
+                        ));
+                        *failed.entry((t.config, size, mode)).or_default() += 1;
+                    }
+                }
+                progress.done += 1;
+            }
+            step += 1;
+        }
+    }
+    progress.finish();
+
+    // Close-mode runs must have opened a connection per request.
+    for ((config, size, mode), v) in &samples {
+        let cpr = median(v.iter().map(|s| s.conns_per_req).collect());
+        if *mode == ConnMode::Close && cpr < 0.9 {
+            notes.push(format!(
+                "`{}` {} close: the client opened only {cpr:.2} connections per request",
+                config.name(),
+                size_label(*size)
+            ));
+        }
+    }
+    for (config, why) in peer_deaths(&mut peers) {
+        notes.push(format!("`{config}` exited during the run: {why}"));
+    }
+    drop(peers);
+    drop(lab);
+
+    let rows = aggregate(&plan, &targets, &samples, &failed);
+    let records: Vec<Record> = rows.iter().map(|r| r.record.clone()).collect();
+    let md = markdown(&plan, &rows, &notes);
+    let svg = render_svg(&plan, &records)?;
+    if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(&args.json, serde_json::to_vec_pretty(&records)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    fs::write(&svg_path, svg).with_context(|| format!("writing {}", svg_path.display()))?;
+    println!("{md}");
+    println!(
+        "Written: {} (JSON), {} (Markdown), {} (chart)",
+        args.json.display(),
+        md_path.display(),
+        svg_path.display()
+    );
+    Ok(())
+}
+
+/// Writes `index.html` (the lab's readiness check fetches `/`) and one file
+/// per size with [`baton_lab::sample_content`].
+fn write_docroot(dir: &Path, sizes: &[u64]) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::write(
+        dir.join("index.html"),
+        "<!doctype html>\n<title>baton bench compare</title>\n",
+    )
+    .context("writing index.html")?;
+    for &size in sizes {
+        let name = file_name(size);
+        let len = usize::try_from(size).context("size does not fit memory")?;
+        fs::write(dir.join(&name), baton_lab::sample_content(&name, len))
+            .with_context(|| format!("writing {name}"))?;
+    }
+    Ok(())
+}
+
+/// A configuration ready to be measured.
+#[derive(Debug, Clone)]
+struct Target {
+    config: Config,
+    /// `http://host:port`.
+    base_url: String,
+    /// The process group whose CPU time is the front's; `None` for `direct`.
+    pgid: Option<u32>,
+}
+
+/// What starting a configuration gave.
+#[derive(Debug)]
+enum Started {
+    Ready(Target),
+    /// This build or machine cannot run it (why); not an error of the bench.
+    Unavailable(String),
+}
+
+/// Starts what `config` needs (nothing for direct and handoff) and waits
+/// until it serves; peers started are pushed to `peers`.
+fn start_target(
+    lab: &Lab,
+    baton: &Path,
+    scratch: &Path,
+    config: Config,
+    peers: &mut Vec<Peer>,
+) -> Result<Started> {
+    let vip = lab.info.vip;
+    let back_ip = |name: &str| {
+        lab.info
+            .hosts
+            .get(name)
+            .map(|h| h.ip)
+            .with_context(|| format!("the lab has no {name}"))
+    };
+    let front_ns = lab.netns("front")?.to_string();
+    let upstreams = [back_ip("back1")?, back_ip("back2")?];
+    match config {
+        Config::Direct => Ok(Started::Ready(Target {
+            config,
+            base_url: format!("http://{}:{}", upstreams[0], baton_lab::DIRECT_PORT),
+            pgid: None,
+        })),
+        Config::Handoff => {
+            let pid = lab
+                .info
+                .hosts
+                .get("front")
+                .and_then(|h| h.pid)
+                .context("the lab's front has no pid")?;
+            // The lab starts each daemon as the leader of its own session.
+            Ok(Started::Ready(Target {
+                config,
+                base_url: format!("http://{vip}:{}", lab.info.port),
+                pgid: Some(pid),
+            }))
+        }
+        Config::Nginx => {
+            let dir = scratch.join("nginx");
+            fs::create_dir_all(&dir)?;
+            let conf = dir.join("nginx.conf");
+            fs::write(&conf, nginx_conf(&dir, vip, &upstreams))?;
+            let err_log = dir.join("error.log");
+            let peer = Peer::spawn(
+                config,
+                &front_ns,
+                &[
+                    "nginx".as_ref(),
+                    "-c".as_ref(),
+                    conf.as_os_str(),
+                    "-e".as_ref(),
+                    err_log.as_os_str(),
+                    "-g".as_ref(),
+                    "daemon off;".as_ref(),
+                ],
+                &dir.join("stdout.log"),
+            )?;
+            let base_url = format!("http://{vip}:{NGINX_PORT}");
+            let pgid = peer.pgid();
+            peers.push(peer);
+            wait_serving(lab, peers, &[("client", format!("{base_url}/index.html"))])?;
+            Ok(Started::Ready(Target {
+                config,
+                base_url,
+                pgid: Some(pgid),
+            }))
+        }
+        Config::Haproxy => {
+            let dir = scratch.join("haproxy");
+            fs::create_dir_all(&dir)?;
+            let conf = dir.join("haproxy.cfg");
+            fs::write(&conf, haproxy_conf(vip, &upstreams))?;
+            let peer = Peer::spawn(
+                config,
+                &front_ns,
+                &[
+                    "haproxy".as_ref(),
+                    "-f".as_ref(),
+                    conf.as_os_str(),
+                    "-db".as_ref(),
+                ],
+                &dir.join("haproxy.log"),
+            )?;
+            let base_url = format!("http://{vip}:{HAPROXY_PORT}");
+            let pgid = peer.pgid();
+            peers.push(peer);
+            wait_serving(lab, peers, &[("client", format!("{base_url}/index.html"))])?;
+            Ok(Started::Ready(Target {
+                config,
+                base_url,
+                pgid: Some(pgid),
+            }))
+        }
+        Config::Relay => {
+            let dir = scratch.join("relay");
+            fs::create_dir_all(&dir)?;
+            let front_toml = lab
+                .info
+                .hosts
+                .get("front")
+                .and_then(|h| h.config.clone())
+                .context("the lab's front has no config file")?;
+            let text = fs::read_to_string(&front_toml)?;
+            let ips: BTreeMap<String, std::net::Ipv4Addr> = lab
+                .info
+                .hosts
+                .iter()
+                .map(|(n, h)| (n.clone(), h.ip))
+                .collect();
+            let conf = dir.join("relay.toml");
+            fs::write(&conf, relay_toml(&text, &ips)?)?;
+            // The same check a user runs: a front without relay mode
+            // rejects `handoff = false`, and then there is nothing to measure.
+            let check = Command::new(baton)
+                .arg("check")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .output()?;
+            if !check.status.success() {
+                let err = String::from_utf8_lossy(&check.stderr);
+                let why = err.lines().last().unwrap_or("baton check failed").trim();
+                return Ok(Started::Unavailable(format!(
+                    "`baton check` rejects a front with handoff = false: {why}"
+                )));
+            }
+            let peer = Peer::spawn(
+                config,
+                &front_ns,
+                &[
+                    baton.as_os_str(),
+                    "front".as_ref(),
+                    "--config".as_ref(),
+                    conf.as_os_str(),
+                ],
+                &dir.join("relay.log"),
+            )?;
+            let base_url = format!("http://{vip}:{RELAY_PORT}");
+            let pgid = peer.pgid();
+            peers.push(peer);
+            wait_serving(
+                lab,
+                peers,
+                &[
+                    ("front", format!("http://{RELAY_ADMIN}/ready")),
+                    ("client", format!("{base_url}/index.html")),
+                ],
+            )?;
+            Ok(Started::Ready(Target {
+                config,
+                base_url,
+                pgid: Some(pgid),
+            }))
+        }
+    }
+}
+
+/// nginx as a reverse proxy of `upstreams` on VIP:8081: one worker,
+/// keep-alive to the back-ends, no access log, 1 MiB of buffers per
+/// connection and never a temporary file (bodies stream through memory).
+pub fn nginx_conf(dir: &Path, vip: std::net::Ipv4Addr, upstreams: &[std::net::Ipv4Addr]) -> String {
+    let d = dir.display();
+    let mut servers = String::new();
+    for ip in upstreams {
+        let _ = writeln!(servers, "    server {ip}:{};", baton_lab::DIRECT_PORT);
+    }
+    format!(
+        "# Written by baton bench compare.
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+  worker_connections 4096;
+}}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  upstream baton_backs {{
+{servers}    keepalive 64;
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen {vip}:{NGINX_PORT} backlog=4096;
+    location / {{
+      proxy_pass http://baton_backs;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffer_size 64k;
+      proxy_buffers 16 64k;
+      proxy_busy_buffers_size 128k;
+      proxy_max_temp_file_size 0;
+    }}
+  }}
+}}
+"
+    )
+}
+
+/// HAProxy in HTTP mode on VIP:8082: one thread, keep-alive on both sides
+/// with server connections reused across clients, 64 KiB buffers and
+/// kernel splicing where HAProxy judges it useful.
+pub fn haproxy_conf(vip: std::net::Ipv4Addr, upstreams: &[std::net::Ipv4Addr]) -> String {
+    let mut servers = String::new();
+    for (i, ip) in upstreams.iter().enumerate() {
+        let _ = writeln!(
+            servers,
+            "  server back{} {ip}:{}",
+            i + 1,
+            baton_lab::DIRECT_PORT
+        );
+    }
+    format!(
+        "# Written by baton bench compare.
+global
+  nbthread 1
+  maxconn 2000
+  tune.bufsize 65536
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  timeout http-keep-alive 30s
+  option http-keep-alive
+  option splice-auto
+frontend baton_cmp
+  bind {vip}:{HAPROXY_PORT}
+  default_backend baton_backs
+backend baton_backs
+  balance roundrobin
+  http-reuse always
+{servers}"
+    )
+}
+
+/// The relay front's config: the lab front's, with `handoff = false`, its
+/// own port and admin address, one worker, and each back-end's
+/// `relay_address` (its plain HTTP port) where the lab did not write one.
+pub fn relay_toml(
+    lab_front_toml: &str,
+    ips: &BTreeMap<String, std::net::Ipv4Addr>,
+) -> Result<String> {
+    let mut t: toml::Table = lab_front_toml
+        .parse()
+        .context("parsing the lab's front.toml")?;
+    t.insert("handoff".into(), toml::Value::Boolean(false));
+    t.insert("port".into(), toml::Value::Integer(i64::from(RELAY_PORT)));
+    t.insert(
+        "admin_listen".into(),
+        toml::Value::String(RELAY_ADMIN.into()),
+    );
+    t.insert("workers".into(), toml::Value::Integer(1));
+    if let Some(toml::Value::Array(backends)) = t.get_mut("backend") {
+        for b in backends.iter_mut() {
+            let toml::Value::Table(b) = b else { continue };
+            if b.contains_key("relay_address") || b.contains_key("address") {
+                continue;
+            }
+            let ip = b
+                .get("name")
+                .and_then(toml::Value::as_str)
+                .and_then(|n| ips.get(n));
+            if let Some(ip) = ip {
+                b.insert(
+                    "relay_address".into(),
+                    toml::Value::String(format!("{ip}:{}", baton_lab::DIRECT_PORT)),
+                );
+            }
+        }
+    }
+    toml::to_string(&t).context("writing the relay front's config")
+}
+
+/// A process this bench started in a lab namespace, leader of its own
+/// process group; the group is ended when this drops.
+#[derive(Debug)]
+struct Peer {
+    config: Config,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Peer {
+    fn spawn(config: Config, netns: &str, argv: &[&std::ffi::OsStr], log: &Path) -> Result<Peer> {
+        let out = fs::File::create(log)?;
+        let err = out.try_clone()?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // Its own group: nginx's workers are ended with their master.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", config.name()))?;
+        Ok(Peer {
+            config,
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// `ip netns exec` execs in place: the child's pid is the program's,
+    /// and the leader of its group.
+    fn pgid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Why it is no longer running, if it is not. Looks at /proc rather
+    /// than reaping, so the pid (and so the group id) stays ours until drop.
+    fn exited(&self) -> Option<String> {
+        match proc_stat(self.pgid()) {
+            Some(st) if st.state != 'Z' && st.state != 'X' => None,
+            _ => Some(format!("see {}: {}", self.log.display(), self.log_tail())),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    fn signal_group(&self, sig: &str) {
+        // The leader is not reaped yet, so the group id cannot name anyone else.
+        let _ = Command::new("kill")
+            .args([sig, "--", &format!("-{}", self.pgid())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if group_members(self.pgid()).is_empty() {
+            let _ = self.child.wait();
+            return;
+        }
+        self.signal_group("-TERM");
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline && !group_members(self.pgid()).is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !group_members(self.pgid()).is_empty() {
+            self.signal_group("-KILL");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Peers that died, with why.
+fn peer_deaths(peers: &mut [Peer]) -> Vec<(&'static str, String)> {
+    peers
+        .iter()
+        .filter_map(|p| p.exited().map(|why| (p.config.name(), why)))
+        .collect()
+}
+
+/// Polls until every `(host, url)` answers 200, or fails when a peer dies
+/// or `READY_TIMEOUT` passes.
+fn wait_serving(lab: &Lab, peers: &mut [Peer], checks: &[(&str, String)]) -> Result<()> {
+    let start = Instant::now();
+    for (host, url) in checks {
+        loop {
+            if let Some((name, why)) = peer_deaths(peers).into_iter().next() {
+                bail!("{name} exited: {why}");
+            }
+            if http_status(lab, host, url).as_deref() == Some("200") {
+                break;
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                let tails: Vec<String> = peers.iter().map(|p| p.log_tail()).collect();
+                bail!(
+                    "{url} did not answer 200 within {READY_TIMEOUT:?}: {}",
+                    tails.join(" / ")
+                );
+            }
+            std::thread::sleep(READY_POLL);
+        }
+    }
+    Ok(())
+}
+
+/// The status code of a GET from `host`, if any came.
+fn http_status(lab: &Lab, host: &str, url: &str) -> Option<String> {
+    let out = lab
+        .run(
+            host,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+                url,
+            ],
+        )
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// One wrk run of `target` with the counters around it.
+fn measure(
+    lab: &Lab,
+    target: &Target,
+    size: u64,
+    mode: ConnMode,
+    plan: &Plan,
+    tick_hz: f64,
+) -> Result<Sample> {
+    let url = format!("{}/{}", target.base_url, file_name(size));
+    let nic0 = lab.nic("front", "eth0")?;
+    let opens0 = tcp_active_opens(lab, "client")?;
+    let cpu0 = target.pgid.map(CpuSnapshot::of_group);
+    let w = lab.wrk_url(
+        &url,
+        plan.threads,
+        plan.connections,
+        plan.seconds,
+        mode == ConnMode::Close,
+    )?;
+    let cpu1 = target.pgid.map(CpuSnapshot::of_group);
+    let opens = tcp_active_opens(lab, "client")?.saturating_sub(opens0);
+    let nic = lab.nic("front", "eth0")?.since(&nic0);
+    let cpu_us = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => b.used_since_us(&a, tick_hz),
+        _ => 0.0,
+    };
+    Ok(sample_of(&w, cpu_us, nic.rx_bytes + nic.tx_bytes, opens))
+}
+
+/// A sample from wrk's summary and the counters around the run.
+pub fn sample_of(w: &WrkResult, cpu_us: f64, nic_bytes: u64, opens: u64) -> Sample {
+    let secs = w.duration_us.max(1) as f64 / 1e6;
+    let per_req = |x: f64| {
+        if w.requests == 0 {
+            0.0
+        } else {
+            x / w.requests as f64
+        }
+    };
+    Sample {
+        rps: w.rps(),
+        mbps: w.bytes as f64 / secs / 1e6,
+        p50_ms: w.p50_us as f64 / 1e3,
+        p99_ms: w.p99_us as f64 / 1e3,
+        cpu_us_per_req: per_req(cpu_us),
+        nic_bytes,
+        requests: w.requests,
+        errors: w.errors(),
+        conns_per_req: per_req(opens as f64),
+    }
+}
+
+/// `Tcp: ActiveOpens` of `host`'s namespace: connections it initiated.
+fn tcp_active_opens(lab: &Lab, host: &str) -> Result<u64> {
+    let out = lab.run(host, &["cat", "/proc/net/snmp"])?;
+    parse_active_opens(&String::from_utf8_lossy(&out.stdout))
+        .context("no Tcp: ActiveOpens in /proc/net/snmp")
+}
+
+/// `ActiveOpens` from the text of `/proc/net/snmp` (a header line and a
+/// value line per protocol).
+pub fn parse_active_opens(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names = tcp.next()?;
+    let values = tcp.next()?;
+    let i = names.split_whitespace().position(|n| n == "ActiveOpens")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// The fields of `/proc/PID/stat` this needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub pgrp: u32,
+    /// utime + stime, in clock ticks (all threads, live and exited).
+    pub cpu_ticks: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    parse_proc_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses `/proc/PID/stat`; `comm` (field 2) may hold spaces and ')'.
+pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state): field k is f[k - 3].
+    let state = f.first()?.chars().next()?;
+    let pgrp = f.get(2)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        pgrp,
+        cpu_ticks: utime + stime,
+    })
+}
+
+/// Live (not zombie) members of process group `pgid`.
+fn group_members(pgid: u32) -> Vec<(u32, ProcStat)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
+        .filter(|(_, st)| st.pgrp == pgid && st.state != 'Z' && st.state != 'X')
+        .collect()
+}
+
+/// CPU used so far by the members of a process group (nginx: master and
+/// worker; the others: one process with its threads), two ways: each live
+/// thread's run time in ns (`/proc/PID/task/TID/schedstat`: precise, but a
+/// thread that exits takes its time with it) and each process's utime +
+/// stime (`/proc/PID/stat`: counts exited threads, in 10 ms ticks).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CpuSnapshot {
+    /// Run time in ns by (pid, tid).
+    pub threads: BTreeMap<(u32, u32), u64>,
+    /// utime + stime of all members, in clock ticks.
+    pub ticks: u64,
+}
+
+impl CpuSnapshot {
+    fn of_group(pgid: u32) -> CpuSnapshot {
+        let mut snap = CpuSnapshot::default();
+        for (pid, st) in group_members(pgid) {
+            snap.ticks += st.cpu_ticks;
+            let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for tid in tasks
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            {
+                let ns = fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok());
+                if let Some(ns) = ns {
+                    snap.threads.insert((pid, tid), ns);
+                }
+            }
+        }
+        snap
+    }
+
+    /// µs of CPU used since `earlier`: the per-thread sum (new threads count
+    /// from zero), unless the tick count shows more than one tick beyond it,
+    /// which means threads exited in between: then the ticks.
+    pub fn used_since_us(&self, earlier: &CpuSnapshot, tick_hz: f64) -> f64 {
+        let precise_ns: u64 = self
+            .threads
+            .iter()
+            .map(|(k, ns)| ns.saturating_sub(earlier.threads.get(k).copied().unwrap_or(0)))
+            .sum();
+        let precise = precise_ns as f64 / 1e3;
+        let tick_us = 1e6 / tick_hz;
+        let coarse = self.ticks.saturating_sub(earlier.ticks) as f64 * tick_us;
+        if coarse > precise + tick_us {
+            coarse
+        } else {
+            precise
+        }
+    }
+}
+
+/// `getconf CLK_TCK`; 100 (USER_HZ on every common Linux) if that fails.
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .filter(|h| *h > 0.0)
+        .unwrap_or(100.0)
+}
+
+fn which(tool: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{tool} not found in PATH"))
+}
+
+/// The median (mean of the middle two for an even count); 0 for none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let hi = v.get(n / 2).copied().unwrap_or(0.0);
+    if n % 2 == 1 {
+        hi
+    } else {
+        (v.get(n / 2 - 1).copied().unwrap_or(hi) + hi) / 2.0
+    }
+}
+
+/// One row per configuration, size and mode, in report order, from the
+/// samples of every repetition.
+fn aggregate(
+    plan: &Plan,
+    targets: &[Target],
+    samples: &BTreeMap<(Config, u64, ConnMode), Vec<Sample>>,
+    failed: &BTreeMap<(Config, u64, ConnMode), u32>,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &size in &plan.sizes {
+        for mode in ConnMode::ALL {
+            for t in targets {
+                let key = (t.config, size, mode);
+                let v = samples.get(&key).map(Vec::as_slice).unwrap_or_default();
+                let med = |f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+                let cpu = if t.pgid.is_some() {
+                    med(|s| s.cpu_us_per_req)
+                } else {
+                    0.0
+                };
+                rows.push(Row {
+                    record: Record {
+                        config: t.config,
+                        size_bytes: size,
+                        conn_mode: mode,
+                        rps: med(|s| s.rps),
+                        mbps: med(|s| s.mbps),
+                        p50_ms: med(|s| s.p50_ms),
+                        p99_ms: med(|s| s.p99_ms),
+                        front_cpu_us_per_req: cpu,
+                        front_nic_bytes: med(|s| s.nic_bytes as f64).round() as u64,
+                    },
+                    requests: v.iter().map(|s| s.requests).sum(),
+                    errors: v.iter().map(|s| s.errors).sum(),
+                    conns_per_req: med(|s| s.conns_per_req),
+                    failed_runs: failed.get(&key).copied().unwrap_or(0),
+                });
+            }
+        }
+    }
+    rows
+}
+
+fn find(records: &[Record], c: Config, size: u64, mode: ConnMode) -> Option<&Record> {
+    records
+        .iter()
+        .find(|r| r.config == c && r.size_bytes == size && r.conn_mode == mode)
+}
+
+/// Two decimals below 10 µs, one above.
+fn cpu_label(us: f64) -> String {
+    if us < 10.0 {
+        format!("{us:.2}")
+    } else {
+        format!("{us:.1}")
+    }
+}
+
+/// `a / b` as `1.23x`, or `n/a`.
+fn ratio(a: f64, b: f64) -> String {
+    if a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() {
+        format!("{:.2}x", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// The report: the plan, the table, the ratios the issue sets targets for,
+/// the method and the notes.
+pub fn markdown(plan: &Plan, rows: &[Row], notes: &[String]) -> String {
+    let records: Vec<Record> = rows.iter().map(|r| r.record.clone()).collect();
+    let mut o = String::new();
+    let _ = writeln!(o, "# baton bench compare\n");
+    let _ = writeln!(
+        o,
+        "Two back-ends (`baton back`, plain HTTP on :8080) behind each front; `direct` is wrk \
+         straight to one of them. Load: wrk -t{} -c{} from the client namespace, {} s per run, \
+         {} repetition(s), medians shown; runs interleaved (every configuration once per size \
+         and connection mode, order rotated). Every front on one core: baton `workers = 1` \
+         (handoff and relay), nginx `worker_processes 1`, haproxy `nbthread 1`: a 2-CPU \
+         machine where the client and the back-ends need CPU too. `close` sends \
+         `Connection: close`: one connection per request.\n",
+        plan.threads, plan.connections, plan.seconds, plan.repetitions
+    );
+    let _ = writeln!(
+        o,
+        "| size | conn | config | req/s | vs nginx | MB/s | p50 ms | p99 ms | front CPU µs/req | front NIC B/req | conn/req | errors |"
+    );
+    let _ = writeln!(
+        o,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in rows {
+        let r = &row.record;
+        let nginx = find(&records, Config::Nginx, r.size_bytes, r.conn_mode).map_or(0.0, |n| n.rps);
+        let nic_per_req = if r.rps > 0.0 {
+            r.front_nic_bytes as f64 / (r.rps * f64::from(plan.seconds))
+        } else {
+            0.0
+        };
+        let errors = if row.failed_runs > 0 {
+            format!("{} ({} runs failed)", row.errors, row.failed_runs)
+        } else {
+            row.errors.to_string()
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {} |",
+            size_label(r.size_bytes),
+            r.conn_mode.name(),
+            r.config.name(),
+            r.rps,
+            ratio(r.rps, nginx),
+            r.mbps,
+            r.p50_ms,
+            r.p99_ms,
+            cpu_label(r.front_cpu_us_per_req),
+            nic_per_req,
+            row.conns_per_req,
+            errors
+        );
+    }
+    o.push_str("\n## Against the targets\n\n");
+    for line in target_lines(plan, &records) {
+        let _ = writeln!(o, "- {line}");
+    }
+    o.push_str(
+        "\n## Method\n\n\
+         - **req/s, MB/s, p50, p99**: wrk's own figures (MB/s counts response bytes with \
+         headers, 10^6 bytes); p50 and p99 are per-request latencies from wrk's histogram.\n\
+         - **front CPU µs/req**: CPU time (user and system) of every thread of every process \
+         in the front role's process group (baton front; nginx master and worker; haproxy), \
+         read before and after each run from `/proc/PID/task/TID/schedstat` (ns; if a thread \
+         exited during the run, from utime + stime in `/proc/PID/stat`, 10 ms ticks), \
+         divided by the requests completed; 0 for `direct`.\n\
+         - **Not attributed**: kernel work done in softirq context. On veth, a packet's \
+         receive path (IP, TCP, and tc programs such as Baton's BPF forwarder) mostly runs \
+         in the context of the process that sent it, or in ksoftirqd, and is charged there: \
+         the front's figure includes the receive work for what the front sends and excludes \
+         the receive work for what it receives (for `handoff`, the forwarder's per-packet \
+         steering of the client's ACKs is charged to the client or ksoftirqd). No sound \
+         per-namespace split of softirq time exists; the table does not guess one.\n\
+         - **front NIC B/req**: bytes received plus sent by the front's `eth0` during the run \
+         (the JSON's `front_nic_bytes` is the run total), divided by the requests; includes \
+         control-channel heartbeats. A proxy carries each response twice (in from the \
+         back-end, out to the client); a handoff front carries the request and the \
+         client's ACKs.\n\
+         - **conn/req**: TCP connections the client opened per request (`ActiveOpens` of its \
+         namespace): about 1 in `close` mode proves wrk reconnected for every request.\n\
+         - Caveats: one shared 2-CPU VM, everything in one kernel (client, fronts and \
+         back-ends are namespaces, links are veths over a bridge): absolute numbers are \
+         this machine's; the ratios are the result.\n",
+    );
+    if !notes.is_empty() {
+        o.push_str("\n## Notes\n\n");
+        for n in notes {
+            let _ = writeln!(o, "- {n}");
+        }
+    }
+    o
+}
+
+/// The issue's targets, each with the measured ratio.
+fn target_lines(plan: &Plan, records: &[Record]) -> Vec<String> {
+    let mut out = Vec::new();
+    let get = |c, s, m| find(records, c, s, m);
+    let mib = 1u64 << 20;
+    for mode in ConnMode::ALL {
+        if let (Some(h), Some(n)) = (
+            get(Config::Handoff, mib, mode),
+            get(Config::Nginx, mib, mode),
+        ) {
+            out.push(format!(
+                "Front CPU per request, 1 MiB {}: nginx {} µs, handoff {} µs: {} less (target: at least 10x)",
+                mode.name(),
+                cpu_label(n.front_cpu_us_per_req),
+                cpu_label(h.front_cpu_us_per_req),
+                ratio(n.front_cpu_us_per_req, h.front_cpu_us_per_req)
+            ));
+        }
+    }
+    for mode in ConnMode::ALL {
+        let v: Vec<String> = plan
+            .sizes
+            .iter()
+            .filter_map(|&s| {
+                get(Config::Handoff, s, mode)
+                    .map(|h| format!("{} {}", size_label(s), cpu_label(h.front_cpu_us_per_req)))
+            })
+            .collect();
+        if !v.is_empty() {
+            out.push(format!(
+                "Handoff front CPU µs per request by size, {} (target: flat): {}",
+                mode.name(),
+                v.join(", ")
+            ));
+        }
+    }
+    let big: Vec<String> = plan
+        .sizes
+        .iter()
+        .filter(|&&s| s >= 256 << 10)
+        .flat_map(|&s| ConnMode::ALL.map(move |m| (s, m)))
+        .filter_map(|(s, m)| {
+            let h = get(Config::Handoff, s, m)?;
+            let n = get(Config::Nginx, s, m)?;
+            Some(format!(
+                "{} {} {}",
+                size_label(s),
+                m.name(),
+                ratio(h.rps, n.rps)
+            ))
+        })
+        .collect();
+    if !big.is_empty() {
+        out.push(format!(
+            "Handoff throughput / nginx, responses >= 256 KiB (target: at least 2x): {}",
+            big.join(", ")
+        ));
+    }
+    if let (Some(h), Some(n)) = (
+        get(Config::Handoff, 1 << 10, ConnMode::Close),
+        get(Config::Nginx, 1 << 10, ConnMode::Close),
+    ) {
+        out.push(format!(
+            "1 KiB, one request per connection: handoff {:.0} req/s, nginx {:.0} req/s: {} (target: at least 0.8x)",
+            h.rps,
+            n.rps,
+            ratio(h.rps, n.rps)
+        ));
+    }
+    let relay: Vec<String> = plan
+        .sizes
+        .iter()
+        .flat_map(|&s| ConnMode::ALL.map(move |m| (s, m)))
+        .filter_map(|(s, m)| {
+            let r = get(Config::Relay, s, m)?;
+            let n = get(Config::Nginx, s, m)?;
+            Some(format!(
+                "{} {} {}",
+                size_label(s),
+                m.name(),
+                ratio(r.rps, n.rps)
+            ))
+        })
+        .collect();
+    if relay.is_empty() {
+        out.push("Relay / nginx: no relay measurements (see the notes)".into());
+    } else {
+        out.push(format!(
+            "Relay throughput / nginx (target: at least 0.85x everywhere): {}",
+            relay.join(", ")
+        ));
+    }
+    out
+}
+
+/// Tableau colours (as in the simulator's chart), one per configuration.
+const PALETTE: [plotters::style::RGBColor; 5] = [
+    plotters::style::RGBColor(127, 127, 127),
+    plotters::style::RGBColor(214, 39, 40),
+    plotters::style::RGBColor(255, 127, 14),
+    plotters::style::RGBColor(44, 160, 44),
+    plotters::style::RGBColor(31, 119, 180),
+];
+
+/// Requests/s by response size (log scale), one line per configuration,
+/// one panel per connection mode, as an SVG document.
+pub fn render_svg(plan: &Plan, records: &[Record]) -> Result<String> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
+    // Integer ranges are inclusive as segments: 0..=last is one per size.
+    let last = u32::try_from(plan.sizes.len().saturating_sub(1)).context("too many sizes")?;
+    let positive = || records.iter().map(|r| r.rps).filter(|x| *x > 0.0);
+    let lo = positive().fold(f64::INFINITY, f64::min);
+    let hi = positive().fold(0.0_f64, f64::max);
+    let (lo, hi) = if lo.is_finite() && hi > 0.0 {
+        (lo / 2.0, hi * 2.0)
+    } else {
+        (1.0, 10.0)
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1200, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let root = root
+            .titled(
+                &format!(
+                    "baton bench compare: requests/s by response size (wrk -c{}, {} s runs, median of {})",
+                    plan.connections, plan.seconds, plan.repetitions
+                ),
+                ("sans-serif", 22),
+            )
+            .map_err(|e| err(&e))?;
+        let panels = root.split_evenly((1, 2));
+        for (panel, mode) in panels.iter().zip(ConnMode::ALL) {
+            let title = match mode {
+                ConnMode::KeepAlive => "keep-alive",
+                ConnMode::Close => "Connection: close (one request per connection)",
+            };
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(45)
+                .y_label_area_size(75)
+                .build_cartesian_2d((0..last).into_segmented(), (lo..hi).log_scale())
+                .map_err(|e| err(&e))?;
+            let sizes = plan.sizes.clone();
+            chart
+                .configure_mesh()
+                .label_style(("sans-serif", 14))
+                .axis_desc_style(("sans-serif", 15))
+                .x_desc("response size")
+                .y_desc("requests/s (log)")
+                .x_labels(sizes.len())
+                .x_label_formatter(&|v| match v {
+                    SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => sizes
+                        .get(*i as usize)
+                        .map(|s| size_label(*s))
+                        .unwrap_or_default(),
+                    SegmentValue::Last => String::new(),
+                })
+                .y_label_formatter(&|y| format!("{y:.0}"))
+                .draw()
+                .map_err(|e| err(&e))?;
+            for (k, config) in Config::ALL.into_iter().enumerate() {
+                let color = PALETTE.get(k).copied().unwrap_or(BLACK).to_rgba();
+                let points: Vec<(SegmentValue<u32>, f64)> = plan
+                    .sizes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, &s)| {
+                        let r = find(records, config, s, mode)?;
+                        let i = u32::try_from(i).ok()?;
+                        (r.rps > 0.0).then_some((SegmentValue::CenterOf(i), r.rps))
+                    })
+                    .collect();
+                if points.is_empty() {
+                    continue;
+                }
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                    .map_err(|e| err(&e))?
+                    .label(config.name())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(
+                        points
+                            .into_iter()
+                            .map(|p| Circle::new(p, 3, color.filled())),
+                    )
+                    .map_err(|e| err(&e))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font(("sans-serif", 14))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(svg)
+}
+
+/// A progress bar on stderr: redrawn in place on a terminal, one line per
+/// step otherwise (CI logs).
+#[derive(Debug)]
+struct Progress {
+    total: usize,
+    done: usize,
+    start: Instant,
+    tty: bool,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Progress {
+            total,
+            done: 0,
+            start: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+            drawn: false,
+        }
+    }
+
+    fn draw(&mut self, label: &str) {
+        let line = progress_line(self.done, self.total, label, self.start.elapsed());
+        let mut e = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(e, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(e, "{line}");
+        }
+        let _ = e.flush();
+        self.drawn = true;
+    }
+
+    /// A message that must not be overwritten by the bar.
+    fn note(&mut self, msg: &str) {
+        let mut e = std::io::stderr().lock();
+        if self.tty && self.drawn {
+            let _ = write!(e, "\r\x1b[2K");
+        }
+        let _ = writeln!(e, "compare: {msg}");
+        self.drawn = false;
+    }
+
+    fn finish(&mut self) {
+        let line = progress_line(self.done, self.total, "done", self.start.elapsed());
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{}{line}",
+            if self.tty { "\r\x1b[2K" } else { "" }
+        );
+    }
+}
+
+/// `[=====>    ] 12/60 nginx 1MiB close (1:02 elapsed, ~4:08 left)`.
+pub fn progress_line(done: usize, total: usize, label: &str, elapsed: Duration) -> String {
+    const WIDTH: usize = 30;
+    let filled = (done * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
+    let mut bar = "=".repeat(filled);
+    if filled < WIDTH {
+        bar.push('>');
+        bar.push_str(&" ".repeat(WIDTH - filled - 1));
+    }
+    let mmss = |d: Duration| format!("{}:{:02}", d.as_secs() / 60, d.as_secs() % 60);
+    let left = if done > 0 && done < total {
+        let per = elapsed.as_secs_f64() / done as f64;
+        format!(
+            ", ~{} left",
+            mmss(Duration::from_secs_f64(per * (total - done) as f64))
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "[{bar}] {done}/{total} {label} ({} elapsed{left})",
+        mmss(elapsed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(sizes: &[u64]) -> Plan {
+        Plan {
+            repetitions: 3,
+            seconds: 5,
+            sizes: sizes.to_vec(),
+            configs: Config::ALL.to_vec(),
+            threads: 1,
+            connections: 16,
+        }
+    }
+
+    fn record(config: Config, size: u64, mode: ConnMode, rps: f64, cpu: f64) -> Record {
+        Record {
+            config,
+            size_bytes: size,
+            conn_mode: mode,
+            rps,
+            mbps: rps * size as f64 / 1e6,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            front_cpu_us_per_req: cpu,
+            front_nic_bytes: 1000,
+        }
+    }
+
+    #[test]
+    fn records_serialize_with_exactly_the_documented_keys() {
+        let r = record(Config::Haproxy, 1 << 20, ConnMode::KeepAlive, 10.0, 1.5);
+        let v = serde_json::to_value(&r).expect("json");
+        let mut keys: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "config",
+                "conn_mode",
+                "front_cpu_us_per_req",
+                "front_nic_bytes",
+                "mbps",
+                "p50_ms",
+                "p99_ms",
+                "rps",
+                "size_bytes"
+            ]
+        );
+        assert_eq!(v["config"], "haproxy");
+        assert_eq!(v["conn_mode"], "keepalive");
+        let c = record(Config::Direct, 1024, ConnMode::Close, 1.0, 0.0);
+        assert_eq!(
+            serde_json::to_value(&c).expect("json")["conn_mode"],
+            "close"
+        );
+    }
+
+    #[test]
+    fn sizes_parse_in_kib_and_mib_and_label_back() {
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size("16KiB"), Ok(16 << 10));
+        assert_eq!(parse_size("8m"), Ok(8 << 20));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        for bad in ["", "0", "k", "1g", "-1k", "65m", "99999999999999999999m"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        let labels: Vec<String> = SIZES.iter().map(|s| size_label(*s)).collect();
+        assert_eq!(labels, ["1 KiB", "16 KiB", "256 KiB", "1 MiB", "8 MiB"]);
+        assert_eq!(size_label(1000), "1000 B");
+    }
+
+    #[test]
+    fn quick_is_short_and_full_is_the_default() {
+        let args = |quick: bool| CompareArgs {
+            quick,
+            json: "x.json".into(),
+            name: "x".into(),
+            repetitions: None,
+            seconds: None,
+            sizes: Vec::new(),
+            configs: Vec::new(),
+            threads: 1,
+            connections: 16,
+        };
+        let full = Plan::from_args(&args(false)).expect("plan");
+        assert_eq!((full.repetitions, full.seconds), (3, 5));
+        assert_eq!(full.sizes, SIZES);
+        assert_eq!(full.configs, Config::ALL);
+        let quick = Plan::from_args(&args(true)).expect("plan");
+        // Load time alone must leave room for the lab and warm-up in 2 minutes.
+        let load = quick.repetitions as usize
+            * quick.seconds as usize
+            * quick.sizes.len()
+            * 2
+            * quick.configs.len();
+        assert!(load <= 70, "{load} s of load");
+        assert!(quick.sizes.contains(&(1 << 20)) && quick.sizes.contains(&1024));
+        let mut bad = args(true);
+        bad.connections = 0;
+        assert!(Plan::from_args(&bad).is_err());
+    }
+
+    #[test]
+    fn medians_take_the_middle() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![f64::NAN, 5.0]), 5.0);
+    }
+
+    #[test]
+    fn proc_stat_parses_odd_command_names() {
+        let text =
+            "1234 (nginx: a) b) S 1 1200 1200 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 12345 0 0";
+        let st = parse_proc_stat(text).expect("parsed");
+        assert_eq!(
+            st,
+            ProcStat {
+                state: 'S',
+                pgrp: 1200,
+                cpu_ticks: 325
+            }
+        );
+        assert_eq!(parse_proc_stat("garbage"), None);
+        assert_eq!(parse_proc_stat("1 (x) S 1"), None);
+        let me = proc_stat(std::process::id()).expect("own stat");
+        assert_ne!(me.state, 'Z');
+    }
+
+    #[test]
+    fn cpu_is_counted_per_thread_unless_threads_exited() {
+        let snap = |threads: &[((u32, u32), u64)], ticks| CpuSnapshot {
+            threads: threads.iter().copied().collect(),
+            ticks,
+        };
+        let before = snap(&[((1, 1), 1_000_000), ((1, 2), 5_000_000)], 10);
+        // 2 ms more on thread 1, 1 ms on thread 2, a new thread with 0.5 ms.
+        let after = snap(
+            &[((1, 1), 3_000_000), ((1, 2), 6_000_000), ((1, 3), 500_000)],
+            10,
+        );
+        assert_eq!(after.used_since_us(&before, 100.0), 3500.0);
+        // Thread 2 exited after using 40 ms: only the ticks saw it.
+        let gone = snap(&[((1, 1), 3_000_000)], 15);
+        assert_eq!(gone.used_since_us(&before, 100.0), 50_000.0);
+        let pid = std::process::id();
+        let pgrp = proc_stat(pid).expect("own stat").pgrp;
+        let me = CpuSnapshot::of_group(pgrp);
+        assert!(me.threads.contains_key(&(pid, pid)), "{me:?}");
+    }
+
+    #[test]
+    fn active_opens_come_from_the_tcp_lines() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens\n\
+                    Tcp: 1 200 120000 -1 4711 3\nUdp: InDatagrams\nUdp: 0\n";
+        assert_eq!(parse_active_opens(snmp), Some(4711));
+        assert_eq!(parse_active_opens("Tcp: ActiveOpens\n"), None);
+    }
+
+    #[test]
+    fn samples_divide_by_requests_and_survive_zero() {
+        let w = WrkResult {
+            requests: 1000,
+            bytes: 2_000_000,
+            duration_us: 2_000_000,
+            errors_connect: 1,
+            errors_read: 0,
+            errors_write: 0,
+            errors_status: 2,
+            errors_timeout: 0,
+            p50_us: 1500,
+            p99_us: 9000,
+        };
+        let s = sample_of(&w, 500_000.0, 12345, 1000);
+        assert_eq!(s.rps, 500.0);
+        assert_eq!(s.mbps, 1.0);
+        assert_eq!((s.p50_ms, s.p99_ms), (1.5, 9.0));
+        // 0.5 s of CPU over 1000 requests.
+        assert_eq!(s.cpu_us_per_req, 500.0);
+        assert_eq!((s.errors, s.nic_bytes, s.conns_per_req), (3, 12345, 1.0));
+        let none = sample_of(&WrkResult { requests: 0, ..w }, 500_000.0, 0, 0);
+        assert_eq!(
+            (none.rps, none.cpu_us_per_req, none.conns_per_req),
+            (0.0, 0.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn relay_config_relays_on_its_own_port_and_keeps_the_rest() {
+        let lab = "vip = \"198.18.0.100\"\nport = 80\ninterface = \"eth0\"\n\
+                   key_file = \"/k\"\nadmin_listen = \"127.0.0.1:9100\"\nworkers = 1\n\
+                   [limits]\nhead_timeout_ms = 5000\n\n\
+                   [[backend]]\nname = \"back1\"\ncontrol = \"198.18.0.11:7070\"\n\n\
+                   [[backend]]\nname = \"back2\"\ncontrol = \"198.18.0.12:7070\"\n\
+                   relay_address = \"198.18.0.12:9999\"\n";
+        let ips: BTreeMap<String, std::net::Ipv4Addr> = [
+            ("back1".to_string(), std::net::Ipv4Addr::new(198, 18, 0, 11)),
+            ("back2".to_string(), std::net::Ipv4Addr::new(198, 18, 0, 12)),
+        ]
+        .into();
+        let text = relay_toml(lab, &ips).expect("relay config");
+        let t: toml::Table = text.parse().expect("valid TOML");
+        assert_eq!(t["handoff"].as_bool(), Some(false));
+        assert_eq!(t["port"].as_integer(), Some(8083));
+        assert_eq!(t["admin_listen"].as_str(), Some("127.0.0.1:9102"));
+        assert_eq!(t["workers"].as_integer(), Some(1));
+        assert_eq!(t["vip"].as_str(), Some("198.18.0.100"));
+        assert_eq!(t["limits"]["head_timeout_ms"].as_integer(), Some(5000));
+        let b = t["backend"].as_array().expect("backends");
+        assert_eq!(b[0]["relay_address"].as_str(), Some("198.18.0.11:8080"));
+        // What the lab wrote wins.
+        assert_eq!(b[1]["relay_address"].as_str(), Some("198.18.0.12:9999"));
+        assert_eq!(b[1]["control"].as_str(), Some("198.18.0.12:7070"));
+    }
+
+    #[test]
+    fn peer_configs_point_only_at_lab_addresses() {
+        let vip = std::net::Ipv4Addr::new(198, 18, 0, 100);
+        let ups = [
+            std::net::Ipv4Addr::new(198, 18, 0, 11),
+            std::net::Ipv4Addr::new(198, 18, 0, 12),
+        ];
+        let ng = nginx_conf(Path::new("/tmp/x"), vip, &ups);
+        let hp = haproxy_conf(vip, &ups);
+        for conf in [&ng, &hp] {
+            assert!(conf.contains("198.18.0.11:8080") && conf.contains("198.18.0.12:8080"));
+            // Every dotted quad in the file is a lab address.
+            for word in conf.split(|c: char| !(c.is_ascii_digit() || c == '.')) {
+                if word.split('.').count() == 4 && word.parse::<std::net::Ipv4Addr>().is_ok() {
+                    assert!(word.starts_with("198.18.0."), "{word} in\n{conf}");
+                }
+            }
+        }
+        assert!(ng.contains("listen 198.18.0.100:8081") && ng.contains("worker_processes 1;"));
+        assert!(hp.contains("bind 198.18.0.100:8082") && hp.contains("nbthread 1"));
+    }
+
+    fn rows_for(records: &[Record]) -> Vec<Row> {
+        records
+            .iter()
+            .map(|r| Row {
+                record: r.clone(),
+                requests: 100,
+                errors: 0,
+                conns_per_req: 1.0,
+                failed_runs: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn report_states_the_ratios_against_nginx() {
+        let mib = 1 << 20;
+        let mut recs = Vec::new();
+        for mode in ConnMode::ALL {
+            recs.push(record(Config::Handoff, mib, mode, 1200.0, 2.0));
+            recs.push(record(Config::Nginx, mib, mode, 400.0, 300.0));
+            recs.push(record(Config::Relay, mib, mode, 380.0, 280.0));
+        }
+        let md = markdown(&plan(&[mib]), &rows_for(&recs), &["a note".into()]);
+        assert!(
+            md.contains("| 1 MiB | keepalive | handoff | 1200 | 3.00x |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("nginx 300.0 µs, handoff 2.00 µs: 150.00x less"),
+            "{md}"
+        );
+        assert!(md.contains("1 MiB keepalive 3.00x"), "{md}");
+        assert!(md.contains("Relay throughput / nginx (target: at least 0.85x everywhere): 1 MiB keepalive 0.95x"), "{md}");
+        assert!(md.contains("softirq"), "{md}");
+        assert!(md.contains("- a note"), "{md}");
+        let no_relay: Vec<Record> = recs
+            .iter()
+            .filter(|r| r.config != Config::Relay)
+            .cloned()
+            .collect();
+        let md = markdown(&plan(&[mib]), &rows_for(&no_relay), &[]);
+        assert!(md.contains("no relay measurements"), "{md}");
+    }
+
+    #[test]
+    fn chart_has_a_panel_per_mode_and_a_line_per_config() {
+        let sizes = [1 << 10, 1 << 20];
+        let mut recs = Vec::new();
+        for (k, c) in Config::ALL.into_iter().enumerate() {
+            for &s in &sizes {
+                for m in ConnMode::ALL {
+                    recs.push(record(c, s, m, 100.0 * (k + 1) as f64, 1.0));
+                }
+            }
+        }
+        // A failed run (0 req/s) must not break the log scale.
+        recs.push(record(Config::Direct, 8 << 20, ConnMode::Close, 0.0, 0.0));
+        let svg = render_svg(&plan(&sizes), &recs).expect("svg");
+        assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+        for c in Config::ALL {
+            // plotters puts each text on its own line.
+            assert!(
+                svg.contains(&format!("\n{}\n</text>", c.name())),
+                "legend {}",
+                c.name()
+            );
+        }
+        assert!(svg.contains("keep-alive") && svg.contains("Connection: close"));
+        assert!(svg.contains("\n1 MiB\n</text>"));
+        assert!(render_svg(&plan(&sizes), &[]).is_ok());
+        assert!(render_svg(&plan(&[1024]), &recs).is_ok());
+    }
+
+    #[test]
+    fn progress_bar_fills_and_estimates() {
+        let l = progress_line(12, 60, "nginx 1MiB close", Duration::from_secs(62));
+        assert!(l.starts_with("[======>"), "{l}");
+        assert!(
+            l.contains("] 12/60 nginx 1MiB close (1:02 elapsed, ~4:08 left)"),
+            "{l}"
+        );
+        let end = progress_line(60, 60, "done", Duration::from_secs(5));
+        assert!(end.starts_with(&format!("[{}]", "=".repeat(30))), "{end}");
+        assert!(progress_line(0, 0, "x", Duration::ZERO).contains("0/0"));
+    }
+}

@@ -1,0 +1,198 @@
+//! `baton bench compare --quick` as CI runs it: the JSON scripts rely on
+//! holds every configuration with positive throughput at every size and
+//! connection mode, the Markdown and the chart are written, the handoff
+//! front's NIC carries a fraction of what nginx's carries, and nothing the
+//! bench started is left running.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Far beyond the 2 minutes a quick run takes, to fail rather than hang.
+const BENCH_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The bench process, killed (and its lab removed) if the test fails first.
+struct Bench {
+    child: Child,
+    lab: String,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Removes the lab and every process left in its namespaces (peers included).
+        let _ = baton_lab::down(&self.lab);
+    }
+}
+
+/// Whether this build's front has relay mode: `baton check` accepts a
+/// front that relays everything (`handoff = false`).
+fn relay_mode_exists(dir: &Path) -> bool {
+    let conf = dir.join("relay-probe.toml");
+    std::fs::write(
+        &conf,
+        "vip = \"198.18.0.100\"\ninterface = \"eth0\"\nhandoff = false\n\n\
+         [[backend]]\nname = \"back1\"\ncontrol = \"198.18.0.11:7070\"\n\
+         relay_address = \"198.18.0.11:8080\"\n",
+    )
+    .expect("writing the probe config");
+    Command::new(baton())
+        .arg("check")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("running baton check")
+        .success()
+}
+
+fn num(r: &Value, key: &str) -> f64 {
+    r[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("record without a numeric {key}: {r}"))
+}
+
+#[test]
+fn quick_compare_reports_every_configuration() {
+    require_root();
+    let tmp = TempDir::new("e2e-compare").expect("temp dir");
+    let json = tmp.0.join("compare.json");
+    let name = lab_name();
+    let child = Command::new(baton())
+        .args(["bench", "compare", "--quick", "--name", &name, "--json"])
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting baton bench compare");
+    let bench_pid = child.id();
+    let mut bench = Bench {
+        child,
+        lab: name.clone(),
+    };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = bench.child.try_wait().expect("waiting for the bench") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < BENCH_DEADLINE,
+            "baton bench compare --quick still runs after {BENCH_DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = start.elapsed();
+    let mut stdout = String::new();
+    if let Some(mut out) = bench.child.stdout.take() {
+        use std::io::Read;
+        out.read_to_string(&mut stdout).ok();
+    }
+    eprintln!("{stdout}\nbaton bench compare --quick took {took:?}");
+    assert!(status.success(), "baton bench compare failed: {status}");
+    assert!(
+        took < Duration::from_secs(120),
+        "a quick run must fit CI's 2 minutes, took {took:?}"
+    );
+
+    let records: Vec<Value> = serde_json::from_slice(
+        &std::fs::read(&json).expect("the bench wrote its JSON where --json said"),
+    )
+    .expect("the JSON is a list of records");
+    let keys: BTreeSet<&str> = [
+        "config",
+        "size_bytes",
+        "conn_mode",
+        "rps",
+        "mbps",
+        "p50_ms",
+        "p99_ms",
+        "front_cpu_us_per_req",
+        "front_nic_bytes",
+    ]
+    .into();
+    for r in &records {
+        let got: BTreeSet<&str> = r
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {r}"))
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(got, keys, "{r}");
+    }
+
+    let mut expected = vec!["direct", "handoff", "nginx", "haproxy"];
+    if relay_mode_exists(&tmp.0) {
+        expected.push("relay");
+    }
+    let sizes: BTreeSet<u64> = records
+        .iter()
+        .filter_map(|r| r["size_bytes"].as_u64())
+        .collect();
+    assert!(
+        sizes.contains(&1024) && sizes.contains(&(1 << 20)),
+        "sizes {sizes:?}"
+    );
+    let find = |config: &str, size: u64, mode: &str| -> &Value {
+        records
+            .iter()
+            .find(|r| r["config"] == config && r["size_bytes"] == size && r["conn_mode"] == mode)
+            .unwrap_or_else(|| panic!("no record for {config} {size} B {mode}\n{stdout}"))
+    };
+    for config in &expected {
+        for &size in &sizes {
+            for mode in ["keepalive", "close"] {
+                let r = find(config, size, mode);
+                assert!(num(r, "rps") > 0.0, "{r}\n{stdout}");
+                assert!(num(r, "mbps") > 0.0 && num(r, "p50_ms") > 0.0, "{r}");
+            }
+        }
+    }
+    for r in records.iter().filter(|r| r["config"] == "direct") {
+        assert_eq!(num(r, "front_cpu_us_per_req"), 0.0, "{r}");
+    }
+
+    // A proxy carries each response through its NIC twice; a handoff front
+    // only sees requests and ACKs. Per request, so throughput does not matter.
+    let per_req = |r: &Value| num(r, "front_nic_bytes") / num(r, "rps");
+    let handoff = find("handoff", 1 << 20, "keepalive");
+    let nginx = find("nginx", 1 << 20, "keepalive");
+    assert!(
+        per_req(handoff) * 10.0 < per_req(nginx),
+        "front NIC bytes per 1 MiB request: handoff {:.0}, nginx {:.0}",
+        per_req(handoff),
+        per_req(nginx)
+    );
+    assert!(
+        per_req(nginx) > (1u64 << 20) as f64,
+        "nginx's NIC must carry the body: {nginx}"
+    );
+
+    assert!(json.with_extension("md").is_file(), "no Markdown table");
+    let svg = std::fs::read_to_string(json.with_extension("svg")).expect("the chart");
+    assert!(svg.starts_with("<svg") && svg.contains("handoff"));
+
+    // Nothing the bench started survives it.
+    assert_gone(&name, &baton_lab::lab_dir(&name));
+    // The bench's scratch directory (labtools::TempDir), named in the peers' command lines.
+    let scratch = std::env::temp_dir().join(format!("baton-compare-{bench_pid}-"));
+    let out = Command::new("pgrep")
+        .arg("-af")
+        .arg(&scratch)
+        .output()
+        .expect("pgrep");
+    let left = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        left.trim().is_empty(),
+        "processes left by the bench:\n{left}"
+    );
+}
