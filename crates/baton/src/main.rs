@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run the front-end daemon (needs CAP_NET_ADMIN and CAP_BPF).
+    /// Run the front-end daemon (hands off with CAP_NET_ADMIN and CAP_BPF; relays without).
     Front(FrontArgs),
     /// Run the back-end daemon (needs CAP_NET_ADMIN for TCP_REPAIR).
     Back(BackArgs),
