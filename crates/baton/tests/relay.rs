@@ -170,31 +170,7 @@ fn thousand_sequential_and_thousand_concurrent_relays() {
     );
 
     let t = Instant::now();
-    let failures = in_netns(&netns, move || {
-        let req = get_request("/1k.bin", true);
-        let mut conns = Vec::with_capacity(1000);
-        for i in 0..1000 {
-            conns.push(HttpConn::connect(addr).unwrap_or_else(|e| panic!("connection {i}: {e}")));
-        }
-        let mut failures = Vec::new();
-        for (i, c) in conns.iter_mut().enumerate() {
-            if let Err(e) = c.send(req.as_bytes()) {
-                failures.push(format!("#{i} send: {e}"));
-            }
-        }
-        for (i, c) in conns.iter_mut().enumerate() {
-            match c.read_response(false) {
-                Ok(r) if r.status == 200 && r.body == want => {}
-                Ok(r) => failures.push(format!(
-                    "#{i}: status {} with {} bytes",
-                    r.status,
-                    r.body.len()
-                )),
-                Err(e) => failures.push(format!("#{i}: {e}")),
-            }
-        }
-        failures
-    });
+    let failures = concurrent_gets(&netns, addr, "/1k.bin", want, 1000);
     eprintln!("1,000 concurrent relays served in {:?}", t.elapsed());
     assert!(
         failures.is_empty(),

@@ -559,3 +559,39 @@ pub fn config_of(lab: &Lab, host: &str) -> PathBuf {
         .clone()
         .unwrap_or_else(|| panic!("lab has no config for {host}"))
 }
+
+/// Opens `n` connections to `addr` from `netns` first, then sends one GET
+/// for `path` on each, then reads each answer: returns what went wrong.
+pub fn concurrent_gets(
+    netns: &str,
+    addr: SocketAddr,
+    path: &str,
+    want: Vec<u8>,
+    n: usize,
+) -> Vec<String> {
+    let req = get_request(path, true);
+    in_netns(netns, move || {
+        let mut conns = Vec::with_capacity(n);
+        for i in 0..n {
+            conns.push(HttpConn::connect(addr).unwrap_or_else(|e| panic!("connection {i}: {e}")));
+        }
+        let mut failures = Vec::new();
+        for (i, c) in conns.iter_mut().enumerate() {
+            if let Err(e) = c.send(req.as_bytes()) {
+                failures.push(format!("#{i} send: {e}"));
+            }
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            match c.read_response(false) {
+                Ok(r) if r.status == 200 && r.body == want => {}
+                Ok(r) => failures.push(format!(
+                    "#{i}: status {} with {} bytes",
+                    r.status,
+                    r.body.len()
+                )),
+                Err(e) => failures.push(format!("#{i}: {e}")),
+            }
+        }
+        failures
+    })
+}
