@@ -380,46 +380,57 @@ impl Forwarder {
         }
     }
 
-    /// The entries of the FLOWS map, in no particular order.
+    /// The entries of the FLOWS map, in no particular order. Two system
+    /// calls per entry: for a few keys, [`Forwarder::entry`] is cheaper.
     pub fn entries(&self) -> Result<Vec<(FlowKey, FlowEntry)>, BpfError> {
         let mut out = Vec::new();
         for item in self.flows.iter() {
             let (raw_key, raw) = item.map_err(|e| self.map_error("iterating", FLOWS, e))?;
             let key = FlowKey::from(raw_key);
-            let (action, target) = match raw.action {
-                abi::ACTION_PARK => (Action::Park, None),
-                abi::ACTION_FORWARD | abi::ACTION_FORWARD_CLOSING => (
-                    if raw.action == abi::ACTION_FORWARD {
-                        Action::Forward
-                    } else {
-                        Action::ForwardClosing
-                    },
-                    Some(ForwardTarget {
-                        ifindex: raw.ifindex,
-                        dst_mac: raw.dst_mac,
-                        src_mac: raw.src_mac,
-                    }),
-                ),
-                action => {
-                    return Err(BpfError::UnknownAction {
-                        iface: self.iface.clone(),
-                        key,
-                        action,
-                    })
-                }
-            };
-            out.push((
-                key,
-                FlowEntry {
-                    action,
-                    target,
-                    last_seen_ns: raw.last_seen_ns,
-                    packets: raw.packets,
-                    bytes: raw.bytes,
-                },
-            ));
+            out.push((key, self.decode_entry(key, &raw)?));
         }
         Ok(out)
+    }
+
+    /// The entry of one flow, if the map has it (one system call).
+    pub fn entry(&self, key: &FlowKey) -> Result<Option<FlowEntry>, BpfError> {
+        match self.flows.get(&RawFlowKey::from(key), 0) {
+            Ok(raw) => self.decode_entry(*key, &raw).map(Some),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(self.map_error("looking up", FLOWS, e)),
+        }
+    }
+
+    fn decode_entry(&self, key: FlowKey, raw: &RawFlowVal) -> Result<FlowEntry, BpfError> {
+        let (action, target) = match raw.action {
+            abi::ACTION_PARK => (Action::Park, None),
+            abi::ACTION_FORWARD | abi::ACTION_FORWARD_CLOSING => (
+                if raw.action == abi::ACTION_FORWARD {
+                    Action::Forward
+                } else {
+                    Action::ForwardClosing
+                },
+                Some(ForwardTarget {
+                    ifindex: raw.ifindex,
+                    dst_mac: raw.dst_mac,
+                    src_mac: raw.src_mac,
+                }),
+            ),
+            action => {
+                return Err(BpfError::UnknownAction {
+                    iface: self.iface.clone(),
+                    key,
+                    action,
+                })
+            }
+        };
+        Ok(FlowEntry {
+            action,
+            target,
+            last_seen_ns: raw.last_seen_ns,
+            packets: raw.packets,
+            bytes: raw.bytes,
+        })
     }
 
     /// The packet counters, summed over CPUs.

@@ -1079,24 +1079,76 @@ impl Front {
         };
         let limits = SweepLimits::new(&self.cfg);
         let mut tick = tokio::time::interval(ms(self.cfg.flows.sweep_interval_ms));
+        // Walking the whole map costs two system calls per entry under the
+        // forwarder lock (handoffs wait meanwhile), so it only runs often
+        // enough to catch idle entries (a quarter of the idle timeout);
+        // the sweeps between look up just the flows that may be done.
+        let full_every =
+            ms(self.cfg.flows.idle_timeout_ms / 4).max(ms(self.cfg.flows.sweep_interval_ms));
+        let mut last_full = Instant::now();
         loop {
             tick.tick().await;
-            self.sweep(kit, &limits);
+            let full = last_full.elapsed() >= full_every;
+            if full {
+                last_full = Instant::now();
+            }
+            self.sweep(kit, &limits, full);
         }
     }
 
-    fn sweep(&self, kit: &HandoffKit, limits: &SweepLimits) {
+    fn sweep(&self, kit: &HandoffKit, limits: &SweepLimits, full: bool) {
         let now = Instant::now();
         let now_ns = Forwarder::now_ns();
         // Handoffs from this id on may start after the snapshot below: their
         // records must survive even though the snapshot lacks their entries.
         let first_unseen = self.next_id.load(Ordering::Relaxed);
-        let entries = match kit.lock_forwarder().entries() {
-            Ok(e) => e,
-            Err(e) => {
-                warn!(error = %e, "listing forwarding entries failed");
-                return;
+        let entries = if full {
+            match kit.lock_forwarder().entries() {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(error = %e, "listing forwarding entries failed");
+                    return;
+                }
             }
+        } else {
+            // Only flows whose entry may be due: closed past the grace, or
+            // parked (a handoff that may be stuck).
+            let keys: Vec<FlowKey> = self
+                .lock_flows()
+                .iter()
+                .filter(|(_, f)| match f.phase {
+                    Phase::Closed { at, .. } => now.saturating_duration_since(at) >= limits.grace,
+                    Phase::Parked => true,
+                    Phase::Forwarding(_) => false,
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            let fwd = kit.lock_forwarder();
+            let mut found = Vec::with_capacity(keys.len());
+            let mut gone = Vec::new();
+            for key in keys {
+                match fwd.entry(&key) {
+                    Ok(Some(e)) => found.push((key, e)),
+                    Ok(None) => gone.push(key),
+                    Err(e) => debug!(%key, error = %e, "looking up a forwarding entry failed"),
+                }
+            }
+            drop(fwd);
+            // Closed flows whose entry a new SYN replaced: nothing to steer.
+            let mut store = kit.lock_parked();
+            let mut flows = self.lock_flows();
+            for key in gone {
+                if flows
+                    .get(&key)
+                    .is_some_and(|f| f.id < first_unseen && matches!(f.phase, Phase::Closed { .. }))
+                {
+                    flows.remove(&key);
+                    store.kept.remove(&key);
+                }
+            }
+            drop(flows);
+            drop(store);
+            found
         };
         // Each removal names the handoff it was judged on (None: no record),
         // so that a new handoff on the same 4-tuple since then is spared.
@@ -1134,6 +1186,9 @@ impl Front {
             }
             flows.remove(&key);
             store.kept.remove(&key);
+        }
+        if !full {
+            return;
         }
         // Flow records the kernel no longer has (e.g. replaced by a new SYN).
         flows.retain(|k, f| {
