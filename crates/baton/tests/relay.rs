@@ -142,24 +142,8 @@ fn thousand_sequential_and_thousand_concurrent_relays() {
     let netns = lab.netns("client").expect("client netns").to_owned();
     let before = stats(&lab);
 
-    let w = want.clone();
     let t = Instant::now();
-    let failures = in_netns(&netns, move || {
-        let req = get_request("/1k.bin", true);
-        let mut failures = Vec::new();
-        for i in 0..1000u32 {
-            match exchange(addr, req.as_bytes(), false) {
-                Ok(r) if r.status == 200 && r.body == w => {}
-                Ok(r) => failures.push(format!(
-                    "#{i}: status {} with {} bytes",
-                    r.status,
-                    r.body.len()
-                )),
-                Err(e) => failures.push(format!("#{i}: {e}")),
-            }
-        }
-        failures
-    });
+    let failures = sequential_gets(&netns, addr, "/1k.bin", want.clone(), 1000);
     eprintln!("1,000 sequential relays in {:?}", t.elapsed());
     assert!(
         failures.is_empty(),

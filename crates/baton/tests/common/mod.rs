@@ -595,3 +595,30 @@ pub fn concurrent_gets(
         failures
     })
 }
+
+/// `n` GETs for `path` from `netns`, one connection each, one after the
+/// other: returns what went wrong.
+pub fn sequential_gets(
+    netns: &str,
+    addr: SocketAddr,
+    path: &str,
+    want: Vec<u8>,
+    n: u32,
+) -> Vec<String> {
+    let req = get_request(path, true);
+    in_netns(netns, move || {
+        let mut failures = Vec::new();
+        for i in 0..n {
+            match exchange(addr, req.as_bytes(), false) {
+                Ok(r) if r.status == 200 && r.body == want => {}
+                Ok(r) => failures.push(format!(
+                    "#{i}: status {} with {} bytes",
+                    r.status,
+                    r.body.len()
+                )),
+                Err(e) => failures.push(format!("#{i}: {e}")),
+            }
+        }
+        failures
+    })
+}
