@@ -77,9 +77,10 @@ pub struct FlowEntry {
     pub target: Option<ForwardTarget>,
     /// Last packet (or control-plane change), in [`Forwarder::now_ns`] time.
     pub last_seen_ns: u64,
-    /// Packets seen for the flow (parked and forwarded).
+    /// Packets seen for the flow since the entry was last written (park,
+    /// forward, mark closing).
     pub packets: u64,
-    /// Bytes seen for the flow, Ethernet header included.
+    /// Bytes seen since then, Ethernet header included.
     pub bytes: u64,
 }
 
@@ -317,6 +318,18 @@ impl Forwarder {
 
     /// Forwards `key` to `to`. Replaces any entry.
     pub fn forward(&mut self, key: &FlowKey, to: &ForwardTarget) -> Result<(), BpfError> {
+        let value = self.forward_value(key, to, abi::ACTION_FORWARD)?;
+        self.write_entry(key, value)
+    }
+
+    /// A checked forwarding entry: never to a group address, never from
+    /// interface 0.
+    fn forward_value(
+        &self,
+        key: &FlowKey,
+        to: &ForwardTarget,
+        action: u32,
+    ) -> Result<RawFlowVal, BpfError> {
         let invalid = |reason| BpfError::InvalidTarget {
             iface: self.iface.clone(),
             key: *key,
@@ -332,35 +345,29 @@ impl Forwarder {
         if to.src_mac[0] & 1 != 0 || to.src_mac == [0; 6] {
             return Err(invalid("source MAC is not a unicast address"));
         }
-        self.write_entry(
-            key,
-            RawFlowVal {
-                action: abi::ACTION_FORWARD,
-                ifindex: to.ifindex,
-                dst_mac: to.dst_mac,
-                src_mac: to.src_mac,
-                ..RawFlowVal::default()
-            },
-        )
+        Ok(RawFlowVal {
+            action,
+            ifindex: to.ifindex,
+            dst_mac: to.dst_mac,
+            src_mac: to.src_mac,
+            ..RawFlowVal::default()
+        })
     }
 
-    /// Marks `key`'s FORWARD entry as closing (the back-end reported the
-    /// close): it keeps forwarding, and a bare SYN may now replace it. Only
-    /// then, since on a live flow a blind attacker guessing the 4-tuple could
-    /// otherwise reset the connection with one SYN. Returns whether a FORWARD
-    /// entry was marked; a parked, closing or absent entry is left as it is.
-    pub fn mark_closing(&mut self, key: &FlowKey) -> Result<bool, BpfError> {
-        let raw_key = RawFlowKey::from(key);
-        let mut value = match self.flows.get(&raw_key, 0) {
-            Ok(v) if v.action == abi::ACTION_FORWARD => v,
-            Ok(_) | Err(MapError::KeyNotFound) => return Ok(false),
-            Err(e) => return Err(self.map_error("looking up an entry", FLOWS, e)),
-        };
-        value.action = abi::ACTION_FORWARD_CLOSING;
-        // BPF_EXIST: never recreate an entry deleted since the lookup (a
-        // reused 4-tuple's SYN); the counters and last_seen_ns carry over,
-        // best effort, as in `write_entry`.
-        match self.flows.insert(raw_key, value, u64::from(BPF_EXIST)) {
+    /// Marks `key`'s entry as closing (the back-end reported the close): it
+    /// keeps forwarding to `to`, and a bare SYN may now replace it. Only then,
+    /// since on a live flow a blind attacker guessing the 4-tuple could
+    /// otherwise reset the connection with one SYN. One system call: the
+    /// caller knows the entry forwards to `to` (a parked entry would be
+    /// turned into a forwarding one). Returns whether an entry was there;
+    /// an absent one is not created (a new SYN may have replaced it).
+    pub fn mark_closing(&mut self, key: &FlowKey, to: &ForwardTarget) -> Result<bool, BpfError> {
+        let mut value = self.forward_value(key, to, abi::ACTION_FORWARD_CLOSING)?;
+        value.last_seen_ns = Self::now_ns();
+        match self
+            .flows
+            .insert(RawFlowKey::from(key), value, u64::from(BPF_EXIST))
+        {
             Ok(()) => Ok(true),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(false)
@@ -592,22 +599,14 @@ impl Forwarder {
         Ok(())
     }
 
+    /// One system call: a handoff's steps must not wait on the map more
+    /// than they have to, so the per-flow counters restart with each write
+    /// rather than being read back and carried over.
     fn write_entry(&mut self, key: &FlowKey, mut value: RawFlowVal) -> Result<(), BpfError> {
-        let raw_key = RawFlowKey::from(key);
-        // Counters carry over from PARK to FORWARD; a best effort, the program may
-        // count one more packet into the old element while it is replaced.
-        match self.flows.get(&raw_key, 0) {
-            Ok(old) => {
-                value.packets = old.packets;
-                value.bytes = old.bytes;
-            }
-            Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(self.map_error("looking up an entry", FLOWS, e)),
-        }
         // Ageing starts now, not at the first packet, which may never come.
         value.last_seen_ns = Self::now_ns();
         self.flows
-            .insert(raw_key, value, 0)
+            .insert(RawFlowKey::from(key), value, 0)
             .map_err(|e| self.map_error("writing an entry", FLOWS, e))
     }
 

@@ -201,12 +201,9 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
             )),
         })?
     };
-    tcp(
-        fd,
-        libc::TCP_REPAIR_QUEUE,
-        TCP_NO_QUEUE,
-        "setsockopt(TCP_REPAIR_QUEUE, none)",
-    )?;
+    // The queue selection stays on `recv`: the reads below do not use it,
+    // and the kernel consults it only in repair mode, which the socket
+    // leaves by closing (handed off) or by `set_repair(false)` (kept).
 
     // In repair mode TCP_MAXSEG reports the MSS clamp (what the peer offered).
     let mss = sockopt::get_int(fd, p, libc::TCP_MAXSEG, "getsockopt(TCP_MAXSEG)")?;

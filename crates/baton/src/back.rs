@@ -76,7 +76,25 @@ struct Channel {
     writer: Arc<Mutex<FrameWriter>>,
     /// Cleared when the session ends.
     alive: std::sync::atomic::AtomicBool,
+    /// `Closed` reports waiting for the next batch (see [`CLOSED_BATCH`]).
+    closed: std::sync::Mutex<Vec<Frame>>,
 }
+
+impl Channel {
+    fn new(writer: FrameWriter) -> Self {
+        Channel {
+            writer: Arc::new(Mutex::new(writer)),
+            alive: std::sync::atomic::AtomicBool::new(true),
+            closed: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// How long a `Closed` report may wait for others to share its write. The
+/// front needs them only to age its forwarding entries (after a grace of
+/// seconds) and to correct its load estimate; one write per report would
+/// wake the front once more per connection.
+const CLOSED_BATCH: Duration = Duration::from_millis(5);
 
 /// The live channels of each front-end address, oldest first. A connection
 /// reports `Closed` on the channel that handed it over; if that one is gone
@@ -92,6 +110,8 @@ struct Back {
     total: AtomicU64,
     counters: BackCounters,
     fronts: Fronts,
+    /// `Closed` batches waiting to be written (a drain waits for them).
+    flushing: AtomicU32,
 }
 
 /// Runs the back-end until `shutdown` resolves.
@@ -126,6 +146,7 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
         total: AtomicU64::new(0),
         counters: BackCounters::default(),
         fronts: std::sync::Mutex::default(),
+        flushing: AtomicU32::new(0),
         cfg,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -194,7 +215,9 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
     let active = back.active.load(Ordering::Relaxed);
     info!(active, "back-end draining");
     let deadline = Instant::now() + ms(back.cfg.drain_timeout_ms);
-    while back.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    let busy =
+        || back.active.load(Ordering::Relaxed) > 0 || back.flushing.load(Ordering::Relaxed) > 0;
+    while busy() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let left = back.active.load(Ordering::Relaxed);
@@ -346,10 +369,7 @@ impl Back {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         info!(%peer, "front-end connected");
-        let chan = Arc::new(Channel {
-            writer: Arc::new(Mutex::new(writer)),
-            alive: std::sync::atomic::AtomicBool::new(true),
-        });
+        let chan = Arc::new(Channel::new(writer));
         let writer = Arc::clone(&chan.writer);
         self.fronts
             .lock()
@@ -529,7 +549,7 @@ impl Back {
             warn!(id, %flow, error = %e, "could not take the socket live");
             // Dropping it in repair mode sends nothing; tell the front so it
             // stops steering the flow.
-            self.report_closed(id, flow, &chan, front).await;
+            self.report_closed(id, flow, &chan, front);
             return;
         }
         let stream = match TcpStream::from_std(std::net::TcpStream::from(w.fd)) {
@@ -537,7 +557,7 @@ impl Back {
             Err(e) => {
                 self.counters.go_failures.inc();
                 warn!(id, error = %e, "registering the restored socket failed");
-                self.report_closed(id, flow, &chan, front).await;
+                self.report_closed(id, flow, &chan, front);
                 return;
             }
         };
@@ -553,30 +573,49 @@ impl Back {
             }
             back.active.fetch_sub(1, Ordering::Relaxed);
             back.counters.closed.inc();
-            back.report_closed(id, flow, &chan, front).await;
+            back.report_closed(id, flow, &chan, front);
         });
     }
 
-    /// Sends `Closed` on the newest channel of the front that handed the
-    /// connection over; without one, the front ages the entry out.
-    async fn report_closed(&self, id: u64, flow: FlowKey, chan: &Channel, front: IpAddr) {
-        let writer = if chan.alive.load(Ordering::Relaxed) {
-            Some(Arc::clone(&chan.writer))
+    /// Queues `Closed` for the channel that handed the connection over, or
+    /// the newest channel of the same front; without one, the front ages the
+    /// entry out. Reports queued within [`CLOSED_BATCH`] go in one write, by
+    /// a task of their own: the caller never waits.
+    fn report_closed(self: &Arc<Self>, id: u64, flow: FlowKey, chan: &Arc<Channel>, front: IpAddr) {
+        let chan = if chan.alive.load(Ordering::Relaxed) {
+            Some(Arc::clone(chan))
         } else {
             self.fronts
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&front)
                 .and_then(|v| v.last())
-                .map(|c| Arc::clone(&c.writer))
+                .map(Arc::clone)
         };
-        let sent = match writer {
-            Some(w) => send(&w, &Frame::Closed { id, flow }).await.is_ok(),
-            None => false,
-        };
-        if !sent {
+        let Some(chan) = chan else {
             self.counters.closed_unreported.inc();
+            return;
+        };
+        let first = {
+            let mut q = chan.closed.lock().unwrap_or_else(|e| e.into_inner());
+            q.push(Frame::Closed { id, flow });
+            q.len() == 1
+        };
+        if !first {
+            // The flush the first report scheduled takes this one too.
+            return;
         }
+        // Counted before the task starts, so a drain never misses it.
+        self.flushing.fetch_add(1, Ordering::Relaxed);
+        let back = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSED_BATCH).await;
+            let batch = std::mem::take(&mut *chan.closed.lock().unwrap_or_else(|e| e.into_inner()));
+            if send_all(&chan.writer, &batch).await.is_err() {
+                back.counters.closed_unreported.add(batch.len() as u64);
+            }
+            back.flushing.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 
@@ -584,6 +623,18 @@ impl Back {
 struct Refusal {
     reason: String,
     backend_fault: bool,
+}
+
+/// Writes frames in one write, bounded in time like [`send`].
+async fn send_all(writer: &Arc<Mutex<FrameWriter>>, frames: &[Frame]) -> Result<()> {
+    match tokio::time::timeout(SEND_TIMEOUT, async {
+        writer.lock().await.send_all(frames).await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => bail!("the front-end did not take frames within {SEND_TIMEOUT:?}"),
+    }
 }
 
 /// Writes one frame, bounded in time: a front that stops reading must not

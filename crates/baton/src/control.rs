@@ -32,10 +32,18 @@ pub struct FrameReader {
 impl FrameWriter {
     /// Seals and writes one frame.
     pub async fn send(&mut self, frame: &Frame) -> Result<()> {
+        self.send_all(std::slice::from_ref(frame)).await
+    }
+
+    /// Seals several frames and writes them with one write: the peer reads
+    /// them with one wake-up.
+    pub async fn send_all(&mut self, frames: &[Frame]) -> Result<()> {
         self.buf.clear();
-        self.sealer
-            .seal(frame, &mut self.buf)
-            .context("sealing a frame")?;
+        for frame in frames {
+            self.sealer
+                .seal(frame, &mut self.buf)
+                .context("sealing a frame")?;
+        }
         self.half
             .write_all(&self.buf)
             .await

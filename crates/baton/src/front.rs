@@ -559,7 +559,13 @@ impl Front {
                 return;
             }
         }
-        let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, stream.local_addr()) else {
+        // The listener is bound to the VIP: no need to ask the kernel.
+        let local = if self.cfg.vip.is_unspecified() {
+            stream.local_addr()
+        } else {
+            Ok(SocketAddr::from((self.cfg.vip, self.cfg.port)))
+        };
+        let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, local) else {
             debug!(%peer, "not IPv4; not handed off");
             let _ = stream.write_all(&plain_error(505)).await;
             return;
@@ -1344,7 +1350,7 @@ impl Front {
                                 };
                                 // Only now may a bare SYN on this 4-tuple
                                 // replace the entry (a new connection).
-                                if let Err(e) = fwd.mark_closing(&flow) {
+                                if let Err(e) = fwd.mark_closing(&flow, &target) {
                                     warn!(key = %flow, error = %e, "could not mark a forwarding entry closing");
                                 }
                                 true
@@ -1784,8 +1790,24 @@ fn listen_on(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<TcpLi
         socket.bind_device(Some(interface.as_bytes()))?;
     }
     socket.bind(addr)?;
-    socket.listen(1024)
+    let listener = socket.listen(1024)?;
+    // As nginx's `listen ... deferred`: the kernel hands a connection over
+    // only once its first bytes arrived, so accepting and reading the request
+    // cost one wake-up, not two. A client that sends nothing is accepted
+    // after about this many seconds anyway, and then meets head_timeout.
+    baton_sys::sockopt::set_int(
+        listener.as_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        DEFER_ACCEPT_SECS,
+        "setsockopt(TCP_DEFER_ACCEPT)",
+    )
+    .map_err(|e| e.source)?;
+    Ok(listener)
 }
+
+/// `TCP_DEFER_ACCEPT`'s wait for a silent client's first bytes.
+const DEFER_ACCEPT_SECS: libc::c_int = 5;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 use baton_proto::FlowKey;
 
 use crate::frame::tests::{tcp_frame, BACK_MAC, FRONT_MAC};
-use crate::{Action, BpfError, ForwardTarget, Forwarder, ParkedFrame, Stats, Verdict};
+use crate::{Action, BpfError, FlowEntry, ForwardTarget, Forwarder, ParkedFrame, Stats, Verdict};
 
 const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
 /// Byte 13 of the TCP header, in a frame without IP options.
@@ -133,8 +133,8 @@ fn forwarded_flow_is_redirected_with_rewritten_macs() {
         (entry.action, entry.target),
         (Action::Forward, Some(target()))
     );
-    // The parked packet's count carried over into the forward entry.
-    assert_eq!((entry.packets, entry.bytes), (2, 2 * input.len() as u64));
+    // Counted since the forward entry was written: the parked packet is not.
+    assert_eq!((entry.packets, entry.bytes), (1, input.len() as u64));
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn non_tcp_and_truncated_frames_pass_unchanged() {
 fn closing() -> Forwarder {
     let mut fwd = loaded();
     fwd.forward(&key(), &target()).expect("forward");
-    assert!(fwd.mark_closing(&key()).expect("mark closing"));
+    assert!(fwd.mark_closing(&key(), &target()).expect("mark closing"));
     fwd
 }
 
@@ -329,24 +329,27 @@ fn a_closing_flow_still_forwards_everything_but_a_bare_syn() {
 }
 
 #[test]
-fn only_forward_entries_can_be_marked_closing() {
+fn marking_closing_never_creates_an_entry() {
     let mut fwd = loaded();
-    assert!(!fwd.mark_closing(&key()).expect("absent entry"));
+    assert!(!fwd.mark_closing(&key(), &target()).expect("absent entry"));
     assert!(fwd.entries().expect("entries").is_empty(), "not created");
-    fwd.park(&key()).expect("park");
-    assert!(!fwd.mark_closing(&key()).expect("parked entry"));
-    let entries = fwd.entries().expect("entries");
-    assert_eq!(entries[0].1.action, Action::Park);
     fwd.forward(&key(), &target()).expect("forward");
-    assert!(fwd.mark_closing(&key()).expect("forward entry"));
+    assert!(fwd.mark_closing(&key(), &target()).expect("forward entry"));
     assert!(
-        !fwd.mark_closing(&key()).expect("already closing"),
-        "marking twice reports nothing new"
+        fwd.mark_closing(&key(), &target()).expect("again"),
+        "marking twice is harmless"
     );
     assert_eq!(
-        fwd.entries().expect("entries")[0].1.action,
-        Action::ForwardClosing
+        fwd.entries().expect("entries")[0].1,
+        FlowEntry {
+            action: Action::ForwardClosing,
+            target: Some(target()),
+            ..fwd.entries().expect("entries")[0].1
+        }
     );
+    fwd.remove(&key()).expect("remove");
+    assert!(!fwd.mark_closing(&key(), &target()).expect("removed entry"));
+    assert!(fwd.entries().expect("entries").is_empty(), "not recreated");
 }
 
 #[test]
