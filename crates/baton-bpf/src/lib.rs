@@ -27,6 +27,7 @@ mod abi;
 mod error;
 mod forwarder;
 mod frame;
+mod runstats;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +37,7 @@ pub use forwarder::{
     TestRun, Verdict,
 };
 pub use frame::{prepare_for_resend, FrameError};
+pub use runstats::{enable_run_time_stats, program_run_time, RunStatsGuard, RunTime};
 
 /// Capacity of the flow table: writes beyond it fail with a map error.
 pub const MAX_FLOWS: u32 = abi::MAX_FLOWS;

@@ -185,6 +185,8 @@ pub struct Sample {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub cpu_us_per_req: f64,
+    /// Of `cpu_us_per_req`: the front's BPF program (0 without one).
+    pub bpf_us_per_req: f64,
     pub nic_bytes: u64,
     pub requests: u64,
     pub errors: u64,
@@ -202,6 +204,9 @@ pub struct Row {
     pub errors: u64,
     /// Median TCP connections opened by the client per request.
     pub conns_per_req: f64,
+    /// Median run time of the front's BPF program per request (included in
+    /// the record's front CPU).
+    pub bpf_us_per_req: f64,
     /// Runs that produced no result.
     pub failed_runs: u32,
 }
@@ -334,6 +339,15 @@ pub fn run(args: CompareArgs) -> Result<()> {
         },
     )?;
     let mut notes = Vec::new();
+    // Counting BPF run time costs two clock reads per packet, for every
+    // program on the machine, for as long as this guard lives.
+    let _bpf_stats = match baton_bpf::enable_run_time_stats() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            notes.push(format!("BPF run time not counted: {e}"));
+            None
+        }
+    };
     // Declared after the lab: dropped first, while the namespaces still exist.
     let mut peers: Vec<Peer> = Vec::new();
     let mut targets = Vec::new();
@@ -486,6 +500,8 @@ struct Target {
     base_url: String,
     /// The process group whose CPU time is the front's; `None` for `direct`.
     pgid: Option<u32>,
+    /// The front's BPF forwarder, whose run time is the front's too.
+    bpf_prog: Option<u32>,
 }
 
 /// What starting a configuration gave.
@@ -520,6 +536,7 @@ fn start_target(
             config,
             base_url: format!("http://{}:{}", upstreams[0], baton_lab::DIRECT_PORT),
             pgid: None,
+            bpf_prog: None,
         })),
         Config::Handoff => {
             let pid = lab
@@ -528,11 +545,17 @@ fn start_target(
                 .get("front")
                 .and_then(|h| h.pid)
                 .context("the lab's front has no pid")?;
+            let bpf_prog = lab
+                .front_stats()?
+                .get("bpf_program_id")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|id| u32::try_from(id).ok());
             // The lab starts each daemon as the leader of its own session.
             Ok(Started::Ready(Target {
                 config,
                 base_url: format!("http://{vip}:{}", lab.info.port),
                 pgid: Some(pid),
+                bpf_prog,
             }))
         }
         Config::Nginx => {
@@ -563,6 +586,7 @@ fn start_target(
                 config,
                 base_url,
                 pgid: Some(pgid),
+                bpf_prog: None,
             }))
         }
         Config::Haproxy => {
@@ -589,6 +613,7 @@ fn start_target(
                 config,
                 base_url,
                 pgid: Some(pgid),
+                bpf_prog: None,
             }))
         }
         Config::Relay => {
@@ -649,6 +674,7 @@ fn start_target(
                 config,
                 base_url,
                 pgid: Some(pgid),
+                bpf_prog: None,
             }))
         }
     }
@@ -923,6 +949,7 @@ fn measure(
     let nic0 = lab.nic("front", "eth0")?;
     let opens0 = tcp_active_opens(lab, "client")?;
     let cpu0 = target.pgid.map(CpuSnapshot::of_group);
+    let bpf0 = target.bpf_prog.and_then(bpf_run_ns);
     let w = lab.wrk_url(
         &url,
         plan.threads,
@@ -931,13 +958,29 @@ fn measure(
         mode == ConnMode::Close,
     )?;
     let cpu1 = target.pgid.map(CpuSnapshot::of_group);
+    let bpf1 = target.bpf_prog.and_then(bpf_run_ns);
     let opens = tcp_active_opens(lab, "client")?.saturating_sub(opens0);
     let nic = lab.nic("front", "eth0")?.since(&nic0);
     let cpu_us = match (cpu0, cpu1) {
         (Some(a), Some(b)) => b.used_since_us(&a, tick_hz),
         _ => 0.0,
     };
-    Ok(sample_of(&w, cpu_us, nic.rx_bytes + nic.tx_bytes, opens))
+    let bpf_us = match (bpf0, bpf1) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e3,
+        _ => 0.0,
+    };
+    let mut s = sample_of(&w, cpu_us + bpf_us, nic.rx_bytes + nic.tx_bytes, opens);
+    if w.requests > 0 {
+        s.bpf_us_per_req = bpf_us / w.requests as f64;
+    }
+    Ok(s)
+}
+
+/// Nanoseconds the kernel counted in program `id` (counting is on for
+/// the whole bench; see [`baton_bpf::enable_run_time_stats`]).
+fn bpf_run_ns(id: u32) -> Option<u64> {
+    let t = baton_bpf::program_run_time(id).ok()??;
+    u64::try_from(t.total.as_nanos()).ok()
 }
 
 /// A sample from wrk's summary and the counters around the run.
@@ -956,6 +999,7 @@ pub fn sample_of(w: &WrkResult, cpu_us: f64, nic_bytes: u64, opens: u64) -> Samp
         p50_ms: w.p50_us as f64 / 1e3,
         p99_ms: w.p99_us as f64 / 1e3,
         cpu_us_per_req: per_req(cpu_us),
+        bpf_us_per_req: 0.0,
         nic_bytes,
         requests: w.requests,
         errors: w.errors(),
@@ -1152,6 +1196,7 @@ fn aggregate(
                     requests: v.iter().map(|s| s.requests).sum(),
                     errors: v.iter().map(|s| s.errors).sum(),
                     conns_per_req: med(|s| s.conns_per_req),
+                    bpf_us_per_req: med(|s| s.bpf_us_per_req),
                     failed_runs: failed.get(&key).copied().unwrap_or(0),
                 });
             }
@@ -1203,11 +1248,11 @@ pub fn markdown(plan: &Plan, rows: &[Row], notes: &[String]) -> String {
     );
     let _ = writeln!(
         o,
-        "| size | conn | config | req/s | vs nginx | MB/s | p50 ms | p99 ms | front CPU µs/req | front NIC B/req | conn/req | errors |"
+        "| size | conn | config | req/s | vs nginx | MB/s | p50 ms | p99 ms | front CPU µs/req | of which BPF | front NIC B/req | conn/req | errors |"
     );
     let _ = writeln!(
         o,
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
         let r = &row.record;
@@ -1224,7 +1269,7 @@ pub fn markdown(plan: &Plan, rows: &[Row], notes: &[String]) -> String {
         };
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} | {} |",
             size_label(r.size_bytes),
             r.conn_mode.name(),
             r.config.name(),
@@ -1234,6 +1279,7 @@ pub fn markdown(plan: &Plan, rows: &[Row], notes: &[String]) -> String {
             r.p50_ms,
             r.p99_ms,
             cpu_label(r.front_cpu_us_per_req),
+            cpu_label(row.bpf_us_per_req),
             nic_per_req,
             row.conns_per_req,
             errors
@@ -1251,14 +1297,17 @@ pub fn markdown(plan: &Plan, rows: &[Row], notes: &[String]) -> String {
          in the front role's process group (baton front; nginx master and worker; haproxy), \
          read before and after each run from `/proc/PID/task/TID/schedstat` (ns; if a thread \
          exited during the run, from utime + stime in `/proc/PID/stat`, 10 ms ticks), \
-         divided by the requests completed; 0 for `direct`.\n\
-         - **Not attributed**: kernel work done in softirq context. On veth, a packet's \
-         receive path (IP, TCP, and tc programs such as Baton's BPF forwarder) mostly runs \
-         in the context of the process that sent it, or in ksoftirqd, and is charged there: \
-         the front's figure includes the receive work for what the front sends and excludes \
-         the receive work for what it receives (for `handoff`, the forwarder's per-packet \
-         steering of the client's ACKs is charged to the client or ksoftirqd). No sound \
-         per-namespace split of softirq time exists; the table does not guess one.\n\
+         divided by the requests completed; 0 for `direct`. For `handoff` it adds the run \
+         time of the front's BPF forwarder (the kernel's `BPF_ENABLE_STATS` counters, on for \
+         the bench; the column *of which BPF* shows that part): the per-packet steering of the \
+         client's packets, which is the front role's kernel work that can be attributed.\n\
+         - **Not attributed**: the rest of the kernel's softirq work. On veth, a packet's \
+         receive path (IP, TCP, the bridge, the redirect after the forwarder) mostly runs in \
+         the context of the process that sent it, or in ksoftirqd, and is charged there: \
+         the front's figure includes the receive work for what the front sends (its control \
+         frames are received by the back-ends inside the front's send) and excludes the \
+         receive work for what it receives. No sound per-namespace split of softirq time \
+         exists; the table does not guess one.\n\
          - **front NIC B/req**: bytes received plus sent by the front's `eth0` during the run \
          (the JSON's `front_nic_bytes` is the run total), divided by the requests; includes \
          control-channel heartbeats. A proxy carries each response twice (in from the \
@@ -1825,6 +1874,7 @@ mod tests {
                 requests: 100,
                 errors: 0,
                 conns_per_req: 1.0,
+                bpf_us_per_req: 0.0,
                 failed_runs: 0,
             })
             .collect()

@@ -1423,6 +1423,10 @@ impl Front {
             .kit
             .as_ref()
             .and_then(|k| k.lock_forwarder().stats().ok());
+        let bpf_program_id = self
+            .kit
+            .as_ref()
+            .and_then(|k| k.lock_forwarder().program_id().ok());
         let entries = self.kit.as_ref().map_or(0, |k| {
             k.lock_forwarder().entries().map(|e| e.len()).unwrap_or(0)
         });
@@ -1473,6 +1477,7 @@ impl Front {
             bpf_park_lost: bpf.as_ref().map_or(0, |s| s.park_lost),
             bpf_syn_replaced: bpf.as_ref().map_or(0, |s| s.syn_replaced),
             bpf_errors: bpf.as_ref().map_or(0, |s| s.errors),
+            bpf_program_id,
             latency_us: Latency {
                 dump: self.lat_dump.summary(),
                 control_rtt: self.lat_rtt.summary(),
@@ -1656,6 +1661,9 @@ pub struct FrontStats {
     pub bpf_syn_replaced: u64,
     /// Helper failures and unknown actions in the program.
     pub bpf_errors: u64,
+    /// The forwarder's kernel id (as `bpftool prog show id N`); `None`
+    /// when not handing off.
+    pub bpf_program_id: Option<u32>,
     pub latency_us: Latency,
     pub backends: Vec<BackendStats>,
 }
