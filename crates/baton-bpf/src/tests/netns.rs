@@ -261,6 +261,9 @@ fn tcx_attach_parks_forwards_and_detaches_on_drop() {
     let ifindex = lab.front_ifindex();
     lab.run(|ns| {
         ns.front();
+        // Benchmarks charge the forwarder's run time to the front: counted
+        // from here on, for every packet the program sees.
+        let _counting = crate::enable_run_time_stats().expect("BPF_ENABLE_STATS");
         let mut fwd = Forwarder::attach(FRONT_IF).expect("attach");
         assert_eq!(fwd.attach_mode(), Some(AttachMode::Tcx));
         assert_eq!(
@@ -320,6 +323,16 @@ fn tcx_attach_parks_forwards_and_detaches_on_drop() {
         );
         // Counted since the forward entry was written.
         assert!(entry.packets >= 1 && entry.last_seen_ns <= Forwarder::now_ns());
+        let id = fwd.program_id().expect("program id");
+        let run = crate::program_run_time(id)
+            .expect("listing programs")
+            .expect("the forwarder is loaded");
+        let s = fwd.stats().expect("stats");
+        assert!(
+            run.runs >= s.parked + s.forwarded && run.total > Duration::ZERO,
+            "{run:?} for {s:?}"
+        );
+        assert_eq!(crate::program_run_time(u32::MAX).expect("listing"), None);
         assert_nothing_to_read(&mut server);
 
         // Detach: the flow is the front kernel's again, and TCP retransmits what it lost.
