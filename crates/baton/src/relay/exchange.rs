@@ -122,6 +122,10 @@ impl Bufs {
         if self.client.is_empty() {
             self.client = Vec::new();
         }
+        if self.head.capacity() > HEAD_READ {
+            // It carried body bytes along with a head.
+            self.head = Vec::new();
+        }
         self.back = Vec::new();
         self.out = Vec::new();
     }
@@ -190,7 +194,7 @@ enum Outcome {
     Complete {
         reusable: bool,
         close: bool,
-        /// The request body was not read whole.
+        /// Close with a lingering read (see [`Finish::Linger`]).
         linger: bool,
     },
     Switched,
@@ -466,7 +470,9 @@ impl HttpRelay<'_> {
                             Outcome::Complete {
                                 reusable: reusable && sent,
                                 close: close || !sent,
-                                linger: !sent,
+                                // A client that did not ask to close may
+                                // have sent more (a body, pipelined requests).
+                                linger: !sent || !req.close,
                             }
                         }
                         Ok(Response::Switched) => {
