@@ -10,6 +10,12 @@
 //! `Transfer-Encoding`, a `Transfer-Encoding` that does not end in `chunked`,
 //! `Transfer-Encoding` in HTTP/1.0, missing or repeated `Host` in HTTP/1.1,
 //! and anything that is not HTTP/1.0 or HTTP/1.1.
+//!
+//! For the front's relay mode, which keeps back-end connections open across
+//! clients, it also parses response heads ([`parse_response_head`]), finds
+//! the end of chunked bodies ([`ChunkedDecoder`]) and rewrites the
+//! hop-by-hop fields of heads ([`upstream_request_head`],
+//! [`response_head_with_close`]), leaving every other byte as received.
 
 use thiserror::Error;
 
@@ -330,6 +336,437 @@ pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+// ---- Relaying: response heads, body framing and hop-by-hop fields ----
+//
+// A relay that keeps upstream connections open across clients must know
+// where every message ends, in both directions, exactly as the two HTTP
+// servers at either end will: one byte of disagreement and the next
+// exchange on the connection is read out of someone else's bytes.
+
+/// The largest response head a relay accepts (status line, fields, the
+/// empty line).
+pub const RESPONSE_HEAD_MAX_BYTES: usize = 64 << 10;
+/// The most header fields in a response head a relay accepts.
+const RESPONSE_MAX_HEADERS: usize = 256;
+
+/// What a relay needs from a response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// The status code (100 to 999).
+    pub status: u16,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Bytes of the head including the final empty line.
+    pub head_len: usize,
+    /// Whether the server keeps the connection open after this response by
+    /// its own account: HTTP/1.1 without `Connection: close`, or HTTP/1.0
+    /// with `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// The `Content-Length`, if sent.
+    pub content_length: Option<u64>,
+    /// `Transfer-Encoding` was sent.
+    pub transfer_encoding: bool,
+    /// `Transfer-Encoding` ends in `chunked`.
+    pub chunked: bool,
+}
+
+/// How the body of a message is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body at all.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding: [`ChunkedDecoder`] finds the end.
+    Chunked,
+    /// Everything until the server closes the connection.
+    UntilClose,
+}
+
+impl ResponseHead {
+    /// Whether this is an interim (1xx) response: a final one follows.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+
+    /// How this response's body is delimited; `head_request`: it answers a
+    /// HEAD request. Only for final responses (an interim one has no body).
+    pub fn framing(&self, head_request: bool) -> BodyFraming {
+        if head_request || self.is_interim() || self.status == 204 || self.status == 304 {
+            BodyFraming::Empty
+        } else if self.transfer_encoding {
+            // A coding other than chunked last can only end with the
+            // connection (RFC 9112 6.3, rule 4).
+            if self.chunked {
+                BodyFraming::Chunked
+            } else {
+                BodyFraming::UntilClose
+            }
+        } else {
+            match self.content_length {
+                Some(n) => BodyFraming::Length(n),
+                None => BodyFraming::UntilClose,
+            }
+        }
+    }
+}
+
+/// Parses the response head at the start of `buf`: `Ok(None)` while it is
+/// incomplete and within [`RESPONSE_HEAD_MAX_BYTES`].
+///
+/// Refuses what would leave the end of the body in doubt: conflicting
+/// `Content-Length` values, `Content-Length` together with
+/// `Transfer-Encoding` (nginx refuses it too), a status below 100.
+pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, HeadError> {
+    let window = buf.get(..RESPONSE_HEAD_MAX_BYTES).unwrap_or(buf);
+    let mut headers = [httparse::EMPTY_HEADER; RESPONSE_MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if window.len() >= RESPONSE_HEAD_MAX_BYTES => {
+            return Err(HeadError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::Malformed("not an HTTP/1.0 or HTTP/1.1 response"))
+        }
+        Err(_) => return Err(HeadError::Malformed("invalid response head")),
+    };
+    let (Some(status), Some(minor_version)) = (resp.code, resp.version) else {
+        return Err(HeadError::Malformed("incomplete status line"));
+    };
+    if status < 100 {
+        return Err(HeadError::Malformed("invalid status code"));
+    }
+    let mut content_length: Option<u64> = None;
+    let (mut transfer_encoding, mut chunked) = (false, false);
+    let (mut close, mut keep_alive_token) = (false, false);
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(h.value)?;
+            if content_length.is_some_and(|prev| prev != n) {
+                return Err(HeadError::Malformed("conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            // Only the last coding of the last field decides.
+            if let Some(last) = list_elements(h.value).last() {
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in list_elements(h.value) {
+                close |= option.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= option.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    if transfer_encoding && content_length.is_some() {
+        return Err(HeadError::Malformed(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    Ok(Some(ResponseHead {
+        status,
+        minor_version,
+        head_len,
+        keep_alive: !close && (minor_version == 1 || keep_alive_token),
+        content_length,
+        transfer_encoding,
+        chunked,
+    }))
+}
+
+/// The lines of a complete head (as validated by one of the parsers here),
+/// each with its line ending: the start line, the field lines, the empty line.
+fn head_lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    head.split_inclusive(|&b| b == b'\n')
+}
+
+/// A field line's name, `None` for the start line and the empty line
+/// (neither has a colon before any space: validated heads have no
+/// whitespace in names).
+fn field_name(line: &[u8]) -> Option<&[u8]> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = line.get(..colon)?;
+    (!name.is_empty() && is_token(name)).then_some(name)
+}
+
+/// A field line's value without surrounding whitespace and line ending.
+fn field_value(line: &[u8]) -> &[u8] {
+    let after = line
+        .iter()
+        .position(|&b| b == b':')
+        .and_then(|i| line.get(i + 1..))
+        .unwrap_or_default();
+    let mut v = after;
+    while let [rest @ .., b'\r' | b'\n'] = v {
+        v = rest;
+    }
+    trim_ows(v)
+}
+
+/// Fields a client's `Connection` header may not remove: they decide where
+/// the request goes and where it ends, which the front decided already.
+fn protected_field(name: &[u8]) -> bool {
+    [&b"host"[..], b"content-length", b"transfer-encoding"]
+        .iter()
+        .any(|p| name.eq_ignore_ascii_case(p))
+}
+
+/// What [`upstream_request_head`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHops {
+    /// The request asks to switch protocols (an `Upgrade` field): it must
+    /// reach the server with its `Connection` field intact, and the
+    /// connection may become a tunnel.
+    pub upgrade: bool,
+}
+
+/// Writes the complete request head `head` into `out` (cleared first) for a
+/// server connection that a relay keeps open across requests: without the
+/// hop-by-hop fields `Connection`, `Keep-Alive`, `Proxy-Connection` and those
+/// the `Connection` field names (except `Host`, `Content-Length` and
+/// `Transfer-Encoding`); every other byte as received. As nginx's
+/// `proxy_set_header Connection ""`: a client's `Connection: close` must not
+/// make the server close a connection the relay wants to reuse.
+pub fn upstream_request_head(head: &[u8], out: &mut Vec<u8>) -> RequestHops {
+    out.clear();
+    let mut upgrade = false;
+    let connection_lines = || {
+        head_lines(head)
+            .filter(|l| field_name(l).is_some_and(|n| n.eq_ignore_ascii_case(b"connection")))
+    };
+    // Mostly `close` or `keep-alive` only: then no field is named, and the
+    // per-field search below is skipped.
+    let names_fields = connection_lines().any(|l| {
+        list_elements(field_value(l))
+            .any(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+    });
+    let named_by_connection = |name: &[u8]| {
+        names_fields
+            && !protected_field(name)
+            && connection_lines()
+                .any(|l| list_elements(field_value(l)).any(|t| t.eq_ignore_ascii_case(name)))
+    };
+    for line in head_lines(head) {
+        if let Some(name) = field_name(line) {
+            upgrade |= name.eq_ignore_ascii_case(b"upgrade");
+            let hop = [&b"connection"[..], b"keep-alive", b"proxy-connection"]
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h));
+            if hop || named_by_connection(name) {
+                continue;
+            }
+        }
+        out.extend_from_slice(line);
+    }
+    RequestHops { upgrade }
+}
+
+/// Writes the complete response head `head` into `out` (cleared first)
+/// with `Connection: close` in place of its `Connection` and `Keep-Alive`
+/// fields; every other byte as received. For a client that asked to close,
+/// or whose connection the relay closes after this response.
+pub fn response_head_with_close(head: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut lines = head_lines(head).peekable();
+    while let Some(line) = lines.next() {
+        if lines.peek().is_none() {
+            // The empty line that ends the head: the new field goes before it.
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if field_name(line).is_some_and(|n| {
+            n.eq_ignore_ascii_case(b"connection") || n.eq_ignore_ascii_case(b"keep-alive")
+        }) {
+            continue;
+        }
+        out.extend_from_slice(line);
+    }
+}
+
+/// Why a chunked body was refused.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkError {
+    #[error("invalid chunk size line")]
+    Size,
+    #[error("chunk size out of range")]
+    TooLarge,
+    #[error("chunk line too long")]
+    LineTooLong,
+    #[error("invalid chunked framing: {0}")]
+    Framing(&'static str),
+}
+
+/// The longest chunk-size line (with extensions) or trailer line accepted.
+const CHUNK_LINE_MAX: usize = 8 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkState {
+    /// Hex digits of a chunk size.
+    #[default]
+    Size,
+    /// Whitespace after the size, before `;` or the line end.
+    SizeWs,
+    /// A chunk extension, up to the line end.
+    Ext,
+    /// CR of the size line seen.
+    SizeLf,
+    /// Chunk data, this many bytes left.
+    Data(u64),
+    /// CRLF after chunk data.
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line or of the final empty line.
+    LineStart,
+    /// In a trailer field line.
+    Trailer,
+    TrailerLf,
+    /// CR of the final empty line seen.
+    EndLf,
+    Done,
+}
+
+/// Finds the end of a chunked body fed to it in pieces of any size, so
+/// that a relay can copy the body unchanged (extensions and trailers
+/// included) and know where it ends. Strict about line endings (CRLF,
+/// never a bare LF): leniency there is where request smuggling lives.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+    /// Bytes in the current size or trailer line.
+    line: usize,
+}
+
+/// What one [`ChunkedDecoder::feed`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkProgress {
+    /// Bytes of the input that belong to the body; past them (when `done`)
+    /// starts the next message.
+    pub used: usize,
+    /// The body ended (last chunk and trailers complete).
+    pub done: bool,
+}
+
+impl ChunkedDecoder {
+    /// A decoder at the start of a body.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the body ended.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Consumes the next bytes of the body; `on_data` receives the chunk
+    /// data in order. Stops at the end of the body.
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<ChunkProgress, ChunkError> {
+        let mut i = 0;
+        while let Some(&b) = input.get(i) {
+            if let ChunkState::Data(left) = self.state {
+                let avail = input.len() - i;
+                let take = usize::try_from(left).map_or(avail, |l| l.min(avail));
+                if let Some(data) = input.get(i..i + take) {
+                    on_data(data);
+                }
+                i += take;
+                let left = left - take as u64;
+                self.state = if left == 0 {
+                    ChunkState::DataCr
+                } else {
+                    ChunkState::Data(left)
+                };
+                continue;
+            }
+            i += 1;
+            self.step(b)?;
+            if self.state == ChunkState::Done {
+                break;
+            }
+        }
+        Ok(ChunkProgress {
+            used: i,
+            done: self.is_done(),
+        })
+    }
+
+    /// One framing byte.
+    fn step(&mut self, b: u8) -> Result<(), ChunkError> {
+        use ChunkState::*;
+        let line_state = matches!(self.state, Size | SizeWs | Ext | Trailer);
+        if line_state {
+            self.line += 1;
+            if self.line > CHUNK_LINE_MAX {
+                return Err(ChunkError::LineTooLong);
+            }
+        }
+        self.state = match (self.state, b) {
+            (Size, _) if b.is_ascii_hexdigit() => {
+                self.digits += 1;
+                if self.digits > 16 {
+                    return Err(ChunkError::TooLarge);
+                }
+                let d = u64::from(char::from(b).to_digit(16).unwrap_or(0));
+                self.size = (self.size << 4) | d;
+                Size
+            }
+            (Size, _) if self.digits == 0 => return Err(ChunkError::Size),
+            (Size | SizeWs, b' ' | b'\t') => SizeWs,
+            (Size | SizeWs, b';') => Ext,
+            (Size | SizeWs | Ext, b'\r') => SizeLf,
+            (Size | SizeWs, _) => return Err(ChunkError::Size),
+            (Ext, b'\t') => Ext,
+            (Ext, _) if b < 0x20 || b == 0x7f => {
+                return Err(ChunkError::Framing(
+                    "control character in a chunk extension",
+                ))
+            }
+            (Ext, _) => Ext,
+            (SizeLf, b'\n') => {
+                let size = self.size;
+                (self.size, self.digits, self.line) = (0, 0, 0);
+                if size == 0 {
+                    LineStart
+                } else {
+                    Data(size)
+                }
+            }
+            (DataCr, b'\r') => DataLf,
+            (DataLf, b'\n') => Size,
+            (LineStart, b'\r') => EndLf,
+            (Trailer, b'\r') => TrailerLf,
+            (LineStart | Trailer, b'\t') => Trailer,
+            (LineStart | Trailer, _) if b < 0x20 || b == 0x7f => {
+                return Err(ChunkError::Framing("control character in a trailer"))
+            }
+            (LineStart, _) => {
+                self.line = 1;
+                Trailer
+            }
+            (Trailer, _) => Trailer,
+            (TrailerLf, b'\n') => {
+                self.line = 0;
+                LineStart
+            }
+            (EndLf, b'\n') => Done,
+            (Done, _) => Done,
+            (SizeLf | DataCr | DataLf | TrailerLf | EndLf, _) => {
+                return Err(ChunkError::Framing("expected CRLF"))
+            }
+            (Data(_), _) => return Err(ChunkError::Framing("internal: data as framing")),
+        };
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,5 +1012,303 @@ mod tests {
         let from_error = HeadError::TooLarge.response();
         assert!(from_error.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"));
         assert!(error_response(7, "odd").starts_with(b"HTTP/1.1 500 odd\r\n"));
+    }
+
+    // ---- relaying ----
+
+    fn response(raw: &str) -> ResponseHead {
+        match parse_response_head(raw.as_bytes()) {
+            Ok(Some(h)) => h,
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn response_heads_and_their_body_framing() {
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let h = response(raw);
+        assert_eq!((h.status, h.minor_version, h.keep_alive), (200, 1, true));
+        assert_eq!(&raw[h.head_len..], "hello");
+        assert_eq!(h.framing(false), BodyFraming::Length(5));
+        assert_eq!(h.framing(true), BodyFraming::Empty, "an answer to HEAD");
+        for status in ["204 No Content", "304 Not Modified", "100 Continue"] {
+            let h = response(&format!("HTTP/1.1 {status}\r\nContent-Length: 9\r\n\r\n"));
+            assert_eq!(h.framing(false), BodyFraming::Empty, "{status}");
+        }
+        assert!(response("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n").is_interim());
+        let chunked = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(chunked.framing(false), BodyFraming::Chunked);
+        let gzip = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+        );
+        assert_eq!(gzip.framing(false), BodyFraming::UntilClose);
+        let bare = response("HTTP/1.1 200 OK\r\nServer: x\r\n\r\n");
+        assert_eq!(bare.framing(false), BodyFraming::UntilClose);
+        // Who keeps the connection open.
+        assert!(!response("HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(!response("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(response("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        // Needs more, then refused beyond the limit.
+        assert_eq!(
+            parse_response_head(b"HTTP/1.1 200 OK\r\nA: b\r\n"),
+            Ok(None)
+        );
+        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while huge.len() < RESPONSE_HEAD_MAX_BYTES {
+            huge.extend_from_slice(format!("X-Filler: {}\r\n", "f".repeat(1000)).as_bytes());
+        }
+        assert_eq!(parse_response_head(&huge), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn responses_with_an_ambiguous_end_are_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 099 Odd\r\n\r\n",
+            "HTTP/2.0 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_response_head(raw.as_bytes()),
+                    Err(HeadError::Malformed(_))
+                ),
+                "{raw:?}"
+            );
+        }
+    }
+
+    fn upstream(raw: &str) -> (String, RequestHops) {
+        let mut out = Vec::new();
+        let hops = upstream_request_head(raw.as_bytes(), &mut out);
+        (String::from_utf8(out).expect("ascii"), hops)
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_removed_and_the_rest_kept_byte_exact() {
+        let (out, hops) = upstream(
+            "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-A:  spaced\t\r\nKeep-Alive: 5\r\nproxy-connection: x\r\nX-B: 2\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "GET /a HTTP/1.1\r\nHost: h\r\nX-A:  spaced\t\r\nX-B: 2\r\n\r\n"
+        );
+        assert!(!hops.upgrade);
+        // Fields the Connection header names go too; framing and routing stay.
+        let (out, _) = upstream(
+            "POST / HTTP/1.1\r\nHost: h\r\nX-Hop: 1\r\nConnection: x-hop, Host,\r\nConnection: content-length , keep-alive\r\nContent-Length: 2\r\nX-End: 3\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nX-End: 3\r\n\r\n"
+        );
+        // Nothing to remove: the same bytes.
+        let plain = "GET /x?y=a:b HTTP/1.1\r\nHost: h:8080\r\nAccept: */*\r\n\r\n";
+        assert_eq!(upstream(plain).0, plain);
+        let (_, hops) = upstream(
+            "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(hops.upgrade);
+    }
+
+    #[test]
+    fn a_closing_response_head_says_close_once() {
+        let mut out = Vec::new();
+        response_head_with_close(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\nX: y\r\n\r\n",
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX: y\r\nConnection: close\r\n\r\n"
+        );
+        response_head_with_close(b"HTTP/1.1 204 No Content\r\n\r\n", &mut out);
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        let h = response(std::str::from_utf8(&out).expect("ascii"));
+        assert!(!h.keep_alive);
+    }
+
+    /// Feeds `wire` whole; returns (used, done, data).
+    fn dechunk(wire: &[u8]) -> Result<(usize, bool, Vec<u8>), ChunkError> {
+        let mut d = ChunkedDecoder::new();
+        let mut data = Vec::new();
+        let p = d.feed(wire, |c| data.extend_from_slice(c))?;
+        Ok((p.used, p.done, data))
+    }
+
+    #[test]
+    fn chunked_bodies_end_exactly_where_they_end() {
+        let body = "5;name=\"v a\"\r\nhello\r\n6 \r\n world\r\n0\r\nX-Sum: 1\r\nY: 2\r\n\r\n";
+        let wire = format!("{body}GET /next HTTP/1.1\r\n");
+        assert_eq!(
+            dechunk(wire.as_bytes()),
+            Ok((body.len(), true, b"hello world".to_vec()))
+        );
+        assert_eq!(dechunk(b"0\r\n\r\n"), Ok((5, true, Vec::new())));
+        assert_eq!(dechunk(b"A\r\n0123"), Ok((7, false, b"0123".to_vec())));
+        assert_eq!(
+            dechunk(b"ffffffffffffffff\r\n"),
+            Ok((18, false, Vec::new())),
+            "the largest size is accepted"
+        );
+        let refused: [(&[u8], ChunkError); 9] = [
+            (b"\r\n", ChunkError::Size),
+            (b"x\r\n", ChunkError::Size),
+            (b"5 5\r\n", ChunkError::Size),
+            (b"-1\r\n", ChunkError::Size),
+            (b"10000000000000000\r\n", ChunkError::TooLarge),
+            (b"5\nhello\r\n", ChunkError::Size),
+            (b"5\r\nhelloX\r\n", ChunkError::Framing("expected CRLF")),
+            (
+                b"0\r\n\n",
+                ChunkError::Framing("control character in a trailer"),
+            ),
+            (
+                b"1;a\nb\r\n",
+                ChunkError::Framing("control character in a chunk extension"),
+            ),
+        ];
+        for (wire, want) in refused {
+            assert_eq!(
+                dechunk(wire),
+                Err(want),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let long = format!("1;{}\r\n", "e".repeat(CHUNK_LINE_MAX));
+        assert_eq!(dechunk(long.as_bytes()), Err(ChunkError::LineTooLong));
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn chunk_ext() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(String::new()),
+                Just(";a=b".to_owned()),
+                Just(" ;q=\"x y\"".to_owned()),
+                Just(";flag".to_owned()),
+            ]
+        }
+
+        proptest! {
+            /// However the bytes arrive, the decoder ends exactly after the
+            /// body, yields exactly its data, and leaves what follows.
+            #[test]
+            fn chunked_split_anywhere(
+                chunks in proptest::collection::vec(
+                    (proptest::collection::vec(any::<u8>(), 1..300), chunk_ext(), any::<bool>()),
+                    0..6,
+                ),
+                trailers in proptest::collection::vec("[A-Za-z-]{1,8}: [ -~]{0,12}", 0..3),
+                cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let mut wire = Vec::new();
+                let mut want = Vec::new();
+                for (data, ext, upper) in &chunks {
+                    let size = if *upper { format!("{:X}", data.len()) } else { format!("{:x}", data.len()) };
+                    wire.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
+                    wire.extend_from_slice(data);
+                    wire.extend_from_slice(b"\r\n");
+                    want.extend_from_slice(data);
+                }
+                wire.extend_from_slice(b"0\r\n");
+                for t in &trailers {
+                    wire.extend_from_slice(format!("{t}\r\n").as_bytes());
+                }
+                wire.extend_from_slice(b"\r\n");
+                let body_len = wire.len();
+                wire.extend_from_slice(b"GET / HTTP/1.1\r\n");
+                let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+                cuts.push(wire.len());
+                cuts.sort_unstable();
+                let mut d = ChunkedDecoder::new();
+                let mut got = Vec::new();
+                let (mut pos, mut ended_at) = (0, None);
+                for cut in cuts {
+                    if cut < pos || ended_at.is_some() {
+                        continue;
+                    }
+                    let p = d.feed(&wire[pos..cut], |c| got.extend_from_slice(c)).expect("valid body");
+                    pos += p.used;
+                    if p.done {
+                        ended_at = Some(pos);
+                    } else {
+                        prop_assert_eq!(pos, cut, "an unfinished body consumes all it is given");
+                    }
+                }
+                prop_assert_eq!(ended_at, Some(body_len));
+                prop_assert_eq!(got, want);
+            }
+
+            #[test]
+            fn chunked_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), cut in any::<usize>()) {
+                let mut d = ChunkedDecoder::new();
+                let cut = cut % (bytes.len() + 1);
+                if let Ok(p) = d.feed(&bytes[..cut], |_| {}) {
+                    prop_assert!(p.used <= cut);
+                    if !p.done {
+                        let _ = d.feed(&bytes[cut..], |_| {});
+                    }
+                }
+            }
+
+            #[test]
+            fn response_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+                if let Ok(Some(h)) = parse_response_head(&bytes) {
+                    prop_assert!(h.head_len <= bytes.len());
+                    let _ = h.framing(false);
+                }
+            }
+
+            /// The rewritten head parses to the same request, without any
+            /// hop-by-hop field, and keeps every other field line as sent.
+            #[test]
+            fn hop_by_hop_rewrite_keeps_the_request(
+                fields in proptest::collection::vec(
+                    (prop_oneof![
+                        Just("Connection"), Just("keep-alive"), Just("Proxy-Connection"),
+                        Just("X-Named"), Just("Accept"), Just("X-Other"), Just("Cookie"),
+                    ], prop_oneof![
+                        "[ -~]{0,16}".boxed(),
+                        Just("x-named, close".to_owned()).boxed(),
+                        Just(" Accept ,keep-alive".to_owned()).boxed(),
+                        Just("content-length, x-other".to_owned()).boxed(),
+                    ]),
+                    0..8,
+                ),
+                length in proptest::option::of(0u64..100_000),
+            ) {
+                let mut raw = String::from("POST /p HTTP/1.1\r\nHost: h\r\n");
+                if let Some(n) = length {
+                    raw.push_str(&format!("Content-Length: {n}\r\n"));
+                }
+                for (name, value) in &fields {
+                    raw.push_str(&format!("{name}: {}\r\n", value.replace(['\r', '\n'], "")));
+                }
+                raw.push_str("\r\n");
+                let Ok(Some(before)) = parse_request_head(raw.as_bytes(), &HeadLimits::default()) else {
+                    return Ok(());
+                };
+                let mut out = Vec::new();
+                upstream_request_head(raw.as_bytes(), &mut out);
+                let after = parse_request_head(&out, &HeadLimits::default())
+                    .expect("the rewrite parses")
+                    .expect("complete");
+                prop_assert_eq!(after.content_length, before.content_length);
+                prop_assert_eq!(&after.host, &before.host);
+                prop_assert_eq!(after.head_len, out.len());
+                let text = String::from_utf8_lossy(&out).into_owned();
+                for line in text.split("\r\n") {
+                    let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+                    prop_assert!(!["connection", "keep-alive", "proxy-connection"].contains(&name.as_str()), "{}", line);
+                    prop_assert!(raw.contains(line), "{} was not in the request", line);
+                }
+            }
+        }
     }
 }

@@ -102,6 +102,15 @@ pub struct RelayConfig {
     pub copy: RelayCopy,
     /// The most connections relayed at once (503 beyond).
     pub max_connections: usize,
+    /// Idle back-end connections kept open per back-end address for the
+    /// next requests (as nginx's `keepalive` in an upstream block). The
+    /// relay then reads HTTP/1.1: each request goes to a kept connection
+    /// (or a new one), without its hop-by-hop fields. 0: no pooling, one
+    /// back-end connection per client connection, bytes copied blindly.
+    pub upstream_keepalive: usize,
+    /// A kept back-end connection idle longer than this is closed (keep it
+    /// below the back-end's own keep-alive timeout).
+    pub upstream_idle_timeout_ms: u64,
 }
 
 impl Default for RelayConfig {
@@ -111,6 +120,8 @@ impl Default for RelayConfig {
             idle_timeout_ms: 60_000,
             copy: RelayCopy::Splice,
             max_connections: 16_384,
+            upstream_keepalive: 32,
+            upstream_idle_timeout_ms: 4_000,
         }
     }
 }
@@ -616,9 +627,14 @@ impl FrontConfig {
         );
         ensure!(r.idle_timeout_ms > 0, "relay.idle_timeout_ms must be > 0");
         ensure!(r.max_connections > 0, "relay.max_connections must be > 0");
+        ensure!(
+            r.upstream_idle_timeout_ms > 0,
+            "relay.upstream_idle_timeout_ms must be > 0"
+        );
         for (name, v) in [
             ("relay.connect_timeout_ms", r.connect_timeout_ms),
             ("relay.idle_timeout_ms", r.idle_timeout_ms),
+            ("relay.upstream_idle_timeout_ms", r.upstream_idle_timeout_ms),
         ] {
             ensure!(v <= MAX_MS, "{name} must be at most {MAX_MS} (24 h)");
         }
@@ -873,6 +889,8 @@ mod tests {
         assert_eq!(cfg.backends[0].mode, BackendMode::Relay);
         assert_eq!(cfg.relay.copy, RelayCopy::Splice);
         assert_eq!(cfg.relay.idle_timeout_ms, 60_000);
+        assert_eq!(cfg.relay.upstream_keepalive, 32);
+        assert_eq!(cfg.relay.upstream_idle_timeout_ms, 4_000);
         let cfg = front(&format!(
             "{TOP}handoff = false\n[relay]\ncopy = \"userspace\"\n\
              [[backend]]\nname = \"b\"\ncontrol = \"198.18.0.11:7070\"\nrelay_address = \"198.18.0.11:8080\"\n"
@@ -941,6 +959,8 @@ mod tests {
             ("connect_timeout_ms = 0", "connect_timeout_ms"),
             ("connect_timeout_ms = 86400001", "24 h"),
             ("max_connections = 0", "max_connections"),
+            ("upstream_idle_timeout_ms = 0", "upstream_idle_timeout_ms"),
+            ("upstream_idle_timeout_ms = 86400001", "24 h"),
         ] {
             let e = err(&format!("{TOP}{backend}[relay]\n{table}\n"));
             assert!(e.contains(word), "{table}: {e}");

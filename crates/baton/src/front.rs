@@ -275,6 +275,8 @@ pub struct Front {
     relay_slots: Semaphore,
     /// Empty splice pipes for the next relays.
     pipes: relay::PipePool,
+    /// Idle back-end connections kept for the next relayed requests.
+    upstreams: Arc<relay::Upstreams>,
     next_id: AtomicU64,
     started: Instant,
     counters: FrontCounters,
@@ -384,7 +386,13 @@ impl Front {
                 warn!(backends = %unusable.join(", "), "back-ends without relay_address are out of rotation while the front relays");
             }
         }
-        let relay_limits = RelayLimits::from(&cfg.relay);
+        let relay_limits = RelayLimits::new(
+            &cfg.relay,
+            HeadLimits {
+                max_bytes: cfg.limits.head_max_bytes,
+                max_headers: cfg.limits.head_max_headers,
+            },
+        );
         Ok(Arc::new(Front {
             kit,
             backends,
@@ -394,6 +402,7 @@ impl Front {
             relay_limits,
             relay_slots: Semaphore::new(cfg.relay.max_connections),
             pipes: relay::PipePool::new(PIPES_KEPT),
+            upstreams: relay::Upstreams::new(&cfg.relay),
             next_id: AtomicU64::new(1),
             started: Instant::now(),
             counters: FrontCounters::default(),
@@ -648,40 +657,66 @@ impl Front {
             return;
         };
         let _active = ActiveRelay::enter(&b.relay_active);
-        let back = match relay::connect(to, self.relay_limits.connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.counters.relay_failures.inc();
-                b.relay_failures.inc();
-                {
-                    let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
-                    if primary {
-                        st.paused_until =
-                            Instant::now().checked_add(ms(self.cfg.control.refused_pause_ms));
-                    }
-                    st.last_error = Some(e.to_string());
-                }
-                warn!(backend = %b.name, error = %e, "relay failed");
-                let status = if e.timed_out() { 504 } else { 502 };
-                let _ = stream.write_all(&plain_error(status)).await;
-                let _ = stream.shutdown().await;
-                return;
-            }
-        };
         // As nginx's tcp_nodelay: the tail of a response must not wait for
         // the ACK of what went before it.
         let _ = stream.set_nodelay(true);
-        self.counters.relayed.inc();
-        b.relayed.inc();
         let meter = relay::Meter {
             up: &self.counters.relay_bytes_up,
             down: &self.counters.relay_bytes_down,
         };
-        let done = relay::run(stream, back, first, &self.relay_limits, &meter, &self.pipes).await;
+        let done = if self.upstreams.pooling() {
+            let report = |event: relay::Event<'_>| match event {
+                relay::Event::Relaying => {
+                    self.counters.relayed.inc();
+                    b.relayed.inc();
+                }
+                relay::Event::ConnectFailed(e) => self.relay_connect_failed(b, primary, e),
+            };
+            let http = relay::HttpRelay {
+                limits: &self.relay_limits,
+                meter,
+                pipes: &self.pipes,
+                upstreams: &self.upstreams,
+                report: &report,
+            };
+            http.serve(stream, to, first).await
+        } else {
+            let connect = self
+                .upstreams
+                .connect(to, self.relay_limits.connect_timeout);
+            let back = match connect.await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.relay_connect_failed(b, primary, &e);
+                    let status = if e.timed_out() { 504 } else { 502 };
+                    let _ = stream.write_all(&plain_error(status)).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            };
+            self.counters.relayed.inc();
+            b.relayed.inc();
+            relay::run(stream, back, first, &self.relay_limits, &meter, &self.pipes).await
+        };
         if done.end == relay::End::Idle {
             self.counters.relay_idle_timeouts.inc();
         }
         debug!(backend = %b.name, up = done.up, down = done.down, end = ?done.end, "relay done");
+    }
+
+    /// A relay could not connect to back-end `b`: counted, logged, and a
+    /// primary relay back-end leaves rotation for a while.
+    fn relay_connect_failed(&self, b: &Backend, primary: bool, e: &relay::ConnectError) {
+        self.counters.relay_failures.inc();
+        b.relay_failures.inc();
+        {
+            let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+            if primary {
+                st.paused_until = Instant::now().checked_add(ms(self.cfg.control.refused_pause_ms));
+            }
+            st.last_error = Some(e.to_string());
+        }
+        warn!(backend = %b.name, error = %e, "relay failed");
     }
 
     /// Routes the request to a group and lets the group's policy pick a
@@ -1445,6 +1480,7 @@ impl Front {
             let kept: usize = store.kept.values().map(Vec::len).sum();
             (kept, store.ring.malformed())
         });
+        let upstream = self.upstreams.stats();
         FrontStats {
             uptime_s: self.started.elapsed().as_secs_f64(),
             handoff: self.kit.is_some(),
@@ -1455,6 +1491,10 @@ impl Front {
             relay_active: self.relay_active(),
             relay_bytes_up: c.relay_bytes_up.get(),
             relay_bytes_down: c.relay_bytes_down.get(),
+            relay_upstream_opened: upstream.opened,
+            relay_upstream_reused: upstream.reused,
+            relay_upstream_retried: upstream.retried,
+            relay_upstream_idle: upstream.idle,
             accepted: c.accepted.get(),
             handoffs_ok: c.handoffs_ok.get(),
             handoffs_failed: c.handoffs_failed.get(),
@@ -1634,6 +1674,15 @@ pub struct FrontStats {
     pub relay_bytes_up: u64,
     /// Bytes relayed from back-ends to clients.
     pub relay_bytes_down: u64,
+    /// Back-end connections the relay opened.
+    pub relay_upstream_opened: u64,
+    /// Relayed requests sent on a kept back-end connection.
+    pub relay_upstream_reused: u64,
+    /// Relayed requests sent again on a new connection because the kept
+    /// one had been closed by the back-end.
+    pub relay_upstream_retried: u64,
+    /// Idle back-end connections kept now.
+    pub relay_upstream_idle: u64,
     pub accepted: u64,
     pub handoffs_ok: u64,
     pub handoffs_failed: u64,

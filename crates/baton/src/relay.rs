@@ -4,18 +4,36 @@
 //! has a `relay_address`, and when the front may not or must not touch the
 //! kernel (`handoff = false`, no CAP_NET_ADMIN/CAP_BPF).
 //!
-//! One back-end connection per client connection, chosen on the first
-//! request head like a handoff: later requests on a keep-alive connection go
-//! to the same back-end, as with a handoff. The relay writes the bytes read
-//! already, then copies both directions until both are closed. A side that
-//! closes its sending half (FIN) has the other side's sending half shut down
-//! in turn, so half-closes pass through and a back-end that closes early
-//! gives the client what it sent and then EOF. An error on either side, or
-//! `idle_timeout` without a byte moving, ends the relay and closes both.
+//! The back-end is chosen on the first request head like a handoff: later
+//! requests on a keep-alive connection go to the same back-end, as with a
+//! handoff. Two ways to relay:
+//!
+//! - HTTP exchanges with kept back-end connections (the default,
+//!   `relay.upstream_keepalive > 0`; [`HttpRelay`]): the relay reads each
+//!   request and response head, frames the bodies, and sends each request on
+//!   an idle connection from [`Upstreams`] (or a new one), which goes back
+//!   there afterwards if it can carry another request. As nginx with
+//!   `keepalive` upstreams: no connect per client connection.
+//! - A byte pump ([`run`]; `upstream_keepalive = 0`, and for the rest of a
+//!   connection that switches protocols): one back-end connection per client
+//!   connection. The relay writes the bytes read already, then copies both
+//!   directions until both are closed. A side that closes its sending half
+//!   (FIN) has the other side's sending half shut down in turn, so
+//!   half-closes pass through and a back-end that closes early gives the
+//!   client what it sent and then EOF. An error on either side, or
+//!   `idle_timeout` without a byte moving, ends the relay and closes both.
 //!
 //! Copying is `splice(2)` through a pipe per direction (the bytes stay in
 //! the kernel; [`baton_sys::splice`]), or a userspace buffer
-//! (`relay.copy = "userspace"`), both driven by tokio's readiness.
+//! (`relay.copy = "userspace"`), both driven by tokio's readiness. The HTTP
+//! relay splices response bodies of known length and close-delimited ones;
+//! heads, request bodies and chunked bodies go through userspace buffers.
+
+mod exchange;
+mod upstream;
+
+pub use exchange::{Event, HttpRelay};
+pub use upstream::{UpstreamStats, Upstreams};
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,6 +45,8 @@ use baton_sys::splice::{Pipe, PIPE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+
+use baton_proto::http::HeadLimits;
 
 use crate::config::{ms, RelayConfig, RelayCopy};
 use crate::stats::Counter;
@@ -83,14 +103,19 @@ pub struct RelayLimits {
     pub idle_timeout: Duration,
     /// How bytes are moved.
     pub copy: RelayCopy,
+    /// Limits on the request heads the HTTP relay reads after the first
+    /// (the front's, which read the first).
+    pub head: HeadLimits,
 }
 
-impl From<&RelayConfig> for RelayLimits {
-    fn from(c: &RelayConfig) -> Self {
+impl RelayLimits {
+    /// The limits of `[relay]`, and the front's request-head limits.
+    pub fn new(c: &RelayConfig, head: HeadLimits) -> Self {
         RelayLimits {
             connect_timeout: ms(c.connect_timeout_ms),
             idle_timeout: ms(c.idle_timeout_ms),
             copy: c.copy,
+            head,
         }
     }
 }
@@ -387,6 +412,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: idle,
             copy,
+            head: HeadLimits::default(),
         }
     }
 

@@ -2,7 +2,10 @@
 //! instead of handing the connection off. Byte-exact downloads, keep-alive,
 //! concurrency, request bodies and pipelining, back-ends that close early,
 //! relay back-ends beside handoff back-ends, a refused handoff relayed
-//! instead, and a front without the privileges for handoff.
+//! instead, and a front without the privileges for handoff. The HTTP relay
+//! with kept back-end connections: reuse across one-request client
+//! connections, stale kept connections retried, every response framing,
+//! `Expect: 100-continue`, and `upstream_keepalive = 0` as the byte pump.
 
 mod common;
 
@@ -10,6 +13,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -176,18 +181,35 @@ fn thousand_sequential_and_thousand_concurrent_relays() {
 /// Where the test servers listen: back1's address, ports the lab leaves free.
 const ECHO: &str = "198.18.0.11:9000";
 const EARLY: &str = "198.18.0.11:9001";
+const FRAMES: &str = "198.18.0.11:9002";
+const STALE: &str = "198.18.0.11:9003";
 
-/// Front TOML for a relay-only lab with two extra relay back-ends: `echo`
-/// (requests under /echo/) and `early` (under /early/).
+/// Front TOML for a relay-only lab with extra relay back-ends, each for
+/// the requests under its path: `echo` (/echo/), `early` (/early/),
+/// `frames` (/resp/), `stale` (/stale/). Kept back-end connections close
+/// after 500 ms idle, so that the test servers see their clients go.
+/// `relay`: more `[relay]` settings.
+fn test_backends_with(relay: &str) -> String {
+    let mut out = format!(
+        "handoff = false\n{FAST_FLOWS}\n[relay]\nupstream_idle_timeout_ms = 500\n{relay}\n"
+    );
+    for (name, addr, prefix) in [
+        ("echo", ECHO, "/echo/"),
+        ("early", EARLY, "/early/"),
+        ("frames", FRAMES, "/resp/"),
+        ("stale", STALE, "/stale/"),
+    ] {
+        out.push_str(&format!(
+            "[[backend]]\nname = \"{name}\"\nmode = \"relay\"\naddress = \"{addr}\"\ngroup = \"{name}\"\n\n\
+             [[group]]\nname = \"{name}\"\n\n\
+             [[rule]]\npath_prefix = \"{prefix}\"\ngroup = \"{name}\"\n\n"
+        ));
+    }
+    out
+}
+
 fn test_backends_extra() -> String {
-    format!(
-        "handoff = false\n{FAST_FLOWS}\n\
-         [[backend]]\nname = \"echo\"\nmode = \"relay\"\naddress = \"{ECHO}\"\ngroup = \"echo\"\n\n\
-         [[backend]]\nname = \"early\"\nmode = \"relay\"\naddress = \"{EARLY}\"\ngroup = \"early\"\n\n\
-         [[group]]\nname = \"echo\"\n\n[[group]]\nname = \"early\"\n\n\
-         [[rule]]\npath_prefix = \"/echo/\"\ngroup = \"echo\"\n\n\
-         [[rule]]\npath_prefix = \"/early/\"\ngroup = \"early\"\n"
-    )
+    test_backends_with("")
 }
 
 /// Serves `conns` connections on `addr` inside `netns` with `handler`, on a
@@ -264,7 +286,8 @@ fn read_body(r: &mut BufReader<TcpStream>, head: &str) -> io::Result<Vec<u8>> {
 }
 
 /// An HTTP/1.1 server that answers every request on the connection with
-/// 200 and `len=N sha256=H` of the body it decoded, until the client closes.
+/// 200 and `len=N sha256=H` of the body it decoded, until the client closes
+/// (with a 100 Continue first if the request expects one).
 fn echo_digest(s: TcpStream) {
     let mut w = s.try_clone().expect("clone");
     let mut r = BufReader::new(s);
@@ -280,6 +303,11 @@ fn echo_digest(s: TcpStream) {
                 break;
             }
             head.push_str(&line);
+        }
+        if head.to_ascii_lowercase().contains("expect: 100-continue")
+            && w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+        {
+            return;
         }
         let Ok(body) = read_body(&mut r, &head) else {
             return;
@@ -676,5 +704,438 @@ fn front_without_privileges_relays_and_says_why() {
         why[0]
     );
     drop(front);
+    finish(lab);
+}
+
+// ---- the HTTP relay with kept back-end connections ----
+
+/// A test back-end in `netns` on `addr` that serves each connection on a
+/// thread of its own with `handler`; stops accepting when dropped (the
+/// connection threads end with their peers or their 5 s read timeouts).
+struct ThreadedServer {
+    stop: Arc<AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ThreadedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve_threads(netns: &str, addr: &'static str, handler: fn(TcpStream)) -> ThreadedServer {
+    let ns = netns.to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let accept = std::thread::spawn(move || {
+        baton_sys::netns::enter_named(&ns).expect("entering the back-end namespace");
+        let l = TcpListener::bind(addr).expect("binding the test server");
+        l.set_nonblocking(true).expect("nonblocking listener");
+        tx.send(()).expect("signal");
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).expect("blocking stream");
+                    s.set_read_timeout(Some(Duration::from_secs(5)))
+                        .expect("timeout");
+                    std::thread::spawn(move || handler(s));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("test server accept: {e}"),
+            }
+        }
+    });
+    rx.recv().expect("test server started");
+    ThreadedServer {
+        stop,
+        accept: Some(accept),
+    }
+}
+
+/// Reads a request head (without its empty line); `None` at EOF, on an
+/// error or a read timeout.
+fn read_head_from(r: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line == "\r\n" => return Some(head),
+            Ok(_) => head.push_str(&line),
+        }
+    }
+}
+
+/// What the `frames` back-end answers to `path`, given the request head it
+/// saw: the raw response, and whether it closes the connection after it
+/// (a body that only the close ends).
+fn framed(path: &str, seen: &str) -> (Vec<u8>, bool) {
+    let body = |n: usize| -> Vec<u8> { (0..n).map(|i| b'a' + (i % 26) as u8).collect() };
+    let mut out = Vec::new();
+    let close = match path {
+        "/resp/chunked" => {
+            out.extend_from_slice(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Test: a\r\n\r\n",
+            );
+            for (i, n) in [5usize, 100_000, 1, 4096].into_iter().enumerate() {
+                out.extend_from_slice(format!("{n:x};n={i}\r\n").as_bytes());
+                out.extend_from_slice(&body(n));
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+            false
+        }
+        "/resp/head" => {
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+            false
+        }
+        "/resp/204" => {
+            out.extend_from_slice(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
+            false
+        }
+        "/resp/304" => {
+            out.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n");
+            false
+        }
+        "/resp/close" => {
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+            out.extend_from_slice(&body(200_000));
+            true
+        }
+        _ => {
+            // What the back-end saw of the request head.
+            out.extend_from_slice(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", seen.len()).as_bytes(),
+            );
+            out.extend_from_slice(seen.as_bytes());
+            false
+        }
+    };
+    (out, close)
+}
+
+/// The `frames` back-end: answers each request as [`framed`] says.
+fn frames_server(s: TcpStream) {
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    while let Some(head) = read_head_from(&mut r) {
+        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+        let (raw, close) = framed(&path, &head);
+        if w.write_all(&raw).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// `raw` as a client gets it when its connection ends with this
+/// response: `Connection: close` at the end of the head.
+fn with_close(raw: &[u8]) -> Vec<u8> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 2;
+    let mut out = raw[..end].to_vec();
+    out.extend_from_slice(b"Connection: close\r\n");
+    out.extend_from_slice(&raw[end..]);
+    out
+}
+
+fn read_exactly(s: &mut TcpStream, n: usize) -> io::Result<Vec<u8>> {
+    let mut got = vec![0u8; n];
+    s.read_exact(&mut got)?;
+    Ok(got)
+}
+
+/// 300 client connections of one request each (`Connection: close`), one
+/// after the other, then 100 at once: every response byte-exact, and the
+/// back-end connections are kept and reused instead of opened per client.
+#[test]
+fn one_request_connections_share_kept_backend_connections() {
+    let lab = up(2, Some(&relay_only()), None);
+    let addr = vip(&lab);
+    let netns = lab.netns("client").expect("client netns").to_owned();
+    let before = stats(&lab);
+    let failures = sequential_gets(&netns, addr, "/1k.bin", doc(&lab, "1k.bin"), 300);
+    assert!(
+        failures.is_empty(),
+        "{} of 300 failed, first: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        logs(&lab)
+    );
+    let after = stats(&lab);
+    let opened = grew(&before, &after, "relay_upstream_opened");
+    let reused = grew(&before, &after, "relay_upstream_reused");
+    eprintln!("300 one-request connections: {opened} back-end connections opened, {reused} reused");
+    assert_eq!(grew(&before, &after, "relayed"), 300, "{after:#}");
+    assert!(
+        opened <= 30,
+        "{opened} back-end connections opened for 300 requests\n{after:#}"
+    );
+    assert!(
+        reused >= 270,
+        "only {reused} of 300 requests reused a kept connection\n{after:#}"
+    );
+    assert!(counter(&after, "relay_upstream_idle") >= 1, "{after:#}");
+
+    let failures = concurrent_gets(&netns, addr, "/1m.bin", doc(&lab, "1m.bin"), 100);
+    assert!(
+        failures.is_empty(),
+        "{} of 100 concurrent failed, first: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        logs(&lab)
+    );
+    let s = wait_stats(&lab, "relays to end", DRAIN_DEADLINE, |s| {
+        counter(s, "relay_active") == 0
+    });
+    assert_eq!(counter(&s, "relay_failures"), 0, "{s:#}");
+    assert!(
+        counter(&s, "relay_upstream_idle") <= 2 * 32,
+        "more kept than upstream_keepalive per back-end\n{s:#}"
+    );
+    finish(lab);
+}
+
+/// Answers the first request of a connection; then closes it when it has
+/// been idle 30 ms, or when a second request arrives (without answering):
+/// every kept connection goes stale, some at the worst moment.
+fn answer_once_then_close(s: TcpStream) {
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    let Some(head) = read_head_from(&mut r) else {
+        return;
+    };
+    let body = format!("fresh {}", head.split(' ').nth(1).unwrap_or(""));
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if w.write_all(resp.as_bytes()).is_err() {
+        return;
+    }
+    let _ = r
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(30)));
+    let _ = read_head_from(&mut r);
+}
+
+/// A back-end that closes its keep-alive connections quickly: requests on
+/// them are retried on a new connection, and no client sees a failure.
+#[test]
+fn stale_kept_connections_are_retried_without_client_failures() {
+    let lab = up(1, Some(&test_backends_extra()), None);
+    let _server = serve_threads(
+        lab.netns("back1").expect("back1 netns"),
+        STALE,
+        answer_once_then_close,
+    );
+    let addr = vip(&lab);
+    let before = stats(&lab);
+    let failures = in_netns(lab.netns("client").expect("client netns"), move || {
+        let mut failures = Vec::new();
+        let check = |i: usize, r: io::Result<Response>, failures: &mut Vec<String>| match r {
+            Ok(r) if r.status == 200 && r.body == format!("fresh /stale/{i}").as_bytes() => {}
+            Ok(r) => failures.push(format!("#{i}: {} {:?}", r.status, r.body)),
+            Err(e) => failures.push(format!("#{i}: {e}")),
+        };
+        // One keep-alive connection, requests back to back and with pauses
+        // longer than the back-end's idle close.
+        let mut c = HttpConn::connect(addr).expect("connect");
+        for i in 0..40 {
+            if i % 4 == 3 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let r = c
+                .send(get_request(&format!("/stale/{i}"), false).as_bytes())
+                .and_then(|_| c.read_response(false));
+            check(i, r, &mut failures);
+        }
+        // And one-request connections.
+        for i in 40..80 {
+            let r = exchange(
+                addr,
+                get_request(&format!("/stale/{i}"), true).as_bytes(),
+                false,
+            );
+            check(i, r, &mut failures);
+        }
+        failures
+    });
+    assert!(failures.is_empty(), "{failures:?}\n{}", logs(&lab));
+    let after = stats(&lab);
+    let retried = grew(&before, &after, "relay_upstream_retried");
+    eprintln!(
+        "stale back-end: {retried} retries, {} reused, {} opened",
+        grew(&before, &after, "relay_upstream_reused"),
+        grew(&before, &after, "relay_upstream_opened")
+    );
+    assert!(retried >= 10, "{after:#}");
+    assert_eq!(counter(&after, "relay_failures"), 0, "{after:#}");
+    finish(lab);
+}
+
+/// Chunked (with extensions and trailers), HEAD, 204, 304 and a body that
+/// ends with the back-end's close: the client gets exactly the back-end's
+/// bytes, then EOF where the connection ends; the back-end gets the request
+/// without its hop-by-hop fields.
+#[test]
+fn every_response_framing_reaches_the_client_exactly() {
+    let lab = up(1, Some(&test_backends_extra()), None);
+    let _server = serve_threads(
+        lab.netns("back1").expect("back1 netns"),
+        FRAMES,
+        frames_server,
+    );
+    let addr = vip(&lab);
+    let hop_request = "GET /resp/seen HTTP/1.1\r\nHost: baton.test\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 300\r\nX-Kept:  2 \r\n\r\n";
+    let seen_want = "GET /resp/seen HTTP/1.1\r\nHost: baton.test\r\nX-Kept:  2 \r\n";
+    let results = in_netns(lab.netns("client").expect("client netns"), move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut out = Vec::new();
+        for (method, path) in [
+            ("GET", "/resp/chunked"),
+            ("HEAD", "/resp/head"),
+            ("GET", "/resp/204"),
+            ("GET", "/resp/304"),
+        ] {
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: baton.test\r\n\r\n");
+            s.write_all(req.as_bytes()).expect("send");
+            let want = framed(path, "").0;
+            out.push((path, read_exactly(&mut s, want.len()), want));
+        }
+        s.write_all(hop_request.as_bytes()).expect("send");
+        let want = framed("/resp/seen", seen_want).0;
+        out.push(("/resp/seen", read_exactly(&mut s, want.len()), want));
+        // The last one: a body only the back-end's close ends. Nothing else
+        // arrived before it, and EOF after it.
+        s.write_all(b"GET /resp/close HTTP/1.1\r\nHost: baton.test\r\n\r\n")
+            .expect("send");
+        let mut rest = Vec::new();
+        let r = s.read_to_end(&mut rest).map(|_| rest);
+        out.push(("/resp/close", r, with_close(&framed("/resp/close", "").0)));
+        // A client that asks to close gets Connection: close in the head.
+        let r = exchange_raw(addr, &get_request("/resp/chunked", true));
+        let want = framed("/resp/chunked", "").0;
+        out.push(("/resp/chunked + close", r, with_close(&want)));
+        out
+    });
+    for (what, got, want) in results {
+        let got = got.unwrap_or_else(|e| panic!("{what}: {e}\n{}", logs(&lab)));
+        assert!(
+            got == want,
+            "{what}: got {} bytes, want {}\n got: {:?}\nwant: {:?}",
+            got.len(),
+            want.len(),
+            String::from_utf8_lossy(&got[..got.len().min(300)]),
+            String::from_utf8_lossy(&want[..want.len().min(300)])
+        );
+    }
+    finish(lab);
+}
+
+/// Sends `request` on a new connection and reads until EOF.
+fn exchange_raw(addr: SocketAddr, request: &str) -> io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(request.as_bytes())?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all)?;
+    Ok(all)
+}
+
+/// curl uploads 3 MiB with `Expect: 100-continue`: the back-end's
+/// 100 Continue comes through the relay (curl would wait a second for it
+/// otherwise) and the body arrives whole.
+#[test]
+fn expect_100_continue_upload_through_curl() {
+    let lab = up(1, Some(&test_backends_extra()), None);
+    let _server = serve_threads(lab.netns("back1").expect("back1 netns"), ECHO, echo_digest);
+    let tmp = TempDir::new("relay-100").expect("temp dir");
+    let upload = tmp.0.join("upload.bin");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 249) as u8).collect();
+    std::fs::write(&upload, &data).expect("writing the upload");
+    let out = tmp.0.join("answer.txt");
+    let from = format!("@{}", upload.display());
+    let r = curl(
+        &lab,
+        "/echo/upload",
+        &out,
+        &["-H", "Expect: 100-continue", "--data-binary", &from],
+    );
+    let answer = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(
+        (r.code, answer.as_str()),
+        (
+            200,
+            format!("len={} sha256={}", data.len(), sha256(&data)).as_str()
+        ),
+        "{r:?}\n{}",
+        logs(&lab)
+    );
+    assert!(
+        r.total < 0.9,
+        "the upload took {} s: curl waited for a 100 Continue that did not come",
+        r.total
+    );
+    finish(lab);
+}
+
+/// `upstream_keepalive = 0`: the old relay, a byte pump with one back-end
+/// connection per client connection: heads pass unchanged, nothing is kept.
+#[test]
+fn upstream_keepalive_zero_is_the_byte_pump() {
+    let lab = up(2, Some(&test_backends_with("upstream_keepalive = 0")), None);
+    let _server = serve_threads(
+        lab.netns("back1").expect("back1 netns"),
+        FRAMES,
+        frames_server,
+    );
+    let addr = vip(&lab);
+    let netns = lab.netns("client").expect("client netns").to_owned();
+    let before = stats(&lab);
+    let failures = sequential_gets(&netns, addr, "/1k.bin", doc(&lab, "1k.bin"), 20);
+    assert!(failures.is_empty(), "{failures:?}\n{}", logs(&lab));
+    let request = "GET /resp/seen HTTP/1.1\r\nHost: baton.test\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n";
+    // What the back-end sees: the head without its empty line.
+    let want = framed("/resp/seen", &request[..request.len() - 2]).0;
+    let len = want.len();
+    let got = in_netns(&netns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(request.as_bytes())?;
+        read_exactly(&mut s, len)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&lab)));
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want),
+        "the request head reached the back-end unchanged, and its answer the client"
+    );
+    let after = wait_stats(&lab, "relays to end", DRAIN_DEADLINE, |s| {
+        counter(s, "relay_active") == 0
+    });
+    assert_eq!(grew(&before, &after, "relayed"), 21, "{after:#}");
+    assert_eq!(
+        grew(&before, &after, "relay_upstream_opened"),
+        21,
+        "{after:#}"
+    );
+    assert_eq!(
+        grew(&before, &after, "relay_upstream_reused"),
+        0,
+        "{after:#}"
+    );
+    assert_eq!(counter(&after, "relay_upstream_idle"), 0, "{after:#}");
     finish(lab);
 }
