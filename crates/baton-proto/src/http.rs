@@ -529,7 +529,8 @@ pub struct RequestHops {
 /// server connection that a relay keeps open across requests: without the
 /// hop-by-hop fields `Connection`, `Keep-Alive`, `Proxy-Connection` and those
 /// the `Connection` field names (except `Host`, `Content-Length` and
-/// `Transfer-Encoding`); every other byte as received. As nginx's
+/// `Transfer-Encoding`); every other byte as received, but for line ends,
+/// which all become CRLF. As nginx's
 /// `proxy_set_header Connection ""`: a client's `Connection: close` must not
 /// make the server close a connection the relay wants to reuse.
 pub fn upstream_request_head(head: &[u8], out: &mut Vec<u8>) -> RequestHops {
@@ -561,7 +562,16 @@ pub fn upstream_request_head(head: &[u8], out: &mut Vec<u8>) -> RequestHops {
                 continue;
             }
         }
-        out.extend_from_slice(line);
+        // Every line ends in CRLF: a server reading a bare LF as part of a
+        // field would frame the body differently from the relay, and what
+        // it left unread would reach the next client on a kept connection.
+        match line {
+            [rest @ .., b'\r', b'\n'] | [rest @ .., b'\n'] => {
+                out.extend_from_slice(rest);
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => out.extend_from_slice(line),
+        }
     }
     RequestHops { upgrade }
 }
@@ -584,6 +594,24 @@ pub fn response_head_with_close(head: &[u8], out: &mut Vec<u8>) {
         }
         out.extend_from_slice(line);
     }
+}
+
+/// Writes the complete response head `head` into `out` (cleared first)
+/// without its `Keep-Alive` fields, and returns true, if it has any;
+/// returns false (and leaves `out` empty) if not. `Keep-Alive: timeout=..`
+/// describes the server's connection to the relay, not the relay's to the
+/// client, whose idle limit is the relay's own.
+pub fn response_head_without_keep_alive(head: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let is_keep_alive =
+        |l: &[u8]| field_name(l).is_some_and(|n| n.eq_ignore_ascii_case(b"keep-alive"));
+    if !head_lines(head).any(is_keep_alive) {
+        return false;
+    }
+    for line in head_lines(head).filter(|l| !is_keep_alive(l)) {
+        out.extend_from_slice(line);
+    }
+    true
 }
 
 /// Why a chunked body was refused.

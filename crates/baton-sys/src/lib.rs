@@ -19,6 +19,7 @@
 pub mod iface;
 pub mod netns;
 pub mod packet;
+pub mod quiet;
 pub mod repair;
 pub mod sockopt;
 pub mod splice;

@@ -392,6 +392,7 @@ impl Front {
                 max_bytes: cfg.limits.head_max_bytes,
                 max_headers: cfg.limits.head_max_headers,
             },
+            ms(cfg.limits.head_timeout_ms),
         );
         Ok(Arc::new(Front {
             kit,

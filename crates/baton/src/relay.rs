@@ -106,16 +106,20 @@ pub struct RelayLimits {
     /// Limits on the request heads the HTTP relay reads after the first
     /// (the front's, which read the first).
     pub head: HeadLimits,
+    /// A later request head must be complete this long after its first
+    /// byte arrived (as the front's `limits.head_timeout_ms` for the first).
+    pub head_timeout: Duration,
 }
 
 impl RelayLimits {
     /// The limits of `[relay]`, and the front's request-head limits.
-    pub fn new(c: &RelayConfig, head: HeadLimits) -> Self {
+    pub fn new(c: &RelayConfig, head: HeadLimits, head_timeout: Duration) -> Self {
         RelayLimits {
             connect_timeout: ms(c.connect_timeout_ms),
             idle_timeout: ms(c.idle_timeout_ms),
             copy: c.copy,
             head,
+            head_timeout,
         }
     }
 }
@@ -413,6 +417,7 @@ mod tests {
             idle_timeout: idle,
             copy,
             head: HeadLimits::default(),
+            head_timeout: Duration::from_secs(5),
         }
     }
 

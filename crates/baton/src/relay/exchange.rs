@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use baton_proto::http::{
     canonical_reason, error_response, parse_request_head, parse_response_head,
-    response_head_with_close, upstream_request_head, BodyFraming, ChunkedDecoder, HeadError,
-    RequestHead,
+    response_head_with_close, response_head_without_keep_alive, upstream_request_head, BodyFraming,
+    ChunkedDecoder, HeadError, RequestHead, RESPONSE_HEAD_MAX_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
@@ -155,8 +155,14 @@ enum RequestBody {
 struct Request {
     body: RequestBody,
     head_request: bool,
-    /// The client asked to close after this response.
+    /// The client asked to close after this response (or speaks HTTP/1.0,
+    /// whose keep-alive the back-end, asked in 1.0, need not honour).
     close: bool,
+    /// Safe to send twice (RFC 9110 9.2.2): only such a request is sent
+    /// again when a kept connection turns out dead.
+    idempotent: bool,
+    /// An HTTP/1.0 request: the back-end may close after answering it.
+    http10: bool,
 }
 
 /// How far a failed exchange got.
@@ -274,6 +280,10 @@ impl HttpRelay<'_> {
                     let _ = send(s.client, &e.response(), &s.downstream(), &s.clock).await;
                     return Finish::Linger(End::Closed);
                 }
+                Err(HeadRead::TimedOut) => {
+                    let _ = send(s.client, &gateway_error(408), &s.downstream(), &s.clock).await;
+                    return Finish::Linger(End::Closed);
+                }
                 Err(HeadRead::Io) => return Finish::Close(End::Error(Side::Client)),
             };
             let raw = b.client.get(..head.head_len).unwrap_or_default();
@@ -296,7 +306,12 @@ impl HttpRelay<'_> {
                     }
                 },
                 head_request: head.method == "HEAD",
-                close: !head.keep_alive,
+                close: !head.keep_alive || head.minor_version == 0,
+                idempotent: matches!(
+                    head.method.as_str(),
+                    "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+                ),
+                http10: head.minor_version == 0,
             };
             b.client.drain(..head.head_len.min(b.client.len()));
 
@@ -315,12 +330,14 @@ impl HttpRelay<'_> {
                 match self.exchange(s, &back, &req, b).await {
                     // A kept connection the back-end closed meanwhile:
                     // nothing was lost, so the request goes again on a new
-                    // one (as nginx does; only without a body, which was
-                    // read from the client and is gone).
+                    // one (as nginx does; only an idempotent one, since
+                    // the back-end may have acted on it before dying, and
+                    // only without a body, which was read and is gone).
                     Outcome::Failed(f)
                         if f.stage == Stage::Nothing
                             && f.side == Side::Back
                             && reused
+                            && req.idempotent
                             && req.body == RequestBody::Empty =>
                     {
                         tracing::debug!(to = %s.to, error = %f.error, "kept connection failed; retrying on a new one");
@@ -398,7 +415,13 @@ impl HttpRelay<'_> {
     ) -> Result<Option<RequestHead>, HeadRead> {
         let limits = &self.limits.head;
         let mut fresh_newline = true;
+        // Set once the head's first byte is here: a head trickled a byte at
+        // a time must not hold the connection for idle_timeout per byte.
+        let mut deadline = None;
         loop {
+            if deadline.is_none() && !b.client.is_empty() {
+                deadline = Some(tokio::time::Instant::now() + self.limits.head_timeout);
+            }
             // A head ends with a newline: without a new one, the parse
             // would only say "incomplete" again (a head sent a byte per
             // segment must not cost quadratic time).
@@ -409,14 +432,21 @@ impl HttpRelay<'_> {
                     Err(e) => return Err(HeadRead::Bad(e)),
                 }
             }
-            if b.client.is_empty() && !ready_now(s.client) {
+            if b.client.is_empty() {
+                // Between requests: an idle keep-alive connection holds no
+                // buffers (tokio's cached readiness cannot tell whether the
+                // next request is there, so they go either way).
                 b.release();
-                s.client.readable().await.map_err(|_| HeadRead::Io)?;
             }
             let before = b.client.len();
-            let n = read_some(s.client, &mut b.client, HEAD_READ)
-                .await
-                .map_err(|_| HeadRead::Io)?;
+            let read = read_some(s.client, &mut b.client, HEAD_READ);
+            let n = match deadline {
+                Some(d) => tokio::time::timeout_at(d, read)
+                    .await
+                    .map_err(|_| HeadRead::TimedOut)?,
+                None => read.await,
+            }
+            .map_err(|_| HeadRead::Io)?;
             if n == 0 {
                 // EOF in the middle of a head: nothing to answer either.
                 return Ok(None);
@@ -506,24 +536,31 @@ impl HttpRelay<'_> {
         bbuf.clear();
         let fail = |side: Side, stage: Stage, error: io::Error| Failure { side, stage, error };
         loop {
+            // As for request heads: parse again only once a new line ended
+            // (or the limit is reached), not after every segment.
+            let mut fresh_newline = !bbuf.is_empty();
             let head = loop {
-                match parse_response_head(bbuf) {
-                    Ok(Some(h)) => break h,
-                    Ok(None) => {}
-                    Err(e) => {
-                        return Err(fail(
-                            Side::Back,
-                            stage.max(Stage::Received),
-                            io::Error::new(io::ErrorKind::InvalidData, e),
-                        ))
+                if fresh_newline || bbuf.len() >= RESPONSE_HEAD_MAX_BYTES {
+                    match parse_response_head(bbuf) {
+                        Ok(Some(h)) => break h,
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(fail(
+                                Side::Back,
+                                stage.max(Stage::Received),
+                                io::Error::new(io::ErrorKind::InvalidData, e),
+                            ))
+                        }
                     }
                 }
+                let before = bbuf.len();
                 let n = read_some(back, bbuf, BACK_BUF)
                     .await
                     .map_err(|e| fail(Side::Back, stage, e))?;
                 if n == 0 {
                     return Err(fail(Side::Back, stage, io::ErrorKind::UnexpectedEof.into()));
                 }
+                fresh_newline = bbuf.get(before..).is_some_and(|new| new.contains(&b'\n'));
                 stage = stage.max(Stage::Received);
                 s.clock.touch();
             };
@@ -548,15 +585,18 @@ impl HttpRelay<'_> {
             }
 
             let framing = head.framing(req.head_request);
+            // The request body still going out when the final head came:
+            // the back-end answered early and may never read the rest, so
+            // the connection cannot be trusted with another request even if
+            // the body finishes before the response does.
+            let early = !body_sent.load(Ordering::Relaxed);
             // The client connection ends with this response if the client
             // asked, if the back-end closes (its word, or a body that only
             // its close ends), or if the request body is still coming (the
             // back-end answered early: what is left of it will never be
             // read, so the connection cannot carry another request).
-            let close = req.close
-                || !head.keep_alive
-                || framing == BodyFraming::UntilClose
-                || !body_sent.load(Ordering::Relaxed);
+            let close =
+                req.close || !head.keep_alive || framing == BodyFraming::UntilClose || early;
             let buffered = bbuf.get(head_len..).unwrap_or_default();
             let mut chunks = ChunkedDecoder::new();
             let (in_buf, mut left) = match framing {
@@ -579,9 +619,12 @@ impl HttpRelay<'_> {
             };
             let mut extra = buffered.len() > in_buf;
             let now = bbuf.get(..head_len + in_buf).unwrap_or_default();
+            let head_bytes = now.get(..head_len).unwrap_or_default();
             let first: &[u8] = if close {
-                let head_bytes = now.get(..head_len).unwrap_or_default();
                 response_head_with_close(head_bytes, out);
+                out.extend_from_slice(now.get(head_len..).unwrap_or_default());
+                out
+            } else if response_head_without_keep_alive(head_bytes, out) {
                 out.extend_from_slice(now.get(head_len..).unwrap_or_default());
                 out
             } else {
@@ -621,6 +664,8 @@ impl HttpRelay<'_> {
             };
             body.map_err(|(side, error)| fail(side, Stage::Sent, error))?;
             let reusable = !extra
+                && !early
+                && !req.http10
                 && head.keep_alive
                 && head.minor_version == 1
                 && framing != BodyFraming::UntilClose;
@@ -631,6 +676,8 @@ impl HttpRelay<'_> {
 
 enum HeadRead {
     Bad(HeadError),
+    /// Not complete within `head_timeout` of its first byte.
+    TimedOut,
     Io,
 }
 
@@ -874,15 +921,7 @@ async fn read_some(s: &TcpStream, buf: &mut Vec<u8>, room: usize) -> io::Result<
     }
 }
 
-/// Whether tokio has seen `s` readable already (no system call, no
-/// waiting). The no-op waker replaces nobody's: between requests nothing
-/// else of this connection waits for the client.
-fn ready_now(s: &TcpStream) -> bool {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    s.poll_read_ready(&mut cx).is_ready()
-}
-
-/// A 502 or 504 from the front.
+/// An error response from the front itself (408, 502, 504).
 fn gateway_error(status: u16) -> Vec<u8> {
     error_response(status, canonical_reason(status))
 }
@@ -1056,7 +1095,7 @@ mod tests {
                 ..RelayConfig::default()
             };
             Rig {
-                limits: RelayLimits::new(&cfg, Default::default()),
+                limits: RelayLimits::new(&cfg, Default::default(), Duration::from_secs(5)),
                 pipes: PipePool::new(8),
                 upstreams: Upstreams::new(&cfg),
                 up: Counter::default(),
@@ -1443,6 +1482,97 @@ mod tests {
         );
         let st = rig.upstreams.stats();
         assert_eq!((st.opened, st.reused, st.retried), (10, 10, 9), "{st:?}");
+    }
+
+    #[tokio::test]
+    async fn a_post_on_a_stale_connection_is_not_sent_twice() {
+        let rig = Rig::new(RelayCopy::Splice, one_per_connection).await;
+        let (mut c, f) = pair().await;
+        let client = async {
+            let mut buf = Vec::new();
+            c.write_all(get("/0", false).as_bytes())
+                .await
+                .expect("send");
+            let first = response(&mut c, &mut buf, false).await;
+            // No body, but not idempotent: the dead back-end may have acted
+            // on it, so it is not sent again.
+            c.write_all(b"POST /once HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .expect("send");
+            let mut last = Vec::new();
+            c.read_to_end(&mut last).await.expect("read");
+            (first, last)
+        };
+        let ((first, last), _) = rig.run(client, f).await;
+        assert!(first.starts_with(b"HTTP/1.1 200 "));
+        assert!(
+            last.starts_with(b"HTTP/1.1 502 "),
+            "{}",
+            String::from_utf8_lossy(&last)
+        );
+        let st = rig.upstreams.stats();
+        assert_eq!((st.opened, st.reused, st.retried), (1, 1, 0), "{st:?}");
+    }
+
+    #[tokio::test]
+    async fn a_later_head_trickled_past_head_timeout_gets_408() {
+        let mut rig = Rig::new(RelayCopy::Splice, digest).await;
+        rig.limits.head_timeout = Duration::from_millis(300);
+        let (mut c, f) = pair().await;
+        let client = async {
+            let mut buf = Vec::new();
+            c.write_all(get("/a", false).as_bytes())
+                .await
+                .expect("send");
+            let first = response(&mut c, &mut buf, false).await;
+            // Idle between requests is fine (idle_timeout is 10 s)...
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            // ...but a head that starts must end within head_timeout.
+            let t = Instant::now();
+            c.write_all(b"GET /b HTTP/1.1\r\nHo").await.expect("send");
+            let mut last = Vec::new();
+            c.read_to_end(&mut last).await.expect("read");
+            (first, last, t.elapsed())
+        };
+        let ((first, last, took), _) = rig.run(client, f).await;
+        assert!(first.starts_with(b"HTTP/1.1 200 "));
+        assert!(
+            last.starts_with(b"HTTP/1.1 408 "),
+            "{}",
+            String::from_utf8_lossy(&last)
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_loses_keep_alive_fields_and_bare_lf() {
+        /// Says what it got, with a Keep-Alive field meant for the relay.
+        fn with_keep_alive(_: usize, seen: &Seen) -> Reply {
+            let bare_lf = seen.head.replace("\r\n", "").contains('\n');
+            let text = format!("bare_lf={bare_lf}");
+            Reply::Send(
+                format!(
+                    "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1000\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                )
+                .into_bytes(),
+            )
+        }
+        let rig = Rig::new(RelayCopy::Splice, with_keep_alive).await;
+        let (mut c, f) = pair().await;
+        let client = async {
+            let mut buf = Vec::new();
+            c.write_all(b"GET /lf HTTP/1.1\nHost: t\nX-A: 1\n\n")
+                .await
+                .expect("send");
+            let r = response(&mut c, &mut buf, false).await;
+            drop(c);
+            r
+        };
+        let (r, _) = rig.run(client, f).await;
+        let text = String::from_utf8_lossy(&r).into_owned();
+        assert!(text.ends_with("bare_lf=false"), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("keep-alive:"), "{text}");
     }
 
     #[tokio::test]

@@ -9,8 +9,8 @@
 //! either way it is discarded.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -187,13 +187,13 @@ fn expire(list: &mut Vec<Idle>, timeout: Duration, now: Instant) {
     list.drain(..old);
 }
 
-/// A cheap check that an idle connection is still usable: not readable
-/// (no EOF, no reset, no stray bytes). tokio answers from the readiness it
-/// has seen, without a system call unless the socket was marked readable.
-/// A close that is still in flight passes; the retry covers that.
+/// Whether an idle connection is still usable: nothing readable (no EOF,
+/// no reset, no stray bytes), asked of the kernel (one `recv(MSG_PEEK)`):
+/// tokio's cached readiness may not have seen bytes that just arrived, and
+/// those would be taken for the next response. A close still in flight
+/// passes; the retry covers that.
 fn still_open(s: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    baton_sys::quiet::is_quiet(s.as_fd())
 }
 
 #[cfg(test)]
