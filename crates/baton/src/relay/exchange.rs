@@ -773,39 +773,77 @@ async fn splice_body(
 ) -> Moved {
     let pipe = pipes.take().map_err(|e| (Side::Front, e.source))?;
     let cap = pipe.capacity();
+    // Bytes still to read from the back-end (`None`: until it closes).
     let mut left = limit;
+    let mut eof = false;
+    let mut in_pipe = 0usize;
+    // Reading goes on while the client drains, so that a client still in
+    // slow start (a new connection) does not stop the back-end's stream.
+    // But a pipe counts slots, not bytes: one that holds bytes may be full
+    // while the socket still has data, and both say "would block". After
+    // such an answer the pipe is drained empty before reading again, so
+    // that a "would block" from the socket is never mistaken for a full
+    // pipe (which would clear a readiness no new packet may set again).
+    let mut fill_paused = false;
     loop {
+        let room = cap.saturating_sub(in_pipe);
         let want = match left {
-            Some(0) => break,
-            Some(l) => usize::try_from(l).map_or(cap, |l| l.min(cap)),
-            None => cap,
+            _ if eof || fill_paused => 0,
+            Some(l) => usize::try_from(l).map_or(room, |l| l.min(room)),
+            None => room,
         };
-        back.readable().await.map_err(|e| (Side::Back, e))?;
-        // The pipe is empty here, so WouldBlock can only mean the socket.
-        let n = match back.try_io(Interest::READABLE, || pipe.fill_from(back.as_fd(), want)) {
-            Ok(0) if left.is_none() => break,
-            Ok(0) => return Err((Side::Back, io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err((Side::Back, e)),
-        };
-        clock.touch();
-        if let Some(l) = left.as_mut() {
-            *l = l.saturating_sub(n as u64);
+        if want == 0 && in_pipe == 0 {
+            if fill_paused {
+                fill_paused = false;
+                continue;
+            }
+            break;
         }
-        let mut in_pipe = n;
-        while in_pipe > 0 {
-            client.writable().await.map_err(|e| (Side::Client, e))?;
-            match client.try_io(Interest::WRITABLE, || {
-                pipe.drain_to(client.as_fd(), in_pipe)
-            }) {
-                Ok(0) => return Err((Side::Client, io::ErrorKind::WriteZero.into())),
-                Ok(m) => {
-                    in_pipe = in_pipe.saturating_sub(m);
-                    count(dir, clock, m);
+        tokio::select! {
+            biased;
+            w = client.writable(), if in_pipe > 0 => {
+                w.map_err(|e| (Side::Client, e))?;
+                match client.try_io(Interest::WRITABLE, || pipe.drain_to(client.as_fd(), in_pipe)) {
+                    Ok(0) => return Err((Side::Client, io::ErrorKind::WriteZero.into())),
+                    Ok(m) => {
+                        in_pipe = in_pipe.saturating_sub(m);
+                        count(dir, clock, m);
+                        if in_pipe == 0 {
+                            fill_paused = false;
+                        }
+                    }
+                    // The pipe holds bytes: only the socket can be full.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err((Side::Client, e)),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err((Side::Client, e)),
+            }
+            r = back.readable(), if want > 0 => {
+                r.map_err(|e| (Side::Back, e))?;
+                let filled = if in_pipe == 0 {
+                    // Empty pipe: a "would block" can only be the socket's,
+                    // and clearing its readiness is right.
+                    back.try_io(Interest::READABLE, || pipe.fill_from(back.as_fd(), want))
+                } else {
+                    pipe.fill_from(back.as_fd(), want)
+                };
+                match filled {
+                    Ok(0) if left.is_none() => eof = true,
+                    Ok(0) => return Err((Side::Back, io::ErrorKind::UnexpectedEof.into())),
+                    Ok(n) => {
+                        in_pipe = in_pipe.saturating_add(n);
+                        if let Some(l) = left.as_mut() {
+                            *l = l.saturating_sub(n as u64);
+                        }
+                        clock.touch();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if in_pipe > 0 {
+                            // Socket empty or pipe full: drain first.
+                            fill_paused = true;
+                        }
+                    }
+                    Err(e) => return Err((Side::Back, e)),
+                }
             }
         }
     }
