@@ -288,7 +288,7 @@ pub async fn run(
         let (cr, cw) = client.split();
         let (br, bw) = back.split();
         match copy {
-            RelayCopy::Splice => {
+            RelayCopy::Splice | RelayCopy::Auto => {
                 tokio::try_join!(
                     splice_copy(cr, bw, upstream, &clock, pipes),
                     splice_copy(br, cw, downstream, &clock, pipes)

@@ -33,6 +33,8 @@ use baton_proto::http::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use crate::config::YOUNG_CONNECTION_BYTES;
+
 use super::{
     count, Clock, ConnectError, Dir, Done, End, Meter, PipePool, RelayCopy, RelayLimits, Side,
     Upstreams, USER_BUF,
@@ -634,11 +636,20 @@ impl HttpRelay<'_> {
                 .await
                 .map_err(|e| fail(Side::Client, Stage::Sent, e))?;
 
+            let copy = match self.limits.copy {
+                RelayCopy::Auto
+                    if s.down_total.load(Ordering::Relaxed) < YOUNG_CONNECTION_BYTES =>
+                {
+                    RelayCopy::Userspace
+                }
+                RelayCopy::Auto => RelayCopy::Splice,
+                other => other,
+            };
             let body = match framing {
                 BodyFraming::Empty => Ok(()),
                 BodyFraming::Length(_) if left == 0 => Ok(()),
-                BodyFraming::Length(_) => match self.limits.copy {
-                    RelayCopy::Splice => {
+                BodyFraming::Length(_) => match copy {
+                    RelayCopy::Splice | RelayCopy::Auto => {
                         splice_body(back, s.client, Some(left), &down, &s.clock, self.pipes).await
                     }
                     RelayCopy::Userspace => {
@@ -653,8 +664,8 @@ impl HttpRelay<'_> {
                         .await
                         .map(|more| extra |= more)
                 }
-                BodyFraming::UntilClose => match self.limits.copy {
-                    RelayCopy::Splice => {
+                BodyFraming::UntilClose => match copy {
+                    RelayCopy::Splice | RelayCopy::Auto => {
                         splice_body(back, s.client, None, &down, &s.clock, self.pipes).await
                     }
                     RelayCopy::Userspace => user_body(back, s.client, None, bbuf, &down, &s.clock)
@@ -1274,7 +1285,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_of_all_framings_reuse_one_backend_connection() {
-        for copy in [RelayCopy::Splice, RelayCopy::Userspace] {
+        for copy in [RelayCopy::Auto, RelayCopy::Splice, RelayCopy::Userspace] {
             let rig = Rig::new(copy, digest).await;
             let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
             let mut chunked = Vec::new();
@@ -1375,7 +1386,7 @@ mod tests {
 
     #[tokio::test]
     async fn responses_pass_through_byte_exact_whatever_their_framing() {
-        for copy in [RelayCopy::Splice, RelayCopy::Userspace] {
+        for copy in [RelayCopy::Auto, RelayCopy::Splice, RelayCopy::Userspace] {
             let rig = Rig::new(copy, framings).await;
             let (mut c, f) = pair().await;
             let client = async {
