@@ -571,9 +571,11 @@ impl Back {
             if let Err(e) = back.content.serve(stream).await {
                 debug!(id, %flow, error = %e, "connection ended with an error");
             }
+            // Queued before the count drops: a drain that sees no active
+            // connection also sees the batch still to be written.
+            back.report_closed(id, flow, &chan, front);
             back.active.fetch_sub(1, Ordering::Relaxed);
             back.counters.closed.inc();
-            back.report_closed(id, flow, &chan, front);
         });
     }
 
