@@ -504,6 +504,26 @@ struct Target {
     bpf_prog: Option<u32>,
 }
 
+/// A proxy peer just spawned: kept with the others, ready once the client
+/// fetches a page through it.
+fn serving_peer(
+    lab: &Lab,
+    peers: &mut Vec<Peer>,
+    peer: Peer,
+    config: Config,
+    base_url: String,
+) -> Result<Started> {
+    let pgid = peer.pgid();
+    peers.push(peer);
+    wait_serving(lab, peers, &[("client", format!("{base_url}/index.html"))])?;
+    Ok(Started::Ready(Target {
+        config,
+        base_url,
+        pgid: Some(pgid),
+        bpf_prog: None,
+    }))
+}
+
 /// What starting a configuration gave.
 #[derive(Debug)]
 enum Started {
@@ -578,16 +598,13 @@ fn start_target(
                 ],
                 &dir.join("stdout.log"),
             )?;
-            let base_url = format!("http://{vip}:{NGINX_PORT}");
-            let pgid = peer.pgid();
-            peers.push(peer);
-            wait_serving(lab, peers, &[("client", format!("{base_url}/index.html"))])?;
-            Ok(Started::Ready(Target {
+            serving_peer(
+                lab,
+                peers,
+                peer,
                 config,
-                base_url,
-                pgid: Some(pgid),
-                bpf_prog: None,
-            }))
+                format!("http://{vip}:{NGINX_PORT}"),
+            )
         }
         Config::Haproxy => {
             let dir = scratch.join("haproxy");
@@ -605,16 +622,13 @@ fn start_target(
                 ],
                 &dir.join("haproxy.log"),
             )?;
-            let base_url = format!("http://{vip}:{HAPROXY_PORT}");
-            let pgid = peer.pgid();
-            peers.push(peer);
-            wait_serving(lab, peers, &[("client", format!("{base_url}/index.html"))])?;
-            Ok(Started::Ready(Target {
+            serving_peer(
+                lab,
+                peers,
+                peer,
                 config,
-                base_url,
-                pgid: Some(pgid),
-                bpf_prog: None,
-            }))
+                format!("http://{vip}:{HAPROXY_PORT}"),
+            )
         }
         Config::Relay => {
             let dir = scratch.join("relay");
