@@ -667,10 +667,13 @@ mod tests {
         let mut ch = handshake(KEY, KEY, 1, 2).expect("same key");
         let mut wire = BytesMut::new();
         for id in 0..3 {
-            wire.extend_from_slice(&seal(&mut ch.front_sealer, &Frame::Go { id }));
+            wire.extend_from_slice(&seal(&mut ch.front_sealer, &Frame::Abort { id }));
         }
         for id in 0..3 {
-            assert_eq!(ch.back_opener.open(&mut wire), Ok(Some(Frame::Go { id })));
+            assert_eq!(
+                ch.back_opener.open(&mut wire),
+                Ok(Some(Frame::Abort { id }))
+            );
         }
         assert_eq!(ch.back_opener.open(&mut wire), Ok(None));
         let load = Frame::Load(LoadReport {
@@ -761,26 +764,26 @@ mod tests {
     #[test]
     fn version_mismatch_is_named_on_both_sides() {
         let mut back = BackHandshake::new(psk(KEY), [1; NONCE_LEN]);
-        // A version-2 hello with a different layout: only the version is read.
+        // A version-9 hello with a different layout: only the version is read.
         let mut hello = BytesMut::new();
-        put_message(&mut hello, TY_HELLO, &[&2u16.to_be_bytes(), b"v2 body"]);
+        put_message(&mut hello, TY_HELLO, &[&9u16.to_be_bytes(), b"v9 body"]);
         let Ok(BackStep::Reject { reply, error }) = back.handle(&mut hello) else {
             panic!("expected a rejection");
         };
-        assert_eq!(error, AuthError::VersionMismatch { ours: 1, theirs: 2 });
+        assert_eq!(error, AuthError::VersionMismatch { ours: 2, theirs: 9 });
         assert_eq!(
             error.to_string(),
-            "protocol version mismatch: this side speaks version 1, the peer speaks version 2"
+            "protocol version mismatch: this side speaks version 2, the peer speaks version 9"
         );
-        // The reply carries the back's version where a version-1 front reads it.
-        assert_eq!(&reply[4..7], &[TY_CHALLENGE, 0, 1]);
+        // The reply carries the back's version where any front reads it.
+        assert_eq!(&reply[4..7], &[TY_CHALLENGE, 0, 2]);
 
         let (mut front, _) = FrontHandshake::start(psk(KEY), [1; NONCE_LEN]);
         let mut challenge = BytesMut::new();
         put_message(&mut challenge, TY_CHALLENGE, &[&3u16.to_be_bytes()]);
         assert_eq!(
             front.handle(&mut challenge).err(),
-            Some(AuthError::VersionMismatch { ours: 1, theirs: 3 })
+            Some(AuthError::VersionMismatch { ours: 2, theirs: 3 })
         );
     }
 
@@ -862,13 +865,13 @@ mod tests {
     #[test]
     fn replayed_reordered_and_reflected_frames_are_detected() {
         let mut ch = handshake(KEY, KEY, 1, 2).expect("same key");
-        let first = seal(&mut ch.front_sealer, &Frame::Go { id: 1 });
-        let second = seal(&mut ch.front_sealer, &Frame::Go { id: 2 });
+        let first = seal(&mut ch.front_sealer, &Frame::Abort { id: 1 });
+        let second = seal(&mut ch.front_sealer, &Frame::Abort { id: 2 });
 
         let mut replay = ch.back_opener.clone();
         assert_eq!(
             replay.open(&mut first.clone()),
-            Ok(Some(Frame::Go { id: 1 }))
+            Ok(Some(Frame::Abort { id: 1 }))
         );
         assert_eq!(
             replay.open(&mut first.clone()),
@@ -894,7 +897,7 @@ mod tests {
     fn frames_from_another_session_are_rejected() {
         let mut old = handshake(KEY, KEY, 1, 2).expect("same key");
         let mut new = handshake(KEY, KEY, 1, 3).expect("same key");
-        let recorded = seal(&mut old.front_sealer, &Frame::Go { id: 1 });
+        let recorded = seal(&mut old.front_sealer, &Frame::Abort { id: 1 });
         assert_eq!(
             new.back_opener.open(&mut recorded.clone()),
             Err(ProtoError::BadTag { seq: 0 })
@@ -939,8 +942,13 @@ mod tests {
             Err(ProtoError::FrameTooLarge { .. })
         ));
         assert!(out.is_empty());
-        sealer.seal(&Frame::Go { id: 2 }, &mut out).expect("fits");
-        assert_eq!(ch.back_opener.open(&mut out), Ok(Some(Frame::Go { id: 2 })));
+        sealer
+            .seal(&Frame::Abort { id: 2 }, &mut out)
+            .expect("fits");
+        assert_eq!(
+            ch.back_opener.open(&mut out),
+            Ok(Some(Frame::Abort { id: 2 }))
+        );
     }
 
     #[test]

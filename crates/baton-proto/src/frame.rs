@@ -16,18 +16,20 @@
 //! the unsealed form (tests, tools, fuzzing), [`Sealer`](crate::auth::Sealer)
 //! and [`Opener`](crate::auth::Opener) the sealed one.
 //!
-//! | type | frame      | body                                             |
-//! |------|------------|--------------------------------------------------|
-//! | 1    | `Handoff`  | id u64, flow, state, data blob                   |
-//! | 2    | `Ready`    | id u64, restore_us u32                           |
-//! | 3    | `Refused`  | id u64, backend_fault u8 (0/1), reason string    |
-//! | 4    | `Go`       | id u64                                           |
-//! | 5    | `Abort`    | id u64                                           |
-//! | 6    | `Closed`   | id u64, flow                                     |
-//! | 7    | `Load`     | active u32, total u64                            |
-//! | 8    | `Ping`     | nonce u64                                        |
-//! | 9    | `Pong`     | nonce u64                                        |
-//! | 10   | `Goodbye`  | reason string                                    |
+//! | type | frame      | direction | body                                   |
+//! |------|------------|-----------|----------------------------------------|
+//! | 1    | `Handoff`  | to back   | id u64, flow, state, data blob         |
+//! | 2    | `Live`     | to front  | id u64, restore_us u32                 |
+//! | 3    | `Refused`  | to front  | id u64, backend_fault u8 (0/1), reason |
+//! | 5    | `Abort`    | to back   | id u64                                 |
+//! | 6    | `Closed`   | to front  | id u64, flow                           |
+//! | 7    | `Load`     | to front  | active u32, total u64                  |
+//! | 8    | `Ping`     | both      | nonce u64                              |
+//! | 9    | `Pong`     | both      | nonce u64                              |
+//! | 10   | `Goodbye`  | both      | reason string                          |
+//! | 11   | `Holding`  | to front  | done u8 (0/1), count u32, count x u64  |
+//!
+//! Type 4 was version 1's `Go`; it is not reused.
 //!
 //! `flow` is client IPv4 (4), client port (2), VIP (4), VIP port (2).
 //! `state` is snd_seq u32, rcv_seq u32, mss u16, flags u8 (bit 0 window
@@ -53,7 +55,7 @@ use crate::wire::{self, Reader, LEN_PREFIX};
 
 /// The version both ends announce in the handshake; bump it on any change to
 /// the wire format or to the meaning of a frame.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A control-channel message.
 ///
@@ -63,8 +65,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub enum Frame {
     /// Front to back: restore this connection.
     Handoff(Handoff),
-    /// Back to front: the socket is restored and still in repair mode.
-    Ready { id: u64, restore_us: u32 },
+    /// Back to front: the socket is restored and live; the back-end serves
+    /// the client from now on.
+    Live { id: u64, restore_us: u32 },
     /// Back to front: the handoff was not accepted; the front still owns the
     /// connection.
     ///
@@ -76,10 +79,9 @@ pub enum Frame {
         reason: String,
         backend_fault: bool,
     },
-    /// Front to back: the front has let go; take the socket out of repair mode.
-    Go { id: u64 },
-    /// Front to back: close the restored socket silently (still in repair
-    /// mode, so nothing reaches the client).
+    /// Front to back: the front gave up on this handoff (it reset the
+    /// client). A back-end that has not restored it yet never will; one
+    /// that has resets the connection.
     Abort { id: u64 },
     /// Back to front: the connection finished on the back-end.
     Closed { id: u64, flow: FlowKey },
@@ -91,12 +93,158 @@ pub enum Frame {
     Pong { nonce: u64 },
     /// Either direction: orderly shutdown; no new handoffs after this.
     Goodbye { reason: String },
+    /// Back to front, first thing on every channel: the handoffs of this
+    /// front (by id) that the back-end still serves, in chunks; `done` on
+    /// the last. The front forgets the flows it thought lived there and
+    /// that are not listed.
+    Holding { ids: Vec<u64>, done: bool },
+}
+
+/// The most ids one `Holding` frame carries (64 KiB of ids).
+pub const HOLDING_CHUNK: usize = 8192;
+
+/// Handoff frames a front-end sends: the input of the back-end's
+/// [`BackEngine`](crate::handoff::BackEngine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToBack {
+    Handoff(Handoff),
+    Abort { id: u64 },
+}
+
+/// Handoff frames a back-end sends: the input of the front-end's
+/// [`FrontEngine`](crate::handoff::FrontEngine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToFront {
+    Live {
+        id: u64,
+        restore_us: u32,
+    },
+    Refused {
+        id: u64,
+        reason: String,
+        backend_fault: bool,
+    },
+    Closed {
+        id: u64,
+        flow: FlowKey,
+    },
+    Holding {
+        ids: Vec<u64>,
+        done: bool,
+    },
+}
+
+/// Channel housekeeping, handled by the channel itself, not by a handoff
+/// engine. `Load` goes from back to front only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    Load(LoadReport),
+    Ping { nonce: u64 },
+    Pong { nonce: u64 },
+    Goodbye { reason: String },
+}
+
+/// A received frame, sorted by who handles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming<T> {
+    /// For the handoff engine.
+    Handoff(T),
+    /// For the channel.
+    Link(Link),
+}
+
+/// A frame that only the other side may send (a peer that sends it is
+/// broken or hostile: the channel is closed).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("a {0} frame is not sent in this direction")]
+pub struct WrongDirection(pub &'static str);
+
+impl From<ToBack> for Frame {
+    fn from(f: ToBack) -> Frame {
+        match f {
+            ToBack::Handoff(h) => Frame::Handoff(h),
+            ToBack::Abort { id } => Frame::Abort { id },
+        }
+    }
+}
+
+impl From<ToFront> for Frame {
+    fn from(f: ToFront) -> Frame {
+        match f {
+            ToFront::Live { id, restore_us } => Frame::Live { id, restore_us },
+            ToFront::Refused {
+                id,
+                reason,
+                backend_fault,
+            } => Frame::Refused {
+                id,
+                reason,
+                backend_fault,
+            },
+            ToFront::Closed { id, flow } => Frame::Closed { id, flow },
+            ToFront::Holding { ids, done } => Frame::Holding { ids, done },
+        }
+    }
+}
+
+impl From<Link> for Frame {
+    fn from(f: Link) -> Frame {
+        match f {
+            Link::Load(l) => Frame::Load(l),
+            Link::Ping { nonce } => Frame::Ping { nonce },
+            Link::Pong { nonce } => Frame::Pong { nonce },
+            Link::Goodbye { reason } => Frame::Goodbye { reason },
+        }
+    }
+}
+
+impl Frame {
+    /// Sorts a frame a front-end received.
+    pub fn into_front(self) -> Result<Incoming<ToFront>, WrongDirection> {
+        Ok(match self {
+            Frame::Live { id, restore_us } => Incoming::Handoff(ToFront::Live { id, restore_us }),
+            Frame::Refused {
+                id,
+                reason,
+                backend_fault,
+            } => Incoming::Handoff(ToFront::Refused {
+                id,
+                reason,
+                backend_fault,
+            }),
+            Frame::Closed { id, flow } => Incoming::Handoff(ToFront::Closed { id, flow }),
+            Frame::Holding { ids, done } => Incoming::Handoff(ToFront::Holding { ids, done }),
+            Frame::Load(l) => Incoming::Link(Link::Load(l)),
+            Frame::Ping { nonce } => Incoming::Link(Link::Ping { nonce }),
+            Frame::Pong { nonce } => Incoming::Link(Link::Pong { nonce }),
+            Frame::Goodbye { reason } => Incoming::Link(Link::Goodbye { reason }),
+            other @ (Frame::Handoff(_) | Frame::Abort { .. }) => {
+                return Err(WrongDirection(other.kind()))
+            }
+        })
+    }
+
+    /// Sorts a frame a back-end received.
+    pub fn into_back(self) -> Result<Incoming<ToBack>, WrongDirection> {
+        Ok(match self {
+            Frame::Handoff(h) => Incoming::Handoff(ToBack::Handoff(h)),
+            Frame::Abort { id } => Incoming::Handoff(ToBack::Abort { id }),
+            Frame::Ping { nonce } => Incoming::Link(Link::Ping { nonce }),
+            Frame::Pong { nonce } => Incoming::Link(Link::Pong { nonce }),
+            Frame::Goodbye { reason } => Incoming::Link(Link::Goodbye { reason }),
+            other @ (Frame::Live { .. }
+            | Frame::Refused { .. }
+            | Frame::Closed { .. }
+            | Frame::Holding { .. }
+            | Frame::Load(_)) => return Err(WrongDirection(other.kind())),
+        })
+    }
 }
 
 /// One connection handed from the front-end to a back-end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handoff {
-    /// Chosen by the front, echoed in `Ready`/`Refused`/`Go`/`Abort`/`Closed`.
+    /// Chosen by the front, echoed in `Live`/`Refused`/`Abort`/`Closed`.
     pub id: u64,
     /// The connection's addresses.
     pub flow: FlowKey,
@@ -175,15 +323,15 @@ pub enum ProtoError {
 
 mod ty {
     pub const HANDOFF: u8 = 1;
-    pub const READY: u8 = 2;
+    pub const LIVE: u8 = 2;
     pub const REFUSED: u8 = 3;
-    pub const GO: u8 = 4;
     pub const ABORT: u8 = 5;
     pub const CLOSED: u8 = 6;
     pub const LOAD: u8 = 7;
     pub const PING: u8 = 8;
     pub const PONG: u8 = 9;
     pub const GOODBYE: u8 = 10;
+    pub const HOLDING: u8 = 11;
 }
 
 const FLOW_LEN: usize = 12;
@@ -198,15 +346,15 @@ impl Frame {
     pub fn kind(&self) -> &'static str {
         match self {
             Frame::Handoff(_) => "handoff",
-            Frame::Ready { .. } => "ready",
+            Frame::Live { .. } => "live",
             Frame::Refused { .. } => "refused",
-            Frame::Go { .. } => "go",
             Frame::Abort { .. } => "abort",
             Frame::Closed { .. } => "closed",
             Frame::Load(_) => "load",
             Frame::Ping { .. } => "ping",
             Frame::Pong { .. } => "pong",
             Frame::Goodbye { .. } => "goodbye",
+            Frame::Holding { .. } => "holding",
         }
     }
 
@@ -214,14 +362,15 @@ impl Frame {
     pub fn handoff_id(&self) -> Option<u64> {
         match self {
             Frame::Handoff(h) => Some(h.id),
-            Frame::Ready { id, .. }
+            Frame::Live { id, .. }
             | Frame::Refused { id, .. }
-            | Frame::Go { id }
             | Frame::Abort { id }
             | Frame::Closed { id, .. } => Some(*id),
-            Frame::Load(_) | Frame::Ping { .. } | Frame::Pong { .. } | Frame::Goodbye { .. } => {
-                None
-            }
+            Frame::Load(_)
+            | Frame::Ping { .. }
+            | Frame::Pong { .. }
+            | Frame::Goodbye { .. }
+            | Frame::Holding { .. } => None,
         }
     }
 
@@ -247,13 +396,14 @@ impl Frame {
         let string = |s: &str| 2 + truncated(s, limits.string_max()).len();
         1 + match self {
             Frame::Handoff(h) => 8 + FLOW_LEN + STATE_LEN + 4 + h.data.len(),
-            Frame::Ready { .. } => 8 + 4,
-            Frame::Go { .. } | Frame::Abort { .. } => 8,
+            Frame::Live { .. } => 8 + 4,
+            Frame::Abort { .. } => 8,
             Frame::Refused { reason, .. } => 8 + 1 + string(reason),
             Frame::Closed { .. } => 8 + FLOW_LEN,
             Frame::Load(_) => 4 + 8,
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::Goodbye { reason } => string(reason),
+            Frame::Holding { ids, .. } => 1 + 4 + 8 * ids.len(),
         }
     }
 }
@@ -292,8 +442,8 @@ fn encode_payload(frame: &Frame, limits: &FrameLimits, out: &mut BytesMut) {
             out.put_u32(h.data.len() as u32);
             out.put_slice(&h.data);
         }
-        Frame::Ready { id, restore_us } => {
-            put_id(out, ty::READY, *id);
+        Frame::Live { id, restore_us } => {
+            put_id(out, ty::LIVE, *id);
             out.put_u32(*restore_us);
         }
         Frame::Refused {
@@ -305,7 +455,6 @@ fn encode_payload(frame: &Frame, limits: &FrameLimits, out: &mut BytesMut) {
             out.put_u8(u8::from(*backend_fault));
             put_str(out, reason, max_str);
         }
-        Frame::Go { id } => put_id(out, ty::GO, *id),
         Frame::Abort { id } => put_id(out, ty::ABORT, *id),
         Frame::Closed { id, flow } => {
             put_id(out, ty::CLOSED, *id);
@@ -321,6 +470,15 @@ fn encode_payload(frame: &Frame, limits: &FrameLimits, out: &mut BytesMut) {
         Frame::Goodbye { reason } => {
             out.put_u8(ty::GOODBYE);
             put_str(out, reason, max_str);
+        }
+        Frame::Holding { ids, done } => {
+            out.put_u8(ty::HOLDING);
+            out.put_u8(u8::from(*done));
+            // Senders chunk by HOLDING_CHUNK; the frame limit bounds it too.
+            out.put_u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+            for id in ids {
+                out.put_u64(*id);
+            }
         }
     }
 }
@@ -399,7 +557,7 @@ pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Fra
                 data,
             })
         }
-        ty::READY => Frame::Ready {
+        ty::LIVE => Frame::Live {
             id: r.u64("id")?,
             restore_us: r.u32("restore time")?,
         },
@@ -412,7 +570,6 @@ pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Fra
             },
             reason: read_str(&mut r, limits, "refusal reason")?,
         },
-        ty::GO => Frame::Go { id: r.u64("id")? },
         ty::ABORT => Frame::Abort { id: r.u64("id")? },
         ty::CLOSED => Frame::Closed {
             id: r.u64("id")?,
@@ -431,6 +588,25 @@ pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Fra
         ty::GOODBYE => Frame::Goodbye {
             reason: read_str(&mut r, limits, "goodbye reason")?,
         },
+        ty::HOLDING => {
+            let done = match r.u8("holding done")? {
+                0 => false,
+                1 => true,
+                other => return Err(ProtoError::InvalidFlags(other)),
+            };
+            let count = r.u32("holding count")?;
+            // Checked against what the frame holds before anything is
+            // reserved: a claimed count cannot make us allocate.
+            let count = usize::try_from(count).unwrap_or(usize::MAX);
+            if count > HOLDING_CHUNK || count.saturating_mul(8) > r.remaining() {
+                return Err(ProtoError::Truncated("holding ids"));
+            }
+            let mut ids = Vec::with_capacity(count);
+            for _ in 0..count {
+                ids.push(r.u64("holding id")?);
+            }
+            Frame::Holding { ids, done }
+        }
         other => return Err(ProtoError::UnknownType(other)),
     };
     r.finish()?;
@@ -534,7 +710,7 @@ mod tests {
     fn all_frames() -> Vec<Frame> {
         vec![
             handoff(),
-            Frame::Ready {
+            Frame::Live {
                 id: 1,
                 restore_us: 15,
             },
@@ -543,7 +719,14 @@ mod tests {
                 reason: "no capacity: 503 ✓".into(),
                 backend_fault: true,
             },
-            Frame::Go { id: 3 },
+            Frame::Holding {
+                ids: vec![3, u64::MAX],
+                done: true,
+            },
+            Frame::Holding {
+                ids: Vec::new(),
+                done: false,
+            },
             Frame::Abort { id: u64::MAX },
             Frame::Closed {
                 id: 4,
@@ -590,7 +773,7 @@ mod tests {
     fn wire_layout_is_stable() {
         // Golden bytes: a change here is a protocol change (bump PROTOCOL_VERSION).
         assert_eq!(
-            &encode(&Frame::Ready {
+            &encode(&Frame::Live {
                 id: 0x0102,
                 restore_us: 0x0304
             })[..],

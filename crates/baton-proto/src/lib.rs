@@ -78,12 +78,16 @@
 pub mod auth;
 pub mod flow;
 pub mod frame;
+pub mod handoff;
 pub mod http;
 pub mod tcp;
 mod wire;
 
 pub use auth::{BackHandshake, BackStep, FrontDone, FrontHandshake, Opener, Psk, Sealer};
 pub use flow::FlowKey;
-pub use frame::{Frame, FrameLimits, Handoff, LoadReport, ProtoError, PROTOCOL_VERSION};
+pub use frame::{
+    Frame, FrameLimits, Handoff, Incoming, Link, LoadReport, ProtoError, ToBack, ToFront,
+    WrongDirection, PROTOCOL_VERSION,
+};
 pub use http::{parse_request_head, HeadError, HeadLimits, RequestHead};
 pub use tcp::{RepairWindow, TcpState};

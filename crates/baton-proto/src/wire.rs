@@ -47,6 +47,11 @@ impl Reader {
         self.array(what).map(u64::from_be_bytes)
     }
 
+    /// Bytes left in the message.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     /// `n` bytes as a zero-copy slice of the received message.
     pub(crate) fn bytes(&mut self, n: usize, what: &'static str) -> Result<Bytes, ProtoError> {
         if n > self.buf.len() {

@@ -72,7 +72,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 state,
                 data: Bytes::from(data)
             })),
-        (any::<u64>(), any::<u32>()).prop_map(|(id, restore_us)| Frame::Ready { id, restore_us }),
+        (any::<u64>(), any::<u32>()).prop_map(|(id, restore_us)| Frame::Live { id, restore_us }),
         (any::<u64>(), reason(), any::<bool>()).prop_map(|(id, reason, backend_fault)| {
             Frame::Refused {
                 id,
@@ -80,8 +80,12 @@ fn frame() -> impl Strategy<Value = Frame> {
                 backend_fault,
             }
         }),
-        any::<u64>().prop_map(|id| Frame::Go { id }),
         any::<u64>().prop_map(|id| Frame::Abort { id }),
+        (
+            proptest::collection::vec(any::<u64>(), 0..64),
+            any::<bool>()
+        )
+            .prop_map(|(ids, done)| Frame::Holding { ids, done }),
         (any::<u64>(), flow()).prop_map(|(id, flow)| Frame::Closed { id, flow }),
         (any::<u32>(), any::<u64>())
             .prop_map(|(active, total)| Frame::Load(LoadReport { active, total })),

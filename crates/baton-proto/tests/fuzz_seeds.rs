@@ -57,13 +57,16 @@ fn frame_seeds() -> Seeds {
     vec![
         ("handoff", encode(&[handoff])),
         (
-            "ready_go",
+            "live_holding",
             encode(&[
-                Frame::Ready {
+                Frame::Live {
                     id: 1,
                     restore_us: 12,
                 },
-                Frame::Go { id: 1 },
+                Frame::Holding {
+                    ids: vec![1, 7],
+                    done: true,
+                },
             ]),
         ),
         (

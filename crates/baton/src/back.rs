@@ -1,7 +1,10 @@
 //! `baton back`: accepts authenticated control channels from front-ends,
-//! restores each handed-off connection with TCP_REPAIR and serves HTTP on it
-//! (the response goes straight to the client from the VIP on `lo`); reports
-//! `Closed` for every connection and its load, periodically.
+//! restores each handed-off connection with TCP_REPAIR, takes it live at
+//! once and serves HTTP on it (the response goes straight to the client from
+//! the VIP on `lo`); reports `Live`, then `Closed` for every connection, and
+//! its load, periodically. The decisions (what to restore, which channel
+//! hears which report, what a new channel is told it holds) are the sans-IO
+//! [`BackEngine`]'s; this module carries them out.
 //!
 //! Content comes from a docroot (static files) or, in caching mode, from an
 //! in-memory cache in front of an origin server.
@@ -9,14 +12,15 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use baton_cache::{CachingProxy, ObjectCache, ProxyLimits};
 use baton_proto::frame::{Frame, Handoff, LoadReport};
-use baton_proto::FlowKey;
+use baton_proto::handoff::{BackAction, BackEngine, BackEvent, ChannelId, Refusal};
+use baton_proto::{Incoming, Link};
 use baton_serve::StaticFiles;
 use baton_sys::repair;
 use serde::Serialize;
@@ -42,9 +46,10 @@ pub struct BackCounters {
     pub restored: Counter,
     pub refused: Counter,
     pub live: Counter,
+    /// Live connections reset because the front had given up on them.
     pub aborted: Counter,
-    pub go_timeouts: Counter,
-    pub go_failures: Counter,
+    /// Handoffs cancelled by an `Abort` read with them (never restored).
+    pub cancelled: Counter,
     pub closed: Counter,
     pub closed_unreported: Counter,
     pub auth_failures: Counter,
@@ -73,21 +78,10 @@ impl Content {
 /// One control channel from a front-end.
 #[derive(Debug)]
 struct Channel {
-    writer: Arc<Mutex<FrameWriter>>,
-    /// Cleared when the session ends.
-    alive: std::sync::atomic::AtomicBool,
-    /// `Closed` reports waiting for the next batch (see [`CLOSED_BATCH`]).
-    closed: std::sync::Mutex<Vec<Frame>>,
-}
-
-impl Channel {
-    fn new(writer: FrameWriter) -> Self {
-        Channel {
-            writer: Arc::new(Mutex::new(writer)),
-            alive: std::sync::atomic::AtomicBool::new(true),
-            closed: std::sync::Mutex::new(Vec::new()),
-        }
-    }
+    writer: Mutex<FrameWriter>,
+    /// Frames the engine queued, in its order; whoever holds `writer` next
+    /// writes them all in one write.
+    outbox: std::sync::Mutex<Vec<Frame>>,
 }
 
 /// How long a `Closed` report may wait for others to share its write. The
@@ -96,22 +90,28 @@ impl Channel {
 /// wake the front once more per connection.
 const CLOSED_BATCH: Duration = Duration::from_millis(5);
 
-/// The live channels of each front-end address, oldest first. A connection
-/// reports `Closed` on the channel that handed it over; if that one is gone
-/// (the front reconnected), on the newest channel from the same address, so
-/// a reconnect does not lose the reports of connections handed off before it.
-type Fronts = std::sync::Mutex<HashMap<IpAddr, Vec<Arc<Channel>>>>;
+/// A connection being served: what it takes to reset it.
+#[derive(Debug)]
+struct Serving {
+    /// A second descriptor of the socket, to set a zero linger on.
+    fd: OwnedFd,
+    task: tokio::task::AbortHandle,
+}
 
 #[derive(Debug)]
 struct Back {
     cfg: BackConfig,
     content: Content,
-    active: AtomicU32,
-    total: AtomicU64,
     counters: BackCounters,
-    fronts: Fronts,
-    /// `Closed` batches waiting to be written (a drain waits for them).
-    flushing: AtomicU32,
+    /// The handoff protocol's state; a leaf lock.
+    engine: std::sync::Mutex<BackEngine>,
+    /// Serialises carrying out the engine's actions (lock order: exec, then
+    /// channels/serving, then engine).
+    exec: std::sync::Mutex<()>,
+    channels: std::sync::Mutex<HashMap<ChannelId, Arc<Channel>>>,
+    serving: std::sync::Mutex<HashMap<(IpAddr, u64), Serving>>,
+    next_channel: AtomicU64,
+    timer_wake: tokio::sync::Notify,
 }
 
 /// Runs the back-end until `shutdown` resolves.
@@ -142,13 +142,16 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
         .with_context(|| format!("binding the control address {}", cfg.control_listen))?;
     let back = Arc::new(Back {
         content,
-        active: AtomicU32::new(0),
-        total: AtomicU64::new(0),
         counters: BackCounters::default(),
-        fronts: std::sync::Mutex::default(),
-        flushing: AtomicU32::new(0),
+        engine: std::sync::Mutex::new(BackEngine::new(cfg.vip, CLOSED_BATCH)),
+        exec: std::sync::Mutex::new(()),
+        channels: std::sync::Mutex::default(),
+        serving: std::sync::Mutex::default(),
+        next_channel: AtomicU64::new(1),
+        timer_wake: tokio::sync::Notify::new(),
         cfg,
     });
+    let timers = tokio::spawn(Arc::clone(&back).timers());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let direct = match back.cfg.direct_listen {
         Some(addr) => {
@@ -212,15 +215,17 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
     // already here finish, up to the drain timeout.
     drop(listener);
     let _ = stop_tx.send(true);
-    let active = back.active.load(Ordering::Relaxed);
+    let active = back.lock_engine().active();
     info!(active, "back-end draining");
     let deadline = Instant::now() + ms(back.cfg.drain_timeout_ms);
-    let busy =
-        || back.active.load(Ordering::Relaxed) > 0 || back.flushing.load(Ordering::Relaxed) > 0;
+    let busy = || {
+        let e = back.lock_engine();
+        e.active() > 0 || e.pending_reports() > 0
+    };
     while busy() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let left = back.active.load(Ordering::Relaxed);
+    let left = back.lock_engine().active();
     if left > 0 {
         warn!(left, "drain timeout: closing the remaining connections");
     }
@@ -230,6 +235,7 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
     if let Some(a) = admin {
         a.abort();
     }
+    timers.abort();
     info!("back-end stopped");
     Ok(())
 }
@@ -244,13 +250,6 @@ fn check_vip_local(vip: std::net::Ipv4Addr) -> Result<()> {
     }
 }
 
-/// A restored socket waiting for `Go`.
-struct Waiting {
-    fd: OwnedFd,
-    flow: FlowKey,
-    since: Instant,
-}
-
 /// `/stats` of a back-end.
 #[derive(Debug, Serialize)]
 pub struct BackStats {
@@ -260,8 +259,7 @@ pub struct BackStats {
     pub refused: u64,
     pub live: u64,
     pub aborted: u64,
-    pub go_timeouts: u64,
-    pub go_failures: u64,
+    pub cancelled: u64,
     pub closed: u64,
     pub closed_unreported: u64,
     pub auth_failures: u64,
@@ -301,25 +299,22 @@ impl Back {
                 )
             }
         };
+        let (active, total) = {
+            let e = self.lock_engine();
+            (u32::try_from(e.active()).unwrap_or(u32::MAX), e.total())
+        };
         BackStats {
-            active: self.active.load(Ordering::Relaxed),
-            total: self.total.load(Ordering::Relaxed),
+            active,
+            total,
             restored: c.restored.get(),
             refused: c.refused.get(),
             live: c.live.get(),
             aborted: c.aborted.get(),
-            go_timeouts: c.go_timeouts.get(),
-            go_failures: c.go_failures.get(),
+            cancelled: c.cancelled.get(),
             closed: c.closed.get(),
             closed_unreported: c.closed_unreported.get(),
             auth_failures: c.auth_failures.get(),
-            fronts: self
-                .fronts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .map(Vec::len)
-                .sum(),
+            fronts: self.lock_engine().channels(),
             cache,
             files,
         }
@@ -369,17 +364,17 @@ impl Back {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         info!(%peer, "front-end connected");
-        let chan = Arc::new(Channel::new(writer));
-        let writer = Arc::clone(&chan.writer);
-        self.fronts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(peer.ip())
-            .or_default()
-            .push(Arc::clone(&chan));
-        let mut waiting: HashMap<u64, Waiting> = HashMap::new();
+        let id = self.next_channel.fetch_add(1, Ordering::Relaxed);
+        let chan = Arc::new(Channel {
+            writer: Mutex::new(writer),
+            outbox: std::sync::Mutex::default(),
+        });
+        self.lock_channels().insert(id, Arc::clone(&chan));
+        let front = peer.ip();
+        // First thing on the channel: which of this front's handoffs we hold.
+        let flush = self.drive(|e, _| e.handle_channel_up(id, front));
+        self.apply(flush).await;
         let mut load = tokio::time::interval(ms(self.cfg.load_report_ms));
-        let go_timeout = ms(self.cfg.go_timeout_ms);
         let silence = ms(self.cfg.front_silence_ms);
         let mut last_heard = Instant::now();
         let mut said_goodbye = false;
@@ -390,33 +385,41 @@ impl Back {
                     if r.is_ok() {
                         // Keep the channel: Closed reports of draining
                         // connections still have to reach the front.
-                        let _ = send(&writer, &Frame::Goodbye { reason: "back-end shutting down".into() }).await;
+                        let flush = self.drive(|e, _| e.handle_drain());
+                        self.apply(flush).await;
+                        let _ = self.send(&chan, Frame::Goodbye { reason: "back-end shutting down".into() }).await;
                     }
                 }
                 _ = load.tick() => {
                     if last_heard.elapsed() > silence {
                         break format!("silent for {silence:?}");
                     }
-                    waiting.retain(|id, w| {
-                        let keep = w.since.elapsed() < go_timeout;
-                        if !keep {
-                            self.counters.go_timeouts.inc();
-                            warn!(id, flow = %w.flow, "no Go in time; dropping the restored socket");
+                    let report = {
+                        let e = self.lock_engine();
+                        LoadReport {
+                            active: u32::try_from(e.active()).unwrap_or(u32::MAX),
+                            total: e.total(),
                         }
-                        keep
-                    });
-                    let report = LoadReport {
-                        active: self.active.load(Ordering::Relaxed),
-                        total: self.total.load(Ordering::Relaxed),
                     };
-                    if let Err(e) = send(&writer, &Frame::Load(report)).await {
+                    if let Err(e) = self.send(&chan, Frame::Load(report)).await {
                         break format!("{e:#}");
                     }
                 }
                 r = reader.next() => match r {
                     Ok(Some(frame)) => {
                         last_heard = Instant::now();
-                        if let Err(e) = self.handle(frame, &chan, &mut waiting, peer.ip()).await {
+                        // Every frame already read goes to the engine before
+                        // anything is carried out: an Abort read with its
+                        // Handoff cancels it before the restore.
+                        let mut frames = vec![frame];
+                        loop {
+                            match reader.buffered() {
+                                Ok(Some(f)) => frames.push(f),
+                                Ok(None) => break,
+                                Err(e) => return self.end_session(id, peer, &format!("{e:#}")).await,
+                            }
+                        }
+                        if let Err(e) = self.frames(id, &chan, frames).await {
                             break format!("{e:#}");
                         }
                     }
@@ -425,229 +428,262 @@ impl Back {
                 }
             }
         };
-        {
-            chan.alive.store(false, Ordering::Relaxed);
-            let mut fronts = self.fronts.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(v) = fronts.get_mut(&peer.ip()) {
-                v.retain(|c| !Arc::ptr_eq(c, &chan));
-                if v.is_empty() {
-                    fronts.remove(&peer.ip());
-                }
-            }
-        }
-        // Sockets never told to Go are dropped in repair mode: nothing is sent.
-        let dropped = waiting.len();
-        info!(%peer, reason = %why, dropped, "front-end channel closed");
+        self.end_session(id, peer, &why).await;
     }
 
-    async fn handle(
+    async fn end_session(self: &Arc<Self>, id: ChannelId, peer: SocketAddr, why: &str) {
+        self.lock_channels().remove(&id);
+        let flush = self.drive(|e, now| e.handle_channel_down(now, id));
+        self.apply(flush).await;
+        info!(%peer, reason = %why, "front-end channel closed");
+    }
+
+    /// Frames from one read of a channel.
+    async fn frames(
         self: &Arc<Self>,
-        frame: Frame,
-        chan: &Arc<Channel>,
-        waiting: &mut HashMap<u64, Waiting>,
-        front: IpAddr,
+        id: ChannelId,
+        chan: &Channel,
+        frames: Vec<Frame>,
     ) -> Result<()> {
-        let writer = &chan.writer;
-        match frame {
-            Frame::Handoff(h) => {
-                let received = Instant::now();
-                let id = h.id;
-                let reply = match self.restore(&h, received) {
-                    Ok(fd) => {
-                        self.counters.restored.inc();
-                        let restore_us =
-                            u32::try_from(received.elapsed().as_micros()).unwrap_or(u32::MAX);
-                        waiting.insert(
-                            id,
-                            Waiting {
-                                fd,
-                                flow: h.flow,
-                                since: received,
-                            },
-                        );
-                        let delay = self.cfg.fault.ready_delay_ms;
-                        if delay > 0 {
-                            let writer = Arc::clone(writer);
-                            tokio::spawn(async move {
-                                tokio::time::sleep(ms(delay)).await;
-                                let _ = send(&writer, &Frame::Ready { id, restore_us }).await;
-                            });
-                            return Ok(());
-                        }
-                        Frame::Ready { id, restore_us }
-                    }
-                    Err(refusal) => {
-                        self.counters.refused.inc();
-                        warn!(id, flow = %h.flow, error = %refusal.reason, backend_fault = refusal.backend_fault, "refusing handoff");
-                        Frame::Refused {
-                            id,
-                            reason: refusal.reason,
-                            backend_fault: refusal.backend_fault,
-                        }
-                    }
-                };
-                send(writer, &reply).await?;
-            }
-            Frame::Go { id } => match waiting.remove(&id) {
-                Some(w) => self.go(id, w, Arc::clone(chan), front).await,
-                None => debug!(id, "Go for an unknown handoff"),
-            },
-            Frame::Abort { id } => {
-                if waiting.remove(&id).is_some() {
-                    self.counters.aborted.inc();
+        let mut handoff = Vec::new();
+        for f in frames {
+            match f.into_back()? {
+                Incoming::Handoff(f) => handoff.push(f),
+                Incoming::Link(Link::Ping { nonce }) => {
+                    self.send(chan, Frame::Pong { nonce }).await?
                 }
+                Incoming::Link(Link::Goodbye { reason }) => {
+                    debug!(%reason, "front-end says goodbye")
+                }
+                Incoming::Link(Link::Pong { .. } | Link::Load(_)) => {}
             }
-            Frame::Ping { nonce } => send(writer, &Frame::Pong { nonce }).await?,
-            Frame::Pong { .. } => {}
-            Frame::Goodbye { reason } => debug!(%reason, "front-end says goodbye"),
-            other => warn!(
-                frame = other.kind(),
-                "unexpected frame from a front-end; ignored"
-            ),
+        }
+        if !handoff.is_empty() {
+            let flush = self.drive(|e, _| {
+                for f in handoff {
+                    e.handle_frame(id, f);
+                }
+            });
+            self.apply(flush).await;
         }
         Ok(())
     }
 
-    fn restore(&self, h: &Handoff, received: Instant) -> std::result::Result<OwnedFd, Refusal> {
-        if *h.flow.vip.ip() != self.cfg.vip {
-            // A front configured for another VIP: nothing it hands us can work.
-            return Err(Refusal {
-                reason: format!(
-                    "flow {} is for {}, this back-end serves VIP {}",
-                    h.flow,
-                    h.flow.vip.ip(),
-                    self.cfg.vip
-                ),
-                backend_fault: true,
-            });
+    /// Feeds the engine one input and carries out everything it asks for.
+    /// Returns the channels with frames queued (write them with `apply`).
+    fn drive(
+        self: &Arc<Self>,
+        input: impl FnOnce(&mut BackEngine, Instant),
+    ) -> std::collections::BTreeSet<ChannelId> {
+        let _exec = self.exec.lock().unwrap_or_else(|e| e.into_inner());
+        let mut flush = std::collections::BTreeSet::new();
+        let mut queue = std::collections::VecDeque::new();
+        {
+            let mut e = self.lock_engine();
+            input(&mut e, Instant::now());
+            queue.extend(std::iter::from_fn(|| e.poll_action()));
         }
-        // What elapsed since the front sent the state, plus 2 ms so our first
-        // segment never carries an older TSval than the front's last.
-        let advance = received.elapsed() + Duration::from_millis(2);
-        let local = SocketAddrV4::new(*h.flow.vip.ip(), h.flow.vip.port());
-        repair::restore(&h.state, local, h.flow.client, &h.data, advance).map_err(|e| {
-            // These concern this connection only: its 4-tuple is still in use
-            // here (TIME_WAIT), or its bytes do not fit the receive buffer.
-            let flow_only = matches!(
-                e.errno(),
-                Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE | libc::ENOMEM | libc::ENOBUFS)
-            );
-            Refusal {
-                reason: format!("restore: {e}"),
-                backend_fault: !flow_only,
+        while let Some(action) = queue.pop_front() {
+            match action {
+                BackAction::Restore { channel, handoff } => {
+                    let front = self.front_of(channel);
+                    let result = self.restore_and_serve(&handoff, front);
+                    let mut e = self.lock_engine();
+                    if let Some(front) = front {
+                        e.handle_restored(channel, front, handoff.id, handoff.flow, result);
+                    }
+                    queue.extend(std::iter::from_fn(|| e.poll_action()));
+                }
+                BackAction::Send { channel, frame } => {
+                    if let Some(c) = self.lock_channels().get(&channel) {
+                        c.outbox
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(frame.into());
+                        flush.insert(channel);
+                    }
+                }
+                BackAction::Reset { front, id } => {
+                    if let Some(s) = self.lock_serving().remove(&(front, id)) {
+                        // The last descriptor closes with a zero linger: a reset.
+                        let _ = baton_sys::sockopt::set_linger_zero(s.fd.as_fd());
+                        s.task.abort();
+                    }
+                }
             }
-        })
+        }
+        let mut e = self.lock_engine();
+        while let Some(ev) = e.poll_event() {
+            match ev {
+                BackEvent::Refused { id, reason } => {
+                    self.counters.refused.inc();
+                    warn!(id, %reason, "refusing handoff");
+                }
+                BackEvent::Cancelled { .. } => self.counters.cancelled.inc(),
+                BackEvent::Aborted { .. } => self.counters.aborted.inc(),
+                BackEvent::Unreported { .. } => self.counters.closed_unreported.inc(),
+                BackEvent::Stale { kind } => debug!(kind, "frame about an unknown handoff"),
+            }
+        }
+        if e.poll_timeout().is_some() {
+            self.timer_wake.notify_one();
+        }
+        flush
     }
 
-    /// The front let go: the connection is ours. Serve it, then report `Closed`.
-    async fn go(self: &Arc<Self>, id: u64, w: Waiting, chan: Arc<Channel>, front: IpAddr) {
-        let flow = w.flow;
-        if let Err(e) =
-            repair::go_live(w.fd.as_fd()).and_then(|()| repair::set_nonblocking(w.fd.as_fd()))
-        {
-            self.counters.go_failures.inc();
-            warn!(id, %flow, error = %e, "could not take the socket live");
-            // Dropping it in repair mode sends nothing; tell the front so it
-            // stops steering the flow.
-            self.report_closed(id, flow, &chan, front);
-            return;
+    /// Writes the frames queued on these channels.
+    async fn apply(&self, flush: std::collections::BTreeSet<ChannelId>) {
+        for id in flush {
+            let chan = self.lock_channels().get(&id).map(Arc::clone);
+            if let Some(c) = chan {
+                if let Err(e) = self.flush(&c).await {
+                    debug!(channel = id, error = %format!("{e:#}"), "control-channel write failed");
+                }
+            }
         }
-        let stream = match TcpStream::from_std(std::net::TcpStream::from(w.fd)) {
+    }
+
+    /// Fires the engine's deadlines (the `Closed` batches).
+    async fn timers(self: Arc<Self>) {
+        loop {
+            let next = self.lock_engine().poll_timeout();
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {
+                    let flush = self.drive(|e, now| e.handle_timeout(now));
+                    self.apply(flush).await;
+                }
+                _ = self.timer_wake.notified() => {}
+            }
+        }
+    }
+
+    fn front_of(&self, channel: ChannelId) -> Option<IpAddr> {
+        self.lock_engine().front_of(channel)
+    }
+
+    /// Restores the connection, takes it live and starts serving it.
+    fn restore_and_serve(
+        self: &Arc<Self>,
+        h: &Handoff,
+        front: Option<IpAddr>,
+    ) -> std::result::Result<u32, Refusal> {
+        let received = Instant::now();
+        let front = front.ok_or_else(|| Refusal {
+            reason: "channel gone".into(),
+            backend_fault: false,
+        })?;
+        // What elapsed in transit is not known here; 2 ms keeps our first
+        // segment's TSval from going backwards against the front's last.
+        let advance = Duration::from_millis(2);
+        let local = SocketAddrV4::new(*h.flow.vip.ip(), h.flow.vip.port());
+        let fd =
+            repair::restore(&h.state, local, h.flow.client, &h.data, advance).map_err(|e| {
+                // These concern this connection only: its 4-tuple is still in
+                // use here (TIME_WAIT), or its bytes do not fit the buffer.
+                let flow_only = matches!(
+                    e.errno(),
+                    Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE | libc::ENOMEM | libc::ENOBUFS)
+                );
+                Refusal {
+                    reason: format!("restore: {e}"),
+                    backend_fault: !flow_only,
+                }
+            })?;
+        // Still in repair mode until here: a failure sends nothing.
+        let refusal = |what: &str, e: String| Refusal {
+            reason: format!("{what}: {e}"),
+            backend_fault: false,
+        };
+        let dup = fd.try_clone().map_err(|e| refusal("dup", e.to_string()))?;
+        repair::go_live(fd.as_fd())
+            .and_then(|()| repair::set_nonblocking(fd.as_fd()))
+            .map_err(|e| refusal("going live", e.to_string()))?;
+        let restore_us = u32::try_from(received.elapsed().as_micros()).unwrap_or(u32::MAX);
+        self.counters.restored.inc();
+        let stream = match TcpStream::from_std(std::net::TcpStream::from(fd)) {
             Ok(s) => s,
             Err(e) => {
-                self.counters.go_failures.inc();
-                warn!(id, error = %e, "registering the restored socket failed");
-                self.report_closed(id, flow, &chan, front);
-                return;
+                // Live already: the engine must count it, and report Closed.
+                warn!(id = h.id, error = %e, "registering the restored socket failed");
+                let back = Arc::clone(self);
+                let id = h.id;
+                tokio::spawn(async move { back.closed(front, id).await });
+                return Ok(restore_us);
             }
         };
         // Responses are written whole by hyper; don't let Nagle hold the tail.
         let _ = stream.set_nodelay(true);
         self.counters.live.inc();
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
         let back = Arc::clone(self);
-        tokio::spawn(async move {
+        let (id, flow) = (h.id, h.flow);
+        let task = tokio::spawn(async move {
             if let Err(e) = back.content.serve(stream).await {
                 debug!(id, %flow, error = %e, "connection ended with an error");
             }
-            // Queued before the count drops: a drain that sees no active
-            // connection also sees the batch still to be written.
-            back.report_closed(id, flow, &chan, front);
-            back.active.fetch_sub(1, Ordering::Relaxed);
-            back.counters.closed.inc();
+            back.closed(front, id).await;
         });
+        self.lock_serving().insert(
+            (front, id),
+            Serving {
+                fd: dup,
+                task: task.abort_handle(),
+            },
+        );
+        Ok(restore_us)
     }
 
-    /// Queues `Closed` for the channel that handed the connection over, or
-    /// the newest channel of the same front; without one, the front ages the
-    /// entry out. Reports queued within [`CLOSED_BATCH`] go in one write, by
-    /// a task of their own: the caller never waits.
-    fn report_closed(self: &Arc<Self>, id: u64, flow: FlowKey, chan: &Arc<Channel>, front: IpAddr) {
-        let chan = if chan.alive.load(Ordering::Relaxed) {
-            Some(Arc::clone(chan))
-        } else {
-            self.fronts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&front)
-                .and_then(|v| v.last())
-                .map(Arc::clone)
-        };
-        let Some(chan) = chan else {
-            self.counters.closed_unreported.inc();
-            return;
-        };
-        let first = {
-            let mut q = chan.closed.lock().unwrap_or_else(|e| e.into_inner());
-            q.push(Frame::Closed { id, flow });
-            q.len() == 1
-        };
-        if !first {
-            // The flush the first report scheduled takes this one too.
-            return;
-        }
-        // Counted before the task starts, so a drain never misses it.
-        self.flushing.fetch_add(1, Ordering::Relaxed);
-        let back = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(CLOSED_BATCH).await;
-            let batch = std::mem::take(&mut *chan.closed.lock().unwrap_or_else(|e| e.into_inner()));
-            if send_all(&chan.writer, &batch).await.is_err() {
-                back.counters.closed_unreported.add(batch.len() as u64);
+    /// A served connection ended: the engine queues its `Closed` report.
+    async fn closed(self: &Arc<Self>, front: IpAddr, id: u64) {
+        self.counters.closed.inc();
+        let flush = self.drive(|e, now| e.handle_closed(now, front, id));
+        // After the drive: the one that restored it has finished (exec).
+        self.lock_serving().remove(&(front, id));
+        self.apply(flush).await;
+    }
+
+    /// Sends one housekeeping frame after whatever the engine queued.
+    async fn send(&self, chan: &Channel, frame: Frame) -> Result<()> {
+        chan.outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(frame);
+        self.flush(chan).await
+    }
+
+    /// Writes every queued frame in one write, bounded in time: a front
+    /// that stops reading must not stall this back-end.
+    async fn flush(&self, chan: &Channel) -> Result<()> {
+        match tokio::time::timeout(SEND_TIMEOUT, async {
+            let mut w = chan.writer.lock().await;
+            let frames =
+                std::mem::take(&mut *chan.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+            if frames.is_empty() {
+                return Ok(());
             }
-            back.flushing.fetch_sub(1, Ordering::Relaxed);
-        });
+            w.send_all(&frames).await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => bail!("the front-end did not take frames within {SEND_TIMEOUT:?}"),
+        }
     }
-}
 
-/// Why a handoff was refused, and whose fault it is.
-struct Refusal {
-    reason: String,
-    backend_fault: bool,
-}
-
-/// Writes frames in one write, bounded in time like [`send`].
-async fn send_all(writer: &Arc<Mutex<FrameWriter>>, frames: &[Frame]) -> Result<()> {
-    match tokio::time::timeout(SEND_TIMEOUT, async {
-        writer.lock().await.send_all(frames).await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => bail!("the front-end did not take frames within {SEND_TIMEOUT:?}"),
+    fn lock_engine(&self) -> std::sync::MutexGuard<'_, BackEngine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-/// Writes one frame, bounded in time: a front that stops reading must not
-/// stall this back-end.
-async fn send(writer: &Arc<Mutex<FrameWriter>>, frame: &Frame) -> Result<()> {
-    match tokio::time::timeout(SEND_TIMEOUT, async {
-        writer.lock().await.send(frame).await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => bail!("the front-end did not take a frame within {SEND_TIMEOUT:?}"),
+    fn lock_channels(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Arc<Channel>>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_serving(&self) -> std::sync::MutexGuard<'_, HashMap<(IpAddr, u64), Serving>> {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -352,8 +352,14 @@ pub struct FlowTimers {
     pub closed_grace_ms: u64,
     /// An entry with no packet for this long and no report is removed.
     pub idle_timeout_ms: u64,
-    /// How often entries are checked.
+    /// The shortest period of the walk over the forwarder's entries that
+    /// finds idle ones (it runs every `idle_timeout_ms / 4`, not more often
+    /// than this). Every other deadline fires when it is due.
     pub sweep_interval_ms: u64,
+    /// A back-end's flows outlive the loss of its control channel by this
+    /// much: if the channel comes back first, the back-end lists the flows
+    /// it still serves and the rest go at once.
+    pub orphan_timeout_ms: u64,
 }
 
 impl Default for FlowTimers {
@@ -362,6 +368,7 @@ impl Default for FlowTimers {
             closed_grace_ms: 2_000,
             idle_timeout_ms: 300_000,
             sweep_interval_ms: 500,
+            orphan_timeout_ms: 30_000,
         }
     }
 }
@@ -412,9 +419,6 @@ pub struct BackConfig {
     /// How often the load is reported to the fronts.
     #[serde(default = "default_load_report")]
     pub load_report_ms: u64,
-    /// A restored socket that gets neither `Go` nor `Abort` within this is dropped.
-    #[serde(default = "default_go_timeout")]
-    pub go_timeout_ms: u64,
     /// The most front-ends connected at once.
     #[serde(default = "default_max_fronts")]
     pub max_fronts: usize,
@@ -424,9 +428,6 @@ pub struct BackConfig {
     /// On SIGTERM, how long connections may take to finish.
     #[serde(default = "default_drain")]
     pub drain_timeout_ms: u64,
-    /// Fault injection, for tests and experiments; all off by default.
-    #[serde(default)]
-    pub fault: BackFaults,
     /// Caching mode: serve from an in-memory cache in front of this origin
     /// (`http://host:port`) instead of from `docroot`.
     #[serde(default)]
@@ -454,16 +455,6 @@ fn default_front_silence() -> u64 {
     10_000
 }
 
-/// Faults a back-end can inject on purpose.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackFaults {
-    /// Delay every `Ready` by this long (the socket is restored at once): a
-    /// slow back-end, and a wide window in which the front keeps the
-    /// client's packets parked.
-    pub ready_delay_ms: u64,
-}
-
 fn default_drain() -> u64 {
     10_000
 }
@@ -485,9 +476,6 @@ fn yes() -> bool {
 }
 fn default_load_report() -> u64 {
     1_000
-}
-fn default_go_timeout() -> u64 {
-    5_000
 }
 fn default_max_fronts() -> usize {
     64
@@ -607,6 +595,7 @@ impl FrontConfig {
             ("flows.closed_grace_ms", f.closed_grace_ms),
             ("flows.idle_timeout_ms", f.idle_timeout_ms),
             ("flows.sweep_interval_ms", f.sweep_interval_ms),
+            ("flows.orphan_timeout_ms", f.orphan_timeout_ms),
             ("control.connect_timeout_ms", c.connect_timeout_ms),
             ("control.heartbeat_ms", c.heartbeat_ms),
             ("control.dead_after_ms", c.dead_after_ms),
@@ -793,15 +782,12 @@ impl BackConfig {
             self.docroot.display()
         );
         ensure!(self.load_report_ms > 0, "load_report_ms must be > 0");
-        ensure!(self.go_timeout_ms > 0, "go_timeout_ms must be > 0");
         ensure!(self.max_fronts > 0, "max_fronts must be > 0");
         ensure!(self.front_silence_ms > 0, "front_silence_ms must be > 0");
         for (name, v) in [
             ("load_report_ms", self.load_report_ms),
-            ("go_timeout_ms", self.go_timeout_ms),
             ("drain_timeout_ms", self.drain_timeout_ms),
             ("front_silence_ms", self.front_silence_ms),
-            ("fault.ready_delay_ms", self.fault.ready_delay_ms),
         ] {
             ensure!(v <= MAX_MS, "{name} must be at most {MAX_MS} (24 h)");
         }

@@ -60,6 +60,12 @@ impl FrameWriter {
 }
 
 impl FrameReader {
+    /// The next frame if one is complete in the buffer already, without
+    /// reading: the rest of what one read brought.
+    pub fn buffered(&mut self) -> Result<Option<Frame>> {
+        self.opener.open(&mut self.buf).context("control channel")
+    }
+
     /// The next frame; `Ok(None)` when the peer closed the channel cleanly.
     /// Cancel-safe: a frame is only taken out of the buffer once complete.
     pub async fn next(&mut self) -> Result<Option<Frame>> {

@@ -3,12 +3,11 @@
 //! drives the BPF forwarder (the bottom module, BTCP) that steers the
 //! client's later packets to the back-end.
 //!
-//! One handoff (see `shared/DESIGN.md`): PARK the flow in the forwarder, dump
-//! the socket with TCP_REPAIR, send `Handoff`, wait for `Ready`, switch the
-//! entry to FORWARD, deliver the frames kept while parked, close the socket in
-//! repair mode (nothing reaches the client), send `Go`. Any failure before
-//! `Ready` puts the socket back into normal mode and answers 502/503 on it,
-//! or relays the connection if the back-end has a `relay_address`.
+//! Every handoff decision and deadline is made by the sans-IO
+//! [`FrontEngine`] (`baton_proto::handoff`, which documents the sequence and
+//! the failure semantics); this module carries out its actions: the BPF map
+//! writes, the TCP_REPAIR dump, the control-channel writes, and the client
+//! socket's fate (closed silently, answered, relayed or reset).
 //!
 //! Relay mode (`crate::relay`): the same head reading, routing and policy,
 //! but the front proxies the bytes to a back-end's plain HTTP address. For
@@ -19,16 +18,21 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use baton_bpf::{ForwardTarget, Forwarder, ParkedRing};
 use baton_policy::{BackendView, Policy, Request};
-use baton_proto::frame::{Frame, Handoff};
+use baton_proto::frame::Frame;
+use baton_proto::handoff::{
+    BackendId, DumpFailure, FrontAction, FrontEngine, FrontEvent, FrontTimers, ParkFailure, Quiet,
+    RemoveCause,
+};
 use baton_proto::http::{error_response, parse_request_head, HeadLimits, RequestHead};
 use baton_proto::FlowKey;
+use baton_proto::{Incoming, Link, ToFront};
 use baton_sys::packet::PacketSender;
 use baton_sys::repair;
 use serde::Serialize;
@@ -43,11 +47,16 @@ use crate::control::{self, FrameWriter};
 use crate::relay::{self, RelayLimits};
 use crate::stats::{Counter, Samples, Summary};
 
-/// How a back-end answered a handoff.
+/// What became of a client's connection once its handoff ended.
 #[derive(Debug)]
-enum Reply {
-    Ready { restore_us: u32 },
-    Refused { why: String, backend_fault: bool },
+enum Outcome {
+    /// The back-end serves it; the socket, in repair mode, is closed silently.
+    Live,
+    /// The front answers (or relays); take the socket out of repair mode
+    /// first if `dumped`.
+    GiveBack { status: u16, dumped: bool },
+    /// Unknown whether the back-end serves it: reset the client.
+    Reset,
 }
 
 /// A back-end and what the front knows of it.
@@ -63,7 +72,9 @@ struct Backend {
     weight: u32,
     st: Mutex<BackendState>,
     writer: tokio::sync::Mutex<Option<FrameWriter>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// Frames the engine queued for this back-end, in its order; whoever
+    /// holds `writer` next writes them all in one write.
+    outbox: Mutex<Vec<Frame>>,
     handoffs: Counter,
     failures: Counter,
     relayed: Counter,
@@ -104,19 +115,6 @@ impl BackendState {
             .saturating_add(self.handed_since_report)
             .saturating_sub(self.closed_since_report)
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Phase {
-    Parked,
-    Forwarding(ForwardTarget),
-    Closed { at: Instant, target: ForwardTarget },
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FlowInfo {
-    id: u64,
-    phase: Phase,
 }
 
 /// A back-end group: the back-ends that serve it, in configuration order
@@ -253,6 +251,11 @@ struct FrontCounters {
     frames_dropped: Counter,
     entries_removed_closed: Counter,
     entries_removed_idle: Counter,
+    entries_removed_orphaned: Counter,
+    /// Handoffs whose client was reset (no answer in time, channel lost).
+    handoffs_reset: Counter,
+    /// Frames about handoffs this front no longer tracks.
+    stale_frames: Counter,
     relayed: Counter,
     relay_fallbacks: Counter,
     relay_failures: Counter,
@@ -269,7 +272,20 @@ pub struct Front {
     backends: Vec<Arc<Backend>>,
     groups: Vec<Group>,
     rules: baton_policy::Rules,
-    flows: Mutex<HashMap<FlowKey, FlowInfo>>,
+    /// The handoff protocol's state. A leaf lock: held only to feed it an
+    /// input and take its actions out.
+    engine: Mutex<FrontEngine>,
+    /// Serialises carrying out the engine's actions, so their effects
+    /// (map writes, frames queued) happen in the order it decided them.
+    /// Lock order: exec, then parked, forwarder, engine.
+    exec: Mutex<()>,
+    /// The client tasks waiting for their handoff's outcome, by id.
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Wakes the timer task when a deadline earlier than the one it sleeps
+    /// for is armed.
+    timer_wake: tokio::sync::Notify,
+    /// The deadline the timer task sleeps for.
+    timer_armed: Mutex<Option<Instant>>,
     relay_limits: RelayLimits,
     /// One permit per relayed connection (`relay.max_connections`).
     relay_slots: Semaphore,
@@ -277,7 +293,6 @@ pub struct Front {
     pipes: relay::PipePool,
     /// Idle back-end connections kept for the next relayed requests.
     upstreams: Arc<relay::Upstreams>,
-    next_id: AtomicU64,
     started: Instant,
     counters: FrontCounters,
     lat_dump: Samples,
@@ -365,7 +380,7 @@ impl Front {
                 weight: b.weight,
                 st: Mutex::default(),
                 writer: tokio::sync::Mutex::new(None),
-                pending: Mutex::default(),
+                outbox: Mutex::default(),
                 handoffs: Counter::default(),
                 failures: Counter::default(),
                 relayed: Counter::default(),
@@ -394,18 +409,35 @@ impl Front {
             },
             ms(cfg.limits.head_timeout_ms),
         );
+        let now = Instant::now();
+        let timers = FrontTimers {
+            handoff_timeout: ms(cfg.limits.handoff_timeout_ms),
+            closed_grace: ms(cfg.flows.closed_grace_ms),
+            orphan_timeout: ms(cfg.flows.orphan_timeout_ms),
+            idle_sweep: ms(cfg.flows.idle_timeout_ms / 4).max(ms(cfg.flows.sweep_interval_ms)),
+        };
+        // Ids never repeat across restarts of the front: a back-end's
+        // reports about an earlier process's handoffs match nothing.
+        let mut seed = [0u8; 8];
+        getrandom::getrandom(&mut seed)
+            .map_err(|e| anyhow::anyhow!("no randomness for handoff ids: {e}"))?;
+        let first_id = u64::from_le_bytes(seed) >> 1;
+        let engine = FrontEngine::new(timers, backends.len(), first_id, now);
         Ok(Arc::new(Front {
             kit,
             backends,
             groups,
             rules,
-            flows: Mutex::default(),
+            engine: Mutex::new(engine),
+            exec: Mutex::new(()),
+            waiting: Mutex::default(),
+            timer_wake: tokio::sync::Notify::new(),
+            timer_armed: Mutex::new(None),
             relay_limits,
             relay_slots: Semaphore::new(cfg.relay.max_connections),
             pipes: relay::PipePool::new(PIPES_KEPT),
             upstreams: relay::Upstreams::new(&cfg.relay),
-            next_id: AtomicU64::new(1),
-            started: Instant::now(),
+            started: now,
             counters: FrontCounters::default(),
             lat_dump: Samples::new(SAMPLES),
             lat_rtt: Samples::new(SAMPLES),
@@ -444,7 +476,7 @@ impl Front {
                 }
             }
             tokio::spawn(Arc::clone(&self).parked_reader());
-            tokio::spawn(Arc::clone(&self).sweeper());
+            tokio::spawn(Arc::clone(&self).timers());
         }
         let admin = tokio::spawn(crate::admin::serve(
             self.cfg.admin_listen,
@@ -485,11 +517,7 @@ impl Front {
         // it): then no wait at all rather than a panic.
         let deadline = Instant::now().checked_add(ms(self.cfg.drain_timeout_ms));
         let live = || {
-            let handed = self
-                .lock_flows()
-                .values()
-                .filter(|f| !matches!(f.phase, Phase::Closed { .. }))
-                .count();
+            let handed = self.lock_engine().handed();
             handed.saturating_add(usize::try_from(self.relay_active()).unwrap_or(usize::MAX))
         };
         info!(
@@ -582,37 +610,38 @@ impl Front {
         };
         let key = FlowKey { client, vip };
         match self.handoff(&stream, key, bi, &buf, t_head).await {
-            Ok(Handed::Live) => {
-                // Still in repair mode: closing sends nothing to the client.
+            // Still in repair mode: closing sends nothing to the client.
+            Outcome::Live => drop(stream),
+            Outcome::Reset => {
+                // The back-end may or may not serve this client: a reset is
+                // the one answer that cannot collide with its own.
+                if let Err(e) = repair::set_repair(stream.as_fd(), false)
+                    .and_then(|()| baton_sys::sockopt::set_linger_zero(stream.as_fd()))
+                {
+                    debug!(%key, error = %e, "could not prepare the reset");
+                }
                 drop(stream);
-                self.counters.handoffs_ok.inc();
             }
-            Ok(Handed::Lost) => {
-                // Also closed in repair mode; the client's next segment finds
-                // no socket and gets a reset.
-                drop(stream);
-                self.counters.handoffs_failed.inc();
-                self.backends[bi].failures.inc();
-            }
-            Err(f) => {
-                self.counters.handoffs_failed.inc();
+            Outcome::GiveBack { status, dumped } => {
+                if dumped {
+                    if let Err(e) = repair::set_repair(stream.as_fd(), false) {
+                        warn!(%key, error = %e, "could not leave repair mode");
+                        return;
+                    }
+                }
                 let b = &self.backends[bi];
-                b.failures.inc();
                 match b.relay_to {
-                    // The socket is back in normal mode and the unread bytes
-                    // are still in its queue (the dump only peeked): the
-                    // connection can be relayed as if it had never been
-                    // offered. Not after a timeout: that back-end is stuck,
-                    // and a relay to it would leave the client waiting too.
-                    Some(to) if f.status != 504 => {
+                    // The socket is in normal mode and the unread bytes are
+                    // still in its queue (the dump only peeked): the
+                    // connection can be relayed as if never offered.
+                    Some(to) => {
                         self.counters.relay_fallbacks.inc();
-                        debug!(%key, backend = %b.name, status = f.status, error = %f.why, "handoff failed; relaying the connection instead");
+                        debug!(%key, backend = %b.name, status, "handoff failed; relaying the connection instead");
                         drop(pending);
                         self.relay(stream, bi, to, &buf, false).await;
                     }
-                    _ => {
-                        warn!(%key, backend = %b.name, status = f.status, error = %f.why, "handoff failed");
-                        let _ = stream.write_all(&plain_error(f.status)).await;
+                    None => {
+                        let _ = stream.write_all(&plain_error(status)).await;
                         let _ = stream.shutdown().await;
                     }
                 }
@@ -778,8 +807,8 @@ impl Front {
             .ok_or("no back-end available")
     }
 
-    /// The handoff proper. On error the socket is back in normal mode and
-    /// the forwarder no longer knows the flow.
+    /// Hands the connection off: the engine decides, this carries it out.
+    /// Returns what became of the client's socket.
     async fn handoff(
         self: &Arc<Self>,
         stream: &TcpStream,
@@ -787,176 +816,378 @@ impl Front {
         bi: usize,
         already_read: &[u8],
         t0: Instant,
-    ) -> std::result::Result<Handed, Failure> {
+    ) -> Outcome {
         let Some(kit) = self.kit.as_ref() else {
-            return Err(Failure::unavailable("handoff is off".into()));
+            return Outcome::GiveBack {
+                status: 503,
+                dumped: false,
+            };
         };
-        let b = &self.backends[bi];
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock_flows().insert(
-            key,
-            FlowInfo {
-                id,
-                phase: Phase::Parked,
-            },
-        );
-        let parked = kit.lock_forwarder().park(&key);
-        if let Err(e) = parked {
-            self.forget(kit, &key, id);
-            if e.is_map_full() {
-                self.counters.flow_table_full.inc();
-                return Err(Failure::unavailable(format!("forwarder: {e}")));
-            }
-            return Err(Failure::bad_gateway(format!("forwarder: {e}")));
-        }
-        let td = Instant::now();
-        let dumped = match repair::dump(stream.as_fd()) {
-            Ok(d) => d,
-            Err(e) => {
-                self.unpark(kit, &key, id);
-                return Err(Failure::bad_gateway(format!("dump: {e}")));
-            }
-        };
-        let mut data = Vec::with_capacity(already_read.len() + dumped.unread.len());
-        data.extend_from_slice(already_read);
-        data.extend_from_slice(&dumped.unread);
-        let mut state = dumped.state;
-        let dump_us = td.elapsed().as_micros();
-        // What elapsed since the dump is added here (in the socket's own
-        // timestamp unit), what elapses in transit is added by the back-end.
-        state.ts_val = repair::advance_timestamp(state.ts_val, td.elapsed());
         let (tx, rx) = oneshot::channel();
-        b.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
-        let frame = Frame::Handoff(Handoff {
-            id,
-            flow: key,
-            state,
-            data: data.into(),
-        });
-        let tr = Instant::now();
-        let send_us = tr.duration_since(t0).as_micros();
-        let target = match self.exchange(kit, b, id, frame, rx).await {
-            Ok(t) => t,
-            Err(f) => {
-                b.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                self.resume(kit, stream, &key, id);
-                return Err(f);
-            }
+        let local = Local {
+            fd: stream.as_fd(),
+            already_read,
+            tx: Some(tx),
         };
-        let rtt_us = tr.elapsed().as_micros();
-        let forwarded = kit.lock_forwarder().forward(&key, &target);
-        if let Err(e) = forwarded {
-            let _ = self.send(b, Frame::Abort { id }).await;
-            self.resume(kit, stream, &key, id);
-            return Err(Failure::bad_gateway(format!("forwarder: {e}")));
+        let fx = self.drive(kit, Some(local), |e, _| Feed::Start(e.start(key, bi)));
+        self.lat_send.record_us(t0.elapsed().as_micros() as u64);
+        self.apply(fx).await;
+        // The engine hands out an outcome by the answer deadline at the
+        // latest; a closed sender means the front is going away.
+        let outcome = rx.await.unwrap_or(Outcome::Reset);
+        if matches!(outcome, Outcome::Live) {
+            self.lat_total.record_us(t0.elapsed().as_micros() as u64);
         }
-        if let Some(f) = self.lock_flows().get_mut(&key) {
-            if f.id == id {
-                f.phase = Phase::Forwarding(target);
-            }
-        }
-        // Go before delivering the kept frames: the back-end can start
-        // answering while they are on their way (it would accept them in
-        // repair mode too), which takes them off the latency path.
-        if let Err(e) = self.send(b, Frame::Go { id }).await {
-            // The back-end holds a socket that will never go live; its Go
-            // timer drops it. The client's connection is lost: make the
-            // forwarder forget it so the front kernel answers with a reset.
-            let _ = kit.lock_forwarder().remove(&key);
-            self.forget(kit, &key, id);
-            warn!(%key, backend = %b.name, error = %e, "Go not delivered; connection lost");
-            return Ok(Handed::Lost);
-        }
-        self.flush_parked(kit, &key, &target);
-        {
-            let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
-            st.handed_since_report = st.handed_since_report.saturating_add(1);
-        }
-        b.handoffs.inc();
-        self.lat_dump.record_us(dump_us as u64);
-        self.lat_rtt.record_us(rtt_us as u64);
-        self.lat_send.record_us(send_us as u64);
-        self.lat_total.record_us(t0.elapsed().as_micros() as u64);
-        Ok(Handed::Live)
+        outcome
     }
 
-    /// Sends the handoff and waits for the answer, both within the handoff
-    /// timeout; returns where to forward.
-    async fn exchange(
+    /// Feeds the engine one input and carries out everything it asks for,
+    /// feeding back each result, until it has nothing left to do. Returns
+    /// what needs an `.await` (channel writes, channels to drop): pass it to
+    /// [`Front::apply`].
+    fn drive(
         &self,
         kit: &HandoffKit,
-        b: &Backend,
-        id: u64,
-        frame: Frame,
-        rx: oneshot::Receiver<Reply>,
-    ) -> std::result::Result<ForwardTarget, Failure> {
-        let mac = b.st.lock().unwrap_or_else(|e| e.into_inner()).mac;
-        let Some(dst_mac) = mac else {
-            return Err(Failure::unavailable("back-end address unknown".into()));
+        mut local: Option<Local<'_>>,
+        input: impl FnOnce(&mut FrontEngine, Instant) -> Feed,
+    ) -> Effects {
+        let _exec = self.exec.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fx = Effects::default();
+        let mut queue = std::collections::VecDeque::new();
+        let mut events = Vec::new();
+        let first = {
+            let mut e = self.lock_engine();
+            let r = input(&mut e, Instant::now());
+            drain_engine(&mut e, &mut queue, &mut events);
+            r
         };
-        let limit = ms(self.cfg.limits.handoff_timeout_ms);
-        // Measured from before the send: a slow write eats into the wait.
-        let started = tokio::time::Instant::now();
-        if let Err(e) = self.send(b, frame).await {
-            return Err(Failure::unavailable(format!("control channel: {e}")));
+        if let (Feed::Start(id), Some(l)) = (&first, local.as_mut()) {
+            if let Some(tx) = l.tx.take() {
+                self.lock_waiting().insert(*id, tx);
+            }
         }
-        let left = limit.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, rx).await {
-            Ok(Ok(Reply::Ready { restore_us })) => {
-                self.lat_restore.record_us(u64::from(restore_us));
-                Ok(ForwardTarget {
-                    ifindex: kit.iface.ifindex,
-                    dst_mac,
-                    src_mac: kit.iface.mac,
-                })
+        while let Some(action) = queue.pop_front() {
+            let feed = self.carry_out(kit, action, local.as_ref(), &mut fx);
+            if matches!(feed, Feed::Nothing | Feed::Start(_)) {
+                continue;
             }
-            Ok(Ok(Reply::Refused { why, backend_fault })) => {
-                // Only a back-end that cannot restore anything leaves the
-                // rotation; one connection it could not take (a 4-tuple still
-                // in use there, a body too large) says nothing about the next.
-                if backend_fault {
-                    let pause = ms(self.cfg.control.refused_pause_ms);
-                    b.st.lock().unwrap_or_else(|e| e.into_inner()).paused_until =
-                        Instant::now().checked_add(pause);
+            let mut e = self.lock_engine();
+            let now = Instant::now();
+            match feed {
+                Feed::Parked(id, r) => e.handle_parked(id, r),
+                Feed::Dumped(id, r) => e.handle_dumped(now, id, r),
+                Feed::ForwardFailed(id) => e.handle_forward_failed(id),
+                Feed::Removal(id, q) => e.handle_removal(now, id, q),
+                Feed::Idle(keys) => e.handle_idle(&keys),
+                Feed::Nothing | Feed::Start(_) => {}
+            }
+            drain_engine(&mut e, &mut queue, &mut events);
+        }
+        for ev in events {
+            self.on_event(ev, &mut fx);
+        }
+        let next = self.lock_engine().poll_timeout();
+        let armed = *self.timer_armed.lock().unwrap_or_else(|e| e.into_inner());
+        if next.is_some_and(|n| armed.is_none_or(|a| n < a)) {
+            self.timer_wake.notify_one();
+        }
+        fx
+    }
+
+    /// Carries out one action; returns the result the engine must hear.
+    fn carry_out(
+        &self,
+        kit: &HandoffKit,
+        action: FrontAction,
+        local: Option<&Local<'_>>,
+        fx: &mut Effects,
+    ) -> Feed {
+        match action {
+            FrontAction::Park { id, flow } => {
+                let r = kit.lock_forwarder().park(&flow).map_err(|e| {
+                    debug!(%flow, error = %e, "park failed");
+                    if e.is_map_full() {
+                        self.counters.flow_table_full.inc();
+                        ParkFailure::TableFull
+                    } else {
+                        ParkFailure::Other
+                    }
+                });
+                Feed::Parked(id, r)
+            }
+            FrontAction::Dump { id } => {
+                // Only the task that started a handoff is handed its Dump.
+                let Some(l) = local else {
+                    return Feed::Dumped(id, Err(DumpFailure("no socket".into())));
+                };
+                let td = Instant::now();
+                let r = match repair::dump(l.fd) {
+                    Ok(d) => {
+                        let mut data = Vec::with_capacity(l.already_read.len() + d.unread.len());
+                        data.extend_from_slice(l.already_read);
+                        data.extend_from_slice(&d.unread);
+                        let mut state = d.state;
+                        // What elapsed since the dump is added here (in the
+                        // socket's own unit); the back-end adds the transit.
+                        state.ts_val = repair::advance_timestamp(state.ts_val, td.elapsed());
+                        self.lat_dump.record_us(td.elapsed().as_micros() as u64);
+                        Ok((state, bytes::Bytes::from(data)))
+                    }
+                    Err(e) => Err(DumpFailure(e.to_string())),
+                };
+                Feed::Dumped(id, r)
+            }
+            FrontAction::Send { backend, frame } => {
+                if let Some(b) = self.backends.get(backend) {
+                    b.outbox
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(frame.into());
+                    fx.flush.insert(backend);
                 }
-                Err(Failure::bad_gateway(format!(
-                    "back-end {} refused: {why}",
-                    b.name
-                )))
+                Feed::Nothing
             }
-            Ok(Err(_)) => Err(Failure::bad_gateway(format!(
-                "control channel to {} went down",
-                b.name
-            ))),
-            Err(_) => {
-                let _ = self.send(b, Frame::Abort { id }).await;
-                // A back-end that does not answer in time is out of rotation
-                // until its channel is re-established.
-                self.drop_channel(b, "handoff timed out").await;
-                Err(Failure::gateway_timeout(format!(
-                    "back-end {} did not answer in time",
-                    b.name
-                )))
+            FrontAction::Forward { id, flow, backend } => {
+                let Some(target) = self.target(kit, backend) else {
+                    return Feed::ForwardFailed(id);
+                };
+                if let Err(e) = kit.lock_forwarder().forward(&flow, &target) {
+                    warn!(%flow, error = %e, "forward failed");
+                    return Feed::ForwardFailed(id);
+                }
+                self.flush_parked(kit, &flow, &target);
+                self.notify(id, Outcome::Live);
+                Feed::Nothing
+            }
+            FrontAction::GiveBack {
+                id,
+                flow,
+                status,
+                dumped,
+            } => {
+                self.unsteer(kit, &flow);
+                self.notify(id, Outcome::GiveBack { status, dumped });
+                Feed::Nothing
+            }
+            FrontAction::Reset { id, flow } => {
+                self.unsteer(kit, &flow);
+                self.notify(id, Outcome::Reset);
+                Feed::Nothing
+            }
+            FrontAction::MarkClosing { flow, backend } => {
+                if let Some(t) = self.target(kit, backend) {
+                    if let Err(e) = kit.lock_forwarder().mark_closing(&flow, &t) {
+                        warn!(key = %flow, error = %e, "could not mark a forwarding entry closing");
+                    }
+                }
+                Feed::Nothing
+            }
+            FrontAction::Resteer { flow, backend } => {
+                if let Some(t) = self.target(kit, backend) {
+                    if let Err(e) = kit.lock_forwarder().forward(&flow, &t) {
+                        warn!(key = %flow, error = %e, "could not steer a flow again");
+                    }
+                }
+                Feed::Nothing
+            }
+            FrontAction::RemoveIfQuiet { id, flow, quiet } => {
+                let entry = kit.lock_forwarder().entry(&flow);
+                let q = match entry {
+                    Ok(Some(e)) => {
+                        let idle = Duration::from_nanos(
+                            Forwarder::now_ns().saturating_sub(e.last_seen_ns),
+                        );
+                        if idle < quiet {
+                            Quiet::Busy { idle }
+                        } else {
+                            self.unsteer(kit, &flow);
+                            Quiet::Removed
+                        }
+                    }
+                    // Gone already: a new connection's SYN replaced it.
+                    Ok(None) => {
+                        kit.lock_parked().kept.remove(&flow);
+                        Quiet::Removed
+                    }
+                    Err(e) => {
+                        debug!(%flow, error = %e, "looking up a forwarding entry failed");
+                        Quiet::Busy {
+                            idle: Duration::ZERO,
+                        }
+                    }
+                };
+                Feed::Removal(id, q)
+            }
+            FrontAction::Remove { flow } => {
+                self.unsteer(kit, &flow);
+                Feed::Nothing
+            }
+            FrontAction::SweepIdle => {
+                let idle_ns = self.cfg.flows.idle_timeout_ms.saturating_mul(1_000_000);
+                let now_ns = Forwarder::now_ns();
+                match kit.lock_forwarder().entries() {
+                    Ok(entries) => Feed::Idle(
+                        entries
+                            .into_iter()
+                            .filter(|(_, e)| now_ns.saturating_sub(e.last_seen_ns) > idle_ns)
+                            .map(|(k, _)| k)
+                            .collect(),
+                    ),
+                    Err(e) => {
+                        warn!(error = %e, "listing forwarding entries failed");
+                        Feed::Nothing
+                    }
+                }
             }
         }
     }
 
-    /// Sends one frame, within the handoff timeout (waiting for the writer
-    /// included). A write that does not finish in time may have left half a
-    /// frame on the wire, so the channel is dropped: the control loop then
-    /// notices (its heartbeat finds no writer) and reconnects.
-    async fn send(&self, b: &Backend, frame: Frame) -> Result<()> {
+    fn on_event(&self, ev: FrontEvent, fx: &mut Effects) {
+        match ev {
+            FrontEvent::HandedOff {
+                backend,
+                control_rtt,
+                restore_us,
+                ..
+            } => {
+                self.counters.handoffs_ok.inc();
+                self.lat_rtt.record_us(control_rtt.as_micros() as u64);
+                self.lat_restore.record_us(u64::from(restore_us));
+                if let Some(b) = self.backends.get(backend) {
+                    b.handoffs.inc();
+                    let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                    st.handed_since_report = st.handed_since_report.saturating_add(1);
+                }
+            }
+            FrontEvent::GaveBack {
+                backend,
+                status,
+                why,
+                ..
+            } => {
+                self.counters.handoffs_failed.inc();
+                if let Some(b) = self.backends.get(backend) {
+                    b.failures.inc();
+                    warn!(backend = %b.name, status, error = %why, "handoff not done; the front answers");
+                }
+            }
+            FrontEvent::Refused {
+                backend,
+                backend_fault,
+            } => {
+                // Only a back-end that cannot restore anything leaves the
+                // rotation; one connection it could not take (a 4-tuple
+                // still in use there) says nothing about the next.
+                if backend_fault {
+                    if let Some(b) = self.backends.get(backend) {
+                        let pause = ms(self.cfg.control.refused_pause_ms);
+                        b.st.lock().unwrap_or_else(|e| e.into_inner()).paused_until =
+                            Instant::now().checked_add(pause);
+                    }
+                }
+            }
+            FrontEvent::TimedOut { backend, .. } => {
+                self.counters.handoffs_failed.inc();
+                self.counters.handoffs_reset.inc();
+                if let Some(b) = self.backends.get(backend) {
+                    b.failures.inc();
+                    warn!(backend = %b.name, "back-end did not answer a handoff in time; client reset, back-end out of rotation");
+                }
+                // Out of rotation until its channel is re-established.
+                fx.drop.push(backend);
+            }
+            FrontEvent::Lost { backend, .. } => {
+                self.counters.handoffs_failed.inc();
+                self.counters.handoffs_reset.inc();
+                if let Some(b) = self.backends.get(backend) {
+                    b.failures.inc();
+                }
+            }
+            FrontEvent::Closed { backend, .. } => {
+                if let Some(b) = self.backends.get(backend) {
+                    let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                    st.closed_since_report = st.closed_since_report.saturating_add(1);
+                }
+            }
+            FrontEvent::Removed { cause } => match cause {
+                RemoveCause::Closed => self.counters.entries_removed_closed.inc(),
+                RemoveCause::Idle => self.counters.entries_removed_idle.inc(),
+                RemoveCause::Orphaned => self.counters.entries_removed_orphaned.inc(),
+            },
+            FrontEvent::Stale { backend, kind } => {
+                self.counters.stale_frames.inc();
+                debug!(
+                    backend,
+                    kind, "frame about a handoff this front no longer tracks"
+                );
+            }
+        }
+    }
+
+    /// Writes the queued frames and drops the channels the engine gave up on.
+    async fn apply(&self, fx: Effects) {
+        for b in fx.flush {
+            if let Some(b) = self.backends.get(b) {
+                if let Err(e) = self.flush(b).await {
+                    debug!(backend = %b.name, error = %e, "control-channel write failed");
+                }
+            }
+        }
+        for b in fx.drop {
+            if let Some(b) = self.backends.get(b) {
+                self.drop_channel(b, "handoff timed out").await;
+            }
+        }
+    }
+
+    /// Where to steer a flow handed to `backend`.
+    fn target(&self, kit: &HandoffKit, backend: BackendId) -> Option<ForwardTarget> {
+        let b = self.backends.get(backend)?;
+        let mac = b.st.lock().unwrap_or_else(|e| e.into_inner()).mac?;
+        Some(ForwardTarget {
+            ifindex: kit.iface.ifindex,
+            dst_mac: mac,
+            src_mac: kit.iface.mac,
+        })
+    }
+
+    /// Removes a flow's entry and the frames kept for it.
+    fn unsteer(&self, kit: &HandoffKit, flow: &FlowKey) {
+        let mut store = kit.lock_parked();
+        if let Err(e) = kit.lock_forwarder().remove(flow) {
+            debug!(%flow, error = %e, "removing a forwarding entry failed");
+        }
+        store.kept.remove(flow);
+    }
+
+    fn notify(&self, id: u64, outcome: Outcome) {
+        if let Some(tx) = self.lock_waiting().remove(&id) {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    fn lock_engine(&self) -> std::sync::MutexGuard<'_, FrontEngine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Outcome>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes every frame queued for `b`, in one write, within the handoff
+    /// timeout (waiting for the writer included). A write that does not
+    /// finish in time may have left half a frame on the wire, so the channel
+    /// is dropped: the control loop then reconnects.
+    async fn flush(&self, b: &Backend) -> Result<()> {
         let limit = ms(self.cfg.limits.handoff_timeout_ms);
         let sent = tokio::time::timeout(limit, async {
             let mut w = b.writer.lock().await;
+            let frames = std::mem::take(&mut *b.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+            if frames.is_empty() {
+                return Ok(());
+            }
             match w.as_mut() {
-                Some(w) => w.send(&frame).await,
+                Some(w) => w.send_all(&frames).await,
                 None => bail!("not connected"),
             }
         })
@@ -971,6 +1202,15 @@ impl Front {
         }
     }
 
+    /// Sends one housekeeping frame after whatever the engine queued.
+    async fn send(&self, b: &Backend, frame: Frame) -> Result<()> {
+        b.outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(frame);
+        self.flush(b).await
+    }
+
     async fn drop_channel(&self, b: &Backend, why: &str) {
         if let Some(mut w) = b.writer.lock().await.take() {
             let _ = w.shutdown().await;
@@ -980,49 +1220,23 @@ impl Front {
         st.last_error = Some(why.to_string());
     }
 
-    /// Undo a park after a failure before the dump.
-    fn unpark(&self, kit: &HandoffKit, key: &FlowKey, id: u64) {
-        let _ = kit.lock_forwarder().remove(key);
-        self.forget(kit, key, id);
-    }
-
-    /// Undo a park after the dump: the socket leaves repair mode and the
-    /// front answers on it itself. Frames kept meanwhile are dropped; the
-    /// client retransmits them.
-    fn resume(&self, kit: &HandoffKit, stream: &TcpStream, key: &FlowKey, id: u64) {
-        let _ = kit.lock_forwarder().remove(key);
-        if let Err(e) = repair::set_repair(stream.as_fd(), false) {
-            warn!(%key, error = %e, "could not leave repair mode");
-        }
-        self.forget(kit, key, id);
-    }
-
-    fn forget(&self, kit: &HandoffKit, key: &FlowKey, id: u64) {
-        let mut flows = self.lock_flows();
-        if flows.get(key).is_some_and(|f| f.id == id) {
-            flows.remove(key);
-        }
-        drop(flows);
-        kit.lock_parked().kept.remove(key);
-    }
-
-    fn lock_flows(&self) -> std::sync::MutexGuard<'_, HashMap<FlowKey, FlowInfo>> {
-        self.flows.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Moves frames from the ring into the store (or straight on, for flows
     /// that already forward). Returns how many were read.
     fn drain_ring(&self, kit: &HandoffKit, store: &mut ParkedStore) -> usize {
         let mut n = 0;
         while let Some(pf) = store.ring.next() {
             n += 1;
-            let phase = self.lock_flows().get(&pf.key).map(|f| f.phase);
-            match phase {
-                Some(Phase::Parked) => {
+            let steer = self.lock_engine().steer(&pf.key);
+            match steer {
+                Some(None) => {
                     let q = store.kept.entry(pf.key).or_default();
                     self.keep(q, pf.frame);
                 }
-                Some(Phase::Forwarding(t)) | Some(Phase::Closed { target: t, .. }) => {
+                Some(Some(backend)) => {
+                    let Some(t) = self.target(kit, backend) else {
+                        self.counters.frames_dropped.inc();
+                        continue;
+                    };
                     // Frames kept while parked and not yet flushed (the
                     // handoff is between FORWARD and its flush) go first:
                     // queue behind them rather than overtake them.
@@ -1114,132 +1328,31 @@ impl Front {
         }
     }
 
-    /// Removes forwarding entries whose connection is over.
-    async fn sweeper(self: Arc<Self>) {
+    /// Fires the engine's deadlines when they are due.
+    async fn timers(self: Arc<Self>) {
         let Some(kit) = self.kit.as_ref() else {
             return;
         };
-        let limits = SweepLimits::new(&self.cfg);
-        let mut tick = tokio::time::interval(ms(self.cfg.flows.sweep_interval_ms));
-        // Walking the whole map costs two system calls per entry under the
-        // forwarder lock (handoffs wait meanwhile), so it only runs often
-        // enough to catch idle entries (a quarter of the idle timeout);
-        // the sweeps between look up just the flows that may be done.
-        let full_every =
-            ms(self.cfg.flows.idle_timeout_ms / 4).max(ms(self.cfg.flows.sweep_interval_ms));
-        let mut last_full = Instant::now();
         loop {
-            tick.tick().await;
-            let full = last_full.elapsed() >= full_every;
-            if full {
-                last_full = Instant::now();
-            }
-            self.sweep(kit, &limits, full);
-        }
-    }
-
-    fn sweep(&self, kit: &HandoffKit, limits: &SweepLimits, full: bool) {
-        let now = Instant::now();
-        let now_ns = Forwarder::now_ns();
-        // Handoffs from this id on may start after the snapshot below: their
-        // records must survive even though the snapshot lacks their entries.
-        let first_unseen = self.next_id.load(Ordering::Relaxed);
-        let entries = if full {
-            match kit.lock_forwarder().entries() {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(error = %e, "listing forwarding entries failed");
-                    return;
+            let next = self.lock_engine().poll_timeout();
+            *self.timer_armed.lock().unwrap_or_else(|e| e.into_inner()) = next;
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
                 }
-            }
-        } else {
-            // Only flows whose entry may be due: closed past the grace, or
-            // parked (a handoff that may be stuck).
-            let keys: Vec<FlowKey> = self
-                .lock_flows()
-                .iter()
-                .filter(|(_, f)| match f.phase {
-                    Phase::Closed { at, .. } => now.saturating_duration_since(at) >= limits.grace,
-                    Phase::Parked => true,
-                    Phase::Forwarding(_) => false,
-                })
-                .map(|(k, _)| *k)
-                .collect();
-            let fwd = kit.lock_forwarder();
-            let mut found = Vec::with_capacity(keys.len());
-            let mut gone = Vec::new();
-            for key in keys {
-                match fwd.entry(&key) {
-                    Ok(Some(e)) => found.push((key, e)),
-                    Ok(None) => gone.push(key),
-                    Err(e) => debug!(%key, error = %e, "looking up a forwarding entry failed"),
+            };
+            tokio::select! {
+                _ = sleep => {
+                    let fx = self.drive(kit, None, |e, now| {
+                        e.handle_timeout(now);
+                        Feed::Nothing
+                    });
+                    self.apply(fx).await;
                 }
-            }
-            drop(fwd);
-            // Closed flows whose entry a new SYN replaced: nothing to steer.
-            let mut store = kit.lock_parked();
-            let mut flows = self.lock_flows();
-            for key in gone {
-                if flows
-                    .get(&key)
-                    .is_some_and(|f| f.id < first_unseen && matches!(f.phase, Phase::Closed { .. }))
-                {
-                    flows.remove(&key);
-                    store.kept.remove(&key);
-                }
-            }
-            drop(flows);
-            drop(store);
-            found
-        };
-        // Each removal names the handoff it was judged on (None: no record),
-        // so that a new handoff on the same 4-tuple since then is spared.
-        let mut remove: Vec<(FlowKey, Option<u64>, bool)> = Vec::new();
-        {
-            let flows = self.lock_flows();
-            for (key, e) in &entries {
-                let idle_ns = now_ns.saturating_sub(e.last_seen_ns);
-                let flow = flows.get(key);
-                if let Some(closed) = limits.verdict(flow.map(|f| f.phase), idle_ns, now) {
-                    remove.push((*key, flow.map(|f| f.id), closed));
-                }
+                _ = self.timer_wake.notified() => {}
             }
         }
-        let live: std::collections::HashSet<FlowKey> = entries.iter().map(|(k, _)| *k).collect();
-        // Lock order: parked, forwarder, flows (drain_ring takes parked then
-        // flows; everything else takes forwarder then flows). The kept frames
-        // go under the same locks, so a new handoff's frames are never taken.
-        let mut store = kit.lock_parked();
-        let mut fwd = kit.lock_forwarder();
-        let mut flows = self.lock_flows();
-        for (key, id, closed) in remove {
-            if flows.get(&key).map(|f| f.id) != id {
-                continue;
-            }
-            if let Err(e) = fwd.remove(&key) {
-                // Record kept: the next sweep tries again.
-                debug!(%key, error = %e, "removing a forwarding entry failed");
-                continue;
-            }
-            if closed {
-                self.counters.entries_removed_closed.inc();
-            } else {
-                self.counters.entries_removed_idle.inc();
-            }
-            flows.remove(&key);
-            store.kept.remove(&key);
-        }
-        if !full {
-            return;
-        }
-        // Flow records the kernel no longer has (e.g. replaced by a new SYN).
-        flows.retain(|k, f| {
-            let keep = live.contains(k) || f.id >= first_unseen || matches!(f.phase, Phase::Parked);
-            if !keep {
-                store.kept.remove(k);
-            }
-            keep
-        });
     }
 
     /// Keeps the control channel to back-end `i` up: connect, authenticate,
@@ -1276,7 +1389,15 @@ impl Front {
             if mac.is_none() {
                 warn!(backend = %b.name, "back-end is not on the front's L2 segment (no neighbour entry on {}); not using it", self.cfg.interface);
             }
+            b.outbox.lock().unwrap_or_else(|e| e.into_inner()).clear();
             *b.writer.lock().await = Some(writer);
+            if let Some(kit) = self.kit.as_ref() {
+                let fx = self.drive(kit, None, |e, _| {
+                    e.handle_channel_up(i);
+                    Feed::Nothing
+                });
+                self.apply(fx).await;
+            }
             {
                 let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
                 st.up = true;
@@ -1287,11 +1408,18 @@ impl Front {
                 st.last_error = None;
             }
             info!(backend = %b.name, addr = %control_addr, "control channel up");
-            let why = self.read_channel(&b, &mut reader, &timers).await;
+            let why = self.read_channel(i, &b, &mut reader, &timers).await;
             warn!(backend = %b.name, reason = %why, "control channel down; back-end out of rotation");
             self.drop_channel(&b, &why).await;
-            // Wake every handoff waiting on this channel: they answer 502.
-            b.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            // Handoffs waiting on this channel are reset; its live flows
+            // wait for the next channel's `Holding` (or the orphan timeout).
+            if let Some(kit) = self.kit.as_ref() {
+                let fx = self.drive(kit, None, |e, now| {
+                    e.handle_channel_down(now, i);
+                    Feed::Nothing
+                });
+                self.apply(fx).await;
+            }
         }
     }
 
@@ -1319,6 +1447,7 @@ impl Front {
 
     async fn read_channel(
         &self,
+        i: BackendId,
         b: &Backend,
         reader: &mut control::FrameReader,
         timers: &crate::config::ControlTimers,
@@ -1347,88 +1476,41 @@ impl Front {
                         Err(e) => return format!("{e:#}"),
                     };
                     last_heard = Instant::now();
-                    self.handle_frame(b, frame);
+                    match frame.into_front() {
+                        Ok(Incoming::Handoff(f)) => self.handoff_frame(i, f).await,
+                        Ok(Incoming::Link(l)) => self.link_frame(b, l),
+                        Err(e) => return format!("{e}"),
+                    }
                 }
             }
         }
     }
 
-    fn handle_frame(&self, b: &Backend, frame: Frame) {
+    async fn handoff_frame(&self, i: BackendId, frame: ToFront) {
+        let Some(kit) = self.kit.as_ref() else {
+            return;
+        };
+        let fx = self.drive(kit, None, |e, now| {
+            e.handle_frame(now, i, frame);
+            Feed::Nothing
+        });
+        self.apply(fx).await;
+    }
+
+    fn link_frame(&self, b: &Backend, frame: Link) {
         match frame {
-            Frame::Ready { id, restore_us } => self.answer(b, id, Reply::Ready { restore_us }),
-            Frame::Refused {
-                id,
-                reason,
-                backend_fault,
-            } => self.answer(
-                b,
-                id,
-                Reply::Refused {
-                    why: reason,
-                    backend_fault,
-                },
-            ),
-            Frame::Closed { id, flow } => {
-                // Channels only run while handoff is on.
-                let Some(kit) = self.kit.as_ref() else {
-                    return;
-                };
-                let matched = {
-                    // Lock order: forwarder, then flows.
-                    let mut fwd = kit.lock_forwarder();
-                    let mut flows = self.lock_flows();
-                    match flows.get_mut(&flow) {
-                        Some(f) if f.id == id => {
-                            if let Phase::Forwarding(target) = f.phase {
-                                f.phase = Phase::Closed {
-                                    at: Instant::now(),
-                                    target,
-                                };
-                                // Only now may a bare SYN on this 4-tuple
-                                // replace the entry (a new connection).
-                                if let Err(e) = fwd.mark_closing(&flow, &target) {
-                                    warn!(key = %flow, error = %e, "could not mark a forwarding entry closing");
-                                }
-                                true
-                            } else {
-                                false
-                            }
-                        }
-                        _ => false,
-                    }
-                };
-                // A report for a flow this front does not know (a stale id,
-                // swept already, a repeat) must not skew the load estimate.
-                if matched {
-                    let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
-                    st.closed_since_report = st.closed_since_report.saturating_add(1);
-                }
-            }
-            Frame::Load(l) => {
+            Link::Load(l) => {
                 let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
                 st.reported_load = l.active;
                 st.handed_since_report = 0;
                 st.closed_since_report = 0;
             }
-            Frame::Goodbye { reason } => {
+            Link::Goodbye { reason } => {
                 info!(backend = %b.name, %reason, "back-end is draining");
                 b.st.lock().unwrap_or_else(|e| e.into_inner()).draining = true;
             }
-            Frame::Pong { .. } => {}
-            other => {
-                debug!(backend = %b.name, frame = ?other, "unexpected frame from a back-end; ignored")
-            }
-        }
-    }
-
-    fn answer(&self, b: &Backend, id: u64, reply: Reply) {
-        if let Some(tx) = b
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)
-        {
-            let _ = tx.send(reply);
+            // Back-ends do not ping; the channel's liveness is ours to probe.
+            Link::Pong { .. } | Link::Ping { .. } => {}
         }
     }
 
@@ -1469,12 +1551,8 @@ impl Front {
         // One lock at a time: guards taken inside the struct literal below
         // would all live until its end (and the flows lock is not reentrant).
         let (flows_tracked, flows_parked) = {
-            let flows = self.lock_flows();
-            let parked = flows
-                .values()
-                .filter(|f| matches!(f.phase, Phase::Parked))
-                .count();
-            (flows.len(), parked)
+            let e = self.lock_engine();
+            (e.flows(), e.parked())
         };
         let (kept_frames, parked_malformed) = self.kit.as_ref().map_or((0, 0), |k| {
             let store = k.lock_parked();
@@ -1508,6 +1586,9 @@ impl Front {
             frames_dropped: c.frames_dropped.get(),
             entries_removed_closed: c.entries_removed_closed.get(),
             entries_removed_idle: c.entries_removed_idle.get(),
+            entries_removed_orphaned: c.entries_removed_orphaned.get(),
+            handoffs_reset: c.handoffs_reset.get(),
+            stale_frames: c.stale_frames.get(),
             forwarding_entries: entries,
             flows_tracked,
             flows_parked,
@@ -1604,55 +1685,6 @@ fn resolve(a: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{a:?} resolves to no address"))
 }
 
-/// When the sweeper removes a forwarding entry.
-#[derive(Debug, Clone, Copy)]
-struct SweepLimits {
-    /// How long an entry outlives the back-end's `Closed` report.
-    grace: Duration,
-    /// An entry with no packet for this long goes, whatever its state.
-    idle_ns: u64,
-    /// A handoff stuck this long in PARK is given up.
-    parked_max_ns: u64,
-}
-
-impl SweepLimits {
-    fn new(cfg: &FrontConfig) -> Self {
-        SweepLimits {
-            grace: ms(cfg.flows.closed_grace_ms),
-            idle_ns: cfg.flows.idle_timeout_ms.saturating_mul(1_000_000),
-            parked_max_ns: cfg
-                .limits
-                .handoff_timeout_ms
-                .saturating_mul(4)
-                .saturating_add(1000)
-                .saturating_mul(1_000_000),
-        }
-    }
-
-    /// Whether to remove an entry: `Some(true)` as closed, `Some(false)`
-    /// as idle, `None` not yet. `phase` is the flow's record (None: the front
-    /// has none), `idle_ns` the time since the forwarder saw its last packet.
-    fn verdict(&self, phase: Option<Phase>, idle_ns: u64, now: Instant) -> Option<bool> {
-        let grace_ns = u64::try_from(self.grace.as_nanos()).unwrap_or(u64::MAX);
-        match phase {
-            // After the close the back-end's kernel may still be sending a
-            // large response that the client ACKs through this entry: it goes
-            // once the grace has passed since the report and since the last
-            // packet.
-            Some(Phase::Closed { at, .. })
-                if now.saturating_duration_since(at) >= self.grace && idle_ns >= grace_ns =>
-            {
-                Some(true)
-            }
-            Some(Phase::Parked) if idle_ns > self.parked_max_ns => Some(false),
-            // A handoff in progress owns its entry.
-            Some(Phase::Parked) => None,
-            _ if idle_ns > self.idle_ns => Some(false),
-            _ => None,
-        }
-    }
-}
-
 /// `/stats` of a front-end.
 #[derive(Debug, Serialize)]
 pub struct FrontStats {
@@ -1697,6 +1729,14 @@ pub struct FrontStats {
     pub frames_dropped: u64,
     pub entries_removed_closed: u64,
     pub entries_removed_idle: u64,
+    /// Entries of flows whose back-end's channel stayed down for
+    /// `flows.orphan_timeout_ms`.
+    pub entries_removed_orphaned: u64,
+    /// Handoffs whose client was reset: the back-end did not answer within
+    /// the handoff timeout, or its channel went down before it answered.
+    pub handoffs_reset: u64,
+    /// Frames about handoffs this front no longer tracks (late answers).
+    pub stale_frames: u64,
     pub forwarding_entries: usize,
     pub flows_tracked: usize,
     /// Handoffs in progress (flows parked in the forwarder).
@@ -1723,11 +1763,11 @@ pub struct FrontStats {
 pub struct Latency {
     /// TCP_REPAIR on + state reads.
     pub dump: Summary,
-    /// `Handoff` sent to `Ready` received (includes the back-end's restore).
+    /// `Handoff` written to `Live` handled (includes the back-end's restore).
     pub control_rtt: Summary,
     /// The back-end's restore, as it reported it in `Ready`.
     pub restore: Summary,
-    /// Request head complete to `Go` sent: the front's whole handoff.
+    /// Request head complete to the flow forwarding: the front's whole handoff.
     pub total: Summary,
     /// Request head complete to `Handoff` sent (pick, park, dump, send).
     pub to_send: Summary,
@@ -1757,33 +1797,45 @@ pub struct BackendStats {
     pub last_error: Option<String>,
 }
 
-/// Why a handoff failed, and what the client is told.
+/// The client socket of the handoff a `drive` starts: only its own task
+/// can dump it.
+struct Local<'a> {
+    fd: std::os::fd::BorrowedFd<'a>,
+    already_read: &'a [u8],
+    tx: Option<oneshot::Sender<Outcome>>,
+}
+
+/// A result the engine must hear, from an input or an action.
 #[derive(Debug)]
-struct Failure {
-    status: u16,
-    why: String,
+enum Feed {
+    Nothing,
+    Start(u64),
+    Parked(u64, std::result::Result<(), ParkFailure>),
+    Dumped(
+        u64,
+        std::result::Result<(baton_proto::TcpState, bytes::Bytes), DumpFailure>,
+    ),
+    ForwardFailed(u64),
+    Removal(u64, Quiet),
+    Idle(Vec<FlowKey>),
 }
 
-/// How a handoff that got past `Ready` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handed {
-    /// The back-end serves the connection.
-    Live,
-    /// `Go` could not be delivered: the connection is lost, and the socket,
-    /// in repair mode, can tell the client nothing.
-    Lost,
+/// What a `drive` leaves to do with `.await`.
+#[derive(Debug, Default)]
+struct Effects {
+    /// Back-ends with frames queued.
+    flush: std::collections::BTreeSet<BackendId>,
+    /// Back-ends whose channel to drop (stuck).
+    drop: Vec<BackendId>,
 }
 
-impl Failure {
-    fn unavailable(why: String) -> Self {
-        Failure { status: 503, why }
-    }
-    fn bad_gateway(why: String) -> Self {
-        Failure { status: 502, why }
-    }
-    fn gateway_timeout(why: String) -> Self {
-        Failure { status: 504, why }
-    }
+fn drain_engine(
+    e: &mut FrontEngine,
+    queue: &mut std::collections::VecDeque<FrontAction>,
+    events: &mut Vec<FrontEvent>,
+) {
+    queue.extend(std::iter::from_fn(|| e.poll_action()));
+    events.extend(std::iter::from_fn(|| e.poll_event()));
 }
 
 enum HeadFailure {
@@ -1866,77 +1918,3 @@ fn listen_on(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<TcpLi
 
 /// `TCP_DEFER_ACCEPT`'s wait for a silent client's first bytes.
 const DEFER_ACCEPT_SECS: libc::c_int = 5;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: u64 = 1_000_000;
-
-    fn limits() -> SweepLimits {
-        SweepLimits {
-            grace: Duration::from_millis(200),
-            idle_ns: 300_000 * MS,
-            parked_max_ns: 5_000 * MS,
-        }
-    }
-
-    fn closed(ago: Duration, now: Instant) -> Option<Phase> {
-        Some(Phase::Closed {
-            at: now.checked_sub(ago).expect("a monotonic clock this old"),
-            target: ForwardTarget {
-                ifindex: 1,
-                dst_mac: [2, 0, 0, 0, 0, 1],
-                src_mac: [2, 0, 0, 0, 0, 2],
-            },
-        })
-    }
-
-    #[test]
-    fn a_closed_flow_still_carrying_packets_is_kept() {
-        // The back-end reported the close long ago, but its kernel is still
-        // sending the tail of a response and the client's ACKs keep coming.
-        let now = Instant::now();
-        let l = limits();
-        assert_eq!(
-            l.verdict(closed(Duration::from_secs(10), now), MS, now),
-            None
-        );
-        assert_eq!(
-            l.verdict(closed(Duration::from_secs(10), now), 199 * MS, now),
-            None
-        );
-    }
-
-    #[test]
-    fn a_closed_flow_goes_once_quiet_and_past_the_grace() {
-        let now = Instant::now();
-        let l = limits();
-        assert_eq!(
-            l.verdict(closed(Duration::from_millis(200), now), 200 * MS, now),
-            Some(true)
-        );
-        // Quiet, but the report is too recent: the last FIN/ACK may follow.
-        assert_eq!(
-            l.verdict(closed(Duration::from_millis(100), now), 10_000 * MS, now),
-            None
-        );
-    }
-
-    #[test]
-    fn parked_and_live_flows_age_by_their_own_limits() {
-        let now = Instant::now();
-        let l = limits();
-        let live = Some(Phase::Forwarding(ForwardTarget {
-            ifindex: 1,
-            dst_mac: [2, 0, 0, 0, 0, 1],
-            src_mac: [2, 0, 0, 0, 0, 2],
-        }));
-        assert_eq!(l.verdict(Some(Phase::Parked), 4_000 * MS, now), None);
-        assert_eq!(l.verdict(Some(Phase::Parked), 6_000 * MS, now), Some(false));
-        assert_eq!(l.verdict(live, 200_000 * MS, now), None);
-        assert_eq!(l.verdict(live, 300_001 * MS, now), Some(false));
-        assert_eq!(l.verdict(None, 300_001 * MS, now), Some(false));
-        assert_eq!(l.verdict(None, MS, now), None);
-    }
-}

@@ -213,22 +213,21 @@ fn pipelined_request_during_handoff_is_not_stalled() {
 }
 
 /// A request that arrives while its connection is parked (the back-end is
-/// made to answer `Ready` 100 ms late) is kept by the forwarder and
-/// delivered after the handoff: its response comes long before the client's
-/// retransmission timer (>= 200 ms) could have fired.
+/// frozen with SIGSTOP while the handoff is on its way, so the front keeps
+/// the flow parked) is kept by the forwarder and delivered after the
+/// handoff: its response comes long before the client's retransmission
+/// timer (>= 200 ms) could have fired.
 #[test]
 fn request_arriving_while_parked_is_kept_and_delivered() {
-    const DELAY_MS: u64 = 100;
-    let lab = up(
-        1,
-        Some(FAST_FLOWS),
-        Some(&format!("[fault]\nready_delay_ms = {DELAY_MS}")),
-    );
+    let lab = up(1, Some(FAST_FLOWS), None);
     let before = stats(&lab);
     let addr = vip(&lab);
+    let pid = pid_of(&lab, "back1");
     let netns = lab.netns("client").expect("client netns").to_string();
     let (parked_tx, parked_rx) = std::sync::mpsc::channel::<()>();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+    signal(pid, "-STOP");
     let client = std::thread::spawn(move || {
         baton_sys::netns::enter_named(&netns).expect("entering the client namespace");
         let mut c = HttpConn::connect(addr).expect("connect to the VIP");
@@ -239,16 +238,24 @@ fn request_arriving_while_parked_is_kept_and_delivered() {
         let t2 = Instant::now();
         c.send(get_request("/index.html", true).as_bytes())
             .expect("request 2");
+        sent_tx.send(()).expect("signal");
         let r1 = c.read_response(false);
         let r2 = c.read_response(false);
         (r1, r2, t2.elapsed())
     });
     parked_rx.recv().expect("client thread");
     // Readiness signal: the front reports the flow parked (handoff under way).
-    wait_stats(&lab, "a parked flow", Duration::from_secs(2), |s| {
-        counter(s, "flows_parked") >= 1
+    let parked = std::panic::catch_unwind(|| {
+        wait_stats(&lab, "a parked flow", Duration::from_secs(2), |s| {
+            counter(s, "flows_parked") >= 1
+        })
     });
     go_tx.send(()).expect("signal");
+    let _ = sent_rx.recv();
+    signal(pid, "-CONT");
+    if let Err(e) = parked {
+        std::panic::resume_unwind(e);
+    }
     let (r1, r2, took) = client.join().expect("client thread");
     let r1 = r1.unwrap_or_else(|e| panic!("response 1: {e}\n{}", logs(&lab)));
     let r2 = r2.unwrap_or_else(|e| panic!("response 2: {e}\n{}", logs(&lab)));

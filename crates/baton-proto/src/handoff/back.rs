@@ -1,0 +1,558 @@
+//! The back-end's handoff engine: which handoffs to restore, which
+//! connections it serves for which front, and where their `Closed` reports
+//! go.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use crate::flow::FlowKey;
+use crate::frame::{Handoff, ToBack, ToFront, HOLDING_CHUNK};
+
+/// A control channel, numbered by the driver (never reused).
+pub type ChannelId = u64;
+
+/// Why a restore was refused, and whose fault it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    /// The back-end cannot restore anything now (the front pauses it);
+    /// otherwise only this connection could not be restored.
+    pub backend_fault: bool,
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackAction {
+    /// Restore the socket, take it out of repair mode and serve it; answer
+    /// with [`BackEngine::handle_restored`].
+    Restore {
+        channel: ChannelId,
+        handoff: Handoff,
+    },
+    /// Write a frame on a channel. Frames handed out together should go in
+    /// one write.
+    Send { channel: ChannelId, frame: ToFront },
+    /// The front gave up on a connection this back-end already serves:
+    /// reset it.
+    Reset { front: IpAddr, id: u64 },
+}
+
+/// What happened, for counters and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackEvent {
+    /// A handoff was refused before any syscall (wrong VIP, repeated id,
+    /// draining).
+    Refused { id: u64, reason: String },
+    /// An `Abort` cancelled a handoff before it was restored.
+    Cancelled { id: u64 },
+    /// An `Abort` for a connection already live: it is reset.
+    Aborted { id: u64 },
+    /// `Closed` could not be reported: no channel to that front. Its next
+    /// channel's `Holding` will not list the connection.
+    Unreported { id: u64 },
+    /// A frame about a handoff this back-end does not know: ignored.
+    Stale { kind: &'static str },
+}
+
+#[derive(Debug)]
+struct Chan {
+    front: IpAddr,
+    /// `Closed` reports waiting for the batch deadline.
+    closed: Vec<ToFront>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    flow: FlowKey,
+    channel: ChannelId,
+}
+
+/// Deadlines of the back-end engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Write the `Closed` reports queued on a channel.
+    ClosedBatch(ChannelId),
+}
+
+/// The back-end's handoffs and restored connections.
+///
+/// Inputs: `handle_channel_up`/`_down`, `handle_frame` (feed every frame of
+/// one read before polling actions: an `Abort` read together with its
+/// `Handoff` cancels it before anything is restored), `handle_restored`,
+/// `handle_closed`, `handle_timeout`. Outputs: `poll_action`, `poll_event`,
+/// `poll_timeout`.
+#[derive(Debug)]
+pub struct BackEngine {
+    vip: Ipv4Addr,
+    closed_batch: Duration,
+    draining: bool,
+    channels: HashMap<ChannelId, Chan>,
+    /// Connections served, by (front, handoff id).
+    held: HashMap<(IpAddr, u64), Held>,
+    /// Handoffs handed out as `Restore` and not answered yet.
+    restoring: HashMap<(IpAddr, u64), ChannelId>,
+    timers: BTreeSet<(Instant, Timer)>,
+    actions: VecDeque<BackAction>,
+    events: VecDeque<BackEvent>,
+    restored_total: u64,
+}
+
+impl BackEngine {
+    /// An engine for a back-end that serves `vip`; `Closed` reports wait up
+    /// to `closed_batch` to share a write.
+    pub fn new(vip: Ipv4Addr, closed_batch: Duration) -> Self {
+        BackEngine {
+            vip,
+            closed_batch,
+            draining: false,
+            channels: HashMap::new(),
+            held: HashMap::new(),
+            restoring: HashMap::new(),
+            timers: BTreeSet::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            restored_total: 0,
+        }
+    }
+
+    // ---- getters ----
+
+    /// Connections served now.
+    pub fn active(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Connections restored since start.
+    pub fn total(&self) -> u64 {
+        self.restored_total
+    }
+
+    /// The front-end a channel comes from.
+    pub fn front_of(&self, channel: ChannelId) -> Option<IpAddr> {
+        self.channels.get(&channel).map(|c| c.front)
+    }
+
+    /// Channels up.
+    pub fn channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// `Closed` reports queued and not yet handed out (a drain waits).
+    pub fn pending_reports(&self) -> usize {
+        self.channels.values().map(|c| c.closed.len()).sum()
+    }
+
+    // ---- outputs ----
+
+    pub fn poll_action(&mut self) -> Option<BackAction> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<BackEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    // ---- inputs ----
+
+    /// A front authenticated on `channel`: tell it which of its handoffs
+    /// this back-end still serves.
+    pub fn handle_channel_up(&mut self, channel: ChannelId, front: IpAddr) {
+        self.channels.insert(
+            channel,
+            Chan {
+                front,
+                closed: Vec::new(),
+            },
+        );
+        let mut ids: Vec<u64> = self
+            .held
+            .keys()
+            .filter(|(f, _)| *f == front)
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        let mut chunks = ids.chunks(HOLDING_CHUNK).peekable();
+        if chunks.peek().is_none() {
+            self.send(
+                channel,
+                ToFront::Holding {
+                    ids: vec![],
+                    done: true,
+                },
+            );
+        }
+        while let Some(chunk) = chunks.next() {
+            let done = chunks.peek().is_none();
+            self.send(
+                channel,
+                ToFront::Holding {
+                    ids: chunk.to_vec(),
+                    done,
+                },
+            );
+        }
+    }
+
+    /// `channel` is gone. Reports queued on it move to the newest channel
+    /// of the same front, if any.
+    pub fn handle_channel_down(&mut self, now: Instant, channel: ChannelId) {
+        let Some(chan) = self.channels.remove(&channel) else {
+            return;
+        };
+        for h in self.held.values_mut().filter(|h| h.channel == channel) {
+            h.channel = ChannelId::MAX;
+        }
+        for frame in chan.closed {
+            self.report(now, chan.front, None, frame);
+        }
+    }
+
+    /// No new handoffs from now on (they are refused); the ones in flight
+    /// complete.
+    pub fn handle_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// A handoff frame from a front on `channel`.
+    pub fn handle_frame(&mut self, channel: ChannelId, frame: ToBack) {
+        let Some(front) = self.channels.get(&channel).map(|c| c.front) else {
+            return;
+        };
+        match frame {
+            ToBack::Handoff(h) => self.on_handoff(channel, front, h),
+            ToBack::Abort { id } => self.on_abort(front, id),
+        }
+    }
+
+    /// The result of `Restore`: live (`Ok(restore_us)`) or refused.
+    pub fn handle_restored(
+        &mut self,
+        channel: ChannelId,
+        front: IpAddr,
+        id: u64,
+        flow: FlowKey,
+        result: Result<u32, Refusal>,
+    ) {
+        if self.restoring.remove(&(front, id)).is_none() {
+            return;
+        }
+        let frame = match result {
+            Ok(restore_us) => {
+                self.held.insert((front, id), Held { flow, channel });
+                self.restored_total += 1;
+                ToFront::Live { id, restore_us }
+            }
+            Err(r) => ToFront::Refused {
+                id,
+                reason: r.reason,
+                backend_fault: r.backend_fault,
+            },
+        };
+        if self.channels.contains_key(&channel) {
+            self.send(channel, frame);
+        } else if let ToFront::Live { .. } = frame {
+            // The channel went while restoring: the front reset the client.
+            // The next channel's `Holding` lists the connection until it
+            // ends; nothing else to do.
+        }
+    }
+
+    /// A served connection ended.
+    pub fn handle_closed(&mut self, now: Instant, front: IpAddr, id: u64) {
+        let Some(h) = self.held.remove(&(front, id)) else {
+            return;
+        };
+        let channel = self.channels.contains_key(&h.channel).then_some(h.channel);
+        self.report(now, front, channel, ToFront::Closed { id, flow: h.flow });
+    }
+
+    /// Fires every deadline up to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, timer));
+            let Timer::ClosedBatch(channel) = timer;
+            if let Some(chan) = self.channels.get_mut(&channel) {
+                for frame in std::mem::take(&mut chan.closed) {
+                    self.actions.push_back(BackAction::Send { channel, frame });
+                }
+            }
+        }
+    }
+
+    // ---- transitions ----
+
+    fn on_handoff(&mut self, channel: ChannelId, front: IpAddr, h: Handoff) {
+        let id = h.id;
+        let refuse = |reason: String, backend_fault: bool| ToFront::Refused {
+            id,
+            reason,
+            backend_fault,
+        };
+        let refusal = if *h.flow.vip.ip() != self.vip {
+            // A front configured for another VIP: nothing it hands us works.
+            Some(refuse(
+                format!(
+                    "flow {} is for {}, this back-end serves VIP {}",
+                    h.flow,
+                    h.flow.vip.ip(),
+                    self.vip
+                ),
+                true,
+            ))
+        } else if self.draining {
+            Some(refuse("back-end draining".into(), true))
+        } else if self.held.contains_key(&(front, id)) || self.restoring.contains_key(&(front, id))
+        {
+            Some(refuse(format!("handoff id {id} is in use"), false))
+        } else {
+            None
+        };
+        if let Some(frame) = refusal {
+            if let ToFront::Refused { reason, .. } = &frame {
+                self.events.push_back(BackEvent::Refused {
+                    id,
+                    reason: reason.clone(),
+                });
+            }
+            return self.send(channel, frame);
+        }
+        self.restoring.insert((front, id), channel);
+        self.actions.push_back(BackAction::Restore {
+            channel,
+            handoff: h,
+        });
+    }
+
+    fn on_abort(&mut self, front: IpAddr, id: u64) {
+        if self.restoring.remove(&(front, id)).is_some() {
+            // Not carried out yet: take the `Restore` back.
+            self.actions
+                .retain(|a| !matches!(a, BackAction::Restore { handoff, .. } if handoff.id == id));
+            self.events.push_back(BackEvent::Cancelled { id });
+        } else if self.held.remove(&(front, id)).is_some() {
+            self.actions.push_back(BackAction::Reset { front, id });
+            self.events.push_back(BackEvent::Aborted { id });
+        } else {
+            self.events.push_back(BackEvent::Stale { kind: "abort" });
+        }
+    }
+
+    /// Queues a `Closed` report for `channel`, or the newest channel of the
+    /// same front.
+    fn report(&mut self, now: Instant, front: IpAddr, channel: Option<ChannelId>, frame: ToFront) {
+        let channel = channel.or_else(|| {
+            self.channels
+                .iter()
+                .filter(|(_, c)| c.front == front)
+                .map(|(id, _)| *id)
+                .max()
+        });
+        let Some(chan_id) = channel else {
+            if let ToFront::Closed { id, .. } = frame {
+                self.events.push_back(BackEvent::Unreported { id });
+            }
+            return;
+        };
+        let Some(chan) = self.channels.get_mut(&chan_id) else {
+            return;
+        };
+        chan.closed.push(frame);
+        if chan.closed.len() == 1 {
+            self.timers
+                .insert((now + self.closed_batch, Timer::ClosedBatch(chan_id)));
+        }
+    }
+
+    fn send(&mut self, channel: ChannelId, frame: ToFront) {
+        self.actions.push_back(BackAction::Send { channel, frame });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::TcpState;
+    use bytes::Bytes;
+    use std::net::SocketAddrV4;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    const FRONT: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
+
+    fn handoff(id: u64, port: u16) -> Handoff {
+        Handoff {
+            id,
+            flow: FlowKey {
+                client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), port),
+                vip: SocketAddrV4::new(VIP, 80),
+            },
+            state: TcpState::default(),
+            data: Bytes::new(),
+        }
+    }
+
+    fn actions(e: &mut BackEngine) -> Vec<BackAction> {
+        std::iter::from_fn(|| e.poll_action()).collect()
+    }
+
+    fn engine() -> BackEngine {
+        let mut e = BackEngine::new(VIP, Duration::from_millis(5));
+        e.handle_channel_up(1, FRONT);
+        actions(&mut e);
+        e
+    }
+
+    #[test]
+    fn a_new_channel_starts_with_what_is_held() {
+        let mut e = engine();
+        let h = handoff(9, 1);
+        e.handle_frame(1, ToBack::Handoff(h.clone()));
+        actions(&mut e);
+        e.handle_restored(1, FRONT, 9, h.flow, Ok(12));
+        assert_eq!(
+            actions(&mut e),
+            [BackAction::Send {
+                channel: 1,
+                frame: ToFront::Live {
+                    id: 9,
+                    restore_us: 12
+                }
+            }]
+        );
+        e.handle_channel_down(Instant::now(), 1);
+        e.handle_channel_up(2, FRONT);
+        assert_eq!(
+            actions(&mut e),
+            [BackAction::Send {
+                channel: 2,
+                frame: ToFront::Holding {
+                    ids: vec![9],
+                    done: true
+                }
+            }]
+        );
+        // Another front's channel hears nothing of it.
+        e.handle_channel_up(3, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 4)));
+        assert_eq!(
+            actions(&mut e),
+            [BackAction::Send {
+                channel: 3,
+                frame: ToFront::Holding {
+                    ids: vec![],
+                    done: true
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn an_abort_read_with_its_handoff_cancels_the_restore() {
+        let mut e = engine();
+        e.handle_frame(1, ToBack::Handoff(handoff(5, 1)));
+        e.handle_frame(1, ToBack::Abort { id: 5 });
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(e.poll_event(), Some(BackEvent::Cancelled { id: 5 }));
+    }
+
+    #[test]
+    fn an_abort_after_live_resets_the_connection() {
+        let mut e = engine();
+        let h = handoff(5, 1);
+        e.handle_frame(1, ToBack::Handoff(h.clone()));
+        actions(&mut e);
+        e.handle_restored(1, FRONT, 5, h.flow, Ok(1));
+        actions(&mut e);
+        e.handle_frame(1, ToBack::Abort { id: 5 });
+        assert_eq!(
+            actions(&mut e),
+            [BackAction::Reset {
+                front: FRONT,
+                id: 5
+            }]
+        );
+        assert_eq!(e.active(), 0);
+    }
+
+    #[test]
+    fn closed_reports_are_batched_and_follow_the_front_to_its_new_channel() {
+        let mut e = engine();
+        let t0 = Instant::now();
+        for id in 1..=3 {
+            let h = handoff(id, id as u16);
+            e.handle_frame(1, ToBack::Handoff(h.clone()));
+            e.handle_restored(1, FRONT, id, h.flow, Ok(1));
+        }
+        actions(&mut e);
+        e.handle_closed(t0, FRONT, 1);
+        e.handle_closed(t0 + Duration::from_millis(1), FRONT, 2);
+        assert_eq!(e.poll_timeout(), Some(t0 + Duration::from_millis(5)));
+        e.handle_channel_up(2, FRONT);
+        actions(&mut e);
+        e.handle_channel_down(t0, 1);
+        e.handle_timeout(t0 + Duration::from_millis(5));
+        let sent = actions(&mut e);
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|a| matches!(
+            a,
+            BackAction::Send {
+                channel: 2,
+                frame: ToFront::Closed { .. }
+            }
+        )));
+        // No channel at all: unreported, and not listed next time.
+        e.handle_channel_down(t0, 2);
+        e.handle_closed(t0, FRONT, 3);
+        assert_eq!(
+            std::iter::from_fn(|| e.poll_event()).last(),
+            Some(BackEvent::Unreported { id: 3 })
+        );
+    }
+
+    #[test]
+    fn wrong_vip_draining_and_repeated_ids_are_refused_without_a_syscall() {
+        let mut e = engine();
+        let mut h = handoff(1, 1);
+        h.flow.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 99), 80);
+        e.handle_frame(1, ToBack::Handoff(h));
+        assert!(matches!(
+            &actions(&mut e)[..],
+            [BackAction::Send {
+                frame: ToFront::Refused {
+                    backend_fault: true,
+                    ..
+                },
+                ..
+            }]
+        ));
+        e.handle_frame(1, ToBack::Handoff(handoff(2, 2)));
+        e.handle_frame(1, ToBack::Handoff(handoff(2, 3)));
+        let a = actions(&mut e);
+        assert!(matches!(&a[0], BackAction::Restore { .. }));
+        assert!(matches!(
+            &a[1],
+            BackAction::Send {
+                frame: ToFront::Refused {
+                    backend_fault: false,
+                    ..
+                },
+                ..
+            }
+        ));
+        e.handle_drain();
+        e.handle_frame(1, ToBack::Handoff(handoff(3, 4)));
+        assert!(matches!(
+            &actions(&mut e)[..],
+            [BackAction::Send {
+                frame: ToFront::Refused { .. },
+                ..
+            }]
+        ));
+    }
+}

@@ -1,0 +1,1179 @@
+//! The front-end's handoff engine: every flow the front has parked, offered
+//! or forwards, what to do next with each, and every deadline.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::flow::FlowKey;
+use crate::frame::{Handoff, ToBack, ToFront};
+use crate::tcp::TcpState;
+
+/// A back-end, by its position in the front's configuration.
+pub type BackendId = usize;
+
+/// The deadlines of the front's side of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontTimers {
+    /// From writing `Handoff` to `Live` or `Refused`; past it the client is
+    /// reset and the back-end leaves rotation.
+    pub handoff_timeout: Duration,
+    /// A flow's entry outlives the back-end's `Closed` by this much, and
+    /// goes only once it has carried no packet for as long (the back-end's
+    /// kernel may still be sending a response's tail, which the client ACKs
+    /// through the entry).
+    pub closed_grace: Duration,
+    /// The flows of a back-end whose channel went down are removed after
+    /// this, unless the channel comes back first and the back-end lists them.
+    pub orphan_timeout: Duration,
+    /// How often the driver looks for entries idle past its idle timeout.
+    pub idle_sweep: Duration,
+}
+
+/// Every deadline the front engine keeps, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// The back-end must answer handoff `id` by then.
+    Answer(u64),
+    /// Flow `id` was reported closed: its entry may go then, if quiet.
+    Grace(u64),
+    /// The flows a back-end's channel orphaned at `epoch` go then.
+    Orphans { backend: BackendId, epoch: u64 },
+    /// Time to look for idle entries.
+    IdleSweep,
+}
+
+/// What the driver must do, in the order handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrontAction {
+    /// Keep the client's packets from the local socket (forwarder PARK);
+    /// answer with [`FrontEngine::handle_parked`].
+    Park { id: u64, flow: FlowKey },
+    /// Dump the socket with TCP_REPAIR (the flow is parked); answer with
+    /// [`FrontEngine::handle_dumped`].
+    Dump { id: u64 },
+    /// Write a frame on the back-end's channel. Frames handed out together
+    /// should go in one write.
+    Send { backend: BackendId, frame: ToBack },
+    /// The back-end serves the flow: steer it there (forwarder FORWARD),
+    /// deliver the frames kept while parked, close the local socket while
+    /// still in repair mode (nothing reaches the client).
+    Forward {
+        id: u64,
+        flow: FlowKey,
+        backend: BackendId,
+    },
+    /// The handoff did not happen and never will: remove the entry, take
+    /// the socket out of repair mode if `dumped`, answer the client with
+    /// `status` (or relay the connection).
+    GiveBack {
+        id: u64,
+        flow: FlowKey,
+        status: u16,
+        dumped: bool,
+    },
+    /// Whether the back-end serves the client is unknown: remove the entry
+    /// and reset the client's connection.
+    Reset { id: u64, flow: FlowKey },
+    /// Let a new connection's SYN on this 4-tuple replace the entry
+    /// (forwarder FORWARD_CLOSING); it still forwards to `backend`.
+    MarkClosing { flow: FlowKey, backend: BackendId },
+    /// An orphaned flow is still served by its back-end: forward it again
+    /// without the closing mark.
+    Resteer { flow: FlowKey, backend: BackendId },
+    /// Remove the entry if it carried no packet for `quiet`; answer with
+    /// [`FrontEngine::handle_removal`].
+    RemoveIfQuiet {
+        id: u64,
+        flow: FlowKey,
+        quiet: Duration,
+    },
+    /// Remove the entry (and anything kept for it) now.
+    Remove { flow: FlowKey },
+    /// Report the entries idle past the idle timeout with
+    /// [`FrontEngine::handle_idle`].
+    SweepIdle,
+}
+
+/// What happened, for counters, logs and back-end health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrontEvent {
+    /// The back-end serves flow `id`. `control_rtt`: `Handoff` written to
+    /// `Live` handled.
+    HandedOff {
+        id: u64,
+        backend: BackendId,
+        control_rtt: Duration,
+        restore_us: u32,
+    },
+    /// The handoff failed before the point of no return, or was refused.
+    GaveBack {
+        id: u64,
+        backend: BackendId,
+        status: u16,
+        why: String,
+    },
+    /// The back-end refused (included in `GaveBack` too). `backend_fault`:
+    /// it cannot restore anything now (pause it).
+    Refused {
+        backend: BackendId,
+        backend_fault: bool,
+    },
+    /// No answer in time: the client was reset; the back-end is stuck (drop
+    /// its channel).
+    TimedOut { id: u64, backend: BackendId },
+    /// The channel went down with the handoff unanswered: the client was reset.
+    Lost { id: u64, backend: BackendId },
+    /// The back-end no longer serves flow `id` (it said `Closed`, or did not
+    /// list it in `Holding`).
+    Closed { id: u64, backend: BackendId },
+    /// A forwarding entry is gone.
+    Removed { cause: RemoveCause },
+    /// A frame about a handoff this front does not know or no longer waits
+    /// for (late, repeated, or for another flow on the 4-tuple): ignored, or
+    /// answered with `Abort` if it was a `Live`.
+    Stale {
+        backend: BackendId,
+        kind: &'static str,
+    },
+}
+
+/// Why an entry was removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveCause {
+    /// Closed, past the grace and quiet.
+    Closed,
+    /// No packet for the idle timeout.
+    Idle,
+    /// Its back-end's channel stayed down for the orphan timeout.
+    Orphaned,
+}
+
+/// Why parking failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkFailure {
+    /// The forwarder's flow table is full (503).
+    TableFull,
+    /// Anything else (502).
+    Other,
+}
+
+/// Why the dump failed; the socket is out of repair mode again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpFailure(pub String);
+
+/// The answer to [`FrontAction::RemoveIfQuiet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// Removed (or already gone: a new connection's SYN replaced it).
+    Removed,
+    /// Not removed: its last packet was `idle` ago.
+    Busy { idle: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Being parked and dumped by the driver.
+    Parking,
+    /// `Handoff` written at `sent`; the answer is due at `due`.
+    Offered { sent: Instant, due: Instant },
+    /// The back-end serves it; the entry forwards.
+    Live,
+    /// Its back-end's channel went down at `epoch`; it may still serve it.
+    Orphaned { epoch: u64 },
+    /// Reported closed; the entry may go at `due` if quiet.
+    Closing { due: Instant },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    key: FlowKey,
+    backend: BackendId,
+    phase: Phase,
+    /// Set once the flow has been parked (there is an entry to remove).
+    parked: bool,
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    up: bool,
+    /// Counts the times the channel went down.
+    epoch: u64,
+    /// Ids listed by `Holding` so far on the current channel; `None` once
+    /// the last chunk arrived (or while down).
+    holding: Option<HashSet<u64>>,
+}
+
+/// The front-end's flows and their deadlines.
+///
+/// Method groups, as in quinn-proto's `Connection`:
+/// - getters: [`flows`](Self::flows), [`parked`](Self::parked),
+///   [`is_up`](Self::is_up), [`live_on`](Self::live_on);
+/// - inputs: [`start`](Self::start), `handle_*`;
+/// - outputs: [`poll_action`](Self::poll_action),
+///   [`poll_event`](Self::poll_event), [`poll_timeout`](Self::poll_timeout).
+///
+/// After any input, drain `poll_action` (carry each out, in order, feeding
+/// the results back) and `poll_event`, then sleep until `poll_timeout` and
+/// call `handle_timeout`.
+#[derive(Debug)]
+pub struct FrontEngine {
+    timers_cfg: FrontTimers,
+    flows: HashMap<u64, Flow>,
+    by_key: HashMap<FlowKey, u64>,
+    peers: Vec<Peer>,
+    next_id: u64,
+    timers: BTreeSet<(Instant, Timer)>,
+    actions: VecDeque<FrontAction>,
+    events: VecDeque<FrontEvent>,
+}
+
+impl FrontEngine {
+    /// An engine for `backends` back-ends, all channels down. Handoff ids
+    /// start at `first_id` (pick it at random per process, so ids never
+    /// repeat across restarts of the front). The first idle sweep is due
+    /// one `idle_sweep` after `now`.
+    pub fn new(timers: FrontTimers, backends: usize, first_id: u64, now: Instant) -> Self {
+        let mut e = FrontEngine {
+            timers_cfg: timers,
+            flows: HashMap::new(),
+            by_key: HashMap::new(),
+            peers: (0..backends).map(|_| Peer::default()).collect(),
+            next_id: first_id,
+            timers: BTreeSet::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        e.arm(now + timers.idle_sweep, Timer::IdleSweep);
+        e
+    }
+
+    // ---- getters ----
+
+    /// Flows tracked (parking, offered, live, orphaned or closing).
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Handoffs in progress (parking or offered).
+    pub fn parked(&self) -> usize {
+        self.flows
+            .values()
+            .filter(|f| matches!(f.phase, Phase::Parking | Phase::Offered { .. }))
+            .count()
+    }
+
+    /// Flows handed off and not reported closed (live or orphaned): a
+    /// drain waits for them.
+    pub fn handed(&self) -> usize {
+        self.flows
+            .values()
+            .filter(|f| matches!(f.phase, Phase::Live | Phase::Orphaned { .. }))
+            .count()
+    }
+
+    /// Whether the channel to `backend` is up.
+    pub fn is_up(&self, backend: BackendId) -> bool {
+        self.peers.get(backend).is_some_and(|p| p.up)
+    }
+
+    /// The flow id currently tracked for a 4-tuple and whether its back-end
+    /// serves it (live or orphaned), for tests and introspection.
+    pub fn live_on(&self, flow: &FlowKey) -> Option<(u64, BackendId)> {
+        let id = *self.by_key.get(flow)?;
+        let f = self.flows.get(&id)?;
+        matches!(f.phase, Phase::Live | Phase::Orphaned { .. }).then_some((id, f.backend))
+    }
+
+    /// Where the forwarder should steer a flow's packets now: `None` if the
+    /// front does not track it, `Some(None)` while they are kept (a handoff
+    /// in progress), `Some(Some(backend))` once they go to `backend`.
+    pub fn steer(&self, flow: &FlowKey) -> Option<Option<BackendId>> {
+        let f = self.flows.get(self.by_key.get(flow)?)?;
+        Some(match f.phase {
+            Phase::Parking | Phase::Offered { .. } => None,
+            Phase::Live | Phase::Orphaned { .. } | Phase::Closing { .. } => Some(f.backend),
+        })
+    }
+
+    // ---- outputs ----
+
+    /// The next thing to do.
+    pub fn poll_action(&mut self) -> Option<FrontAction> {
+        self.actions.pop_front()
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<FrontEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    // ---- inputs ----
+
+    /// A client's request is read and `backend` picked: begin a handoff.
+    /// Returns the handoff's id; the first action is `Park`. A back-end
+    /// whose channel is down is answered at once with `GiveBack` (503).
+    pub fn start(&mut self, flow: FlowKey, backend: BackendId) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        // A new connection on this 4-tuple: the kernel only let it reach the
+        // local listener because the old entry is gone (a SYN replaced a
+        // closing entry, or it was removed). The old record goes with it.
+        if let Some(old) = self.by_key.remove(&flow) {
+            self.forget(old);
+        }
+        self.by_key.insert(flow, id);
+        self.flows.insert(
+            id,
+            Flow {
+                key: flow,
+                backend,
+                phase: Phase::Parking,
+                parked: false,
+            },
+        );
+        if self.is_up(backend) {
+            self.actions.push_back(FrontAction::Park { id, flow });
+        } else {
+            self.give_back(id, 503, "control channel down".into());
+        }
+        id
+    }
+
+    /// The result of `Park`.
+    pub fn handle_parked(&mut self, id: u64, result: Result<(), ParkFailure>) {
+        let Some(f) = self.flow_in(id, |p| matches!(p, Phase::Parking)) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                f.parked = true;
+                self.actions.push_back(FrontAction::Dump { id });
+            }
+            Err(ParkFailure::TableFull) => {
+                self.give_back(id, 503, "forwarder flow table full".into())
+            }
+            Err(ParkFailure::Other) => self.give_back(id, 502, "forwarder park failed".into()),
+        }
+    }
+
+    /// The result of `Dump`: the state and every byte the back-end's
+    /// application must read (the request the front read plus the unread
+    /// receive queue). On success this is the point of no return.
+    pub fn handle_dumped(
+        &mut self,
+        now: Instant,
+        id: u64,
+        result: Result<(TcpState, Bytes), DumpFailure>,
+    ) {
+        let Some(f) = self.flow_in(id, |p| matches!(p, Phase::Parking)) else {
+            return;
+        };
+        let (flow, backend) = (f.key, f.backend);
+        let (state, data) = match result {
+            Ok(d) => d,
+            Err(DumpFailure(why)) => return self.give_back(id, 502, format!("dump: {why}")),
+        };
+        if !self.is_up(backend) {
+            // Nothing was sent: the front still owns the connection.
+            return self.give_back_dumped(id, 503, "control channel down".into());
+        }
+        let due = now + self.timers_cfg.handoff_timeout;
+        if let Some(f) = self.flows.get_mut(&id) {
+            f.phase = Phase::Offered { sent: now, due };
+        }
+        self.arm(due, Timer::Answer(id));
+        self.actions.push_back(FrontAction::Send {
+            backend,
+            frame: ToBack::Handoff(Handoff {
+                id,
+                flow,
+                state,
+                data,
+            }),
+        });
+    }
+
+    /// `Forward` failed (the forwarder could not steer the flow): the
+    /// back-end serves a client whose packets cannot reach it. Reset the
+    /// client and tell the back-end.
+    pub fn handle_forward_failed(&mut self, id: u64) {
+        let Some(f) = self.flow_in(id, |p| p == Phase::Live) else {
+            return;
+        };
+        let backend = f.backend;
+        self.actions.push_back(FrontAction::Send {
+            backend,
+            frame: ToBack::Abort { id },
+        });
+        self.events.push_back(FrontEvent::Lost { id, backend });
+        self.reset(id);
+    }
+
+    /// A handoff frame from `backend`'s channel.
+    pub fn handle_frame(&mut self, now: Instant, backend: BackendId, frame: ToFront) {
+        match frame {
+            ToFront::Live { id, restore_us } => self.on_live(now, backend, id, restore_us),
+            ToFront::Refused {
+                id,
+                reason,
+                backend_fault,
+            } => self.on_refused(backend, id, reason, backend_fault),
+            ToFront::Closed { id, flow } => self.on_closed(now, backend, id, flow),
+            ToFront::Holding { ids, done } => self.on_holding(now, backend, ids, done),
+        }
+    }
+
+    /// `backend`'s channel is up (authenticated). Its first frames will be
+    /// `Holding`.
+    pub fn handle_channel_up(&mut self, backend: BackendId) {
+        if let Some(p) = self.peers.get_mut(backend) {
+            p.up = true;
+            p.holding = Some(HashSet::new());
+        }
+    }
+
+    /// `backend`'s channel is down. Unanswered handoffs on it are reset;
+    /// its live flows are orphaned.
+    pub fn handle_channel_down(&mut self, now: Instant, backend: BackendId) {
+        let Some(p) = self.peers.get_mut(backend) else {
+            return;
+        };
+        if !p.up {
+            return;
+        }
+        p.up = false;
+        p.holding = None;
+        p.epoch += 1;
+        let epoch = p.epoch;
+        let mut ids: Vec<u64> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.backend == backend)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        let mut orphaned = false;
+        for id in ids {
+            let Some(f) = self.flows.get_mut(&id) else {
+                continue;
+            };
+            match f.phase {
+                Phase::Offered { due, .. } => {
+                    self.timers.remove(&(due, Timer::Answer(id)));
+                    self.events.push_back(FrontEvent::Lost { id, backend });
+                    self.reset(id);
+                }
+                Phase::Live => {
+                    f.phase = Phase::Orphaned { epoch };
+                    orphaned = true;
+                    self.actions.push_back(FrontAction::MarkClosing {
+                        flow: f.key,
+                        backend,
+                    });
+                }
+                // Parking: the dump's result finds the channel down.
+                Phase::Parking | Phase::Orphaned { .. } | Phase::Closing { .. } => {}
+            }
+        }
+        if orphaned {
+            self.arm(
+                now + self.timers_cfg.orphan_timeout,
+                Timer::Orphans { backend, epoch },
+            );
+        }
+    }
+
+    /// The answer to `RemoveIfQuiet`.
+    pub fn handle_removal(&mut self, now: Instant, id: u64, quiet: Quiet) {
+        let grace = self.timers_cfg.closed_grace;
+        let Some(f) = self.flow_in(id, |p| matches!(p, Phase::Closing { .. })) else {
+            return;
+        };
+        match quiet {
+            Quiet::Removed => {
+                self.forget(id);
+                self.events.push_back(FrontEvent::Removed {
+                    cause: RemoveCause::Closed,
+                });
+            }
+            Quiet::Busy { idle } => {
+                let wait = grace.saturating_sub(idle).max(Duration::from_millis(1));
+                f.phase = Phase::Closing { due: now + wait };
+                self.arm(now + wait, Timer::Grace(id));
+            }
+        }
+    }
+
+    /// The answer to `SweepIdle`: entries that carried no packet for the
+    /// idle timeout. Handoffs in progress keep theirs (they have their own
+    /// deadline); the rest go, whether the front knows them or not.
+    pub fn handle_idle(&mut self, idle: &[FlowKey]) {
+        for key in idle {
+            let id = self.by_key.get(key).copied();
+            if let Some(f) = id.and_then(|id| self.flows.get(&id)) {
+                if matches!(f.phase, Phase::Parking | Phase::Offered { .. }) {
+                    continue;
+                }
+            }
+            if let Some(id) = id {
+                self.forget(id);
+            }
+            self.actions.push_back(FrontAction::Remove { flow: *key });
+            self.events.push_back(FrontEvent::Removed {
+                cause: RemoveCause::Idle,
+            });
+        }
+    }
+
+    /// Fires every deadline up to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, timer));
+            match timer {
+                Timer::Answer(id) => self.on_answer_due(id),
+                Timer::Grace(id) => {
+                    let quiet = self.timers_cfg.closed_grace;
+                    if let Some(f) = self.flow_in(id, |p| matches!(p, Phase::Closing { .. })) {
+                        let flow = f.key;
+                        self.actions
+                            .push_back(FrontAction::RemoveIfQuiet { id, flow, quiet });
+                    }
+                }
+                Timer::Orphans { backend, epoch } => self.on_orphans_due(backend, epoch),
+                Timer::IdleSweep => {
+                    self.actions.push_back(FrontAction::SweepIdle);
+                    self.arm(now + self.timers_cfg.idle_sweep, Timer::IdleSweep);
+                }
+            }
+        }
+    }
+
+    // ---- transitions ----
+
+    fn on_live(&mut self, now: Instant, backend: BackendId, id: u64, restore_us: u32) {
+        match self.flows.get_mut(&id) {
+            Some(f) if f.backend == backend => {
+                if let Phase::Offered { sent, due } = f.phase {
+                    f.phase = Phase::Live;
+                    let flow = f.key;
+                    self.timers.remove(&(due, Timer::Answer(id)));
+                    self.actions
+                        .push_back(FrontAction::Forward { id, flow, backend });
+                    self.events.push_back(FrontEvent::HandedOff {
+                        id,
+                        backend,
+                        control_rtt: now.saturating_duration_since(sent),
+                        restore_us,
+                    });
+                    return;
+                }
+                self.stale(backend, "live");
+            }
+            _ => {
+                // A handoff this front gave up on (and reset): the back-end
+                // serves a dead connection; tell it to drop it.
+                self.stale(backend, "live");
+                self.actions.push_back(FrontAction::Send {
+                    backend,
+                    frame: ToBack::Abort { id },
+                });
+            }
+        }
+    }
+
+    fn on_refused(&mut self, backend: BackendId, id: u64, reason: String, backend_fault: bool) {
+        match self.flows.get(&id) {
+            Some(f) if f.backend == backend => {
+                if let Phase::Offered { due, .. } = f.phase {
+                    self.timers.remove(&(due, Timer::Answer(id)));
+                    self.events.push_back(FrontEvent::Refused {
+                        backend,
+                        backend_fault,
+                    });
+                    self.give_back_dumped(id, 502, format!("refused: {reason}"));
+                    return;
+                }
+                self.stale(backend, "refused");
+            }
+            _ => self.stale(backend, "refused"),
+        }
+    }
+
+    fn on_closed(&mut self, now: Instant, backend: BackendId, id: u64, flow: FlowKey) {
+        let known = self.flows.get(&id).is_some_and(|f| {
+            f.backend == backend
+                && f.key == flow
+                && matches!(f.phase, Phase::Live | Phase::Orphaned { .. })
+        });
+        if !known {
+            return self.stale(backend, "closed");
+        }
+        self.close(now, id);
+    }
+
+    fn on_holding(&mut self, now: Instant, backend: BackendId, ids: Vec<u64>, done: bool) {
+        let Some(p) = self.peers.get_mut(backend) else {
+            return;
+        };
+        let Some(held) = p.holding.as_mut() else {
+            // Only the start of a channel carries `Holding`.
+            return self.stale(backend, "holding");
+        };
+        held.extend(ids);
+        if !done {
+            return;
+        }
+        let held = p.holding.take().unwrap_or_default();
+        let mut orphans: Vec<u64> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.backend == backend && matches!(f.phase, Phase::Orphaned { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        orphans.sort_unstable();
+        for id in orphans {
+            if held.contains(&id) {
+                if let Some(f) = self.flows.get_mut(&id) {
+                    f.phase = Phase::Live;
+                    self.actions.push_back(FrontAction::Resteer {
+                        flow: f.key,
+                        backend,
+                    });
+                }
+            } else {
+                self.close(now, id);
+            }
+        }
+    }
+
+    fn on_answer_due(&mut self, id: u64) {
+        let Some(f) = self.flow_in(id, |p| matches!(p, Phase::Offered { .. })) else {
+            return;
+        };
+        let backend = f.backend;
+        if self.is_up(backend) {
+            self.actions.push_back(FrontAction::Send {
+                backend,
+                frame: ToBack::Abort { id },
+            });
+        }
+        self.events.push_back(FrontEvent::TimedOut { id, backend });
+        self.reset(id);
+    }
+
+    fn on_orphans_due(&mut self, backend: BackendId, epoch: u64) {
+        let mut ids: Vec<u64> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.backend == backend && f.phase == Phase::Orphaned { epoch })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(f) = self.flows.get(&id) {
+                let flow = f.key;
+                self.events.push_back(FrontEvent::Closed { id, backend });
+                self.forget(id);
+                self.actions.push_back(FrontAction::Remove { flow });
+                self.events.push_back(FrontEvent::Removed {
+                    cause: RemoveCause::Orphaned,
+                });
+            }
+        }
+    }
+
+    /// The back-end no longer serves flow `id`: mark its entry closing
+    /// (unless already marked) and let it go after the grace.
+    fn close(&mut self, now: Instant, id: u64) {
+        let Some(f) = self.flows.get_mut(&id) else {
+            return;
+        };
+        let was_live = f.phase == Phase::Live;
+        let due = now + self.timers_cfg.closed_grace;
+        f.phase = Phase::Closing { due };
+        let (flow, backend) = (f.key, f.backend);
+        if was_live {
+            self.actions
+                .push_back(FrontAction::MarkClosing { flow, backend });
+        }
+        self.arm(due, Timer::Grace(id));
+        self.events.push_back(FrontEvent::Closed { id, backend });
+    }
+
+    /// Before the point of no return (nothing dumped, or the dump undone).
+    fn give_back(&mut self, id: u64, status: u16, why: String) {
+        self.give_back_as(id, status, why, false);
+    }
+
+    /// After the dump; the back-end never took the connection.
+    fn give_back_dumped(&mut self, id: u64, status: u16, why: String) {
+        self.give_back_as(id, status, why, true);
+    }
+
+    fn give_back_as(&mut self, id: u64, status: u16, why: String, dumped: bool) {
+        let Some(f) = self.flows.get(&id).copied() else {
+            return;
+        };
+        self.forget(id);
+        self.actions.push_back(FrontAction::GiveBack {
+            id,
+            flow: f.key,
+            status,
+            dumped,
+        });
+        self.events.push_back(FrontEvent::GaveBack {
+            id,
+            backend: f.backend,
+            status,
+            why,
+        });
+    }
+
+    fn reset(&mut self, id: u64) {
+        if let Some(f) = self.flows.get(&id).copied() {
+            self.forget(id);
+            self.actions
+                .push_back(FrontAction::Reset { id, flow: f.key });
+        }
+    }
+
+    fn stale(&mut self, backend: BackendId, kind: &'static str) {
+        self.events.push_back(FrontEvent::Stale { backend, kind });
+    }
+
+    /// Drops a flow's record and its timers.
+    fn forget(&mut self, id: u64) {
+        let Some(f) = self.flows.remove(&id) else {
+            return;
+        };
+        if self.by_key.get(&f.key) == Some(&id) {
+            self.by_key.remove(&f.key);
+        }
+        match f.phase {
+            Phase::Offered { due, .. } => {
+                self.timers.remove(&(due, Timer::Answer(id)));
+            }
+            Phase::Closing { due } => {
+                self.timers.remove(&(due, Timer::Grace(id)));
+            }
+            Phase::Parking | Phase::Live | Phase::Orphaned { .. } => {}
+        }
+    }
+
+    fn flow_in(&mut self, id: u64, phase: impl Fn(Phase) -> bool) -> Option<&mut Flow> {
+        self.flows.get_mut(&id).filter(|f| phase(f.phase))
+    }
+
+    fn arm(&mut self, at: Instant, timer: Timer) {
+        self.timers.insert((at, timer));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn timers() -> FrontTimers {
+        FrontTimers {
+            handoff_timeout: 1000 * MS,
+            closed_grace: 2000 * MS,
+            orphan_timeout: 30_000 * MS,
+            idle_sweep: 75_000 * MS,
+        }
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), port),
+            vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80),
+        }
+    }
+
+    fn actions(e: &mut FrontEngine) -> Vec<FrontAction> {
+        std::iter::from_fn(|| e.poll_action()).collect()
+    }
+
+    /// Runs a handoff up to `Handoff` written; returns its id.
+    fn offer(e: &mut FrontEngine, now: Instant, port: u16, backend: BackendId) -> u64 {
+        let id = e.start(key(port), backend);
+        assert_eq!(
+            actions(e),
+            [FrontAction::Park {
+                id,
+                flow: key(port)
+            }]
+        );
+        e.handle_parked(id, Ok(()));
+        assert_eq!(actions(e), [FrontAction::Dump { id }]);
+        e.handle_dumped(
+            now,
+            id,
+            Ok((TcpState::default(), Bytes::from_static(b"GET /"))),
+        );
+        let sent = actions(e);
+        assert!(
+            matches!(&sent[..], [FrontAction::Send { frame: ToBack::Handoff(h), .. }] if h.id == id),
+            "{sent:?}"
+        );
+        id
+    }
+
+    fn engine(now: Instant) -> FrontEngine {
+        let mut e = FrontEngine::new(timers(), 2, 100, now);
+        e.handle_channel_up(0);
+        e.handle_channel_up(1);
+        for b in 0..2 {
+            e.handle_frame(
+                now,
+                b,
+                ToFront::Holding {
+                    ids: vec![],
+                    done: true,
+                },
+            );
+        }
+        e
+    }
+
+    #[test]
+    fn live_forwards_and_reports_the_round_trip() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let id = offer(&mut e, t0, 1000, 1);
+        e.handle_frame(t0 + 3 * MS, 1, ToFront::Live { id, restore_us: 20 });
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Forward {
+                id,
+                flow: key(1000),
+                backend: 1
+            }]
+        );
+        assert_eq!(
+            e.poll_event(),
+            Some(FrontEvent::HandedOff {
+                id,
+                backend: 1,
+                control_rtt: 3 * MS,
+                restore_us: 20
+            })
+        );
+        assert_eq!(e.live_on(&key(1000)), Some((id, 1)));
+    }
+
+    #[test]
+    fn the_answer_deadline_resets_exactly_on_time() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let id = offer(&mut e, t0, 1000, 0);
+        assert_eq!(e.poll_timeout(), Some(t0 + 1000 * MS));
+        e.handle_timeout(t0 + 999 * MS);
+        assert_eq!(actions(&mut e), []);
+        e.handle_timeout(t0 + 1000 * MS);
+        assert_eq!(
+            actions(&mut e),
+            [
+                FrontAction::Send {
+                    backend: 0,
+                    frame: ToBack::Abort { id }
+                },
+                FrontAction::Reset {
+                    id,
+                    flow: key(1000)
+                }
+            ]
+        );
+        // A late Live is answered with Abort and changes nothing else.
+        e.handle_frame(t0 + 1500 * MS, 0, ToFront::Live { id, restore_us: 1 });
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Send {
+                backend: 0,
+                frame: ToBack::Abort { id }
+            }]
+        );
+        assert_eq!(e.flows(), 0);
+    }
+
+    #[test]
+    fn refusal_gives_the_connection_back() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let id = offer(&mut e, t0, 1000, 0);
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Refused {
+                id,
+                reason: "busy".into(),
+                backend_fault: true,
+            },
+        );
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::GiveBack {
+                id,
+                flow: key(1000),
+                status: 502,
+                dumped: true
+            }]
+        );
+        assert_eq!(e.flows(), 0);
+        assert_eq!(
+            e.poll_timeout(),
+            Some(t0 + 75_000 * MS),
+            "only the sweep is left"
+        );
+    }
+
+    #[test]
+    fn a_down_channel_is_answered_by_the_front_before_anything_is_sent() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        e.handle_channel_down(t0, 0);
+        let id = e.start(key(1), 0);
+        assert!(matches!(
+            &actions(&mut e)[..],
+            [FrontAction::GiveBack {
+                status: 503,
+                dumped: false,
+                ..
+            }]
+        ));
+        // Down between the park and the dump's result: still the front's.
+        e.handle_channel_up(0);
+        let id2 = e.start(key(2), 0);
+        assert!(id2 > id);
+        e.handle_parked(id2, Ok(()));
+        e.handle_channel_down(t0, 0);
+        e.handle_dumped(t0, id2, Ok((TcpState::default(), Bytes::new())));
+        assert_eq!(
+            actions(&mut e).last(),
+            Some(&FrontAction::GiveBack {
+                id: id2,
+                flow: key(2),
+                status: 503,
+                dumped: true
+            })
+        );
+    }
+
+    #[test]
+    fn channel_loss_resets_offers_and_orphans_live_flows() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let live = offer(&mut e, t0, 1, 0);
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Live {
+                id: live,
+                restore_us: 1,
+            },
+        );
+        actions(&mut e);
+        let waiting = offer(&mut e, t0, 2, 0);
+        actions(&mut e);
+        e.handle_channel_down(t0 + MS, 0);
+        assert_eq!(
+            actions(&mut e),
+            [
+                FrontAction::MarkClosing {
+                    flow: key(1),
+                    backend: 0
+                },
+                FrontAction::Reset {
+                    id: waiting,
+                    flow: key(2)
+                },
+            ]
+        );
+        // Back within the orphan timeout, still holding the live flow.
+        e.handle_channel_up(0);
+        e.handle_frame(
+            t0 + 5 * MS,
+            0,
+            ToFront::Holding {
+                ids: vec![live],
+                done: false,
+            },
+        );
+        assert_eq!(actions(&mut e), []);
+        e.handle_frame(
+            t0 + 5 * MS,
+            0,
+            ToFront::Holding {
+                ids: vec![],
+                done: true,
+            },
+        );
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Resteer {
+                flow: key(1),
+                backend: 0
+            }]
+        );
+        // The orphan deadline of that epoch finds nothing to remove.
+        e.handle_timeout(t0 + 31_000 * MS);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(e.live_on(&key(1)), Some((live, 0)));
+    }
+
+    #[test]
+    fn a_restarted_back_end_lists_nothing_and_its_flows_close() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let id = offer(&mut e, t0, 1, 0);
+        e.handle_frame(t0, 0, ToFront::Live { id, restore_us: 1 });
+        e.handle_channel_down(t0, 0);
+        actions(&mut e);
+        e.handle_channel_up(0);
+        e.handle_frame(
+            t0 + 100 * MS,
+            0,
+            ToFront::Holding {
+                ids: vec![],
+                done: true,
+            },
+        );
+        // Already marked closing when orphaned: only the grace timer is armed.
+        assert_eq!(actions(&mut e), []);
+        e.handle_timeout(t0 + 2100 * MS);
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::RemoveIfQuiet {
+                id,
+                flow: key(1),
+                quiet: 2000 * MS
+            }]
+        );
+        e.handle_removal(t0 + 2100 * MS, id, Quiet::Removed);
+        assert_eq!(e.flows(), 0);
+    }
+
+    #[test]
+    fn orphans_go_when_the_channel_stays_down() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let id = offer(&mut e, t0, 1, 1);
+        e.handle_frame(t0, 1, ToFront::Live { id, restore_us: 1 });
+        e.handle_channel_down(t0, 1);
+        actions(&mut e);
+        e.handle_timeout(t0 + 30_000 * MS);
+        assert_eq!(actions(&mut e), [FrontAction::Remove { flow: key(1) }]);
+        assert_eq!(e.flows(), 0);
+    }
+
+    #[test]
+    fn a_stale_closed_never_touches_a_newer_flow_on_the_same_tuple() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let old = offer(&mut e, t0, 7, 0);
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Live {
+                id: old,
+                restore_us: 1,
+            },
+        );
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Closed {
+                id: old,
+                flow: key(7),
+            },
+        );
+        actions(&mut e);
+        // A SYN replaced the closing entry: a new connection, same 4-tuple.
+        let new = offer(&mut e, t0, 7, 1);
+        e.handle_frame(
+            t0,
+            1,
+            ToFront::Live {
+                id: new,
+                restore_us: 1,
+            },
+        );
+        actions(&mut e);
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Closed {
+                id: old,
+                flow: key(7),
+            },
+        );
+        e.handle_frame(
+            t0,
+            1,
+            ToFront::Closed {
+                id: old,
+                flow: key(7),
+            },
+        );
+        e.handle_timeout(t0 + 10_000 * MS);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(e.live_on(&key(7)), Some((new, 1)));
+    }
+
+    #[test]
+    fn a_busy_closed_entry_waits_for_quiet() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let id = offer(&mut e, t0, 1, 0);
+        e.handle_frame(t0, 0, ToFront::Live { id, restore_us: 1 });
+        e.handle_frame(t0, 0, ToFront::Closed { id, flow: key(1) });
+        actions(&mut e);
+        e.handle_timeout(t0 + 2000 * MS);
+        actions(&mut e);
+        e.handle_removal(t0 + 2000 * MS, id, Quiet::Busy { idle: 500 * MS });
+        assert_eq!(e.poll_timeout(), Some(t0 + 3500 * MS));
+    }
+
+    #[test]
+    fn idle_entries_go_but_handoffs_in_progress_keep_theirs() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let live = offer(&mut e, t0, 1, 0);
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Live {
+                id: live,
+                restore_us: 1,
+            },
+        );
+        actions(&mut e);
+        offer(&mut e, t0, 2, 0);
+        actions(&mut e);
+        e.handle_idle(&[key(1), key(2), key(3)]);
+        assert_eq!(
+            actions(&mut e),
+            [
+                FrontAction::Remove { flow: key(1) },
+                FrontAction::Remove { flow: key(3) }
+            ]
+        );
+        assert_eq!(e.flows(), 1);
+        // The sweep comes round again every idle_sweep.
+        e.handle_timeout(t0 + 75_000 * MS);
+        assert_eq!(actions(&mut e).last(), Some(&FrontAction::SweepIdle));
+        assert_eq!(e.poll_timeout(), Some(t0 + 150_000 * MS));
+    }
+}
