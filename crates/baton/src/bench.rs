@@ -7,15 +7,22 @@
 //! - time to first byte seen by a client in the client namespace, through
 //!   Baton (VIP) and straight to a back-end's plain HTTP port, interleaved
 //!   request by request (A B A B ...) so that drift hits both alike. The
-//!   difference of the medians is the latency a handoff adds.
+//!   difference of the medians is the latency a handoff adds;
+//! - in the same loop, after each pair of connections, the round trip of a
+//!   `Ping`/`Pong` on an authenticated control channel of the bench's own,
+//!   opened from the front's namespace to back1's control address with the
+//!   lab's key (the path the handoff frames take): the yardstick the added
+//!   latency is read against (the targets: added p50 <= 1.0x and
+//!   p99 <= 2.0x the control round trip).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use baton_proto::frame::Frame;
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -133,6 +140,20 @@ pub struct HandoffReport {
     /// p99(baton) - p99(direct).
     pub added_p99_us: f64,
     pub failures: u32,
+    /// Bench: `Ping` sent to `Pong` received on a control channel from the
+    /// front's namespace to back1 (µs), one after each pair of connections.
+    /// Not `control_rtt_us`, which is the front's Handoff→Ready.
+    pub control_ping_us: Summary,
+    /// `control_ping_us.p50`.
+    pub control_rtt_p50_us: f64,
+    /// `control_ping_us.p99`.
+    pub control_rtt_p99_us: f64,
+    /// `added_p50_us / control_rtt_p50_us` (target <= 1.0); absent without pings.
+    pub added_to_control_rtt_p50: Option<f64>,
+    /// `added_p99_us / control_rtt_p99_us` (target <= 2.0); absent without pings.
+    pub added_to_control_rtt_p99: Option<f64>,
+    /// Pings without a `Pong` in time.
+    pub ping_failures: u32,
 }
 
 /// Runs a benchmark.
@@ -226,6 +247,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             if r.failures > 0 {
                 bail!("{} requests failed", r.failures);
             }
+            if r.ping_failures > 0 {
+                bail!("{} control-channel pings failed", r.ping_failures);
+            }
             Ok(())
         }
     }
@@ -252,20 +276,29 @@ fn handoff(
     let direct: SocketAddr = SocketAddr::from((back.ip, 8080));
     let file = "/1k.bin";
     let netns = lab.netns("client")?.to_string();
+    let (control, key_file) = front_control_target(&lab, "back1")?;
+    let psk = crate::config::load_key(&key_file)?;
+    let mut pinger = Pinger::start(lab.netns("front")?, control, psk)
+        .with_context(|| format!("a control channel from the front's namespace to {control}"))?;
 
     // Warm up both paths (page cache, ARP, code paths), then measure.
     let warm = 200.min(requests);
-    client_loop(&netns, &[vip, direct], file, warm)?;
+    client_loop(&netns, &[vip, direct], file, warm, &mut pinger)?;
     lab.reset_latency()?;
-    eprintln!("bench: {requests} requests per target, interleaved ...");
-    let (samples, failures) = client_loop(&netns, &[vip, direct], file, requests)?;
+    eprintln!("bench: {requests} requests per target and control pings, interleaved ...");
+    let run = client_loop(&netns, &[vip, direct], file, requests, &mut pinger)?;
+    pinger.stop();
     let stats = lab.front_stats()?;
     let lat = &stats["latency_us"];
     let get = |k: &str| -> Summary { serde_json::from_value(lat[k].clone()).unwrap_or_default() };
-    let mut baton_v = samples[0].clone();
-    let mut direct_v = samples[1].clone();
+    let mut baton_v = run.ttfb[0].clone();
+    let mut direct_v = run.ttfb[1].clone();
+    let mut ping_v = run.ping;
     let tb = summarize(&mut baton_v);
     let td = summarize(&mut direct_v);
+    let tp = summarize(&mut ping_v);
+    let (added_p50_us, added_p99_us) = (tb.p50 - td.p50, tb.p99 - td.p99);
+    let ratio = |added: f64, rtt: f64| (tp.count > 0 && rtt > 0.0).then(|| added / rtt);
     Ok(HandoffReport {
         requests_per_target: requests,
         file: file.to_string(),
@@ -276,40 +309,221 @@ fn handoff(
         front_before_send_us: get("to_send"),
         ttfb_baton_us: tb,
         ttfb_direct_us: td,
-        added_p50_us: tb.p50 - td.p50,
-        added_p99_us: tb.p99 - td.p99,
-        failures,
+        added_p50_us,
+        added_p99_us,
+        failures: run.failures,
+        control_ping_us: tp,
+        control_rtt_p50_us: tp.p50,
+        control_rtt_p99_us: tp.p99,
+        added_to_control_rtt_p50: ratio(added_p50_us, tp.p50),
+        added_to_control_rtt_p99: ratio(added_p99_us, tp.p99),
+        ping_failures: run.ping_failures,
     })
 }
 
+/// The control address of back-end `name` and the key file, as the front's
+/// own configuration file has them.
+fn front_control_target(lab: &Lab, name: &str) -> Result<(SocketAddrV4, PathBuf)> {
+    let path = lab
+        .info
+        .hosts
+        .get("front")
+        .and_then(|h| h.config.clone())
+        .context("the lab's front has no configuration file")?;
+    let cfg = crate::config::FrontConfig::load(&path)?;
+    let control = cfg
+        .backends
+        .iter()
+        .find(|b| b.name == name)
+        .and_then(|b| b.control)
+        .with_context(|| format!("{}: no control address for {name}", path.display()))?;
+    let key = cfg
+        .key_file
+        .with_context(|| format!("{}: no key_file", path.display()))?;
+    Ok((control, key))
+}
+
+/// What [`client_loop`] measured.
+struct LoopRun {
+    /// TTFB samples (µs) per target.
+    ttfb: Vec<Vec<u32>>,
+    /// Requests that failed.
+    failures: u32,
+    /// Control-channel round trips (µs).
+    ping: Vec<u32>,
+    /// Pings that failed.
+    ping_failures: u32,
+}
+
 /// Sequential requests from inside `netns`, one connection each, alternating
-/// between `targets`. Returns TTFB samples (µs) per target and the failures.
+/// between `targets`; after each round one control-channel ping, so that
+/// the three are measured under the same conditions.
 fn client_loop(
     netns: &str,
     targets: &[SocketAddr],
     path: &str,
     n: u32,
-) -> Result<(Vec<Vec<u32>>, u32)> {
-    let netns = netns.to_string();
-    let targets = targets.to_vec();
-    let path = path.to_string();
-    std::thread::spawn(move || -> Result<(Vec<Vec<u32>>, u32)> {
-        baton_sys::netns::enter_named(&netns).context("entering the client namespace")?;
-        let mut samples = vec![Vec::with_capacity(n as usize); targets.len()];
-        let mut failures = 0;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
-        for _ in 0..n {
-            for (i, t) in targets.iter().enumerate() {
-                match ttfb(*t, req.as_bytes()) {
-                    Ok(us) => samples[i].push(us),
-                    Err(_) => failures += 1,
+    pinger: &mut Pinger,
+) -> Result<LoopRun> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<LoopRun> {
+                baton_sys::netns::enter_named(netns).context("entering the client namespace")?;
+                let mut run = LoopRun {
+                    ttfb: vec![Vec::with_capacity(n as usize); targets.len()],
+                    failures: 0,
+                    ping: Vec::with_capacity(n as usize),
+                    ping_failures: 0,
+                };
+                let req =
+                    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+                for _ in 0..n {
+                    for (i, t) in targets.iter().enumerate() {
+                        match ttfb(*t, req.as_bytes()) {
+                            Ok(us) => run.ttfb[i].push(us),
+                            Err(_) => run.failures += 1,
+                        }
+                    }
+                    match pinger.ping() {
+                        Ok(us) => run.ping.push(us),
+                        Err(_) => run.ping_failures += 1,
+                    }
                 }
+                Ok(run)
+            })
+            .join()
+            .map_err(|_| anyhow!("client thread panicked"))?
+    })
+}
+
+/// How long a ping may wait for its `Pong`.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// An authenticated control channel to a back-end, held by a thread inside
+/// the front's namespace (namespaces are per thread; the channel's socket
+/// is created there, so its packets take the front's route), that answers
+/// each [`Pinger::ping`] with one measured `Ping`/`Pong` round trip. The
+/// back-end counts it as one more channel of the front (`max_fronts`).
+struct Pinger {
+    ask: Option<mpsc::Sender<()>>,
+    answer: mpsc::Receiver<Result<u32>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pinger {
+    /// Enters `netns` on a thread of its own and authenticates to `addr`.
+    fn start(netns: &str, addr: SocketAddrV4, psk: baton_proto::auth::Psk) -> Result<Pinger> {
+        let (ask, asked) = mpsc::channel::<()>();
+        let (tell, answer) = mpsc::channel::<Result<u32>>();
+        let netns = netns.to_string();
+        let thread = std::thread::Builder::new()
+            .name("bench-ping".into())
+            .spawn(move || {
+                let ready = (|| -> Result<_> {
+                    baton_sys::netns::enter_named(&netns)
+                        .with_context(|| format!("entering namespace {netns}"))?;
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("a runtime for the control channel")?;
+                    let (w, r) =
+                        rt.block_on(crate::control::connect(addr, &psk, Duration::from_secs(2)))?;
+                    Ok((rt, w, r))
+                })();
+                let (rt, mut writer, mut reader) = match ready {
+                    Ok(x) => {
+                        let _ = tell.send(Ok(0));
+                        x
+                    }
+                    Err(e) => {
+                        let _ = tell.send(Err(e));
+                        return;
+                    }
+                };
+                let mut nonce = 0u64;
+                while asked.recv().is_ok() {
+                    nonce += 1;
+                    let rtt = rt.block_on(ping_once(&mut writer, &mut reader, nonce));
+                    if tell.send(rtt).is_err() {
+                        break;
+                    }
+                }
+                rt.block_on(async {
+                    let goodbye = Frame::Goodbye {
+                        reason: "bench done".into(),
+                    };
+                    let _ = writer.send(&goodbye).await;
+                    let _ = writer.shutdown().await;
+                });
+            })
+            .context("spawning the ping thread")?;
+        let mut p = Pinger {
+            ask: Some(ask),
+            answer,
+            thread: Some(thread),
+        };
+        match p.answer.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(_)) => Ok(p),
+            Ok(Err(e)) => {
+                p.stop();
+                Err(e)
+            }
+            Err(_) => {
+                p.stop();
+                bail!("the ping thread did not connect in time")
             }
         }
-        Ok((samples, failures))
+    }
+
+    /// One round trip (µs).
+    fn ping(&mut self) -> Result<u32> {
+        self.ask
+            .as_ref()
+            .context("pinger stopped")?
+            .send(())
+            .map_err(|_| anyhow!("the ping thread is gone"))?;
+        self.answer
+            .recv_timeout(PING_TIMEOUT + Duration::from_secs(1))
+            .map_err(|_| anyhow!("the ping thread did not answer"))?
+    }
+
+    /// Says goodbye to the back-end and joins the thread.
+    fn stop(&mut self) {
+        self.ask = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends `Ping { nonce }` and waits for its `Pong`, skipping what else the
+/// back-end sends (`Load` reports, a late `Pong`). Timed like the front's
+/// handoff round trip: from before sealing to after opening.
+async fn ping_once(
+    writer: &mut crate::control::FrameWriter,
+    reader: &mut crate::control::FrameReader,
+    nonce: u64,
+) -> Result<u32> {
+    let t = Instant::now();
+    tokio::time::timeout(PING_TIMEOUT, async {
+        writer.send(&Frame::Ping { nonce }).await?;
+        loop {
+            match reader.next().await? {
+                Some(Frame::Pong { nonce: n }) if n == nonce => break Ok(()),
+                Some(_) => continue,
+                None => bail!("the back-end closed the control channel"),
+            }
+        }
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+    .await
+    .map_err(|_| anyhow!("no Pong within {PING_TIMEOUT:?}"))??;
+    Ok(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX))
 }
 
 /// Connect, send, wait for the first response byte; read to the end.
@@ -334,11 +548,11 @@ fn print_handoff(r: &HandoffReport) {
         r.requests_per_target, r.file
     );
     println!(
-        "  {:<44} {:>9} {:>9} {:>9}",
+        "  {:<50} {:>9} {:>9} {:>9}",
         "", "p50 µs", "p99 µs", "samples"
     );
     let row = |label: &str, s: &Summary| {
-        println!("  {label:<44} {:>9.0} {:>9.0} {:>9}", s.p50, s.p99, s.count)
+        println!("  {label:<50} {:>9.0} {:>9.0} {:>9}", s.p50, s.p99, s.count)
     };
     row("dump (front: TCP_REPAIR on + reads)", &r.dump_us);
     row("restore (back: TCP_REPAIR restore)", &r.restore_us);
@@ -353,11 +567,24 @@ fn print_handoff(r: &HandoffReport) {
     );
     row("TTFB through Baton (client)", &r.ttfb_baton_us);
     row("TTFB straight to the back-end (client)", &r.ttfb_direct_us);
+    row(
+        "control channel round trip (bench: Ping→Pong)",
+        &r.control_ping_us,
+    );
     println!(
         "  added by the handoff: p50 {:+.0} µs, p99 {:+.0} µs (targets: p50 <= 60, p99 <= 200)",
         r.added_p50_us, r.added_p99_us
     );
-    println!("  failures: {}", r.failures);
+    let x = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}x"));
+    println!(
+        "  added / control round trip: p50 {} (target <= 1.0x), p99 {} (target <= 2.0x)",
+        x(r.added_to_control_rtt_p50),
+        x(r.added_to_control_rtt_p99)
+    );
+    println!(
+        "  failures: {} requests, {} pings",
+        r.failures, r.ping_failures
+    );
 }
 
 fn policy_run(
