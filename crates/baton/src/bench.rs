@@ -2,8 +2,8 @@
 //!
 //! `baton bench handoff` brings up a lab and measures, in one run:
 //! - handoff latency split into dump (front), control round trip (front: from
-//!   sending `Handoff` to receiving `Ready`) and restore (back, reported in
-//!   `Ready`), from the front's own samples;
+//!   sending `Handoff` to receiving `Live`) and restore (back, reported in
+//!   `Live`), from the front's own samples;
 //! - time to first byte seen by a client in the client namespace, through
 //!   Baton (VIP) and straight to a back-end's plain HTTP port, interleaved
 //!   request by request (A B A B ...) so that drift hits both alike. The
@@ -122,11 +122,11 @@ pub struct HandoffReport {
     pub file: String,
     /// Front: TCP_REPAIR on and state reads (µs).
     pub dump_us: Summary,
-    /// Front: `Handoff` sent to `Ready` received, restore included (µs).
+    /// Front: `Handoff` sent to `Live` received, restore included (µs).
     pub control_rtt_us: Summary,
-    /// Back: restore with TCP_REPAIR (µs), as reported in `Ready`.
+    /// Back: restore with TCP_REPAIR (µs), as reported in `Live`.
     pub restore_us: Summary,
-    /// Front: request head complete to `Go` sent (µs).
+    /// Front: request head complete to the flow forwarding (µs).
     pub handoff_total_us: Summary,
     /// Front: request head complete to `Handoff` about to be sent: pick,
     /// park, dump, frame (µs).
@@ -142,7 +142,7 @@ pub struct HandoffReport {
     pub failures: u32,
     /// Bench: `Ping` sent to `Pong` received on a control channel from the
     /// front's namespace to back1 (µs), one after each pair of connections.
-    /// Not `control_rtt_us`, which is the front's Handoff→Ready.
+    /// Not `control_rtt_us`, which is the front's Handoff→Live.
     pub control_ping_us: Summary,
     /// `control_ping_us.p50`.
     pub control_rtt_p50_us: f64,
@@ -557,12 +557,12 @@ fn print_handoff(r: &HandoffReport) {
     row("dump (front: TCP_REPAIR on + reads)", &r.dump_us);
     row("restore (back: TCP_REPAIR restore)", &r.restore_us);
     row(
-        "control round trip (Handoff→Ready, incl. restore)",
+        "control round trip (Handoff→Live, incl. restore)",
         &r.control_rtt_us,
     );
     row("front: head read → Handoff sent", &r.front_before_send_us);
     row(
-        "whole handoff (front: head read → Go sent)",
+        "whole handoff (front: head read → forwarding)",
         &r.handoff_total_us,
     );
     row("TTFB through Baton (client)", &r.ttfb_baton_us);

@@ -143,7 +143,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         ("dump (TCP_REPAIR on + reads)", "dump"),
         ("restore (back-end, TCP_REPAIR)", "restore"),
         ("control round trip incl. restore", "control_rtt"),
-        ("head read to Go (whole handoff)", "total"),
+        ("head read to forwarding (whole handoff)", "total"),
     ] {
         println!(
             "   {label:<34} p50 {:>6} µs   p99 {:>6} µs   ({} samples)",

@@ -1765,7 +1765,7 @@ pub struct Latency {
     pub dump: Summary,
     /// `Handoff` written to `Live` handled (includes the back-end's restore).
     pub control_rtt: Summary,
-    /// The back-end's restore, as it reported it in `Ready`.
+    /// The back-end's restore, as it reported it in `Live`.
     pub restore: Summary,
     /// Request head complete to the flow forwarding: the front's whole handoff.
     pub total: Summary,

@@ -202,7 +202,7 @@ impl Lab {
         let out_s = out_file.to_string_lossy().to_string();
         let mut argv = vec![
             "curl", "-s", "--max-time", "60", "-o", out_s.as_str(), "-w",
-            "{\"code\":%{http_code},\"size\":%{size_download},\"ttfb\":%{time_starttransfer},\"total\":%{time_total},\"connects\":%{num_connects}}\\n",
+            "{\"code\":\"%{http_code}\",\"exit\":%{exitcode},\"size\":%{size_download},\"ttfb\":%{time_starttransfer},\"total\":%{time_total},\"connects\":%{num_connects}}\\n",
         ];
         argv.extend_from_slice(extra);
         argv.push(&url);
@@ -329,12 +329,23 @@ impl NicCounters {
 /// What curl's `-w` reported.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CurlResult {
+    /// The HTTP status; 0 when no response came (curl's "000").
+    #[serde(deserialize_with = "status_code")]
     pub code: u16,
+    /// curl's exit code: 0, or why the transfer failed (56: the connection
+    /// was reset, 28: timed out, ...).
+    pub exit: u32,
     pub size: u64,
     /// Seconds to the first response byte.
     pub ttfb: f64,
     pub total: f64,
     pub connects: u32,
+}
+
+/// curl prints a missing status as "000", which is no JSON number.
+fn status_code<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u16, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 /// What the wrk script reported.

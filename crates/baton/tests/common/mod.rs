@@ -315,6 +315,17 @@ impl HttpConn {
         })
     }
 
+    /// Wraps a connected stream, with the same timeouts as `connect`.
+    pub fn from_stream(stream: TcpStream) -> HttpConn {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.set_nodelay(true);
+        HttpConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Writes all of `bytes`.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)
