@@ -488,6 +488,10 @@ impl Back {
                 BackAction::Restore { channel, handoff } => {
                     let front = self.front_of(channel);
                     let result = self.restore_and_serve(&handoff, front);
+                    if let Err(r) = &result {
+                        self.counters.refused.inc();
+                        warn!(id = handoff.id, flow = %handoff.flow, error = %r.reason, backend_fault = r.backend_fault, "refusing handoff");
+                    }
                     let mut e = self.lock_engine();
                     if let Some(front) = front {
                         e.handle_restored(channel, front, handoff.id, handoff.flow, result);
