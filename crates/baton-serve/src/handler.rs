@@ -2,13 +2,12 @@
 //! conditionals, ranges, headers.
 
 use std::fs::{self, File, Metadata};
-use std::io;
+use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use tokio::io::AsyncSeekExt;
 
 use crate::body::ResponseBody;
 use crate::conditional::{not_modified, range_plan, RangePlan, Validators};
@@ -21,7 +20,7 @@ const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-st
 const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD");
 const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 
-/// The outcome of looking a path up under the root (done on a blocking thread).
+/// The outcome of looking a path up under the root.
 enum Lookup {
     File {
         file: File,
@@ -59,12 +58,10 @@ async fn respond_inner<B>(files: &Arc<StaticFiles>, req: &Request<B>) -> Respons
             return error(files, StatusCode::BAD_REQUEST, is_head);
         }
     };
-    let root = files.root.clone();
-    let lookup = match tokio::task::spawn_blocking(move || lookup(&root, &clean)).await {
-        Ok(lookup) => lookup,
-        Err(e) => Lookup::Failed(io::Error::other(e)),
-    };
-    let (file, meta, served) = match lookup {
+    // On the connection's own task, like the body's reads (see `body`): a docroot in the page
+    // cache answers these calls in microseconds.
+    let lookup = lookup(&files.root, &clean);
+    let (mut file, meta, served) = match lookup {
         Lookup::File { file, meta, served } => (file, meta, served),
         Lookup::Redirect(location) => return redirect(files, &location, is_head),
         Lookup::NotFound => return error(files, StatusCode::NOT_FOUND, is_head),
@@ -146,9 +143,8 @@ async fn respond_inner<B>(files: &Arc<StaticFiles>, req: &Request<B>) -> Respons
         return resp;
     }
 
-    let mut file = tokio::fs::File::from_std(file);
     if start > 0 {
-        if let Err(e) = file.seek(io::SeekFrom::Start(start)).await {
+        if let Err(e) = file.seek(io::SeekFrom::Start(start)) {
             tracing::warn!(error = %e, "seek failed");
             return error(files, StatusCode::INTERNAL_SERVER_ERROR, false);
         }

@@ -16,6 +16,8 @@
 //! - Bodies are streamed from the open file in chunks of [`Limits::chunk_size`], never read
 //!   whole, and the announced `Content-Length` is exact: if the file shrinks meanwhile, the
 //!   connection is cut rather than padded.
+//! - A request never waits for tokio's blocking pool: the path lookup and the file reads run on
+//!   the connection's task (see `body` for why: pool threads were the keep-alive tail).
 //! - A connection whose client goes away, or stops reading for [`Limits::send_timeout`], ends
 //!   promptly; its file is closed when the response is dropped, and the response is counted in
 //!   [`ServeStats::aborted`]. Nothing the client sends can make the server panic.

@@ -782,6 +782,53 @@ async fn shutdown_closes_idle_connections_and_the_listener() {
     );
 }
 
+/// Files are looked up and read on the connection's task: a request is answered at once even
+/// when every thread of tokio's blocking pool is busy (before, each request queued behind
+/// them twice, and waits for pool threads made the keep-alive p99 tens of milliseconds).
+#[test]
+fn files_are_served_while_the_blocking_pool_is_busy() {
+    let site = Site::new();
+    let files = site.files(Limits {
+        // Several reads per body.
+        chunk_size: 64 * 1024,
+        ..Limits::default()
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (taken_tx, taken) = std::sync::mpsc::channel::<()>();
+    // The pool's only thread, taken until the end of the test.
+    let blocker = rt.spawn_blocking(move || {
+        let _ = taken_tx.send(());
+        let _ = held.recv();
+    });
+    taken.recv().expect("the blocking thread started");
+    let result = rt.block_on(async {
+        let srv = Server::start(Arc::clone(&files)).await;
+        let raw = tokio::time::timeout(
+            Duration::from_secs(5),
+            raw_exchange(
+                srv.addr,
+                b"GET /1k.bin HTTP/1.1\r\nHost: t\r\n\r\nGET /big.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=1000-\r\nConnection: close\r\n\r\n",
+            ),
+        )
+        .await;
+        srv.stop().await;
+        raw
+    });
+    let _ = release.send(());
+    let _ = rt.block_on(blocker);
+    let raw = result.expect("answered while the blocking pool was busy");
+    let rs = parse_responses(&raw, &[false, false]);
+    assert_eq!(rs.len(), 2);
+    assert!(rs[0].status == 200 && rs[0].body == site.small);
+    assert!(rs[1].status == 206 && rs[1].body == site.big[1000..]);
+}
+
 #[test]
 fn root_must_be_a_readable_directory() {
     let tmp = TempDir::new();
