@@ -111,7 +111,7 @@ struct Back {
     channels: std::sync::Mutex<HashMap<ChannelId, Arc<Channel>>>,
     serving: std::sync::Mutex<HashMap<(IpAddr, u64), Serving>>,
     next_channel: AtomicU64,
-    timer_wake: tokio::sync::Notify,
+    timer: crate::deadline::DeadlineTimer,
 }
 
 /// Runs the back-end until `shutdown` resolves.
@@ -148,7 +148,7 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
         channels: std::sync::Mutex::default(),
         serving: std::sync::Mutex::default(),
         next_channel: AtomicU64::new(1),
-        timer_wake: tokio::sync::Notify::new(),
+        timer: crate::deadline::DeadlineTimer::default(),
         cfg,
     });
     let timers = tokio::spawn(Arc::clone(&back).timers());
@@ -529,9 +529,7 @@ impl Back {
                 BackEvent::Stale { kind } => debug!(kind, "frame about an unknown handoff"),
             }
         }
-        if e.poll_timeout().is_some() {
-            self.timer_wake.notify_one();
-        }
+        self.timer.rearm(e.poll_timeout());
         flush
     }
 
@@ -551,18 +549,9 @@ impl Back {
     async fn timers(self: Arc<Self>) {
         loop {
             let next = self.lock_engine().poll_timeout();
-            let sleep = async {
-                match next {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = sleep => {
-                    let flush = self.drive(|e, now| e.handle_timeout(now));
-                    self.apply(flush).await;
-                }
-                _ = self.timer_wake.notified() => {}
+            if self.timer.sleep(next).await {
+                let flush = self.drive(|e, now| e.handle_timeout(now));
+                self.apply(flush).await;
             }
         }
     }

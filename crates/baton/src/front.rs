@@ -281,11 +281,8 @@ pub struct Front {
     exec: Mutex<()>,
     /// The client tasks waiting for their handoff's outcome, by id.
     waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
-    /// Wakes the timer task when a deadline earlier than the one it sleeps
-    /// for is armed.
-    timer_wake: tokio::sync::Notify,
-    /// The deadline the timer task sleeps for.
-    timer_armed: Mutex<Option<Instant>>,
+    /// The timer task's sleep, re-armed after each input.
+    timer: crate::deadline::DeadlineTimer,
     relay_limits: RelayLimits,
     /// One permit per relayed connection (`relay.max_connections`).
     relay_slots: Semaphore,
@@ -431,8 +428,7 @@ impl Front {
             engine: Mutex::new(engine),
             exec: Mutex::new(()),
             waiting: Mutex::default(),
-            timer_wake: tokio::sync::Notify::new(),
-            timer_armed: Mutex::new(None),
+            timer: crate::deadline::DeadlineTimer::default(),
             relay_limits,
             relay_slots: Semaphore::new(cfg.relay.max_connections),
             pipes: relay::PipePool::new(PIPES_KEPT),
@@ -886,11 +882,7 @@ impl Front {
         for ev in events {
             self.on_event(ev, &mut fx);
         }
-        let next = self.lock_engine().poll_timeout();
-        let armed = *self.timer_armed.lock().unwrap_or_else(|e| e.into_inner());
-        if next.is_some_and(|n| armed.is_none_or(|a| n < a)) {
-            self.timer_wake.notify_one();
-        }
+        self.timer.rearm(self.lock_engine().poll_timeout());
         fx
     }
 
@@ -1335,22 +1327,12 @@ impl Front {
         };
         loop {
             let next = self.lock_engine().poll_timeout();
-            *self.timer_armed.lock().unwrap_or_else(|e| e.into_inner()) = next;
-            let sleep = async {
-                match next {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = sleep => {
-                    let fx = self.drive(kit, None, |e, now| {
-                        e.handle_timeout(now);
-                        Feed::Nothing
-                    });
-                    self.apply(fx).await;
-                }
-                _ = self.timer_wake.notified() => {}
+            if self.timer.sleep(next).await {
+                let fx = self.drive(kit, None, |e, now| {
+                    e.handle_timeout(now);
+                    Feed::Nothing
+                });
+                self.apply(fx).await;
             }
         }
     }

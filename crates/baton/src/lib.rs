@@ -12,6 +12,7 @@ pub mod bench;
 pub mod compare;
 pub mod config;
 pub mod control;
+pub mod deadline;
 pub mod demo;
 pub mod front;
 pub mod labcmd;
