@@ -1,8 +1,17 @@
 //! `baton`: the one binary. Daemons (`front`, `back`), configuration checks
 //! (`check`), the network-namespace testbed (`lab`), the demo and the
 //! benchmarks.
+//!
+//! Layer: the top, a thin command line. The daemons are `baton-daemon`, the
+//! lab commands, demo, benchmarks and simulator are `baton-tools`; this crate
+//! parses arguments, sets up logging and the runtime, and calls them. It also
+//! holds the integration tests (`tests/`), which run this binary in labs.
+//!
+//! Invariant: what a subcommand does lives in those crates (or `baton-serve`
+//! for `serve`); here are only flags, logging, the runtime and signals.
 
-use baton::{back, bench, config, demo, front, labcmd, simcmd};
+use baton_daemon::{back, config, front};
+use baton_tools::{bench, demo, labcmd, simcmd};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

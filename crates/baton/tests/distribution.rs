@@ -4,11 +4,11 @@
 
 mod common;
 
-use baton::labtools::{handoffs_by_backend, LabOptions, OriginSpec, TempDir};
+use baton_tools::labtools::{handoffs_by_backend, LabOptions, OriginSpec, TempDir};
 use common::*;
 use std::collections::BTreeMap;
 
-fn handoffs(lab: &baton::labtools::Lab) -> BTreeMap<String, u64> {
+fn handoffs(lab: &baton_tools::labtools::Lab) -> BTreeMap<String, u64> {
     handoffs_by_backend(&stats(lab))
 }
 

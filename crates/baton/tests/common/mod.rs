@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use baton::labtools::{sha256_file, Lab, TempDir};
+pub use baton_tools::labtools::{sha256_file, Lab, TempDir};
 use serde_json::Value;
 
 /// Flow timers short enough that forwarding entries drain within a test.
@@ -58,7 +58,7 @@ pub fn lab_name() -> String {
 
 /// Brings up a lab with `backends` back-ends and the given extra TOML.
 pub fn up(backends: usize, front_extra: Option<&str>, back_extra: Option<&str>) -> Lab {
-    up_with(baton::labtools::LabOptions {
+    up_with(baton_tools::labtools::LabOptions {
         backends,
         front_extra: front_extra.map(str::to_owned),
         back_extra: back_extra.map(str::to_owned),
@@ -67,7 +67,7 @@ pub fn up(backends: usize, front_extra: Option<&str>, back_extra: Option<&str>) 
 }
 
 /// Brings up a lab with any options (origin, groups, ...).
-pub fn up_with(opts: baton::labtools::LabOptions) -> Lab {
+pub fn up_with(opts: baton_tools::labtools::LabOptions) -> Lab {
     require_root();
     let name = lab_name();
     match Lab::up(baton(), &name, opts) {
@@ -111,7 +111,7 @@ pub fn backend<'a>(stats: &'a Value, name: &str) -> &'a Value {
 
 /// Handoffs per back-end.
 pub fn handoffs(stats: &Value) -> BTreeMap<String, u64> {
-    baton::labtools::handoffs_by_backend(stats)
+    baton_tools::labtools::handoffs_by_backend(stats)
 }
 
 /// Polls `/stats` (every 25 ms) until `pred` holds; panics after `timeout`
@@ -500,7 +500,12 @@ pub fn set_linger_zero(stream: &TcpStream) {
 }
 
 /// Runs a curl transfer in the client namespace.
-pub fn curl(lab: &Lab, path: &str, out: &Path, extra: &[&str]) -> baton::labtools::CurlResult {
+pub fn curl(
+    lab: &Lab,
+    path: &str,
+    out: &Path,
+    extra: &[&str],
+) -> baton_tools::labtools::CurlResult {
     lab.curl(path, out, extra)
         .unwrap_or_else(|e| panic!("curl {path}: {e:#}\n{}", logs(lab)))
 }

@@ -22,12 +22,12 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use baton_daemon::stats::{summarize, Summary};
 use baton_proto::frame::Frame;
 use clap::Subcommand;
 use serde::Serialize;
 
 use crate::labtools::Lab;
-use crate::stats::{summarize, Summary};
 
 /// `baton bench ...`
 #[derive(Subcommand, Debug)]
@@ -277,7 +277,7 @@ fn handoff(
     let file = "/1k.bin";
     let netns = lab.netns("client")?.to_string();
     let (control, key_file) = front_control_target(&lab, "back1")?;
-    let psk = crate::config::load_key(&key_file)?;
+    let psk = baton_daemon::config::load_key(&key_file)?;
     let mut pinger = Pinger::start(lab.netns("front")?, control, psk)
         .with_context(|| format!("a control channel from the front's namespace to {control}"))?;
 
@@ -330,7 +330,7 @@ fn front_control_target(lab: &Lab, name: &str) -> Result<(SocketAddrV4, PathBuf)
         .get("front")
         .and_then(|h| h.config.clone())
         .context("the lab's front has no configuration file")?;
-    let cfg = crate::config::FrontConfig::load(&path)?;
+    let cfg = baton_daemon::config::FrontConfig::load(&path)?;
     let control = cfg
         .backends
         .iter()
@@ -426,8 +426,11 @@ impl Pinger {
                         .enable_all()
                         .build()
                         .context("a runtime for the control channel")?;
-                    let (w, r) =
-                        rt.block_on(crate::control::connect(addr, &psk, Duration::from_secs(2)))?;
+                    let (w, r) = rt.block_on(baton_daemon::control::connect(
+                        addr,
+                        &psk,
+                        Duration::from_secs(2),
+                    ))?;
                     Ok((rt, w, r))
                 })();
                 let (rt, mut writer, mut reader) = match ready {
@@ -506,8 +509,8 @@ impl Drop for Pinger {
 /// back-end sends (`Load` reports, a late `Pong`). Timed like the front's
 /// handoff round trip: from before sealing to after opening.
 async fn ping_once(
-    writer: &mut crate::control::FrameWriter,
-    reader: &mut crate::control::FrameReader,
+    writer: &mut baton_daemon::control::FrameWriter,
+    reader: &mut baton_daemon::control::FrameReader,
     nonce: u64,
 ) -> Result<u32> {
     let t = Instant::now();
