@@ -75,6 +75,10 @@ struct Backend {
     /// Frames the engine queued for this back-end, in its order; whoever
     /// holds `writer` next writes them all in one write.
     outbox: Mutex<Vec<Frame>>,
+    /// Wakes this back-end's writer task: frames queued meanwhile by other
+    /// connections go in the same write (one wake-up of the back-end for
+    /// several handoffs).
+    write_wake: tokio::sync::Notify,
     handoffs: Counter,
     failures: Counter,
     relayed: Counter,
@@ -378,6 +382,7 @@ impl Front {
                 st: Mutex::default(),
                 writer: tokio::sync::Mutex::new(None),
                 outbox: Mutex::default(),
+                write_wake: tokio::sync::Notify::new(),
                 handoffs: Counter::default(),
                 failures: Counter::default(),
                 relayed: Counter::default(),
@@ -469,6 +474,7 @@ impl Front {
             for (i, b) in self.backends.iter().enumerate() {
                 if b.mode == BackendMode::Handoff {
                     tokio::spawn(Arc::clone(&self).control_loop(i, psk.clone()));
+                    tokio::spawn(Arc::clone(&self).writer(i));
                 }
             }
             tokio::spawn(Arc::clone(&self).parked_reader());
@@ -1120,14 +1126,23 @@ impl Front {
     async fn apply(&self, fx: Effects) {
         for b in fx.flush {
             if let Some(b) = self.backends.get(b) {
-                if let Err(e) = self.flush(b).await {
-                    debug!(backend = %b.name, error = %e, "control-channel write failed");
-                }
+                b.write_wake.notify_one();
             }
         }
         for b in fx.drop {
             if let Some(b) = self.backends.get(b) {
                 self.drop_channel(b, "handoff timed out").await;
+            }
+        }
+    }
+
+    /// Writes what the engine queued for back-end `i`, whenever woken.
+    async fn writer(self: Arc<Self>, i: BackendId) {
+        let b = &self.backends[i];
+        loop {
+            b.write_wake.notified().await;
+            if let Err(e) = self.flush(b).await {
+                debug!(backend = %b.name, error = %e, "control-channel write failed");
             }
         }
     }
@@ -1458,22 +1473,37 @@ impl Front {
                         Err(e) => return format!("{e:#}"),
                     };
                     last_heard = Instant::now();
-                    match frame.into_front() {
-                        Ok(Incoming::Handoff(f)) => self.handoff_frame(i, f).await,
-                        Ok(Incoming::Link(l)) => self.link_frame(b, l),
-                        Err(e) => return format!("{e}"),
+                    // Every frame this read brought goes to the engine in one
+                    // drive: one lock round and one write for all their effects.
+                    let mut handoff = Vec::new();
+                    let mut next = Some(frame);
+                    while let Some(frame) = next {
+                        match frame.into_front() {
+                            Ok(Incoming::Handoff(f)) => handoff.push(f),
+                            Ok(Incoming::Link(l)) => self.link_frame(b, l),
+                            Err(e) => return format!("{e}"),
+                        }
+                        next = match reader.buffered() {
+                            Ok(f) => f,
+                            Err(e) => return format!("{e:#}"),
+                        };
+                    }
+                    if !handoff.is_empty() {
+                        self.handoff_frames(i, handoff).await;
                     }
                 }
             }
         }
     }
 
-    async fn handoff_frame(&self, i: BackendId, frame: ToFront) {
+    async fn handoff_frames(&self, i: BackendId, frames: Vec<ToFront>) {
         let Some(kit) = self.kit.as_ref() else {
             return;
         };
         let fx = self.drive(kit, None, |e, now| {
-            e.handle_frame(now, i, frame);
+            for f in frames {
+                e.handle_frame(now, i, f);
+            }
             Feed::Nothing
         });
         self.apply(fx).await;

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -13,57 +12,27 @@ use serde_json::Value;
 /// Far beyond the ~15 s a run of 100 requests takes, to fail rather than hang.
 const BENCH_DEADLINE: Duration = Duration::from_secs(180);
 
-/// The bench process, killed (and its lab removed) if the test fails first.
-struct Bench {
-    child: std::process::Child,
-    lab: String,
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = baton_lab::down(&self.lab);
-    }
-}
-
 #[test]
 fn handoff_bench_reports_the_control_round_trip() {
     require_root();
     let tmp = TempDir::new("e2e-bench-handoff").expect("temp dir");
     let json = tmp.0.join("handoff.json");
     let name = lab_name();
-    let child = Command::new(baton())
-        .args(["bench", "handoff", "--requests", "100", "--name", &name])
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting baton bench handoff");
-    let mut bench = Bench {
-        child,
-        lab: name.clone(),
-    };
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = bench.child.try_wait().expect("waiting for the bench") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < BENCH_DEADLINE,
-            "baton bench handoff still runs after {BENCH_DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut stdout = String::new();
-    if let Some(mut out) = bench.child.stdout.take() {
-        use std::io::Read;
-        out.read_to_string(&mut stdout).ok();
-    }
+    let run = run_bench(
+        &[
+            "bench".as_ref(),
+            "handoff".as_ref(),
+            "--requests".as_ref(),
+            "100".as_ref(),
+            "--name".as_ref(),
+            name.as_ref(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ],
+        &name,
+        BENCH_DEADLINE,
+    );
+    let (status, stdout) = (run.status, run.stdout);
     eprintln!("{stdout}");
     assert!(status.success(), "baton bench handoff failed: {status}");
     assert!(

@@ -8,31 +8,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
 /// Far beyond the 2 minutes a quick run takes, to fail rather than hang.
 const BENCH_DEADLINE: Duration = Duration::from_secs(300);
-
-/// The bench process, killed (and its lab removed) if the test fails first.
-struct Bench {
-    child: Child,
-    lab: String,
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // Removes the lab and every process left in its namespaces (peers included).
-        let _ = baton_lab::down(&self.lab);
-    }
-}
 
 /// Whether this build's front has relay mode: `baton check` accepts a
 /// front that relays everything (`handoff = false`).
@@ -67,36 +50,20 @@ fn quick_compare_reports_every_configuration() {
     let tmp = TempDir::new("e2e-compare").expect("temp dir");
     let json = tmp.0.join("compare.json");
     let name = lab_name();
-    let child = Command::new(baton())
-        .args(["bench", "compare", "--quick", "--name", &name, "--json"])
-        .arg(&json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting baton bench compare");
-    let bench_pid = child.id();
-    let mut bench = Bench {
-        child,
-        lab: name.clone(),
-    };
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = bench.child.try_wait().expect("waiting for the bench") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < BENCH_DEADLINE,
-            "baton bench compare --quick still runs after {BENCH_DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let took = start.elapsed();
-    let mut stdout = String::new();
-    if let Some(mut out) = bench.child.stdout.take() {
-        use std::io::Read;
-        out.read_to_string(&mut stdout).ok();
-    }
+    let run = run_bench(
+        &[
+            "bench".as_ref(),
+            "compare".as_ref(),
+            "--quick".as_ref(),
+            "--name".as_ref(),
+            name.as_ref(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ],
+        &name,
+        BENCH_DEADLINE,
+    );
+    let (status, stdout, took, bench_pid) = (run.status, run.stdout, run.took, run.pid);
     eprintln!("{stdout}\nbaton bench compare --quick took {took:?}");
     assert!(status.success(), "baton bench compare failed: {status}");
     assert!(

@@ -638,3 +638,68 @@ pub fn sequential_gets(
         failures
     })
 }
+
+/// What a `baton bench ...` run left: its exit status, its standard output,
+/// its pid (the names of its scratch files carry it) and how long it took.
+#[derive(Debug)]
+pub struct BenchRun {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub pid: u32,
+    pub took: Duration,
+}
+
+/// Runs `baton ARGS` (a bench that builds lab `lab`), failing the test if it
+/// outlives `deadline`; the process is killed and the lab removed however
+/// the test ends.
+pub fn run_bench(args: &[&std::ffi::OsStr], lab: &str, deadline: Duration) -> BenchRun {
+    /// Kills the bench and removes its lab if the test fails first.
+    struct Guard {
+        child: Child,
+        lab: String,
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+            // Removes the lab and every process left in its namespaces.
+            let _ = baton_lab::down(&self.lab);
+        }
+    }
+    let child = Command::new(baton())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting the bench");
+    let pid = child.id();
+    let mut g = Guard {
+        child,
+        lab: lab.to_owned(),
+    };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = g.child.try_wait().expect("waiting for the bench") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "baton {args:?} still runs after {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = start.elapsed();
+    let mut stdout = String::new();
+    if let Some(mut out) = g.child.stdout.take() {
+        out.read_to_string(&mut stdout).ok();
+    }
+    BenchRun {
+        status,
+        stdout,
+        pid,
+        took,
+    }
+}
