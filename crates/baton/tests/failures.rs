@@ -144,35 +144,34 @@ fn killed_backend_is_routed_around_and_rejoins() {
 
     let pid = pid_of(&lab, "back1");
     signal(pid, "-9");
-    let t = Instant::now();
-    while process_runs(pid) {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "back1 ({pid}) survived SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_killed(pid);
 
     // Right after the kill, before the front may have noticed: every request
-    // is answered at once (200 from back2 or a 5xx), none hangs.
+    // is answered at once (200 from back2 or a 5xx), none hangs. A request
+    // handed to back1 before the front read the end of its channel is
+    // reset (0 below): the dead host answers the `Handoff` with a reset, so
+    // the channel drops before `Live`.
     let addr = vip(&lab);
     let results = in_netns(lab.netns("client").expect("client netns"), move || {
         (0..20)
             .map(|_| {
                 let t = Instant::now();
                 let r = exchange(addr, get_request("/1k.bin", true).as_bytes(), false);
-                (r.map(|r| r.status).map_err(|e| e.to_string()), t.elapsed())
+                (r.map(|r| r.status).map_err(|e| e.kind()), t.elapsed())
             })
             .collect::<Vec<_>>()
     });
     let mut codes = Vec::new();
     for (i, (r, took)) in results.iter().enumerate() {
         assert!(
-            matches!(r, Ok(200 | 502 | 503 | 504)) && *took < Duration::from_secs(3),
+            matches!(
+                r,
+                Ok(200 | 502 | 503 | 504) | Err(std::io::ErrorKind::ConnectionReset)
+            ) && *took < Duration::from_secs(3),
             "request {i} after killing back1: {r:?} after {took:?}\n{}",
             logs(&lab)
         );
-        codes.push(r.clone().unwrap_or_default());
+        codes.push(r.unwrap_or_default());
     }
     for _ in 0..3 {
         let t = Instant::now();
@@ -264,8 +263,8 @@ fn stalled_backend_resets_the_offered_client_and_leaves_rotation() {
     let tmp = TempDir::new("e2e-stall").expect("temp dir");
     let out = tmp.0.join("body");
     let pid = pid_of(&lab, "back1");
-    signal(pid, "-STOP");
     let resume = Continue(pid);
+    stop(pid);
 
     let t = Instant::now();
     let r = curl(&lab, "/1k.bin", &out, &["--max-time", "5"]);
@@ -351,6 +350,7 @@ fn killed_backend_entries_do_not_catch_reused_client_ports() {
         set_linger_zero(&c.stream);
     }
     drop(conns);
+    wait_killed(pid);
     let back1 = spawn_back(
         lab.netns("back1").expect("back1 netns"),
         &config_of(&lab, "back1"),
@@ -536,4 +536,381 @@ fn control_port_rejects_unauthenticated_peers() {
         lab.log_tail("back1", 30)
     );
     finish(lab);
+}
+
+/// Control-channel timers short enough that a back-end stopped for about a
+/// second is declared dead, and that the front reconnects soon after it
+/// runs again.
+const QUICK_CONTROL: &str = "[control]\nheartbeat_ms = 200\ndead_after_ms = 1000\nconnect_timeout_ms = 500\nmax_backoff_ms = 300\n";
+
+/// A keep-alive connection from the client namespace whose GET for
+/// /64m.bin is being served: the response has started (1 MiB of it read)
+/// and the front forwards the flow (`handoffs_ok` grew by 1). The client reads
+/// no more until told, so the download is still in progress.
+fn download_in_progress(lab: &Lab) -> HttpConn {
+    let addr = vip(lab);
+    // The lab's readiness check hands a request off: let its flow go first.
+    assert_drained(lab);
+    let ok = counter(&stats(lab), "handoffs_ok");
+    let c = in_netns(lab.netns("client").expect("client netns"), move || {
+        let mut c = HttpConn::connect(addr).expect("connect to the VIP");
+        c.send(get_request("/64m.bin", false).as_bytes())
+            .expect("send");
+        c.buffer_at_least(1 << 20)
+            .map(|()| c)
+            .map_err(|e| e.to_string())
+    });
+    let c = c.unwrap_or_else(|e| panic!("the first MiB of /64m.bin: {e}\n{}", logs(lab)));
+    wait_stats(
+        lab,
+        "the front to forward the download (Live)",
+        Duration::from_secs(5),
+        |s| s["handoffs_ok"] == ok + 1 && s["flows_parked"] == 0,
+    );
+    c
+}
+
+/// Reads the rest of the download started by [`download_in_progress`]
+/// (byte for byte), then sends a second request on the same connection:
+/// the connection still belongs to the back-end.
+fn download_completes(lab: &Lab, mut c: HttpConn, what: &str) {
+    let want = sha256(&doc(lab, "64m.bin"));
+    let r = c
+        .read_response(false)
+        .unwrap_or_else(|e| panic!("{what}: the download failed: {e}\n{}", logs(lab)));
+    assert_eq!(
+        (r.status, r.body.len(), sha256(&r.body)),
+        (200, 64 << 20, want),
+        "{what}: the download is not byte-exact\n{}",
+        logs(lab)
+    );
+    c.send(get_request("/1k.bin", true).as_bytes())
+        .unwrap_or_else(|e| panic!("{what}: second request: {e}"));
+    let r = c.read_response(false).unwrap_or_else(|e| {
+        panic!(
+            "{what}: the second request on the connection: {e}\n{}",
+            logs(lab)
+        )
+    });
+    assert_eq!(
+        (r.status, r.body == doc(lab, "1k.bin")),
+        (200, true),
+        "{what}: the second request on the connection"
+    );
+    assert!(
+        c.closed_within(Duration::from_secs(3)),
+        "{what}: the back-end did not close after Connection: close"
+    );
+}
+
+/// The only back-end has restored a connection, gone live and is serving a
+/// 64 MiB download when it is frozen (SIGSTOP) for longer than the front's
+/// `control.dead_after_ms` (1 s here): the front declares the channel dead
+/// and takes the back-end out of rotation, but neither answers nor resets
+/// the client, whose connection belongs to the back-end. After SIGCONT the
+/// front reconnects, the back-end lists the flow in `Holding`, and the
+/// download completes byte for byte on the same keep-alive connection,
+/// which then carries a second request. Nothing is left afterwards.
+#[test]
+fn backend_stopped_after_live_keeps_its_client() {
+    let extra = format!("{FAST_FLOWS}{QUICK_CONTROL}");
+    let lab = up(1, Some(&extra), None);
+    let c = download_in_progress(&lab);
+    let before = stats(&lab);
+
+    let pid = pid_of(&lab, "back1");
+    let resume = Continue(pid);
+    stop(pid);
+    wait_stats(
+        &lab,
+        "the front to declare the stopped back-end's channel dead",
+        Duration::from_secs(5),
+        |s| backend(s, "back1")["up"] == false,
+    );
+    drop(resume);
+    wait_stats(
+        &lab,
+        "the front to reconnect to the resumed back-end",
+        Duration::from_secs(10),
+        |s| {
+            backend(s, "back1")["up"] == true
+                && backend(s, "back1")["connects"].as_u64().unwrap_or(0) >= 2
+        },
+    );
+    download_completes(&lab, c, "stopped after Live for longer than dead_after");
+
+    let after = stats(&lab);
+    for key in ["handoffs_reset", "stale_frames", "entries_removed_orphaned"] {
+        assert_eq!(
+            counter(&after, key),
+            counter(&before, key),
+            "{key}: the flow was not kept live across the stop (Holding)\n{after:#}"
+        );
+    }
+    assert_eq!(
+        counter(&after, "handoffs_ok"),
+        counter(&before, "handoffs_ok"),
+        "{after:#}"
+    );
+    assert_daemons_alive(&lab);
+    finish(lab);
+}
+
+/// The control channel's TCP connection is cut (`ss -K` destroys the
+/// back-end's end of it, which resets the front's) while the back-end
+/// serves a 64 MiB download: the front reconnects at once, the back-end
+/// lists the flow in `Holding`, and the download completes byte for byte
+/// on the same keep-alive connection, which then carries a second request.
+/// The back-end's `Closed` finds the flow live (no stale frame) and the
+/// entry drains.
+#[test]
+fn control_channel_cut_after_live_keeps_the_download() {
+    let lab = up(1, Some(FAST_FLOWS), None);
+    let c = download_in_progress(&lab);
+    let before = stats(&lab);
+    assert_eq!(backend(&before, "back1")["connects"], 1, "{before:#}");
+
+    let out = lab
+        .run(
+            "back1",
+            &["ss", "-tnK", "state", "established", "( sport = :7070 )"],
+        )
+        .expect("running ss -K in back1");
+    let killed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && killed.contains(":7070"),
+        "ss -K did not destroy the control channel: {killed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_stats(
+        &lab,
+        "the front to reconnect after the cut",
+        Duration::from_secs(5),
+        |s| backend(s, "back1")["up"] == true && backend(s, "back1")["connects"] == 2,
+    );
+    download_completes(&lab, c, "control channel cut after Live");
+
+    let after = stats(&lab);
+    for key in ["handoffs_reset", "stale_frames", "entries_removed_orphaned"] {
+        assert_eq!(
+            counter(&after, key),
+            counter(&before, key),
+            "{key}: the flow was not kept live across the cut (Holding)\n{after:#}"
+        );
+    }
+    assert!(
+        lab.log_tail("front", 30).contains("control channel down"),
+        "the front did not see its channel cut:\n{}",
+        logs(&lab)
+    );
+    assert_daemons_alive(&lab);
+    finish(lab);
+}
+
+/// D3: the only back-end is frozen (SIGSTOP), so the `Handoff` is written
+/// and unanswered, then killed (SIGKILL): its kernel resets the control
+/// channel before any answer. The client's connection is reset at once,
+/// well before the 5 s handoff timeout (the back-end might have gone live,
+/// so the front may not answer it), its entry goes, and a restarted
+/// back-end serves again.
+#[test]
+fn channel_lost_before_the_answer_resets_the_client_at_once() {
+    const HANDOFF_TIMEOUT: Duration = Duration::from_millis(5000);
+    let extra = format!(
+        "{FAST_FLOWS}[limits]\nhandoff_timeout_ms = {}\n",
+        HANDOFF_TIMEOUT.as_millis()
+    );
+    let lab = up(1, Some(&extra), None);
+    let tmp = TempDir::new("e2e-d3").expect("temp dir");
+    // The lab's readiness check hands a request off: let its flow go first.
+    assert_drained(&lab);
+    let ok = counter(&stats(&lab), "handoffs_ok");
+    let pid = pid_of(&lab, "back1");
+    let resume = Continue(pid);
+    stop(pid);
+
+    let addr = vip(&lab);
+    let sent = Instant::now();
+    let mut c = in_netns(lab.netns("client").expect("client netns"), move || {
+        let mut c = HttpConn::connect(addr).expect("connect to the VIP");
+        c.send(get_request("/1k.bin", true).as_bytes())
+            .expect("send");
+        c
+    });
+    wait_stats(
+        &lab,
+        "the handoff to the stopped back-end to be offered",
+        Duration::from_secs(3),
+        |s| s["flows_parked"] == 1 && s["handoffs_ok"] == ok,
+    );
+    signal(pid, "-9");
+    let killed = Instant::now();
+    drop(resume);
+    wait_killed(pid);
+
+    c.stream
+        .set_read_timeout(Some(HANDOFF_TIMEOUT + Duration::from_secs(3)))
+        .expect("read timeout");
+    let r = c.read_response(false);
+    let (since_kill, since_send) = (killed.elapsed(), sent.elapsed());
+    let reset = matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+    assert!(
+        reset && since_kill < HANDOFF_TIMEOUT / 5 && since_send < HANDOFF_TIMEOUT,
+        "the client of a handoff whose channel died unanswered got {:?} {since_kill:?} after the kill \
+         ({since_send:?} after its request); want a reset well before the {HANDOFF_TIMEOUT:?} handoff timeout\n{}",
+        r.map(|r| r.status),
+        logs(&lab)
+    );
+    eprintln!("client reset {since_kill:?} after the kill, {since_send:?} after its request");
+    wait_stats(
+        &lab,
+        "the reset flow's entry to go",
+        Duration::from_secs(3),
+        |s| s["flows_tracked"] == 0 && s["forwarding_entries"] == 0,
+    );
+    let s = stats(&lab);
+    assert_eq!(counter(&s, "handoffs_reset"), 1, "{s:#}");
+
+    let back1 = spawn_back(
+        lab.netns("back1").expect("back1 netns"),
+        &config_of(&lab, "back1"),
+        &tmp.0.join("back1.log"),
+    );
+    wait_stats(&lab, "back1 to rejoin", Duration::from_secs(15), |s| {
+        backend(s, "back1")["up"] == true
+    });
+    let r = curl(&lab, "/1k.bin", &tmp.0.join("body"), &["--max-time", "3"]);
+    assert_eq!(
+        r.code,
+        200,
+        "the restarted back-end serves {}\n{}",
+        r.code,
+        std::fs::read_to_string(tmp.0.join("back1.log")).unwrap_or_default()
+    );
+    assert_drained(&lab);
+    drop(back1);
+    finish(lab);
+}
+
+/// Waits until a front answers `/stats` with `backend` up (the lab's front
+/// was replaced); panics after 15 s with `log`.
+fn wait_front(lab: &Lab, backend_name: &str, log: &std::path::Path) {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = lab.front_stats() {
+            if backend(&s, backend_name)["up"] == true {
+                return;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the restarted front did not get ready:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A back-end refuses a handoff (its VIP is gone from `lo`, so it cannot
+/// restore the socket) and the front has nowhere to relay it (no
+/// `relay_address`; relay.rs covers the fallback when there is one): the
+/// client gets 502 from the front at once. A refusal that concerns only
+/// that connection does not take the back-end out of rotation: with its VIP
+/// back, the next client is served.
+#[test]
+fn refused_handoff_without_relay_gets_502() {
+    let lab = up(1, Some(FAST_FLOWS), None);
+    let tmp = TempDir::new("e2e-refuse").expect("temp dir");
+    // The lab's front relays a refused handoff; run one that cannot.
+    let text = std::fs::read_to_string(config_of(&lab, "front")).expect("reading front.toml");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("relay_address"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config = tmp.0.join("front.toml");
+    std::fs::write(&config, text).expect("writing front.toml");
+    let old = pid_of(&lab, "front");
+    signal(old, "-TERM");
+    let t = Instant::now();
+    while process_runs(old) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the lab's front ({old}) did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = tmp.0.join("front.log");
+    let out = std::fs::File::create(&log).expect("creating the front log");
+    let err = out.try_clone().expect("log handle");
+    let front = Spawned(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", lab.netns("front").expect("front netns")])
+            .arg(baton())
+            .args(["front", "--config"])
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawning baton front"),
+    );
+    wait_front(&lab, "back1", &log);
+    let flog = || std::fs::read_to_string(&log).unwrap_or_default();
+    let s = stats(&lab);
+    assert!(
+        backend(&s, "back1")["relay_address"].is_null(),
+        "the front still relays: {s:#}"
+    );
+
+    let vip32 = format!("{}/32", lab.info.vip);
+    let ip = |verb: &str| {
+        let out = lab
+            .run("back1", &["ip", "addr", verb, &vip32, "dev", "lo"])
+            .expect("ip addr");
+        assert!(out.status.success(), "ip addr {verb} of back1's VIP");
+    };
+    ip("del");
+    let out = tmp.0.join("body");
+    let t = Instant::now();
+    let r = curl(&lab, "/1k.bin", &out, &["--max-time", "5"]);
+    let took = t.elapsed();
+    assert!(
+        r.code == 502 && took < Duration::from_millis(800),
+        "a refused handoff without a relay got HTTP {} (curl exit {}) after {took:?}; want 502 at once\n{}\n{}",
+        r.code,
+        r.exit,
+        flog(),
+        lab.log_tail("back1", 20)
+    );
+    let s = stats(&lab);
+    assert_eq!(
+        (
+            counter(&s, "handoffs_failed"),
+            counter(&s, "handoffs_reset"),
+            counter(&s, "relay_fallbacks")
+        ),
+        (1, 0, 0),
+        "{s:#}"
+    );
+    assert!(
+        lab.log_tail("back1", 10).contains("refusing handoff"),
+        "back1 did not refuse:\n{}",
+        lab.log_tail("back1", 10)
+    );
+
+    ip("add");
+    let r = curl(&lab, "/1k.bin", &out, &["--max-time", "3"]);
+    assert_eq!(
+        (
+            r.code,
+            std::fs::read(&out).ok() == Some(doc(&lab, "1k.bin"))
+        ),
+        (200, true),
+        "after the refusal back1 serves {}\n{}",
+        r.code,
+        flog()
+    );
+    finish(lab);
+    drop(front);
 }

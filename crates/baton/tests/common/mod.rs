@@ -371,6 +371,12 @@ impl HttpConn {
         }
     }
 
+    /// Reads until at least `len` bytes are buffered (the start of a
+    /// response that [`HttpConn::read_response`] parses later).
+    pub fn buffer_at_least(&mut self, len: usize) -> io::Result<()> {
+        self.need(len, "response")
+    }
+
     /// Reads one response. `head_request`: the request was HEAD, so no body follows.
     pub fn read_response(&mut self, head_request: bool) -> io::Result<Response> {
         let end = loop {
@@ -546,6 +552,50 @@ pub fn signal(pid: u32, signal: &str) {
         .status()
         .expect("running kill");
     assert!(st.success(), "kill {signal} {pid} failed");
+}
+
+/// Returns once `pid`, sent SIGKILL, has exited (its sockets, the
+/// listening ones included, are closed then): kill(2) returns before that,
+/// and a daemon started again at once could not bind its ports. Panics
+/// after 5 s.
+pub fn wait_killed(pid: u32) {
+    let t = Instant::now();
+    while process_runs(pid) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{pid} survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Stops `pid` with SIGSTOP and returns once every one of its threads is
+/// stopped: kill(2) returns when the signal is queued, and the other
+/// threads keep running until the one it went to has started the group
+/// stop (milliseconds on a busy machine). Panics after 5 s.
+pub fn stop(pid: u32) {
+    signal(pid, "-STOP");
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                let state = s
+                    .rfind(')')
+                    .and_then(|i| s[i + 1..].split_whitespace().next());
+                matches!(state, Some("T" | "t"))
+            })
+        })
+    };
+    let t = Instant::now();
+    while !stopped() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{pid} did not stop after SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Whether `pid` runs (a zombie does not count).
