@@ -63,7 +63,10 @@ enum Content {
 }
 
 impl Content {
-    async fn serve(&self, stream: TcpStream) -> std::result::Result<(), String> {
+    async fn serve<I>(&self, stream: I) -> std::result::Result<(), String>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         match self {
             Content::Files(f) => baton_serve::serve_connection(stream, Arc::clone(f))
                 .await
@@ -464,6 +467,11 @@ impl Back {
                     e.handle_frame(id, f);
                 }
             });
+            // The connections just restored answer their clients first (their
+            // first read and write need no trip through the event loop), then
+            // `Live` goes: on a virtual link, sending it runs the front's
+            // receive path on this CPU, before the client's first byte.
+            tokio::task::yield_now().await;
             self.apply(flush).await;
         }
         Ok(())
@@ -616,7 +624,7 @@ impl Back {
         let back = Arc::clone(self);
         let (id, flow) = (h.id, h.flow);
         let task = tokio::spawn(async move {
-            if let Err(e) = back.content.serve(stream).await {
+            if let Err(e) = back.content.serve(crate::eager::Eager::new(stream)).await {
                 debug!(id, %flow, error = %e, "connection ended with an error");
             }
             back.closed(front, id).await;

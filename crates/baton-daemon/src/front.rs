@@ -1861,11 +1861,17 @@ async fn read_head(
     limits: &HeadLimits,
 ) -> std::result::Result<RequestHead, HeadFailure> {
     let mut chunk = [0u8; 4096];
+    // A request usually follows the handshake at once: it is often queued
+    // by the time this task runs, and tokio would not know it yet.
+    let mut first = crate::eager::read_now(stream, &mut chunk).map_err(|_| HeadFailure::Closed)?;
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| HeadFailure::Closed)?;
+        let n = match first.take() {
+            Some(n) => n,
+            None => stream
+                .read(&mut chunk)
+                .await
+                .map_err(|_| HeadFailure::Closed)?,
+        };
         if n == 0 {
             return Err(HeadFailure::Closed);
         }

@@ -44,10 +44,11 @@ pub enum BenchCmd {
         /// The lab name.
         #[arg(long, default_value = "batonbench")]
         name: String,
-        /// Extra TOML for the front's configuration (e.g. "workers = 1").
+        /// Extra TOML for the front's configuration (e.g. "workers = 2";
+        /// without a `workers` key the front runs on one thread)
         #[arg(long)]
         front_extra: Option<String>,
-        /// Extra TOML for the back-end's configuration.
+        /// Extra TOML for the back-end's configuration (the same default)
         #[arg(long)]
         back_extra: Option<String>,
     },
@@ -255,6 +256,18 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
+/// A daemon's extra configuration for the latency bench: one runtime thread
+/// unless the caller chose (as `bench compare` runs every front on one
+/// core). Latency is what this bench is about, and with one thread no step
+/// of a handoff waits for another thread to wake up.
+fn one_thread(extra: Option<&str>) -> String {
+    match extra {
+        Some(e) if e.contains("workers") => e.to_owned(),
+        Some(e) => format!("workers = 1\n{e}"),
+        None => "workers = 1".to_owned(),
+    }
+}
+
 fn handoff(
     name: &str,
     requests: u32,
@@ -266,8 +279,8 @@ fn handoff(
     eprintln!("bench: bringing up lab {name} ...");
     let opts = crate::labtools::LabOptions {
         backends: 1,
-        front_extra: front_extra.map(str::to_owned),
-        back_extra: back_extra.map(str::to_owned),
+        front_extra: Some(one_thread(front_extra)),
+        back_extra: Some(one_thread(back_extra)),
         ..Default::default()
     };
     let lab = Lab::up(&baton, name, opts)?;
@@ -547,7 +560,8 @@ fn ttfb(addr: SocketAddr, req: &[u8]) -> Result<u32> {
 
 fn print_handoff(r: &HandoffReport) {
     println!(
-        "\nbaton bench handoff: {} sequential requests per target for {} (one connection each)",
+        "\nbaton bench handoff: {} sequential requests per target for {} (one connection each; \
+         front and back-end on one runtime thread unless --front-extra/--back-extra set workers)",
         r.requests_per_target, r.file
     );
     println!(
@@ -560,7 +574,7 @@ fn print_handoff(r: &HandoffReport) {
     row("dump (front: TCP_REPAIR on + reads)", &r.dump_us);
     row("restore (back: TCP_REPAIR restore)", &r.restore_us);
     row(
-        "control round trip (Handoff→Live, incl. restore)",
+        "Handoff→Live (restore, first answer, Live)",
         &r.control_rtt_us,
     );
     row("front: head read → Handoff sent", &r.front_before_send_us);

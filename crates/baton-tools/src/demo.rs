@@ -142,7 +142,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     for (label, key) in [
         ("dump (TCP_REPAIR on + reads)", "dump"),
         ("restore (back-end, TCP_REPAIR)", "restore"),
-        ("control round trip incl. restore", "control_rtt"),
+        ("Handoff to Live (restore, answer)", "control_rtt"),
         ("head read to forwarding (whole handoff)", "total"),
     ] {
         println!(
