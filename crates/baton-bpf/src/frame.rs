@@ -89,6 +89,25 @@ pub fn prepare_for_resend(
     Ok(())
 }
 
+/// Whether `frame` is a valid Ethernet/IPv4/TCP segment that carries
+/// nothing but an acknowledgement: flags exactly ACK, no payload. TCP
+/// acknowledgements are cumulative, and a sender's later segments repeat
+/// the newest acknowledgement, window and SACK blocks: a pure ACK followed
+/// by any later segment of the same flow says nothing that one does not.
+pub fn is_pure_ack(frame: &[u8]) -> bool {
+    const FLAGS_AT: usize = 13;
+    const ACK_ONLY: u8 = 0x10;
+    let Ok(layout) = Layout::parse(frame) else {
+        return false;
+    };
+    let Ok(offset) = read_u8(frame, layout.tcp_start + 12, "TCP header") else {
+        return false;
+    };
+    let header_end = layout.tcp_start + usize::from(offset >> 4) * 4;
+    read_u8(frame, layout.tcp_start + FLAGS_AT, "TCP flags") == Ok(ACK_ONLY)
+        && header_end == layout.tcp_end
+}
+
 /// Offsets of a validated frame.
 struct Layout {
     ip_hlen: usize,
@@ -273,6 +292,29 @@ pub(crate) mod tests {
     const GET_PARTIAL: u16 = 0x8cb7;
     const HELLO_IP_CHECK: u16 = 0x91fa;
     const HELLO_TCP_CHECK: u16 = 0x26c6;
+
+    #[test]
+    fn pure_acks_are_told_from_everything_else() {
+        let mut ack = tcp_frame(b"", 0, 0);
+        ack[ETH_HLEN + 20 + 13] = 0x10;
+        assert!(is_pure_ack(&ack));
+        // Ethernet padding after the IPv4 total length changes nothing.
+        let mut padded = ack.clone();
+        padded.extend_from_slice(&[0; 6]);
+        assert!(is_pure_ack(&padded));
+        // Data, FIN, RST, SYN, ECN echo: not pure ACKs.
+        let mut data = tcp_frame(GET, 0, 0);
+        data[ETH_HLEN + 20 + 13] = 0x10;
+        assert!(!is_pure_ack(&data));
+        for flags in [0x11, 0x14, 0x12, 0x50, 0x18] {
+            let mut f = ack.clone();
+            f[ETH_HLEN + 20 + 13] = flags;
+            assert!(!is_pure_ack(&f), "flags {flags:#x}");
+        }
+        // Not even a valid frame.
+        assert!(!is_pure_ack(&ack[..ETH_HLEN + 30]));
+        assert!(!is_pure_ack(&[]));
+    }
 
     fn rewritten(mut frame: Vec<u8>) -> Vec<u8> {
         prepare_for_resend(&mut frame, BACK_MAC, FRONT_MAC).expect("valid frame");

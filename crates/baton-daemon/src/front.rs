@@ -252,6 +252,8 @@ struct FrontCounters {
     flow_table_full: Counter,
     client_gone: Counter,
     frames_resent: Counter,
+    /// Kept pure ACKs replaced by a later frame of their flow.
+    frames_superseded: Counter,
     frames_dropped: Counter,
     entries_removed_closed: Counter,
     entries_removed_idle: Counter,
@@ -1261,6 +1263,13 @@ impl Front {
     }
 
     fn keep(&self, q: &mut Vec<Vec<u8>>, frame: Vec<u8>) {
+        // Every resend runs through the back-end's stack: a kept pure ACK
+        // followed by another frame of its flow need not go (what it says,
+        // the later frame says again, newer).
+        if q.last().is_some_and(|f| baton_bpf::is_pure_ack(f)) {
+            q.pop();
+            self.counters.frames_superseded.inc();
+        }
         if q.len() < self.cfg.limits.max_parked_frames {
             q.push(frame);
         } else {
@@ -1595,6 +1604,7 @@ impl Front {
             flow_table_full: c.flow_table_full.get(),
             client_gone: c.client_gone.get(),
             frames_resent: c.frames_resent.get(),
+            frames_superseded: c.frames_superseded.get(),
             frames_dropped: c.frames_dropped.get(),
             entries_removed_closed: c.entries_removed_closed.get(),
             entries_removed_idle: c.entries_removed_idle.get(),
@@ -1738,6 +1748,9 @@ pub struct FrontStats {
     pub flow_table_full: u64,
     pub client_gone: u64,
     pub frames_resent: u64,
+    /// Kept pure ACKs not resent because a later frame of their flow
+    /// carries the same acknowledgement (or a newer one).
+    pub frames_superseded: u64,
     pub frames_dropped: u64,
     pub entries_removed_closed: u64,
     pub entries_removed_idle: u64,
