@@ -117,23 +117,6 @@ impl AsyncWrite for Eager {
     }
 }
 
-/// Reads what `io` has queued now, without waiting for the event loop:
-/// `Ok(None)` if nothing is (then wait the usual way).
-pub fn read_now(io: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    match (&*SockRef::from(io)).read(buf) {
-        Ok(n) => Ok(Some(n)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -468,6 +468,15 @@ impl Front {
                 self.cfg.interface
             )
         })?;
+        // Accepted sockets stay plain until they have to wait (see `Conn`).
+        // `with_interest` is deprecated for descriptors that could close
+        // while registered; this one is owned by the registration.
+        #[allow(deprecated)]
+        let listener = AsyncFd::with_interest(
+            listener.into_std().context("the listener")?,
+            tokio::io::Interest::READABLE,
+        )
+        .context("registering the listener")?;
         if self.kit.is_some() {
             let Some(key_file) = &self.cfg.key_file else {
                 bail!("key_file is required to hand connections off");
@@ -492,17 +501,17 @@ impl Front {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                r = listener.accept() => match r {
+                r = accept(&listener) => match r {
                     Ok((stream, peer)) => {
                         self.counters.accepted.inc();
                         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
                             // Over the limit: answer at once rather than queue.
-                            tokio::spawn(reject(stream, 503));
+                            tokio::spawn(reject(Conn::Plain(stream), 503));
                             continue;
                         };
                         let front = Arc::clone(&self);
                         tokio::spawn(async move {
-                            front.client(stream, peer, permit).await;
+                            front.client(Conn::Plain(stream), peer, permit).await;
                         });
                     }
                     Err(e) => {
@@ -545,7 +554,7 @@ impl Front {
     /// off; a relay gives it back, since it may last long.
     async fn client(
         self: &Arc<Self>,
-        mut stream: TcpStream,
+        mut stream: Conn,
         peer: SocketAddr,
         pending: OwnedSemaphorePermit,
     ) {
@@ -591,7 +600,10 @@ impl Front {
             Route::Handoff => {}
             Route::Relay(to) => {
                 drop(pending);
-                self.relay(stream, bi, to, &buf, true).await;
+                match stream.into_polled() {
+                    Ok(s) => self.relay(s, bi, to, &buf, true).await,
+                    Err(e) => debug!(%peer, error = %e, "client connection lost before the relay"),
+                }
                 return;
             }
             Route::Unusable => {
@@ -613,14 +625,17 @@ impl Front {
             return;
         };
         let key = FlowKey { client, vip };
-        match self.handoff(&stream, key, bi, &buf, t_head).await {
+        let Some(fd) = stream.fd() else {
+            return;
+        };
+        match self.handoff(fd, key, bi, &buf, t_head).await {
             // Still in repair mode: closing sends nothing to the client.
             Outcome::Live => drop(stream),
             Outcome::Reset => {
                 // The back-end may or may not serve this client: a reset is
                 // the one answer that cannot collide with its own.
-                if let Err(e) = repair::set_repair(stream.as_fd(), false)
-                    .and_then(|()| baton_sys::sockopt::set_linger_zero(stream.as_fd()))
+                if let Err(e) = repair::set_repair(fd, false)
+                    .and_then(|()| baton_sys::sockopt::set_linger_zero(fd))
                 {
                     debug!(%key, error = %e, "could not prepare the reset");
                 }
@@ -628,7 +643,7 @@ impl Front {
             }
             Outcome::GiveBack { status, dumped } => {
                 if dumped {
-                    if let Err(e) = repair::set_repair(stream.as_fd(), false) {
+                    if let Err(e) = repair::set_repair(fd, false) {
                         warn!(%key, error = %e, "could not leave repair mode");
                         return;
                     }
@@ -642,7 +657,12 @@ impl Front {
                         self.counters.relay_fallbacks.inc();
                         debug!(%key, backend = %b.name, status, "handoff failed; relaying the connection instead");
                         drop(pending);
-                        self.relay(stream, bi, to, &buf, false).await;
+                        match stream.into_polled() {
+                            Ok(s) => self.relay(s, bi, to, &buf, false).await,
+                            Err(e) => {
+                                debug!(%key, error = %e, "client connection lost before the relay")
+                            }
+                        }
                     }
                     None => {
                         let _ = stream.write_all(&plain_error(status)).await;
@@ -815,7 +835,7 @@ impl Front {
     /// Returns what became of the client's socket.
     async fn handoff(
         self: &Arc<Self>,
-        stream: &TcpStream,
+        fd: std::os::fd::BorrowedFd<'_>,
         key: FlowKey,
         bi: usize,
         already_read: &[u8],
@@ -829,7 +849,7 @@ impl Front {
         };
         let (tx, rx) = oneshot::channel();
         let local = Local {
-            fd: stream.as_fd(),
+            fd,
             already_read,
             tx: Some(tx),
         };
@@ -1869,22 +1889,16 @@ enum HeadFailure {
 }
 
 async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     buf: &mut Vec<u8>,
     limits: &HeadLimits,
 ) -> std::result::Result<RequestHead, HeadFailure> {
     let mut chunk = [0u8; 4096];
-    // A request usually follows the handshake at once: it is often queued
-    // by the time this task runs, and tokio would not know it yet.
-    let mut first = crate::eager::read_now(stream, &mut chunk).map_err(|_| HeadFailure::Closed)?;
     loop {
-        let n = match first.take() {
-            Some(n) => n,
-            None => stream
-                .read(&mut chunk)
-                .await
-                .map_err(|_| HeadFailure::Closed)?,
-        };
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| HeadFailure::Closed)?;
         if n == 0 {
             return Err(HeadFailure::Closed);
         }
@@ -1905,7 +1919,94 @@ async fn read_head(
     }
 }
 
-async fn reject(mut stream: TcpStream, status: u16) {
+/// The next connection on the listener, not yet registered with the
+/// event loop (see [`Conn`]).
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        match ready.try_io(|l| baton_sys::accept::accept(l.get_ref().as_fd()).map_err(|e| e.source))
+        {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// A client connection. Accepted plain: the request head is usually queued
+/// already (the listener defers accepting until the first bytes arrived),
+/// and a handed-off connection is never waited on again, so registering
+/// it with the event loop (and unregistering it at close) would be two
+/// system calls per connection for nothing. It is registered the first
+/// time it has to wait: a head in several segments, an answer, a relay.
+#[derive(Debug)]
+enum Conn {
+    Plain(std::net::TcpStream),
+    Polled(TcpStream),
+    /// Only while switching from `Plain` to `Polled` failed.
+    Gone,
+}
+
+impl Conn {
+    fn polled(&mut self) -> std::io::Result<&mut TcpStream> {
+        if let Conn::Plain(_) = self {
+            let Conn::Plain(s) = std::mem::replace(self, Conn::Gone) else {
+                unreachable!("checked above")
+            };
+            *self = Conn::Polled(TcpStream::from_std(s)?);
+        }
+        match self {
+            Conn::Polled(s) => Ok(s),
+            Conn::Plain(_) | Conn::Gone => Err(std::io::Error::other("connection lost")),
+        }
+    }
+
+    fn into_polled(mut self) -> std::io::Result<TcpStream> {
+        self.polled()?;
+        match self {
+            Conn::Polled(s) => Ok(s),
+            Conn::Plain(_) | Conn::Gone => Err(std::io::Error::other("connection lost")),
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Conn::Plain(s) = self {
+            match std::io::Read::read(&mut &*s, buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return r,
+            }
+        }
+        self.polled()?.read(buf).await
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.polled()?.write_all(buf).await
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.polled()?.shutdown().await
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Conn::Plain(s) => s.local_addr(),
+            Conn::Polled(s) => s.local_addr(),
+            Conn::Gone => Err(std::io::Error::other("connection lost")),
+        }
+    }
+
+    /// The descriptor (`None` only after a failed registration).
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Conn::Plain(s) => Some(s.as_fd()),
+            Conn::Polled(s) => Some(s.as_fd()),
+            Conn::Gone => None,
+        }
+    }
+}
+
+async fn reject(mut stream: Conn, status: u16) {
     let _ = stream.write_all(&plain_error(status)).await;
 }
 

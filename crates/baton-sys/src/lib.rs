@@ -16,6 +16,7 @@
 //! [`repair::restore`] is the one in `shared/DESIGN.md`; the order of the
 //! steps matters and is documented at each step.
 
+pub mod accept;
 pub mod iface;
 pub mod netns;
 pub mod packet;
