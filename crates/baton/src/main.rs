@@ -158,9 +158,26 @@ fn run_front(a: FrontArgs) -> Result<()> {
     }
     cfg.validate()
         .with_context(|| format!("invalid configuration {}", a.config.display()))?;
-    runtime(cfg.workers)?.block_on(async {
+    on_worker(runtime(cfg.workers)?, async {
         let front = front::Front::new(cfg)?;
         front.run(shutdown_signal()).await
+    })
+}
+
+/// Runs a daemon's main future as a task. With several worker threads the
+/// future given to `block_on` runs on the calling thread, which is not a
+/// worker: every task it spawns (one per accepted connection) would go
+/// through the runtime's shared queue and wake a parked worker, a
+/// cross-thread wake-up per connection. Spawned from a worker, a new task
+/// starts on that worker.
+fn on_worker<F>(rt: tokio::runtime::Runtime, daemon: F) -> Result<()>
+where
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    rt.block_on(async {
+        tokio::spawn(daemon)
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the daemon's task failed: {e}")))
     })
 }
 
@@ -177,7 +194,7 @@ fn run_back(a: BackArgs) -> Result<()> {
     }
     cfg.validate()
         .with_context(|| format!("invalid configuration {}", a.config.display()))?;
-    runtime(cfg.workers)?.block_on(back::run(cfg, shutdown_signal()))
+    on_worker(runtime(cfg.workers)?, back::run(cfg, shutdown_signal()))
 }
 
 fn serve(listen: std::net::SocketAddr, docroot: PathBuf) -> Result<()> {
