@@ -90,22 +90,57 @@ pub fn prepare_for_resend(
 }
 
 /// Whether `frame` is a valid Ethernet/IPv4/TCP segment that carries
-/// nothing but an acknowledgement: flags exactly ACK, no payload. TCP
-/// acknowledgements are cumulative, and a sender's later segments repeat
-/// the newest acknowledgement, window and SACK blocks: a pure ACK followed
-/// by any later segment of the same flow says nothing that one does not.
+/// nothing but an acknowledgement: flags exactly ACK, no payload.
 pub fn is_pure_ack(frame: &[u8]) -> bool {
-    const FLAGS_AT: usize = 13;
-    const ACK_ONLY: u8 = 0x10;
-    let Ok(layout) = Layout::parse(frame) else {
+    ack_of(frame).is_some_and(|a| a.flags == TCP_ACK && a.payload_empty)
+}
+
+/// Whether `later`, a frame of the same flow sent after the pure ACK
+/// `earlier`, makes `earlier` redundant: `later` acknowledges at least as
+/// much (and, being later, carries the newer window and SACK blocks).
+/// Not when `later` is a pure ACK of the same number: two of those are
+/// duplicate ACKs (or a window update), which the sender counts. Not when
+/// `later` acknowledges less (frames parked out of order) or nothing (a RST
+/// without ACK).
+pub fn supersedes(later: &[u8], earlier: &[u8]) -> bool {
+    let (Some(l), Some(e)) = (ack_of(later), ack_of(earlier)) else {
         return false;
     };
-    let Ok(offset) = read_u8(frame, layout.tcp_start + 12, "TCP header") else {
+    if e.flags != TCP_ACK || !e.payload_empty || l.flags & TCP_ACK == 0 {
         return false;
-    };
+    }
+    // Serial-number arithmetic: how far `later`'s ACK is past `earlier`'s.
+    let ahead = l.ack.wrapping_sub(e.ack) as i32;
+    let duplicate = ahead == 0 && l.flags == TCP_ACK && l.payload_empty;
+    ahead >= 0 && !duplicate
+}
+
+const TCP_ACK: u8 = 0x10;
+
+/// What [`supersedes`] needs of a TCP segment.
+struct AckInfo {
+    flags: u8,
+    ack: u32,
+    payload_empty: bool,
+}
+
+fn ack_of(frame: &[u8]) -> Option<AckInfo> {
+    let layout = Layout::parse(frame).ok()?;
+    let offset = read_u8(frame, layout.tcp_start + 12, "TCP header").ok()?;
     let header_end = layout.tcp_start + usize::from(offset >> 4) * 4;
-    read_u8(frame, layout.tcp_start + FLAGS_AT, "TCP flags") == Ok(ACK_ONLY)
-        && header_end == layout.tcp_end
+    let flags = read_u8(frame, layout.tcp_start + 13, "TCP flags").ok()?;
+    let ack = slice(
+        frame,
+        layout.tcp_start + 8,
+        layout.tcp_start + 12,
+        "TCP ack",
+    )
+    .ok()?;
+    Some(AckInfo {
+        flags,
+        ack: u32::from_be_bytes(ack.try_into().ok()?),
+        payload_empty: header_end == layout.tcp_end,
+    })
 }
 
 /// Offsets of a validated frame.
@@ -314,6 +349,45 @@ pub(crate) mod tests {
         // Not even a valid frame.
         assert!(!is_pure_ack(&ack[..ETH_HLEN + 30]));
         assert!(!is_pure_ack(&[]));
+    }
+
+    /// A frame with these flags, acknowledgement number and payload.
+    fn segment(flags: u8, ack: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = tcp_frame(payload, 0, 0);
+        f[ETH_HLEN + 20 + 8..ETH_HLEN + 20 + 12].copy_from_slice(&ack.to_be_bytes());
+        f[ETH_HLEN + 20 + 13] = flags;
+        f
+    }
+
+    #[test]
+    fn a_pure_ack_is_superseded_only_by_a_frame_that_repeats_it() {
+        let ack = segment(0x10, 1000, b"");
+        // The client's FIN and its data carry the same acknowledgement.
+        assert!(supersedes(&segment(0x11, 1000, b""), &ack));
+        assert!(supersedes(&segment(0x18, 1000, GET), &ack));
+        // A newer pure ACK, also across the wrap of the sequence space.
+        assert!(supersedes(&segment(0x10, 2000, b""), &ack));
+        let near_wrap = segment(0x10, u32::MAX - 10, b"");
+        assert!(supersedes(&segment(0x10, 5, b""), &near_wrap));
+        // Duplicate ACKs (or a window update) are all kept.
+        assert!(!supersedes(&segment(0x10, 1000, b""), &ack));
+        // An older acknowledgement (frames out of order) or none at all.
+        assert!(!supersedes(&segment(0x10, 999, b""), &ack));
+        assert!(!supersedes(&segment(0x04, 2000, b""), &ack));
+        // Only a pure ACK is ever superseded.
+        assert!(!supersedes(
+            &segment(0x10, 2000, b""),
+            &segment(0x11, 1000, b"")
+        ));
+        assert!(!supersedes(
+            &segment(0x10, 2000, b""),
+            &segment(0x18, 1000, GET)
+        ));
+        assert!(!supersedes(&ack[..ETH_HLEN + 30], &ack));
+        assert!(!supersedes(
+            &segment(0x10, 2000, b""),
+            &ack[..ETH_HLEN + 30]
+        ));
     }
 
     fn rewritten(mut frame: Vec<u8>) -> Vec<u8> {

@@ -36,7 +36,7 @@ pub use forwarder::{
     Action, AttachMode, FlowEntry, ForwardTarget, Forwarder, ParkedFrame, ParkedRing, Stats,
     TestRun, Verdict,
 };
-pub use frame::{is_pure_ack, prepare_for_resend, FrameError};
+pub use frame::{is_pure_ack, prepare_for_resend, supersedes, FrameError};
 pub use runstats::{enable_run_time_stats, program_run_time, RunStatsGuard, RunTime};
 
 /// Capacity of the flow table: writes beyond it fail with a map error.

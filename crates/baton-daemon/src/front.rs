@@ -469,8 +469,10 @@ impl Front {
             )
         })?;
         // Accepted sockets stay plain until they have to wait (see `Conn`).
-        // `with_interest` is deprecated for descriptors that could close
-        // while registered; this one is owned by the registration.
+        // `with_interest` is deprecated as unsound without I/O safety (a
+        // borrowed descriptor could be closed while registered); this one
+        // is owned by the `AsyncFd`, and this crate has no `unsafe` for
+        // `register_with_interest`.
         #[allow(deprecated)]
         let listener = AsyncFd::with_interest(
             listener.into_std().context("the listener")?,
@@ -1284,9 +1286,9 @@ impl Front {
 
     fn keep(&self, q: &mut Vec<Vec<u8>>, frame: Vec<u8>) {
         // Every resend runs through the back-end's stack: a kept pure ACK
-        // followed by another frame of its flow need not go (what it says,
-        // the later frame says again, newer).
-        if q.last().is_some_and(|f| baton_bpf::is_pure_ack(f)) {
+        // need not go when this later frame of its flow says again what it
+        // said (see `baton_bpf::supersedes`: duplicate ACKs all go).
+        if q.last().is_some_and(|f| baton_bpf::supersedes(&frame, f)) {
             q.pop();
             self.counters.frames_superseded.inc();
         }
@@ -1954,7 +1956,15 @@ impl Conn {
             let Conn::Plain(s) = std::mem::replace(self, Conn::Gone) else {
                 unreachable!("checked above")
             };
-            *self = Conn::Polled(TcpStream::from_std(s)?);
+            match TcpStream::from_std(s) {
+                Ok(s) => *self = Conn::Polled(s),
+                Err(e) => {
+                    // Out of memory or descriptors for the poller: the
+                    // connection closes unanswered, as a failed accept would.
+                    warn!(error = %e, "registering a client connection failed");
+                    return Err(e);
+                }
+            }
         }
         match self {
             Conn::Polled(s) => Ok(s),
@@ -1980,7 +1990,17 @@ impl Conn {
         self.polled()?.read(buf).await
     }
 
-    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+    async fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        // The front's own answers are small: usually one write does it,
+        // without registering the socket first.
+        if let Conn::Plain(s) = self {
+            match std::io::Write::write(&mut &*s, buf) {
+                Ok(n) if n == buf.len() => return Ok(()),
+                Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
         self.polled()?.write_all(buf).await
     }
 

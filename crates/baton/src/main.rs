@@ -175,9 +175,12 @@ where
     F: std::future::Future<Output = Result<()>> + Send + 'static,
 {
     rt.block_on(async {
-        tokio::spawn(daemon)
-            .await
-            .unwrap_or_else(|e| Err(anyhow::anyhow!("the daemon's task failed: {e}")))
+        match tokio::spawn(daemon).await {
+            Ok(r) => r,
+            // As if the future had run on this thread.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(anyhow::anyhow!("the daemon's task failed: {e}")),
+        }
     })
 }
 
