@@ -35,7 +35,8 @@ use crate::stats::Counter;
 /// How long an unauthenticated peer may take to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Handshakes in progress at once: peers that have not proved the key
-/// cannot take the slots of real front-ends (`max_fronts`).
+/// cannot take the slots of real front-ends (`max_fronts`), and share
+/// these fairly by address (see `preauth`).
 const MAX_HANDSHAKES: usize = 16;
 /// A frame that cannot be written within this ends the channel.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +54,9 @@ pub struct BackCounters {
     pub closed: Counter,
     pub closed_unreported: Counter,
     pub auth_failures: Counter,
+    /// Handshakes closed unfinished to make room for a newer connection
+    /// (every slot was taken; see `preauth`).
+    pub handshakes_evicted: Counter,
 }
 
 /// What the back-end serves.
@@ -171,7 +175,7 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
         .admin_listen
         .map(|addr| tokio::spawn(Arc::clone(&back).admin(addr)));
     info!(control = %back.cfg.control_listen, vip = %back.cfg.vip, "back-end ready for handoffs");
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let handshakes = crate::preauth::Slots::new(MAX_HANDSHAKES);
     let fronts = Arc::new(Semaphore::new(back.cfg.max_fronts));
     tokio::pin!(shutdown);
     loop {
@@ -179,22 +183,31 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    let Ok(hs) = Arc::clone(&handshakes).try_acquire_owned() else {
-                        warn!(%peer, "too many handshakes in progress; closing the new channel");
-                        continue;
-                    };
+                    // All slots taken: the address holding the most gives its
+                    // oldest handshake up (see `preauth`).
+                    let (mut slot, evicted) = handshakes.acquire(peer.ip());
+                    if evicted {
+                        back.counters.handshakes_evicted.inc();
+                    }
                     let back = Arc::clone(&back);
                     let psk = psk.clone();
                     let stop = stop_rx.clone();
                     let fronts = Arc::clone(&fronts);
                     tokio::spawn(async move {
-                        let pair = control::accept(stream, &psk, HANDSHAKE_TIMEOUT).await;
-                        drop(hs);
+                        let pair = tokio::select! {
+                            r = control::accept(stream, &psk, HANDSHAKE_TIMEOUT) => Some(r),
+                            () = slot.evicted() => None,
+                        };
+                        drop(slot);
                         let (writer, reader) = match pair {
-                            Ok(p) => p,
-                            Err(e) => {
+                            Some(Ok(p)) => p,
+                            Some(Err(e)) => {
                                 back.counters.auth_failures.inc();
                                 warn!(%peer, error = %format!("{e:#}"), "control channel rejected");
+                                return;
+                            }
+                            None => {
+                                debug!(%peer, "handshake closed to make room for a newer one");
                                 return;
                             }
                         };
@@ -266,6 +279,7 @@ pub struct BackStats {
     pub closed: u64,
     pub closed_unreported: u64,
     pub auth_failures: u64,
+    pub handshakes_evicted: u64,
     pub fronts: usize,
     /// Caching mode only.
     pub cache: Option<baton_cache::CacheStats>,
@@ -317,6 +331,7 @@ impl Back {
             closed: c.closed.get(),
             closed_unreported: c.closed_unreported.get(),
             auth_failures: c.auth_failures.get(),
+            handshakes_evicted: c.handshakes_evicted.get(),
             fronts: self.lock_engine().channels(),
             cache,
             files,

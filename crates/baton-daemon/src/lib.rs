@@ -24,5 +24,6 @@ pub mod control;
 pub mod deadline;
 mod eager;
 pub mod front;
+pub mod preauth;
 pub mod relay;
 pub mod stats;

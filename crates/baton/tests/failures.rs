@@ -914,3 +914,128 @@ fn refused_handoff_without_relay_gets_502() {
     finish(lab);
     drop(front);
 }
+
+/// D2: a stranger on the segment holds 150 unauthenticated connections open
+/// to back1's control port, reopening each one the back-end closes. The
+/// front's channel is then cut: it must come back within 1 s (a reconnect
+/// takes 50-100 ms here; before the fix the stranger's handshakes held
+/// every pre-authentication slot and the front got in only when a wave of
+/// them timed out, after 2-3 s), and the back-end keeps serving.
+#[test]
+fn unauthenticated_connections_do_not_lock_the_front_out() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const HELD: usize = 150;
+    let lab = up(1, Some(QUICK_CONTROL), None);
+    let control = SocketAddr::V4(SocketAddrV4::new(lab.info.hosts["back1"].ip, 7070));
+    let stop = Arc::new(AtomicBool::new(false));
+    let open = Arc::new(AtomicUsize::new(0));
+    let reopened = Arc::new(AtomicUsize::new(0));
+    let client_ns = lab.netns("client").expect("client netns").to_owned();
+    let attacker = {
+        let (stop, open, reopened) = (Arc::clone(&stop), Arc::clone(&open), Arc::clone(&reopened));
+        std::thread::spawn(move || {
+            in_netns(&client_ns, move || {
+                let connect = || {
+                    let s = TcpStream::connect_timeout(&control, Duration::from_secs(1)).ok()?;
+                    s.set_nonblocking(true).ok()?;
+                    Some(s)
+                };
+                let mut conns: Vec<Option<TcpStream>> = (0..HELD).map(|_| connect()).collect();
+                // Bounded: the test stops it, and it gives up after 30 s anyway.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let mut n_open = 0;
+                    for c in conns.iter_mut() {
+                        let closed = match c {
+                            None => true,
+                            Some(s) => match s.read(&mut buf) {
+                                Ok(0) => true,
+                                Ok(_) => false,
+                                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                            },
+                        };
+                        if closed {
+                            *c = connect();
+                            reopened.fetch_add(1, Ordering::Relaxed);
+                        }
+                        n_open += usize::from(c.is_some());
+                    }
+                    open.store(n_open, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        })
+    };
+    let held = Instant::now() + Duration::from_secs(10);
+    while open.load(Ordering::Relaxed) < HELD && Instant::now() < held {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let out = lab
+        .run(
+            "back1",
+            &[
+                "ss",
+                "-tnK",
+                "state",
+                "established",
+                "( sport = :7070 )",
+                "dst",
+                "198.18.0.3",
+            ],
+        )
+        .expect("running ss -K in back1");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(":7070"),
+        "ss -K did not destroy the front's channel: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reconnected = {
+        let t = Instant::now();
+        let mut up = false;
+        while t.elapsed() < Duration::from_secs(1) {
+            let s = stats(&lab);
+            if backend(&s, "back1")["up"] == true && backend(&s, "back1")["connects"] == 2 {
+                up = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        up
+    };
+    let (held_now, churn) = (
+        open.load(Ordering::Relaxed),
+        reopened.load(Ordering::Relaxed),
+    );
+    let served = up_and_serving(&lab);
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().expect("attacker thread");
+    assert!(
+        reconnected,
+        "the front did not get its channel back within 1 s while {held_now} unauthenticated \
+         connections were held ({churn} reopened)\n{}",
+        logs(&lab)
+    );
+    assert!(
+        held_now >= HELD / 2,
+        "the stranger did not hold its connections: {held_now}"
+    );
+    assert!(
+        served,
+        "the cluster did not serve while under the stranger's connections"
+    );
+    finish(lab);
+}
+
+/// One GET through the VIP, answered 200 with the right body.
+fn up_and_serving(lab: &Lab) -> bool {
+    let addr = vip(lab);
+    let want = doc(lab, "1k.bin");
+    in_netns(lab.netns("client").expect("client netns"), move || {
+        exchange(addr, get_request("/1k.bin", true).as_bytes(), false)
+            .is_ok_and(|r| r.status == 200 && r.body == want)
+    })
+}
