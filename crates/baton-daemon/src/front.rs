@@ -251,6 +251,8 @@ struct FrontCounters {
     /// Handoffs refused because the forwarder's flow table was full.
     flow_table_full: Counter,
     client_gone: Counter,
+    /// Connections answered 503 at once: `limits.max_pending` were pending.
+    shed: Counter,
     frames_resent: Counter,
     /// Kept pure ACKs replaced by a later frame of their flow.
     frames_superseded: Counter,
@@ -508,6 +510,7 @@ impl Front {
                         self.counters.accepted.inc();
                         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
                             // Over the limit: answer at once rather than queue.
+                            self.counters.shed.inc();
                             tokio::spawn(reject(Conn::Plain(stream), 503));
                             continue;
                         };
@@ -573,7 +576,8 @@ impl Front {
                 Err(_) => {
                     self.counters.head_timeouts.inc();
                     debug!(%peer, "request head timeout");
-                    let _ = stream.write_all(&plain_error(408)).await;
+                    drop(pending);
+                    stream.answer(408).await;
                     return;
                 }
                 Ok(Err(HeadFailure::Closed)) => {
@@ -583,7 +587,8 @@ impl Front {
                 Ok(Err(HeadFailure::Bad(status, why))) => {
                     self.counters.bad_requests.inc();
                     debug!(%peer, status, why, "bad request head");
-                    let _ = stream.write_all(&plain_error(status)).await;
+                    drop(pending);
+                    stream.answer(status).await;
                     return;
                 }
                 Ok(Ok(h)) => h,
@@ -594,7 +599,8 @@ impl Front {
             Err(why) => {
                 self.counters.no_backend.inc();
                 debug!(%peer, why, "no back-end for the request");
-                let _ = stream.write_all(&plain_error(503)).await;
+                drop(pending);
+                stream.answer(503).await;
                 return;
             }
         };
@@ -611,7 +617,8 @@ impl Front {
             Route::Unusable => {
                 // `pick` offers no such back-end; kept total all the same.
                 self.counters.no_backend.inc();
-                let _ = stream.write_all(&plain_error(503)).await;
+                drop(pending);
+                stream.answer(503).await;
                 return;
             }
         }
@@ -623,7 +630,8 @@ impl Front {
         };
         let (SocketAddr::V4(client), Ok(SocketAddr::V4(vip))) = (peer, local) else {
             debug!(%peer, "not IPv4; not handed off");
-            let _ = stream.write_all(&plain_error(505)).await;
+            drop(pending);
+            stream.answer(505).await;
             return;
         };
         let key = FlowKey { client, vip };
@@ -667,8 +675,8 @@ impl Front {
                         }
                     }
                     None => {
-                        let _ = stream.write_all(&plain_error(status)).await;
-                        let _ = stream.shutdown().await;
+                        drop(pending);
+                        stream.answer(status).await;
                     }
                 }
             }
@@ -709,7 +717,7 @@ impl Front {
         let Ok(_slot) = self.relay_slots.try_acquire() else {
             self.counters.relay_failures.inc();
             debug!(backend = %b.name, "relay.max_connections reached");
-            let _ = stream.write_all(&plain_error(503)).await;
+            answer_on(&mut stream, 503).await;
             return;
         };
         let _active = ActiveRelay::enter(&b.relay_active);
@@ -745,8 +753,7 @@ impl Front {
                 Err(e) => {
                     self.relay_connect_failed(b, primary, &e);
                     let status = if e.timed_out() { 504 } else { 502 };
-                    let _ = stream.write_all(&plain_error(status)).await;
-                    let _ = stream.shutdown().await;
+                    answer_on(&mut stream, status).await;
                     return;
                 }
             };
@@ -1090,7 +1097,11 @@ impl Front {
                 self.counters.handoffs_failed.inc();
                 if let Some(b) = self.backends.get(backend) {
                     b.failures.inc();
-                    warn!(backend = %b.name, status, error = %why, "handoff not done; the front answers");
+                    if b.relay_to.is_some() {
+                        warn!(backend = %b.name, error = %why, "handoff not done; relaying the connection instead");
+                    } else {
+                        warn!(backend = %b.name, status, error = %why, "handoff not done; the front answers");
+                    }
                 }
             }
             FrontEvent::Refused {
@@ -1625,6 +1636,7 @@ impl Front {
             no_backend: c.no_backend.get(),
             flow_table_full: c.flow_table_full.get(),
             client_gone: c.client_gone.get(),
+            shed: c.shed.get(),
             frames_resent: c.frames_resent.get(),
             frames_superseded: c.frames_superseded.get(),
             frames_dropped: c.frames_dropped.get(),
@@ -1769,6 +1781,9 @@ pub struct FrontStats {
     /// Handoffs answered 503 because the forwarder's flow table was full.
     pub flow_table_full: u64,
     pub client_gone: u64,
+    /// Connections answered 503 without being read because
+    /// `limits.max_pending` connections were being read or handed off.
+    pub shed: u64,
     pub frames_resent: u64,
     /// Kept pure ACKs not resent because a later frame of their flow
     /// carries the same acknowledgement (or a newer one).
@@ -1990,22 +2005,13 @@ impl Conn {
         self.polled()?.read(buf).await
     }
 
-    async fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
-        // The front's own answers are small: usually one write does it,
-        // without registering the socket first.
-        if let Conn::Plain(s) = self {
-            match std::io::Write::write(&mut &*s, buf) {
-                Ok(n) if n == buf.len() => return Ok(()),
-                Ok(n) => buf = buf.get(n..).unwrap_or_default(),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+    /// Answers `status` itself and closes gracefully (see [`answer_on`]).
+    /// Callers give their `max_pending` slot back first: a lingering
+    /// connection is not being read or handed off.
+    async fn answer(mut self, status: u16) {
+        if let Ok(s) = self.polled() {
+            answer_on(s, status).await;
         }
-        self.polled()?.write_all(buf).await
-    }
-
-    async fn shutdown(&mut self) -> std::io::Result<()> {
-        self.polled()?.shutdown().await
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -2026,8 +2032,20 @@ impl Conn {
     }
 }
 
-async fn reject(mut stream: Conn, status: u16) {
-    let _ = stream.write_all(&plain_error(status)).await;
+async fn reject(stream: Conn, status: u16) {
+    stream.answer(status).await;
+}
+
+/// Writes the front's own answer `status` and closes gracefully: ends the
+/// sending direction, then reads and discards what the client still sends
+/// for a while (`baton_serve::Lingering`, as nginx's lingering close).
+/// Closing with unread input sends a reset, and the client's kernel may
+/// then drop the answer unread.
+async fn answer_on(stream: &mut TcpStream, status: u16) {
+    let mut s = baton_serve::Lingering::new(stream);
+    if s.write_all(&plain_error(status)).await.is_ok() {
+        let _ = s.shutdown().await;
+    }
 }
 
 /// What a client is told when the front answers itself: the status and its

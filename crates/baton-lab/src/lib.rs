@@ -649,7 +649,7 @@ fn wait_origin(
     }
 }
 
-/// Polls until the front reports ready and the client can fetch from the VIP;
+/// Polls until the front reports ready and the client gets an answer from the VIP;
 /// fails at once if a daemon dies.
 fn wait_ready(
     children: &mut [(String, Child, ProcId)],
@@ -667,14 +667,16 @@ fn wait_ready(
         if !front_ready {
             front_ready = cmd::http_ok(front_ns, curl, &ready_url)?;
         }
-        if front_ready && cmd::http_ok(client_ns, curl, &vip_url)? {
+        // Any HTTP answer through the VIP will do: a docroot need not have
+        // an index (the front's /ready already said the back-ends are up).
+        if front_ready && cmd::http_answers(client_ns, curl, &vip_url)? {
             return Ok(());
         }
         if start.elapsed() >= READY_TIMEOUT {
             let log = labdir.join("front.log");
             return Err(LabError::NotReady {
                 what: if front_ready {
-                    format!("the client cannot fetch {vip_url}")
+                    format!("the client gets no answer from {vip_url}")
                 } else {
                     format!("the front never answered {ready_url}")
                 },

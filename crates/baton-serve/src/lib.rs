@@ -54,6 +54,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+pub use io::{Lingering, LINGER, LINGER_BYTES};
 pub use stats::{Counters, ServeStats};
 
 use crate::io::SendTimeout;
@@ -237,7 +238,7 @@ where
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     St: Future<Output = ()>,
 {
-    let io = TokioIo::new(SendTimeout::new(io, limits.send_timeout));
+    let io = TokioIo::new(Lingering::new(SendTimeout::new(io, limits.send_timeout)));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)

@@ -123,3 +123,114 @@ fn bad_and_unusual_requests_get_the_right_answers() {
     );
     finish(lab);
 }
+
+/// Sends `request` on a new connection, then reads until the front closes:
+/// what came back, and whether it ended with a clean close (FIN) rather
+/// than a reset.
+fn answer_then_close(addr: std::net::SocketAddr, request: Vec<u8>) -> (String, Result<(), String>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the VIP");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let sent = s.write_all(&request).map_err(|e| format!("sending: {e}"));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break sent,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(format!("{e} ({:?})", e.kind())),
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), end)
+}
+
+/// D4 and D5: answers end with a clean close, not a reset, although the
+/// client sent more than was read: a head over the limit (20 KB of
+/// headers, a 100 KB URI) gets 431 from the front, a 1 MiB POST gets 405
+/// from the back-end, and a connection over `max_pending` gets 503 without
+/// its request being read, and is counted in `shed`. Closing with unread input would send a reset, which can make
+/// the client's kernel drop the answer.
+#[test]
+fn answers_to_unread_input_end_with_a_clean_close() {
+    let extra = format!("{FAST_FLOWS}[limits]\nmax_pending = 1\nhead_timeout_ms = 4000\n");
+    let lab = up(1, Some(&extra), None);
+    let addr = vip(&lab);
+    let before = stats(&lab);
+
+    let results = in_netns(lab.netns("client").expect("client netns"), move || {
+        let mut r = Vec::new();
+        let headers = format!(
+            "GET / HTTP/1.1\r\nHost: baton.test\r\nX-Filler: {}\r\n\r\n",
+            "a".repeat(20 * 1000)
+        );
+        r.push((
+            "20 KB of headers",
+            answer_then_close(addr, headers.into_bytes()),
+        ));
+        let uri = format!(
+            "GET /{} HTTP/1.1\r\nHost: baton.test\r\n\r\n",
+            "u".repeat(100 * 1000)
+        );
+        r.push(("a 100 KB URI", answer_then_close(addr, uri.into_bytes())));
+        // Handed off: the back-end answers 405 without reading the body.
+        let mut post = format!(
+            "POST /index.html HTTP/1.1\r\nHost: baton.test\r\nContent-Length: {}\r\n\r\n",
+            1 << 20
+        )
+        .into_bytes();
+        post.resize(post.len() + (1 << 20), b'p');
+        r.push(("a 1 MiB POST", answer_then_close(addr, post)));
+        // One connection that never finishes its head holds the only
+        // pending slot; every other one is shed.
+        let mut holder = std::net::TcpStream::connect(addr).expect("connect");
+        std::io::Write::write_all(&mut holder, b"GET / HTTP/1.1\r\nHost: baton.test\r\n")
+            .expect("partial head");
+        // The holder is pending once the front has accepted it, which the
+        // listener defers until its first bytes arrived: wait for the front
+        // to shed a probe, then measure.
+        let request = b"GET /1k.bin HTTP/1.1\r\nHost: baton.test\r\n\r\n".to_vec();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let (answer, _) = answer_then_close(addr, request.clone());
+            if answer.starts_with("HTTP/1.1 503") || Instant::now() > deadline {
+                break;
+            }
+        }
+        for _ in 0..12 {
+            r.push(("over max_pending", answer_then_close(addr, request.clone())));
+        }
+        drop(holder);
+        r
+    });
+
+    let mut problems = Vec::new();
+    for (what, (answer, end)) in &results {
+        let want = match *what {
+            "over max_pending" => "HTTP/1.1 503",
+            "a 1 MiB POST" => "HTTP/1.1 405",
+            _ => "HTTP/1.1 431",
+        };
+        if !answer.starts_with(want) || end.is_err() {
+            problems.push(format!(
+                "{what}: {:?} ended with {end:?}",
+                answer.lines().next().unwrap_or("(nothing)")
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {} answers were lost or ended with a reset:\n{}\n{}",
+        problems.len(),
+        results.len(),
+        problems.join("\n"),
+        logs(&lab)
+    );
+    let after = stats(&lab);
+    let shed = counter(&after, "shed") - counter(&before, "shed");
+    assert!(
+        shed >= 12,
+        "shed counted {shed} of at least 12 connections\n{after:#}"
+    );
+    finish(lab);
+}

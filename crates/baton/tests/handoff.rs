@@ -309,3 +309,32 @@ fn ten_thousand_sequential_and_a_thousand_concurrent_handoffs() {
     assert!(counter(&s, "handoffs_ok") >= 11_000, "{s:#}");
     finish(lab);
 }
+
+/// `baton lab up --docroot DIR` with a DIR that has no `index.html`: the
+/// lab comes up (any answer from the VIP means it serves) and serves DIR's
+/// files; `/` is the back-end's 404.
+#[test]
+fn a_docroot_without_an_index_serves() {
+    let dir = tempfile::tempdir().expect("a temporary docroot");
+    std::fs::write(dir.path().join("only.txt"), b"the only file\n").expect("writing only.txt");
+    // Before: the readiness probe wanted a 2xx for `/` and lab up failed after 20 s.
+    let lab = up_with(baton_tools::labtools::LabOptions {
+        backends: 1,
+        docroot: Some(dir.path().to_owned()),
+        ..Default::default()
+    });
+    let addr = vip(&lab);
+    let (file, root) = in_netns(lab.netns("client").expect("client netns"), move || {
+        (
+            exchange(addr, get_request("/only.txt", true).as_bytes(), false),
+            exchange(addr, get_request("/", true).as_bytes(), false),
+        )
+    });
+    let file = file.unwrap_or_else(|e| panic!("GET /only.txt: {e}\n{}", logs(&lab)));
+    assert_eq!(
+        (file.status, file.body.as_slice()),
+        (200, &b"the only file\n"[..])
+    );
+    assert_eq!(root.map(|r| r.status).ok(), Some(404));
+    finish(lab);
+}
