@@ -1,7 +1,8 @@
 //! The daemons' admin endpoint (keep it on loopback). The front serves
 //! `GET /ready` (200 once every back-end's control channel is up, else 503),
-//! `GET /stats` (JSON) and `POST /stats/reset-latency` (forget latency
-//! samples); a back-end serves `GET /stats`.
+//! `GET /stats` (JSON), `GET /metrics` (Prometheus) and
+//! `POST /stats/reset-latency` (forget latency samples); a back-end serves
+//! `GET /stats` and `GET /metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -69,7 +70,7 @@ where
     }
 }
 
-fn route(front: &Front, req: hyper::Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(front: &Arc<Front>, req: hyper::Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ready") => {
             if front.ready() {
@@ -82,11 +83,12 @@ fn route(front: &Front, req: hyper::Request<Incoming>) -> Response<Full<Bytes>> 
             }
         }
         (&Method::GET, "/stats") => json(&front.snapshot()),
+        (&Method::GET, "/metrics") => metrics(crate::front::Metrics(Arc::clone(front))),
         (&Method::POST, "/stats/reset-latency") => {
             front.reset_latency();
             text(StatusCode::OK, "reset\n")
         }
-        _ => text(StatusCode::NOT_FOUND, "try /ready or /stats\n"),
+        _ => text(StatusCode::NOT_FOUND, "try /ready, /stats or /metrics\n"),
     }
 }
 
@@ -99,6 +101,16 @@ pub fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response\n")),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
     }
+}
+
+/// The Prometheus exposition of `collector`.
+pub fn metrics(collector: impl prometheus_client::collector::Collector) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(collector))));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    r
 }
 
 /// A plain-text response.

@@ -341,10 +341,10 @@ impl Back {
     /// `GET /stats` on the admin address.
     async fn admin(self: Arc<Self>, addr: SocketAddr) {
         crate::admin::serve_with(addr, move |req| {
-            if req.method() == http::Method::GET && req.uri().path() == "/stats" {
-                crate::admin::json(&self.snapshot())
-            } else {
-                crate::admin::text(http::StatusCode::NOT_FOUND, "try /stats\n")
+            match (req.method() == http::Method::GET, req.uri().path()) {
+                (true, "/stats") => crate::admin::json(&self.snapshot()),
+                (true, "/metrics") => crate::admin::metrics(Metrics(Arc::clone(&self))),
+                _ => crate::admin::text(http::StatusCode::NOT_FOUND, "try /stats or /metrics\n"),
             }
         })
         .await
@@ -701,5 +701,158 @@ impl Back {
 
     fn lock_serving(&self) -> std::sync::MutexGuard<'_, HashMap<(IpAddr, u64), Serving>> {
         self.serving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The back-end's `/metrics` (see [`crate::metrics`]), read from
+/// [`Back::snapshot`] at each scrape.
+#[derive(Debug)]
+struct Metrics(Arc<Back>);
+
+impl prometheus_client::collector::Collector for Metrics {
+    fn encode(&self, mut enc: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{as_gauge, counter, counters_by, gauge};
+        let s = self.0.snapshot();
+        let e = &mut enc;
+        counters_by(
+            e,
+            "baton_back_handoffs",
+            "Handoffs by what became of them",
+            "result",
+            &[
+                ("restored", s.restored),
+                ("refused", s.refused),
+                ("live", s.live),
+                ("aborted", s.aborted),
+                ("cancelled", s.cancelled),
+            ],
+        )?;
+        counter(
+            e,
+            "baton_back_connections_closed",
+            "Handed-off connections that ended",
+            s.closed,
+        )?;
+        counter(
+            e,
+            "baton_back_connections_closed_unreported",
+            "Ended connections whose Closed report found no channel",
+            s.closed_unreported,
+        )?;
+        gauge(
+            e,
+            "baton_back_connections_active",
+            "Handed-off connections being served now",
+            i64::from(s.active),
+        )?;
+        counter(
+            e,
+            "baton_back_control_auth_failures",
+            "Control connections that failed to authenticate",
+            s.auth_failures,
+        )?;
+        counter(
+            e,
+            "baton_back_control_handshakes_evicted",
+            "Unfinished handshakes closed to make room for newer connections",
+            s.handshakes_evicted,
+        )?;
+        gauge(
+            e,
+            "baton_back_fronts_connected",
+            "Front-ends with a control channel now",
+            as_gauge(s.fronts),
+        )?;
+        if let Some(f) = &s.files {
+            counter(
+                e,
+                "baton_back_http_requests",
+                "HTTP requests served from files",
+                f.requests,
+            )?;
+            counter(
+                e,
+                "baton_back_http_response_bytes",
+                "Response body bytes sent",
+                f.bytes_sent,
+            )?;
+            counters_by(
+                e,
+                "baton_back_http_responses",
+                "HTTP responses by class",
+                "class",
+                &[("2xx", f.responses_2xx), ("4xx", f.responses_4xx)],
+            )?;
+            counter(
+                e,
+                "baton_back_http_aborted",
+                "Responses cut short by the client",
+                f.aborted,
+            )?;
+        }
+        if let Some(c) = &s.cache {
+            counters_by(
+                e,
+                "baton_back_cache_lookups",
+                "Cache lookups by result",
+                "result",
+                &[("hit", c.hits), ("miss", c.misses)],
+            )?;
+            counter(
+                e,
+                "baton_back_cache_inserts",
+                "Objects stored in the cache",
+                c.inserts,
+            )?;
+            counter(
+                e,
+                "baton_back_cache_evictions",
+                "Objects evicted from the cache",
+                c.evictions,
+            )?;
+            counter(
+                e,
+                "baton_back_cache_too_large",
+                "Objects too large to cache",
+                c.too_large,
+            )?;
+            gauge(
+                e,
+                "baton_back_cache_bytes",
+                "Bytes cached now",
+                as_gauge(c.bytes_cached),
+            )?;
+            gauge(
+                e,
+                "baton_back_cache_capacity_bytes",
+                "The cache's size",
+                as_gauge(c.capacity),
+            )?;
+            gauge(
+                e,
+                "baton_back_cache_objects",
+                "Objects cached now",
+                as_gauge(c.objects),
+            )?;
+            counter(
+                e,
+                "baton_back_origin_requests",
+                "Requests to the origin",
+                c.origin_requests,
+            )?;
+            counter(
+                e,
+                "baton_back_origin_errors",
+                "Failed requests to the origin",
+                c.origin_errors,
+            )?;
+            counter(
+                e,
+                "baton_back_origin_bytes",
+                "Bytes fetched from the origin",
+                c.origin_bytes,
+            )?;
+        }
+        Ok(())
     }
 }

@@ -2088,3 +2088,278 @@ fn listen_on(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<TcpLi
 
 /// `TCP_DEFER_ACCEPT`'s wait for a silent client's first bytes.
 const DEFER_ACCEPT_SECS: libc::c_int = 5;
+
+/// The front's `/metrics` (see [`crate::metrics`]): read from
+/// [`Front::snapshot`] at each scrape, plus the handoff step histograms.
+#[derive(Debug)]
+pub struct Metrics(pub Arc<Front>);
+
+impl prometheus_client::collector::Collector for Metrics {
+    fn encode(&self, mut enc: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{as_gauge, counter, counters_by, gauge, gauges_by, histogram};
+        let f = &self.0;
+        let s = f.snapshot();
+        let e = &mut enc;
+        counter(
+            e,
+            "baton_front_connections_accepted",
+            "Client connections accepted",
+            s.accepted,
+        )?;
+        counter(
+            e,
+            "baton_front_connections_shed",
+            "Connections answered 503 at once because limits.max_pending were pending",
+            s.shed,
+        )?;
+        counters_by(
+            e,
+            "baton_front_handoffs",
+            "Handoffs by result (failed includes reset)",
+            "result",
+            &[("ok", s.handoffs_ok), ("failed", s.handoffs_failed)],
+        )?;
+        counter(
+            e,
+            "baton_front_handoffs_reset",
+            "Handed-off clients reset: no Live in time, or the channel dropped first",
+            s.handoffs_reset,
+        )?;
+        counters_by(
+            e,
+            "baton_front_requests_answered_by_front",
+            "Requests the front answered itself, by cause",
+            "cause",
+            &[
+                ("bad_request", s.bad_requests),
+                ("head_timeout", s.head_timeouts),
+                ("no_backend", s.no_backend),
+                ("flow_table_full", s.flow_table_full),
+            ],
+        )?;
+        counter(
+            e,
+            "baton_front_clients_gone",
+            "Clients that closed before their head was read",
+            s.client_gone,
+        )?;
+        counter(
+            e,
+            "baton_front_stale_frames",
+            "Control frames about handoffs already settled",
+            s.stale_frames,
+        )?;
+        counters_by(
+            e,
+            "baton_front_kept_frames",
+            "Client frames kept while their flow was parked, by fate",
+            "fate",
+            &[
+                ("resent", s.frames_resent),
+                ("superseded", s.frames_superseded),
+                ("dropped", s.frames_dropped),
+            ],
+        )?;
+        gauge(
+            e,
+            "baton_front_kept_frames_held",
+            "Client frames held now for parked flows",
+            as_gauge(s.kept_frames),
+        )?;
+        gauge(
+            e,
+            "baton_front_flows_parked",
+            "Flows parked now (handoff in progress)",
+            as_gauge(s.flows_parked),
+        )?;
+        gauge(
+            e,
+            "baton_front_flows_tracked",
+            "Flows the handoff engine tracks now",
+            as_gauge(s.flows_tracked),
+        )?;
+        gauge(
+            e,
+            "baton_front_forwarding_entries",
+            "Entries in the forwarder's flow table",
+            as_gauge(s.forwarding_entries),
+        )?;
+        gauge(
+            e,
+            "baton_front_forwarding_entries_capacity",
+            "Size of the forwarder's flow table",
+            i64::from(baton_bpf::MAX_FLOWS),
+        )?;
+        counters_by(
+            e,
+            "baton_front_forwarding_entries_removed",
+            "Forwarding entries removed, by cause",
+            "cause",
+            &[
+                ("closed", s.entries_removed_closed),
+                ("idle", s.entries_removed_idle),
+                ("orphaned", s.entries_removed_orphaned),
+            ],
+        )?;
+        counters_by(
+            e,
+            "baton_front_bpf_packets",
+            "Client packets by the forwarder's verdict",
+            "verdict",
+            &[
+                ("forwarded", s.bpf_forwarded),
+                ("parked", s.bpf_parked),
+                ("park_lost", s.bpf_park_lost),
+                ("syn_replaced", s.bpf_syn_replaced),
+                ("error", s.bpf_errors),
+            ],
+        )?;
+        counter(
+            e,
+            "baton_front_parked_malformed",
+            "Parked records that could not be read",
+            s.parked_malformed,
+        )?;
+        counter(e, "baton_front_relayed", "Connections relayed", s.relayed)?;
+        counter(
+            e,
+            "baton_front_relay_fallbacks",
+            "Failed handoffs relayed instead",
+            s.relay_fallbacks,
+        )?;
+        counter(
+            e,
+            "baton_front_relay_failures",
+            "Relays that could not reach their back-end",
+            s.relay_failures,
+        )?;
+        counter(
+            e,
+            "baton_front_relay_idle_timeouts",
+            "Relays ended by the idle timeout",
+            s.relay_idle_timeouts,
+        )?;
+        gauge(
+            e,
+            "baton_front_relay_active",
+            "Connections being relayed now",
+            as_gauge(s.relay_active),
+        )?;
+        counters_by(
+            e,
+            "baton_front_relay_bytes",
+            "Bytes relayed, by direction",
+            "direction",
+            &[("up", s.relay_bytes_up), ("down", s.relay_bytes_down)],
+        )?;
+        counters_by(
+            e,
+            "baton_front_relay_upstream_connections",
+            "Relay connections to back-ends, by event",
+            "event",
+            &[
+                ("opened", s.relay_upstream_opened),
+                ("reused", s.relay_upstream_reused),
+                ("retried", s.relay_upstream_retried),
+                ("idle_closed", s.relay_upstream_idle),
+            ],
+        )?;
+        let per = |v: fn(&BackendStats) -> u64| -> Vec<(String, u64)> {
+            s.backends.iter().map(|b| (b.name.clone(), v(b))).collect()
+        };
+        let per_gauge = |v: fn(&BackendStats) -> i64| -> Vec<(String, i64)> {
+            s.backends.iter().map(|b| (b.name.clone(), v(b))).collect()
+        };
+        counters_by(
+            e,
+            "baton_front_backend_handoffs",
+            "Handoffs to each back-end",
+            "backend",
+            &per(|b| b.handoffs),
+        )?;
+        counters_by(
+            e,
+            "baton_front_backend_failures",
+            "Failed handoffs to each back-end",
+            "backend",
+            &per(|b| b.failures),
+        )?;
+        counters_by(
+            e,
+            "baton_front_backend_relayed",
+            "Connections relayed to each back-end",
+            "backend",
+            &per(|b| b.relayed),
+        )?;
+        counters_by(
+            e,
+            "baton_front_backend_relay_failures",
+            "Relays that could not reach each back-end",
+            "backend",
+            &per(|b| b.relay_failures),
+        )?;
+        counters_by(
+            e,
+            "baton_front_backend_control_connects",
+            "Control channels established to each back-end",
+            "backend",
+            &per(|b| b.connects),
+        )?;
+        gauges_by(
+            e,
+            "baton_front_backend_up",
+            "Whether each back-end's control channel is up (1) or not (0)",
+            "backend",
+            &per_gauge(|b| i64::from(b.up)),
+        )?;
+        gauges_by(
+            e,
+            "baton_front_backend_draining",
+            "Whether each back-end is draining",
+            "backend",
+            &per_gauge(|b| i64::from(b.draining)),
+        )?;
+        gauges_by(
+            e,
+            "baton_front_backend_load",
+            "Each back-end's load as the front estimates it",
+            "backend",
+            &per_gauge(|b| i64::from(b.load)),
+        )?;
+        for (name, help, h) in [
+            (
+                "baton_front_handoff_dump_seconds",
+                "Dump of a connection's TCP state",
+                &f.lat_dump,
+            ),
+            (
+                "baton_front_handoff_restore_seconds",
+                "Restore on the back-end, as it reports",
+                &f.lat_restore,
+            ),
+            (
+                "baton_front_handoff_live_seconds",
+                "Handoff written to Live read (restore and first answer included)",
+                &f.lat_rtt,
+            ),
+            (
+                "baton_front_handoff_queue_seconds",
+                "Request head read to Handoff queued",
+                &f.lat_send,
+            ),
+            (
+                "baton_front_handoff_seconds",
+                "Request head read to forwarding",
+                &f.lat_total,
+            ),
+        ] {
+            histogram(e, name, help, h.cumulative())?;
+        }
+        gauge(
+            e,
+            "baton_front_uptime_seconds",
+            "Seconds since the front started",
+            s.uptime_s as i64,
+        )
+    }
+}

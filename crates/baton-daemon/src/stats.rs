@@ -40,6 +40,8 @@ impl Counter {
 #[derive(Debug)]
 pub struct Samples {
     inner: Mutex<Window>,
+    /// Every sample since start, in seconds, for `/metrics` (never cleared).
+    cumulative: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// The two halves of the window: `cur` is written, `prev` only read.
@@ -104,12 +106,22 @@ impl Samples {
                 prev: Part::new(),
                 cap: u64::try_from(cap.max(1)).unwrap_or(u64::MAX),
             }),
+            // 10 µs to about 10 s, doubling.
+            cumulative: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 21),
+            ),
         }
+    }
+
+    /// Every sample since start, in seconds (for `/metrics`).
+    pub fn cumulative(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.cumulative
     }
 
     /// Records one sample in microseconds (above [`Self::HIGHEST_US`]: as that).
     pub fn record_us(&self, us: u64) {
         let us = us.min(Self::HIGHEST_US);
+        self.cumulative.observe(us as f64 / 1e6);
         let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         w.cur.hist.saturating_record(us);
         w.cur.max = w.cur.max.max(us);
