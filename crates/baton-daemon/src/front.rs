@@ -1684,6 +1684,7 @@ impl Front {
                             Route::Unusable => false,
                         },
                         draining: st.draining,
+                        weight: b.weight,
                         load: st
                             .load()
                             .saturating_add(b.relay_active.load(Ordering::Relaxed)),
@@ -1847,6 +1848,8 @@ pub struct BackendStats {
     pub relay_address: Option<String>,
     pub up: bool,
     pub draining: bool,
+    /// Relative capacity (`weight` in the configuration).
+    pub weight: u32,
     pub load: u32,
     pub handoffs: u64,
     /// Handoffs that failed.

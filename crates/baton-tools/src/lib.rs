@@ -22,3 +22,4 @@ pub mod demo;
 pub mod labcmd;
 pub mod labtools;
 pub mod simcmd;
+pub mod status;

@@ -59,6 +59,8 @@ enum Cmd {
     },
     /// Simulate a cluster under every distribution policy (trace-driven).
     Sim(simcmd::SimArgs),
+    /// A running front's back-ends: health, load, weight, rates, errors (refreshing, or --json).
+    Status(baton_tools::status::StatusArgs),
     /// Benchmarks (numbers printed and written as JSON).
     Bench {
         #[command(subcommand)]
@@ -230,6 +232,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Sim(a) => simcmd::run(&a),
+        Cmd::Status(a) => baton_tools::status::run(&a),
         Cmd::Serve { listen, docroot } => serve(listen, docroot),
         Cmd::Demo(a) => demo::require_root("baton demo").and_then(|()| demo::run(&a)),
         Cmd::Bench { cmd } => demo::require_root("baton bench").and_then(|()| bench::run(cmd)),

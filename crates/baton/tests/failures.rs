@@ -1039,3 +1039,57 @@ fn up_and_serving(lab: &Lab) -> bool {
             .is_ok_and(|r| r.status == 200 && r.body == want)
     })
 }
+
+/// `baton status --json` (run in the front's namespace against its admin
+/// address) shows a back-end stopped with SIGSTOP as down within the
+/// heartbeat limit (`dead_after_ms`), and up again once it runs.
+#[test]
+fn status_shows_a_stopped_backend_down_within_the_heartbeat_limit() {
+    let lab = up(2, Some(QUICK_CONTROL), None);
+    let baton = baton().to_str().expect("utf-8 path").to_owned();
+    let back1_up = |lab: &Lab| -> Option<bool> {
+        let out = lab
+            .run(
+                "front",
+                &[&baton, "status", "--json", "--interval-ms", "200"],
+            )
+            .expect("running baton status");
+        assert!(
+            out.status.success(),
+            "baton status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        doc["backends"]
+            .as_array()?
+            .iter()
+            .find(|b| b["name"] == "back1")?["up"]
+            .as_bool()
+    };
+    assert_eq!(back1_up(&lab), Some(true), "back1 up before the stop");
+    let pid = pid_of(&lab, "back1");
+    signal(pid, "-STOP");
+    let stopped = Instant::now();
+    // dead_after_ms = 1000 (QUICK_CONTROL); one status run takes 200 ms.
+    let limit = Duration::from_millis(1000 + 1500);
+    let mut down_after = None;
+    while stopped.elapsed() < limit {
+        if back1_up(&lab) == Some(false) {
+            down_after = Some(stopped.elapsed());
+            break;
+        }
+    }
+    signal(pid, "-CONT");
+    let down_after = down_after.unwrap_or_else(|| {
+        panic!(
+            "baton status still showed back1 up {limit:?} after SIGSTOP\n{}",
+            logs(&lab)
+        )
+    });
+    wait_stats(&lab, "back1 to come back", Duration::from_secs(5), |s| {
+        backend(s, "back1")["up"] == true
+    });
+    assert_eq!(back1_up(&lab), Some(true), "back1 up after SIGCONT");
+    eprintln!("back1 shown down {down_after:?} after SIGSTOP");
+    finish(lab);
+}
