@@ -24,6 +24,7 @@ pub mod control;
 pub mod deadline;
 mod eager;
 pub mod front;
+pub mod hostcheck;
 pub mod metrics;
 pub mod preauth;
 pub mod relay;

@@ -40,6 +40,11 @@ enum Cmd {
     Check {
         /// The TOML file.
         file: PathBuf,
+        /// Also check that this host is ready to run that daemon (run it
+        /// where and as the daemon runs): the VIP and ARP settings of a
+        /// back-end, the interface, privileges and BPF support of a front.
+        #[arg(long)]
+        host: bool,
     },
     /// The network-namespace testbed.
     Lab {
@@ -238,7 +243,27 @@ fn main() -> ExitCode {
         Cmd::Bench { cmd } => demo::require_root("baton bench").and_then(|()| bench::run(cmd)),
         Cmd::Front(a) => run_front(a),
         Cmd::Back(a) => run_back(a),
-        Cmd::Check { file } => config::check(&file).map(|c| match c {
+        Cmd::Check { file, host: true } => match config::check(&file) {
+            Err(e) => Err(e),
+            Ok(c) => {
+                let findings = baton_daemon::hostcheck::run(&c);
+                for f in &findings {
+                    println!("{} {}", if f.ok { "ok  " } else { "FAIL" }, f.what);
+                }
+                let failed = findings.iter().filter(|f| !f.ok).count();
+                if failed == 0 {
+                    println!("{}: valid, and this host is ready for it", file.display());
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!(
+                        "{}: this host is not ready ({failed} of {} checks failed)",
+                        file.display(),
+                        findings.len()
+                    ))
+                }
+            }
+        },
+        Cmd::Check { file, host: false } => config::check(&file).map(|c| match c {
             config::AnyConfig::Front(f) => println!(
                 "{}: valid front-end configuration ({} back-ends, VIP {}:{})",
                 file.display(),

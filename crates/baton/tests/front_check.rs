@@ -15,12 +15,7 @@ fn check(file: &Path) -> (bool, String) {
         .arg(file)
         .output()
         .expect("running baton check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    outcome(&out)
 }
 
 /// `tables` go last: TOML keys after a table header belong to that table.

@@ -753,3 +753,13 @@ pub fn run_bench(args: &[&std::ffi::OsStr], lab: &str, deadline: Duration) -> Be
         took,
     }
 }
+
+/// A finished command's success and its stdout followed by its stderr.
+pub fn outcome(out: &std::process::Output) -> (bool, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
