@@ -67,6 +67,16 @@ fn front(cfg: &FrontConfig) -> Vec<Finding> {
         } else {
             fail("neither CAP_BPF nor CAP_SYS_ADMIN: the forwarder cannot be loaded (run as root, or with AmbientCapabilities=CAP_BPF CAP_NET_ADMIN)")
         });
+        out.push(capability(
+            CAP_PERFMON,
+            "CAP_PERFMON",
+            "the verifier to accept the forwarder's packet pointer arithmetic",
+        ));
+        out.push(capability(
+            CAP_NET_RAW,
+            "CAP_NET_RAW",
+            "re-sending kept client frames (AF_PACKET)",
+        ));
         out.push(match baton_bpf::Forwarder::load() {
             Ok(_) => ok("the forwarder's BPF program loads (the kernel's verifier accepts it)"),
             Err(e) => fail(format!("the forwarder's BPF program does not load: {e}")),
@@ -113,6 +123,11 @@ fn back(cfg: &BackConfig) -> Vec<Finding> {
         "never announce the VIP",
     ));
     out.push(capability(CAP_NET_ADMIN, "CAP_NET_ADMIN", "TCP_REPAIR"));
+    out.push(capability(
+        CAP_NET_BIND_SERVICE,
+        "CAP_NET_BIND_SERVICE",
+        "restored sockets, bound to the VIP's port (80, 443)",
+    ));
     out.push(repair_allowed());
     out.push(key_readable(&cfg.key_file));
     if cfg.origin.is_none() {
@@ -190,8 +205,11 @@ fn key_readable(path: &Path) -> Finding {
     }
 }
 
+const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 fn capability(bit: u32, name: &str, why: &str) -> Finding {
