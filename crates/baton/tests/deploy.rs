@@ -58,3 +58,147 @@ fn systemd_units_verify_and_grant_what_the_daemons_need() {
         "the back-end unit grants more or less than TCP_REPAIR and port 80 need"
     );
 }
+
+/// Starts `baton ROLE --config CONFIG` in `netns` as uid/gid 65534 with
+/// exactly `caps` (`AmbientCapabilities` names, e.g. `CAP_NET_ADMIN`).
+fn spawn_unprivileged(
+    netns: &str,
+    role: &str,
+    config: &Path,
+    caps: &[&str],
+    log: &Path,
+) -> Spawned {
+    let caps = caps
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = std::fs::File::create(log).expect("creating the daemon log");
+    let err = out.try_clone().expect("cloning the log handle");
+    let child = Command::new("ip")
+        .args([
+            "netns", "exec", netns, "setpriv", "--reuid", "65534", "--regid", "65534",
+        ])
+        .args([
+            "--clear-groups",
+            "--inh-caps",
+            &caps,
+            "--ambient-caps",
+            &caps,
+        ])
+        .arg(baton())
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("setpriv (util-linux)");
+    Spawned(child)
+}
+
+/// Both daemons, run as `nobody` with only the capabilities their units
+/// grant (the front loads and attaches its BPF forwarder and opens its
+/// AF_PACKET socket, the back-end restores with TCP_REPAIR on port 80),
+/// hand connections off with byte-exact answers.
+#[test]
+fn daemons_work_with_only_the_units_capabilities() {
+    let lab = up(1, None, None);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let open = |p: &Path| {
+        let st = Command::new("chmod").arg("-R").arg("a+rX").arg(p).status();
+        assert!(st.is_ok_and(|s| s.success()), "chmod {}", p.display());
+    };
+    open(dir.path());
+    open(&lab.info.docroot);
+    open(&lab.info.labdir);
+    // The key, readable by nobody in this throwaway copy only.
+    let key = dir.path().join("key.hex");
+    std::fs::copy(&lab.info.key_file, &key).expect("copying the key");
+    open(&key);
+    let mut daemons = Vec::new();
+    for (host, role, unit_name) in [
+        ("back1", "back", "baton-back.service"),
+        ("front", "front", "baton-front.service"),
+    ] {
+        let text = std::fs::read_to_string(config_of(&lab, host)).expect("the lab's config");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("key_file") {
+                    format!("key_file = {:?}\n", key.display().to_string())
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        let config = dir.path().join(format!("{host}.toml"));
+        std::fs::write(&config, text).expect("writing the config");
+        open(&config);
+        let pid = pid_of(&lab, host);
+        signal(pid, "-KILL");
+        wait_killed(pid);
+        let unit_text = unit(unit_name);
+        let caps = ambient(&unit_text);
+        let log = dir.path().join(format!("{host}.log"));
+        daemons.push((
+            host,
+            log.clone(),
+            spawn_unprivileged(lab.netns(host).expect("netns"), role, &config, &caps, &log),
+        ));
+    }
+    let daemon_logs = |daemons: &[(&str, std::path::PathBuf, Spawned)]| -> String {
+        daemons
+            .iter()
+            .map(|(h, l, _)| {
+                format!(
+                    "--- {h}\n{}",
+                    std::fs::read_to_string(l).unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    let t = std::time::Instant::now();
+    while !lab
+        .run("front", &["curl", "-sf", "http://127.0.0.1:9100/ready"])
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "the unprivileged front never got ready\n{}",
+            daemon_logs(&daemons)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let addr = vip(&lab);
+    let (small, big) = (doc(&lab, "1k.bin"), doc(&lab, "1m.bin"));
+    let bad = in_netns(lab.netns("client").expect("client netns"), move || {
+        let mut bad = Vec::new();
+        for (path, want) in [("/1k.bin", &small), ("/1m.bin", &big), ("/1k.bin", &small)] {
+            match exchange(addr, get_request(path, true).as_bytes(), false) {
+                Ok(r) if r.status == 200 && &r.body == want => {}
+                Ok(r) => bad.push(format!("{path}: {} with {} bytes", r.status, r.body.len())),
+                Err(e) => bad.push(format!("{path}: {e}")),
+            }
+        }
+        bad
+    });
+    assert!(bad.is_empty(), "{bad:?}\n{}", daemon_logs(&daemons));
+    // The lab's own helpers know the daemons it started; ask this front.
+    let out = lab
+        .run("front", &["curl", "-sf", "http://127.0.0.1:9100/stats"])
+        .expect("curl /stats");
+    let after: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    assert!(
+        counter(&after, "handoffs_ok") >= 3 && counter(&after, "handoffs_failed") == 0,
+        "{after:#}\n{}",
+        daemon_logs(&daemons)
+    );
+    assert_drained(&lab);
+    // Ours, not the lab's: stopped before the lab goes.
+    drop(daemons);
+    let (name, labdir) = (lab.name.clone(), lab.info.labdir.clone());
+    drop(lab);
+    assert_gone(&name, &labdir);
+}
