@@ -167,3 +167,32 @@ fn broken_configs_fail_check_with_a_reason() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+/// The example deployment in `deploy/example/` (one front, three
+/// back-ends) is valid, with its docroot and key made to exist here.
+#[test]
+fn the_example_deployment_passes_check() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let key = dir.path().join("key");
+    std::fs::write(&key, "ab".repeat(32)).expect("writing a key");
+    let docroot = dir.path().join("www");
+    std::fs::create_dir(&docroot).expect("a docroot");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/example");
+    let mut backends = 0;
+    for name in ["front.toml", "back1.toml", "back2.toml", "back3.toml"] {
+        let text = std::fs::read_to_string(example.join(name))
+            .expect("an example file")
+            .replace("/etc/baton/key", &key.display().to_string())
+            .replace("/srv/www", &docroot.display().to_string());
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("writing the copy");
+        let (ok, said) = check(&file);
+        assert!(ok, "{name}: {said}");
+        if name == "front.toml" {
+            assert!(said.contains("3 back-ends"), "{said}");
+        } else {
+            backends += 1;
+        }
+    }
+    assert_eq!(backends, 3);
+}
