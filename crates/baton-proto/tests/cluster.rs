@@ -163,6 +163,29 @@ impl Sim {
         self.started.insert(id);
     }
 
+    /// Back-end `b` reads nothing before `until`. A stall that ends
+    /// earlier than one already set also releases the frames held for the
+    /// old end, in their order: a channel is a TCP stream, and a frame
+    /// sent later must never be read before one sent earlier.
+    fn stall(&mut self, b: usize, until: Instant) {
+        if until < self.stalled_until[b] {
+            let held: Vec<(Instant, u64)> = self
+                .net
+                .iter()
+                .filter(|((at, _), (to, _, msg))| {
+                    *to == b && *at > until && matches!(msg, Msg::ToBack(_))
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for k in held {
+                if let Some(v) = self.net.remove(&k) {
+                    self.net.insert((until, k.1), v);
+                }
+            }
+        }
+        self.stalled_until[b] = until;
+    }
+
     fn push(&mut self, b: usize, ch: u64, msg: Msg) {
         let at = self.now + self.delay[b];
         self.seq += 1;
@@ -277,8 +300,10 @@ impl Sim {
         match a {
             BackAction::Restore { channel, handoff } => {
                 let port = handoff.flow.client.port();
-                // Some connections cannot be restored (a 4-tuple in use).
-                let result = if port % 7 == 0 {
+                // Some connections cannot be restored (a 4-tuple in use:
+                // modelled for every seventh port, and as the kernel does
+                // for a 4-tuple this back-end still serves).
+                let result = if port % 7 == 0 || self.conns[b].contains_key(&handoff.flow) {
                     Err(Refusal {
                         reason: "in use".into(),
                         backend_fault: false,
@@ -411,7 +436,7 @@ impl Sim {
     /// enough for every deadline.
     fn settle(&mut self) {
         for b in 0..self.backs.len() {
-            self.stalled_until[b] = self.now;
+            self.stall(b, self.now);
             self.connect(b);
         }
         // Every connection ends within a second, the orphan timeout is 5 s:
@@ -476,7 +501,10 @@ fn play(backends: usize, delays: &[u8], ops: &[Op]) -> Sim {
             Op::Cut { backend } => s.cut(backend),
             Op::Reconnect { backend } => s.connect(backend),
             Op::Restart { backend } => s.restart(backend),
-            Op::Stall { backend, ms } => s.stalled_until[backend] = s.now + millis(u64::from(ms)),
+            Op::Stall { backend, ms } => {
+                let until = s.now + millis(u64::from(ms));
+                s.stall(backend, until);
+            }
         }
         s.run();
     }
