@@ -993,19 +993,10 @@ fn unauthenticated_connections_do_not_lock_the_front_out() {
         "ss -K did not destroy the front's channel: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reconnected = {
-        let t = Instant::now();
-        let mut up = false;
-        while t.elapsed() < Duration::from_secs(1) {
-            let s = stats(&lab);
-            if backend(&s, "back1")["up"] == true && backend(&s, "back1")["connects"] == 2 {
-                up = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        up
-    };
+    let reconnected = poll_stats(&lab, Duration::from_secs(1), |s| {
+        backend(s, "back1")["up"] == true && backend(s, "back1")["connects"] == 2
+    })
+    .is_ok();
     let (held_now, churn) = (
         open.load(Ordering::Relaxed),
         reopened.load(Ordering::Relaxed),

@@ -122,17 +122,29 @@ pub fn wait_stats(
     timeout: Duration,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
+    poll_stats(lab, timeout, pred).unwrap_or_else(|s| {
+        panic!(
+            "waited {timeout:?} for {what}; last /stats:\n{s:#}\n{}",
+            logs(lab)
+        )
+    })
+}
+
+/// Polls `/stats` (every 25 ms) until `pred` holds (`Ok`, that snapshot)
+/// or `timeout` passes (`Err`, the last snapshot).
+pub fn poll_stats(
+    lab: &Lab,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value, Value> {
     let start = Instant::now();
     loop {
         let s = stats(lab);
         if pred(&s) {
-            return s;
+            return Ok(s);
         }
         if start.elapsed() > timeout {
-            panic!(
-                "waited {timeout:?} for {what}; last /stats:\n{s:#}\n{}",
-                logs(lab)
-            );
+            return Err(s);
         }
         std::thread::sleep(Duration::from_millis(25));
     }
