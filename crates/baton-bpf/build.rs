@@ -30,10 +30,18 @@ fn main() {
     }
 
     generate_consts(&bpf_dir.join(ABI_HEADER), &out_dir.join("abi_consts.rs"));
-    compile_bpf(&bpf_dir, &out_dir.join("forwarder.bpf.o"));
+    // Two builds of one source: the maps of the second are pinned by name
+    // (aya pins a map that asks for it even without a pin directory, in
+    // /sys/fs/bpf, so an unpinned forwarder needs an object that never asks).
+    compile_bpf(&bpf_dir, &out_dir.join("forwarder.bpf.o"), &[]);
+    compile_bpf(
+        &bpf_dir,
+        &out_dir.join("forwarder-pinned.bpf.o"),
+        &["-DBTCP_PINNED"],
+    );
 }
 
-fn compile_bpf(bpf_dir: &Path, object: &Path) {
+fn compile_bpf(bpf_dir: &Path, object: &Path, defines: &[&str]) {
     let clang = env::var("BATON_CLANG").unwrap_or_else(|_| "clang".to_owned());
     // asm/types.h lives in the multiarch directory, which -target bpf does not search.
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".to_owned());
@@ -43,6 +51,7 @@ fn compile_bpf(bpf_dir: &Path, object: &Path) {
         .arg(format!("-I/usr/include/{arch}-linux-gnu"))
         .arg("-I")
         .arg(bpf_dir)
+        .args(defines)
         .arg("-c")
         .arg(&source)
         .arg("-o")

@@ -13,6 +13,15 @@
 
 #include <linux/types.h>
 
+/*
+ * The version of everything pinned on a bpffs (the maps' layouts and the
+ * meaning of their values): the loader pins under a directory named
+ * v<version>, and refuses to start beside the pins of another version.
+ * Bump it on any change to flow_key, flow_val, parked_hdr or a map's type,
+ * size or index meaning.
+ */
+#define BTCP_ABI_VERSION 1
+
 /* flow_val.action */
 #define BTCP_ACTION_PARK 1
 #define BTCP_ACTION_FORWARD 2
@@ -39,7 +48,7 @@
 
 /* Sizes, asserted on both sides. */
 #define BTCP_SIZEOF_FLOW_KEY 12
-#define BTCP_SIZEOF_FLOW_VAL 48
+#define BTCP_SIZEOF_FLOW_VAL 56
 #define BTCP_SIZEOF_PARKED_HDR 20
 
 /*
@@ -53,16 +62,22 @@ struct flow_key {
 	__be16 vip_port;
 };
 
-/* Value of the FLOWS map. User space writes action/ifindex/MACs, BPF the counters. */
+/*
+ * Value of the FLOWS map. User space writes action/ifindex/MACs and the
+ * owner, BPF the counters. The owner (back-end address and handoff id) is
+ * not used by the program: it lets a restarted front rebuild its view of
+ * the flows from the pinned map alone.
+ */
 struct flow_val {
 	__u32 action;     /* BTCP_ACTION_* */
 	__u32 ifindex;    /* FORWARD: egress device */
 	__u8 dst_mac[6];  /* FORWARD: the back-end's MAC */
 	__u8 src_mac[6];  /* FORWARD: the front's MAC */
-	__u32 _pad;       /* keeps the u64 counters 8-aligned; always 0 */
+	__be32 backend_ip; /* the back-end that serves (or is offered) the flow */
 	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet (CLOCK_MONOTONIC) */
 	__u64 packets;
 	__u64 bytes;
+	__u64 handoff_id; /* the front's id of the handoff, as on the control channel */
 };
 
 /* One record of the PARKED ring buffer: this header, then `len` frame bytes. */
@@ -76,7 +91,9 @@ _Static_assert(sizeof(struct flow_key) == BTCP_SIZEOF_FLOW_KEY, "flow_key size")
 _Static_assert(sizeof(struct flow_val) == BTCP_SIZEOF_FLOW_VAL, "flow_val size");
 _Static_assert(__builtin_offsetof(struct flow_val, dst_mac) == 8, "flow_val.dst_mac");
 _Static_assert(__builtin_offsetof(struct flow_val, src_mac) == 14, "flow_val.src_mac");
+_Static_assert(__builtin_offsetof(struct flow_val, backend_ip) == 20, "flow_val.backend_ip");
 _Static_assert(__builtin_offsetof(struct flow_val, last_seen_ns) == 24, "flow_val.last_seen_ns");
+_Static_assert(__builtin_offsetof(struct flow_val, handoff_id) == 48, "flow_val.handoff_id");
 _Static_assert(sizeof(struct parked_hdr) == BTCP_SIZEOF_PARKED_HDR, "parked_hdr size");
 _Static_assert(BTCP_STAT_SYN_REPLACED + 1 == BTCP_STAT_COUNT, "stats indices are dense");
 

@@ -8,7 +8,19 @@
 
 #include "abi.h"
 
+/* build.rs compiles the program twice, once with BTCP_PINNED. */
+#ifdef BTCP_PINNED
+#define BTCP_PIN __uint(pinning, LIBBPF_PIN_BY_NAME);
+#else
+#define BTCP_PIN
+#endif
+
 /*
+ * FLOWS, PARKED and STATS are pinned by name when the loader is given a pin
+ * directory: they outlive the front's process, so a restarted front adopts
+ * the flows (and the frames kept for them, and the counters). SCRATCH is
+ * per program and never pinned.
+ *
  * Written per handoff from user space, read per packet. No preallocation:
  * 65536 idle elements would pin ~6 MiB, and a replaced element stays valid
  * for a program still holding it until the RCU grace period ends.
@@ -19,12 +31,14 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_val);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
+	BTCP_PIN
 } FLOWS SEC(".maps");
 
 /* Frames of parked flows, for the front to re-send once the flow forwards. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, BTCP_RING_BYTES);
+	BTCP_PIN
 } PARKED SEC(".maps");
 
 struct {
@@ -32,6 +46,7 @@ struct {
 	__uint(max_entries, BTCP_STAT_COUNT);
 	__type(key, __u32);
 	__type(value, __u64);
+	BTCP_PIN
 } STATS SEC(".maps");
 
 /*

@@ -34,17 +34,21 @@ pub(crate) struct RawFlowVal {
     pub ifindex: u32,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
-    pub pad: u32,
+    /// Network byte order, as `Ipv4Addr::octets` in memory order.
+    pub backend_ip: u32,
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
+    pub handoff_id: u64,
 }
 
 const _: () = assert!(size_of::<RawFlowKey>() == SIZEOF_FLOW_KEY as usize);
 const _: () = assert!(size_of::<RawFlowVal>() == SIZEOF_FLOW_VAL as usize);
 const _: () = assert!(offset_of!(RawFlowVal, dst_mac) == 8);
 const _: () = assert!(offset_of!(RawFlowVal, src_mac) == 14);
+const _: () = assert!(offset_of!(RawFlowVal, backend_ip) == 20);
 const _: () = assert!(offset_of!(RawFlowVal, last_seen_ns) == 24);
+const _: () = assert!(offset_of!(RawFlowVal, handoff_id) == 48);
 // The ring must be a power-of-two number of pages; Stats reads every index.
 const _: () = assert!(RING_BYTES.is_power_of_two() && RING_BYTES % 4096 == 0);
 const _: () = assert!(STAT_COUNT == 8);
@@ -53,7 +57,7 @@ const _: () = assert!(STAT_COUNT == 8);
 // sum of the fields above), so every bit pattern is a valid value and the
 // struct can be copied to and from the kernel as bytes.
 unsafe impl aya::Pod for RawFlowKey {}
-// SAFETY: as for RawFlowKey; the explicit `pad` field takes the only gap.
+// SAFETY: as for RawFlowKey; `backend_ip` fills what would be the only gap.
 unsafe impl aya::Pod for RawFlowVal {}
 
 impl From<&FlowKey> for RawFlowKey {
@@ -256,4 +260,21 @@ mod tests {
         assert_eq!(frame, [1, 2, 3, 4, 5]);
         assert!(parse_parked_record(&record[..10]).is_none());
     }
+}
+
+/// The `f_type` of the filesystem holding `path` (`statfs(2)`).
+pub(crate) fn statfs_type(path: &std::path::Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `buf` a writable statfs.
+    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it filled `buf`.
+    let st = unsafe { buf.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    Ok(st.f_type as i64)
 }

@@ -104,6 +104,40 @@ pub enum BpfError {
         /// The interface the forwarder is attached to.
         iface: String,
     },
+    /// The pin directory cannot hold pins: not on a bpf filesystem.
+    #[error("{iface}: {dir} is not on a bpf filesystem (mount one: mkdir -p {dir} && mount -t bpf bpf {dir})")]
+    NotBpffs {
+        /// The interface the forwarder is for.
+        iface: String,
+        /// The directory given.
+        dir: String,
+    },
+    /// Pins of another ABI version are in the way: this binary would misread them.
+    #[error("{iface}: {dir} holds the pins of forwarder ABI v{found}, this binary speaks v{expected}; \
+             drain and stop the front that made them, then remove them with `baton unpin` (their flows are lost), \
+             or run a binary of ABI v{found}")]
+    OtherAbi {
+        /// The interface the forwarder is for.
+        iface: String,
+        /// The interface's pin directory.
+        dir: String,
+        /// The version of the pins found.
+        found: String,
+        /// This binary's version.
+        expected: u32,
+    },
+    /// A pinned map does not have the layout this binary expects.
+    #[error("{iface}: the pinned map {path} is {found}, this binary expects {expected}; remove it with `baton unpin` (its flows are lost)")]
+    PinMismatch {
+        /// The interface the forwarder is for.
+        iface: String,
+        /// The pin.
+        path: String,
+        /// Its type and sizes.
+        found: String,
+        /// This binary's.
+        expected: String,
+    },
 }
 
 impl BpfError {

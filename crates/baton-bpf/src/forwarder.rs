@@ -3,18 +3,30 @@
 
 use std::fmt;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::links::LinkOrder;
-use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::maps::{HashMap, MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::{
+    self, NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType,
+};
 use aya::{Ebpf, EbpfLoader};
 use baton_proto::FlowKey;
 
 use crate::abi::{self, RawFlowKey, RawFlowVal};
 use crate::error::BpfError;
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
+/// The same program, its FLOWS, PARKED and STATS maps pinned by name.
+static OBJECT_PINNED: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder-pinned.bpf.o"));
+/// The TCX link's pin, next to the maps'.
+const LINK_PIN: &str = "link";
+/// `BPF_FS_MAGIC` (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 const PROGRAM: &str = "btcp_ingress";
 const FLOWS: &str = "FLOWS";
@@ -68,11 +80,25 @@ pub struct ForwardTarget {
     pub src_mac: [u8; 6],
 }
 
+/// Whose a flow's entry is: the back-end that serves (or is offered) it and
+/// the front's handoff id. The program ignores it; it is kept in the entry
+/// so that a restarted front can rebuild its view of the flows from the
+/// pinned map alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The back-end's address (as in its `[[backend]]` control address).
+    pub backend: Ipv4Addr,
+    /// The handoff's id on the control channel.
+    pub id: u64,
+}
+
 /// One FLOWS entry as the program last left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowEntry {
     /// What the program does with the flow.
     pub action: Action,
+    /// Whose it is.
+    pub owner: Owner,
     /// Set for [`Action::Forward`] and [`Action::ForwardClosing`].
     pub target: Option<ForwardTarget>,
     /// Last packet (or control-plane change), in [`Forwarder::now_ns`] time.
@@ -221,11 +247,28 @@ impl fmt::Debug for ParkedRing {
     }
 }
 
+/// How [`Forwarder::attach_pinned`] found the pins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adoption {
+    /// No link was pinned: a new one was attached (and pinned, if pinned).
+    Fresh,
+    /// The pinned link now runs this program: the flows were never unsteered.
+    Adopted,
+    /// A pinned link was unusable (the reason), so it was replaced.
+    StaleLink(String),
+}
+
 /// The loaded forwarder; attached at tc ingress unless made with [`Forwarder::load`].
 /// Dropping it detaches and unloads the program.
 pub struct Forwarder {
     iface: String,
     mode: Option<AttachMode>,
+    /// Set when the maps and the link are pinned: the interface's pin directory.
+    pins: Option<PathBuf>,
+    /// The pinned TCX link (dropping it closes our descriptor only).
+    link: Option<PinnedLink>,
+    /// How the pinned attach went: a link adopted, or why not.
+    adoption: Adoption,
     flows: HashMap<MapData, RawFlowKey, RawFlowVal>,
     stats: PerCpuArray<MapData, u64>,
     ring: Option<RingBuf<MapData>>,
@@ -249,7 +292,7 @@ impl Forwarder {
     /// or a clsact filter where TCX is unavailable. `iface` is resolved in
     /// the calling thread's network namespace.
     pub fn attach(iface: &str) -> Result<Self, BpfError> {
-        let mut forwarder = Self::load_for(iface)?;
+        let mut forwarder = Self::load_for(iface, None)?;
         let tcx = forwarder.attach_as(AttachMode::Tcx);
         if let Err(tcx_error) = tcx {
             let tcx_error = match &tcx_error {
@@ -276,14 +319,130 @@ impl Forwarder {
 
     /// Like [`Forwarder::attach`], with no fallback from the given mode.
     pub fn attach_with(iface: &str, mode: AttachMode) -> Result<Self, BpfError> {
-        let mut forwarder = Self::load_for(iface)?;
+        let mut forwarder = Self::load_for(iface, None)?;
         forwarder.attach_as(mode)?;
         Ok(forwarder)
     }
 
     /// Loads the program without attaching it, for [`Forwarder::test_run`] and benchmarks.
     pub fn load() -> Result<Self, BpfError> {
-        Self::load_for(UNATTACHED)
+        Self::load_for(UNATTACHED, None)
+    }
+
+    /// Attaches to `iface` with its maps and TCX link pinned under
+    /// `root/<iface>/v<ABI>/` on a bpf filesystem, so that they outlive
+    /// this process: the program keeps steering every flow while no front
+    /// runs, and the next `attach_pinned` adopts them. If a link is pinned
+    /// there, the new program replaces the old one on it atomically
+    /// (`BPF_LINK_UPDATE`: no packet sees neither); the maps (flows, kept
+    /// frames, counters) are the pinned ones. Pins of another ABI version,
+    /// or a pinned map of another layout, are refused with an error that
+    /// says what to do; nothing is misread. TCX only.
+    pub fn attach_pinned(iface: &str, root: &Path) -> Result<Self, BpfError> {
+        let dir = prepare_pin_dir(iface, root)?;
+        let mut forwarder = Self::load_for(iface, Some(&dir))?;
+        forwarder.pins = Some(dir.clone());
+        let link_path = dir.join(LINK_PIN);
+        if link_path.exists() {
+            match forwarder.adopt_link(&link_path) {
+                Ok(()) => {
+                    forwarder.adoption = Adoption::Adopted;
+                    return Ok(forwarder);
+                }
+                Err(why) => {
+                    // A link whose device is gone (the interface was made
+                    // again) or of another kind: useless, and in the way.
+                    std::fs::remove_file(&link_path).map_err(|source| BpfError::Sys {
+                        iface: iface.to_owned(),
+                        step: "removing a stale link pin",
+                        source,
+                    })?;
+                    forwarder.adoption = Adoption::StaleLink(why);
+                }
+            }
+        }
+        let id = forwarder.attach_as(AttachMode::Tcx)?;
+        let attach_error =
+            |step: &str, e: Box<dyn std::error::Error + Send + Sync>| BpfError::Attach {
+                iface: iface.to_owned(),
+                step: step.to_owned(),
+                source: e,
+            };
+        let program = forwarder.program_mut()?;
+        let link = program
+            .take_link(id.ok_or_else(|| {
+                attach_error("taking the TCX link", "no link id".to_owned().into())
+            })?)
+            .map_err(|e| attach_error("taking the TCX link", Box::new(e)))?;
+        let link =
+            FdLink::try_from(link).map_err(|e| attach_error("taking the TCX link", Box::new(e)))?;
+        let pinned = link
+            .pin(&link_path)
+            .map_err(|e| attach_error("pinning the TCX link", Box::new(e)))?;
+        forwarder.link = Some(pinned);
+        Ok(forwarder)
+    }
+
+    /// Removes the pins of `iface` under `root` (every ABI version): the
+    /// program detaches and the maps go once no process holds them. Returns
+    /// the pin directories removed (none if there were none).
+    pub fn unpin(iface: &str, root: &Path) -> io::Result<Vec<PathBuf>> {
+        let dir = root.join(iface);
+        let mut removed = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            // The link first: the program stops steering before its maps go.
+            let link = path.join(LINK_PIN);
+            match std::fs::remove_file(&link) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            std::fs::remove_dir_all(&path)?;
+            removed.push(path);
+        }
+        std::fs::remove_dir(&dir)?;
+        Ok(removed)
+    }
+
+    /// The pin directory, if this forwarder is pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_deref()
+    }
+
+    /// Whether [`Forwarder::attach_pinned`] took over a pinned link.
+    pub fn adoption(&self) -> &Adoption {
+        &self.adoption
+    }
+
+    fn adopt_link(&mut self, path: &Path) -> Result<(), String> {
+        let link: FdLink = PinnedLink::from_pin(path)
+            .map_err(|e| format!("opening the pin: {}", describe(&e)))?
+            .into();
+        let link = SchedClassifierLink::try_from(link)
+            .map_err(|e| format!("not a TCX link: {}", describe(&e)))?;
+        let iface = self.iface.clone();
+        let program = self.program_mut().map_err(|e| describe(&e))?;
+        program
+            .attach_to_link(link)
+            .map_err(|e| format!("replacing the program on it: {}", describe(&e)))?;
+        // The update succeeds on a link whose device is gone: make sure the
+        // program now runs on this interface.
+        let ours = self.program_id().map_err(|e| describe(&e))?;
+        let (_, attached) = SchedClassifier::query_tcx(&iface, TcAttachType::Ingress)
+            .map_err(|e| format!("querying {iface}'s TCX programs: {}", describe(&e)))?;
+        if !attached.iter().any(|p| p.id() == ours) {
+            return Err(format!("the link is not attached to {iface}"));
+        }
+        self.mode = Some(AttachMode::Tcx);
+        // Keep the pin; the program holds the link's descriptor.
+        self.link = Some(PinnedLink::from_pin(path).map_err(|e| describe(&e))?);
+        Ok(())
     }
 
     /// The interface given to `attach`.
@@ -306,19 +465,26 @@ impl Forwarder {
     }
 
     /// Parks `key`: its packets are kept in the ring and dropped. Replaces any entry.
-    pub fn park(&mut self, key: &FlowKey) -> Result<(), BpfError> {
+    pub fn park(&mut self, key: &FlowKey, owner: Owner) -> Result<(), BpfError> {
         self.write_entry(
             key,
             RawFlowVal {
                 action: abi::ACTION_PARK,
+                backend_ip: u32::from_ne_bytes(owner.backend.octets()),
+                handoff_id: owner.id,
                 ..RawFlowVal::default()
             },
         )
     }
 
     /// Forwards `key` to `to`. Replaces any entry.
-    pub fn forward(&mut self, key: &FlowKey, to: &ForwardTarget) -> Result<(), BpfError> {
-        let value = self.forward_value(key, to, abi::ACTION_FORWARD)?;
+    pub fn forward(
+        &mut self,
+        key: &FlowKey,
+        to: &ForwardTarget,
+        owner: Owner,
+    ) -> Result<(), BpfError> {
+        let value = self.forward_value(key, to, abi::ACTION_FORWARD, owner)?;
         self.write_entry(key, value)
     }
 
@@ -329,6 +495,7 @@ impl Forwarder {
         key: &FlowKey,
         to: &ForwardTarget,
         action: u32,
+        owner: Owner,
     ) -> Result<RawFlowVal, BpfError> {
         let invalid = |reason| BpfError::InvalidTarget {
             iface: self.iface.clone(),
@@ -350,6 +517,8 @@ impl Forwarder {
             ifindex: to.ifindex,
             dst_mac: to.dst_mac,
             src_mac: to.src_mac,
+            backend_ip: u32::from_ne_bytes(owner.backend.octets()),
+            handoff_id: owner.id,
             ..RawFlowVal::default()
         })
     }
@@ -361,8 +530,13 @@ impl Forwarder {
     /// caller knows the entry forwards to `to` (a parked entry would be
     /// turned into a forwarding one). Returns whether an entry was there;
     /// an absent one is not created (a new SYN may have replaced it).
-    pub fn mark_closing(&mut self, key: &FlowKey, to: &ForwardTarget) -> Result<bool, BpfError> {
-        let mut value = self.forward_value(key, to, abi::ACTION_FORWARD_CLOSING)?;
+    pub fn mark_closing(
+        &mut self,
+        key: &FlowKey,
+        to: &ForwardTarget,
+        owner: Owner,
+    ) -> Result<bool, BpfError> {
+        let mut value = self.forward_value(key, to, abi::ACTION_FORWARD_CLOSING, owner)?;
         value.last_seen_ns = Self::now_ns();
         match self
             .flows
@@ -433,6 +607,10 @@ impl Forwarder {
         };
         Ok(FlowEntry {
             action,
+            owner: Owner {
+                backend: Ipv4Addr::from(raw.backend_ip.to_ne_bytes()),
+                id: raw.handoff_id,
+            },
             target,
             last_seen_ns: raw.last_seen_ns,
             packets: raw.packets,
@@ -499,7 +677,7 @@ impl Forwarder {
         })
     }
 
-    fn load_for(iface: &str) -> Result<Self, BpfError> {
+    fn load_for(iface: &str, pins: Option<&Path>) -> Result<Self, BpfError> {
         let cpus = aya::util::nr_cpus()
             .ok()
             .and_then(|n| u32::try_from(n).ok())
@@ -508,13 +686,19 @@ impl Forwarder {
                 step: "reading the number of possible CPUs",
                 source: io::Error::other("/sys/devices/system/cpu/possible unreadable"),
             })?;
-        let mut ebpf = EbpfLoader::new()
-            .set_max_entries(SCRATCH, cpus)
-            .load(OBJECT)
-            .map_err(|e| BpfError::LoadObject {
-                iface: iface.to_owned(),
-                source: Box::new(e),
-            })?;
+        let mut loader = EbpfLoader::new();
+        loader.set_max_entries(SCRATCH, cpus);
+        let object = match pins {
+            Some(dir) => {
+                loader.map_pin_path(dir);
+                OBJECT_PINNED
+            }
+            None => OBJECT,
+        };
+        let mut ebpf = loader.load(object).map_err(|e| BpfError::LoadObject {
+            iface: iface.to_owned(),
+            source: Box::new(e),
+        })?;
         let missing = |what, name| BpfError::Missing {
             iface: iface.to_owned(),
             what,
@@ -558,6 +742,9 @@ impl Forwarder {
         Ok(Self {
             iface: iface.to_owned(),
             mode: None,
+            pins: None,
+            link: None,
+            adoption: Adoption::Fresh,
             flows,
             stats,
             ring: Some(ring),
@@ -566,7 +753,10 @@ impl Forwarder {
         })
     }
 
-    fn attach_as(&mut self, mode: AttachMode) -> Result<(), BpfError> {
+    fn attach_as(
+        &mut self,
+        mode: AttachMode,
+    ) -> Result<Option<tc::SchedClassifierLinkId>, BpfError> {
         let iface = self.iface.clone();
         let attach_error =
             |step: &str, source: Box<dyn std::error::Error + Send + Sync>| BpfError::Attach {
@@ -579,9 +769,11 @@ impl Forwarder {
             AttachMode::Tcx => {
                 // First: a handed-off flow must be steered before any other program can answer it.
                 let options = TcAttachOptions::TcxOrder(LinkOrder::first());
-                program
+                let id = program
                     .attach_with_options(&iface, TcAttachType::Ingress, options)
                     .map_err(|e| attach_error("TCX link", Box::new(e)))?;
+                self.mode = Some(mode);
+                return Ok(Some(id));
             }
             AttachMode::Clsact => {
                 if let Err(e) = tc::qdisc_add_clsact(&iface) {
@@ -596,7 +788,7 @@ impl Forwarder {
             }
         }
         self.mode = Some(mode);
-        Ok(())
+        Ok(None)
     }
 
     /// One system call: a handoff's steps must not wait on the map more
@@ -657,4 +849,143 @@ impl Forwarder {
             source: Box::new(e),
         }
     }
+}
+
+/// Makes `root/<iface>/v<ABI>` on a bpf filesystem and checks what is
+/// pinned there before anything is loaded: aya opens an existing pin
+/// without comparing it with the program's definition.
+fn prepare_pin_dir(iface: &str, root: &Path) -> Result<PathBuf, BpfError> {
+    let sys = |step: &'static str| {
+        move |source: io::Error| BpfError::Sys {
+            iface: iface.to_owned(),
+            step,
+            source,
+        }
+    };
+    if iface.is_empty() || iface.contains('/') || iface == "." || iface == ".." {
+        return Err(BpfError::Sys {
+            iface: iface.to_owned(),
+            step: "naming the pin directory",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not an interface name"),
+        });
+    }
+    // The nearest existing ancestor decides: creating directories on a
+    // plain filesystem would leave junk behind an error.
+    let mut probe = root.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if !is_bpffs(&probe).map_err(sys("checking the pin directory's filesystem"))? {
+        return Err(BpfError::NotBpffs {
+            iface: iface.to_owned(),
+            dir: root.display().to_string(),
+        });
+    }
+    let iface_dir = root.join(iface);
+    let version = format!("v{}", abi::ABI_VERSION);
+    if let Ok(entries) = std::fs::read_dir(&iface_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != version {
+                return Err(BpfError::OtherAbi {
+                    iface: iface.to_owned(),
+                    dir: iface_dir.display().to_string(),
+                    found: name.trim_start_matches('v').to_owned(),
+                    expected: abi::ABI_VERSION,
+                });
+            }
+        }
+    }
+    let dir = iface_dir.join(version);
+    std::fs::create_dir_all(&dir).map_err(sys("making the pin directory"))?;
+    for (name, expected) in expected_maps() {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|e| BpfError::Map {
+            iface: iface.to_owned(),
+            step: "reading a pinned map's info",
+            map: name,
+            source: Box::new(e),
+        })?;
+        let found = Layout {
+            kind: info.map_type().ok(),
+            key: info.key_size(),
+            value: info.value_size(),
+            entries: info.max_entries(),
+        };
+        if found != expected {
+            return Err(BpfError::PinMismatch {
+                iface: iface.to_owned(),
+                path: path.display().to_string(),
+                found: found.to_string(),
+                expected: expected.to_string(),
+            });
+        }
+    }
+    Ok(dir)
+}
+
+/// A map's type and sizes, as compared with a pinned one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Layout {
+    kind: Option<MapType>,
+    key: u32,
+    value: u32,
+    entries: u32,
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Some(kind) => write!(f, "{kind:?}")?,
+            None => f.write_str("an unknown type")?,
+        }
+        write!(
+            f,
+            " with {}-byte keys, {}-byte values, {} entries",
+            self.key, self.value, self.entries
+        )
+    }
+}
+
+/// The pinned maps of this ABI and their layouts.
+fn expected_maps() -> [(&'static str, Layout); 3] {
+    [
+        (
+            FLOWS,
+            Layout {
+                kind: Some(MapType::Hash),
+                key: abi::SIZEOF_FLOW_KEY,
+                value: abi::SIZEOF_FLOW_VAL,
+                entries: abi::MAX_FLOWS,
+            },
+        ),
+        (
+            PARKED,
+            Layout {
+                kind: Some(MapType::RingBuf),
+                key: 0,
+                value: 0,
+                entries: abi::RING_BYTES,
+            },
+        ),
+        (
+            STATS,
+            Layout {
+                kind: Some(MapType::PerCpuArray),
+                key: 4,
+                value: 8,
+                entries: abi::STAT_COUNT,
+            },
+        ),
+    ]
+}
+
+/// Whether `path` is on a bpf filesystem.
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    Ok(abi::statfs_type(path)? == BPF_FS_MAGIC)
 }

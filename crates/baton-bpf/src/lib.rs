@@ -25,7 +25,7 @@
 
 mod abi;
 mod error;
-mod forwarder;
+pub(crate) mod forwarder;
 mod frame;
 mod runstats;
 #[cfg(test)]
@@ -33,12 +33,14 @@ mod tests;
 
 pub use error::BpfError;
 pub use forwarder::{
-    Action, AttachMode, FlowEntry, ForwardTarget, Forwarder, ParkedFrame, ParkedRing, Stats,
-    TestRun, Verdict,
+    Action, Adoption, AttachMode, FlowEntry, ForwardTarget, Forwarder, Owner, ParkedFrame,
+    ParkedRing, Stats, TestRun, Verdict,
 };
 pub use frame::{is_pure_ack, prepare_for_resend, supersedes, FrameError};
 pub use runstats::{enable_run_time_stats, program_run_time, RunStatsGuard, RunTime};
 
+/// The version of the pinned maps' layouts and meanings (pins live under `v<ABI_VERSION>`).
+pub const ABI_VERSION: u32 = abi::ABI_VERSION;
 /// Capacity of the flow table: writes beyond it fail with a map error.
 pub const MAX_FLOWS: u32 = abi::MAX_FLOWS;
 /// The largest frame that can be parked; larger ones count as [`Stats::park_lost`].

@@ -42,6 +42,20 @@ pub struct FrontConfig {
     /// (the forwarder stays attached) before the front exits.
     #[serde(default = "default_drain")]
     pub drain_timeout_ms: u64,
+    /// Where the forwarder's flow table, kept frames, counters and TCX link
+    /// are pinned (a directory on a bpf filesystem, outside /sys: `ip netns
+    /// exec` mounts a fresh /sys), so that handed-off connections outlive
+    /// the front's process: a restarted or upgraded front adopts them. Pins
+    /// go under `<pin_dir>/<interface>/v<ABI>/`; `baton unpin` removes
+    /// them. Unset: /run/baton/bpffs if a bpf filesystem is mounted there
+    /// (else a warning, and flows die with the process); "": never pin.
+    #[serde(default)]
+    pub pin_dir: Option<PathBuf>,
+    /// The unix socket on which the running front hands its listening
+    /// socket to a successor started with `baton front --takeover` (an
+    /// upgrade that refuses no connection). Only the same user may connect.
+    #[serde(default = "default_upgrade_socket")]
+    pub upgrade_socket: PathBuf,
     /// The back-ends.
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
@@ -462,6 +476,13 @@ fn default_drain() -> u64 {
 fn default_port() -> u16 {
     80
 }
+/// Where pins go when `pin_dir` is unset (if it is a bpf filesystem).
+pub const DEFAULT_PIN_DIR: &str = "/run/baton/bpffs";
+
+fn default_upgrade_socket() -> PathBuf {
+    PathBuf::from("/run/baton/front.sock")
+}
+
 fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9100))
 }
@@ -500,10 +521,30 @@ impl FrontConfig {
         Ok(cfg)
     }
 
+    /// Where to pin, and whether pinning is required: `None` for
+    /// `pin_dir = ""`; `(path, false)` for the default (pinned if possible).
+    pub fn pins(&self) -> Option<(PathBuf, bool)> {
+        match &self.pin_dir {
+            None => Some((PathBuf::from(DEFAULT_PIN_DIR), false)),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some((p.clone(), true)),
+        }
+    }
+
     /// Checks everything that can be checked without starting.
     pub fn validate(&self) -> Result<()> {
         ensure!(!self.vip.is_unspecified(), "vip must be a concrete address");
         ensure!(self.port != 0, "port must not be 0");
+        if let Some(p) = &self.pin_dir {
+            ensure!(
+                p.as_os_str().is_empty() || p.is_absolute(),
+                "pin_dir must be an absolute path (or \"\" to never pin)"
+            );
+        }
+        ensure!(
+            self.upgrade_socket.is_absolute() && self.upgrade_socket.as_os_str().len() < 108,
+            "upgrade_socket must be an absolute path of fewer than 108 bytes"
+        );
         ensure!(
             !self.interface.is_empty() && self.interface.len() < 16,
             "interface must be a name of 1 to 15 bytes"

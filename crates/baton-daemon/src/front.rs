@@ -18,17 +18,18 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use baton_bpf::{ForwardTarget, Forwarder, ParkedRing};
+use anyhow::{bail, ensure, Context, Result};
+use baton_bpf::{ForwardTarget, Forwarder, Owner, ParkedRing};
 use baton_policy::{BackendView, Policy, Request};
 use baton_proto::frame::Frame;
 use baton_proto::handoff::{
-    BackendId, DumpFailure, FrontAction, FrontEngine, FrontEvent, FrontTimers, ParkFailure, Quiet,
-    RemoveCause,
+    BackendId, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent, FrontTimers, ParkFailure,
+    Quiet, RemoveCause,
 };
 use baton_proto::http::{error_response, parse_request_head, HeadLimits, RequestHead};
 use baton_proto::FlowKey;
@@ -155,8 +156,12 @@ enum KitError {
 
 impl HandoffKit {
     /// Checks that TCP_REPAIR is allowed, attaches the forwarder to
-    /// `interface` and opens the packet socket.
-    fn open(interface: &str) -> std::result::Result<HandoffKit, KitError> {
+    /// `interface` (pinned under `pins` if given; `true`: required) and
+    /// opens the packet socket.
+    fn open(
+        interface: &str,
+        pins: Option<(PathBuf, bool)>,
+    ) -> std::result::Result<HandoffKit, KitError> {
         let iface = baton_sys::iface::iface_info(interface)
             .with_context(|| format!("interface {interface}"))
             .map_err(KitError::Other)?;
@@ -168,7 +173,19 @@ impl HandoffKit {
                 None => KitError::Other(anyhow::Error::new(e).context("probing TCP_REPAIR")),
             });
         }
-        let mut forwarder = match Forwarder::attach(interface) {
+        let attached = match pins {
+            Some((dir, required)) => match Forwarder::attach_pinned(interface, &dir) {
+                Err(e @ baton_bpf::BpfError::NotBpffs { .. }) if !required => {
+                    warn!(
+                        "{e}; handed-off connections will not survive a restart of the front (set pin_dir = \"\" to silence this)"
+                    );
+                    Forwarder::attach(interface)
+                }
+                other => other,
+            },
+            None => Forwarder::attach(interface),
+        };
+        let mut forwarder = match attached {
             Ok(f) => f,
             Err(e) => {
                 return Err(match denied(&e) {
@@ -264,6 +281,8 @@ struct FrontCounters {
     handoffs_reset: Counter,
     /// Frames about handoffs this front no longer tracks.
     stale_frames: Counter,
+    /// Flows taken over from the pinned flow table at start.
+    flows_adopted: Counter,
     relayed: Counter,
     relay_fallbacks: Counter,
     relay_failures: Counter,
@@ -330,9 +349,22 @@ impl Front {
     /// line and relays every connection instead.
     pub fn new(cfg: FrontConfig) -> Result<Arc<Self>> {
         let kit = if cfg.uses_handoff() {
-            match HandoffKit::open(&cfg.interface) {
+            match HandoffKit::open(&cfg.interface, cfg.pins()) {
                 Ok(kit) => {
-                    info!(iface = %cfg.interface, ifindex = kit.iface.ifindex, "BPF forwarder attached");
+                    let f = kit.lock_forwarder();
+                    let pins = f.pin_dir().map(|p| p.display().to_string());
+                    match f.adoption() {
+                        baton_bpf::Adoption::Adopted => {
+                            info!(iface = %cfg.interface, pins = pins.as_deref().unwrap_or(""), "BPF forwarder replaced the pinned one on its link (no packet missed)")
+                        }
+                        baton_bpf::Adoption::StaleLink(why) => {
+                            warn!(iface = %cfg.interface, %why, "the pinned link was unusable; attached a new one")
+                        }
+                        baton_bpf::Adoption::Fresh => {
+                            info!(iface = %cfg.interface, ifindex = kit.iface.ifindex, pins = pins.as_deref().unwrap_or("none"), "BPF forwarder attached")
+                        }
+                    }
+                    drop(f);
                     Some(kit)
                 }
                 Err(KitError::Denied(why)) => {
@@ -454,57 +486,89 @@ impl Front {
         }))
     }
 
-    /// Runs until `shutdown` resolves; then stops accepting and returns (the
-    /// forwarder is detached when the last reference drops).
+    /// Runs until `shutdown` resolves, or a successor takes the listener
+    /// over; then stops accepting and returns once its connections are
+    /// done (bounded by `drain_timeout_ms`).
+    ///
+    /// `takeover`: a connection to the running front's upgrade socket (see
+    /// [`crate::upgrade`]): this front then serves on that front's listener,
+    /// and adopts the flows it leaves in the pinned flow table.
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
+        takeover: Option<std::os::unix::net::UnixStream>,
     ) -> Result<()> {
         let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
-        // Bound to the NIC only for handoffs: the forwarder sees that NIC
-        // alone. A relay serves wherever the address is.
-        let device = self.kit.as_ref().map(|_| self.cfg.interface.as_str());
-        let listener = listen_on(addr, device).with_context(|| {
-            format!(
-                "binding {addr} on {} (is the VIP configured there?)",
-                self.cfg.interface
-            )
-        })?;
+        let listener = match takeover {
+            Some(stream) => {
+                // The predecessor lets its handoffs in progress finish first.
+                let wait = ms(self.cfg.limits.head_timeout_ms)
+                    .saturating_add(ms(self.cfg.limits.handoff_timeout_ms))
+                    .saturating_add(TAKEOVER_MARGIN);
+                let fd =
+                    tokio::task::spawn_blocking(move || crate::upgrade::take_over(stream, wait))
+                        .await
+                        .context("the takeover task")??;
+                let l = std::net::TcpListener::from(fd);
+                let got = l.local_addr().context("the inherited listener")?;
+                ensure!(
+                    got == addr,
+                    "the running front listens on {got}, this configuration on {addr}"
+                );
+                l.set_nonblocking(true)?;
+                info!(%addr, "took the listener over from the running front");
+                l
+            }
+            None => {
+                // Bound to the NIC only for handoffs: the forwarder sees that
+                // NIC alone. A relay serves wherever the address is.
+                let device = self.kit.as_ref().map(|_| self.cfg.interface.as_str());
+                let l = listen_on(addr, device).with_context(|| {
+                    format!(
+                        "binding {addr} on {} (is the VIP configured there?)",
+                        self.cfg.interface
+                    )
+                })?;
+                l.into_std().context("the listener")?
+            }
+        };
+        let upgrades = crate::upgrade::Server::bind(&self.cfg.upgrade_socket)
+            .context("the upgrade socket (upgrade_socket)")?;
         // Accepted sockets stay plain until they have to wait (see `Conn`).
         // `with_interest` is deprecated as unsound without I/O safety (a
         // borrowed descriptor could be closed while registered); this one
         // is owned by the `AsyncFd`, and this crate has no `unsafe` for
         // `register_with_interest`.
         #[allow(deprecated)]
-        let listener = AsyncFd::with_interest(
-            listener.into_std().context("the listener")?,
-            tokio::io::Interest::READABLE,
-        )
-        .context("registering the listener")?;
+        let listener = AsyncFd::with_interest(listener, tokio::io::Interest::READABLE)
+            .context("registering the listener")?;
+        let mut machinery = Vec::new();
         if self.kit.is_some() {
             let Some(key_file) = &self.cfg.key_file else {
                 bail!("key_file is required to hand connections off");
             };
             let psk = crate::config::load_key(key_file)?;
+            self.adopt_pinned().await;
             for (i, b) in self.backends.iter().enumerate() {
                 if b.mode == BackendMode::Handoff {
-                    tokio::spawn(Arc::clone(&self).control_loop(i, psk.clone()));
-                    tokio::spawn(Arc::clone(&self).writer(i));
+                    machinery.push(tokio::spawn(Arc::clone(&self).control_loop(i, psk.clone())));
+                    machinery.push(tokio::spawn(Arc::clone(&self).writer(i)));
                 }
             }
-            tokio::spawn(Arc::clone(&self).parked_reader());
-            tokio::spawn(Arc::clone(&self).timers());
+            machinery.push(tokio::spawn(Arc::clone(&self).parked_reader()));
+            machinery.push(tokio::spawn(Arc::clone(&self).timers()));
         }
-        let admin = tokio::spawn(crate::admin::serve(
+        let mut admin = tokio::spawn(crate::admin::serve(
             self.cfg.admin_listen,
             Arc::clone(&self),
         ));
         info!(%addr, backends = self.backends.len(), "front-end serving");
         let limit = Arc::new(Semaphore::new(self.cfg.limits.max_pending));
         tokio::pin!(shutdown);
-        loop {
+        let successor = loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => break None,
+                s = upgrades.next() => break Some(s),
                 r = accept(&listener) => match r {
                     Ok((stream, peer)) => {
                         self.counters.accepted.inc();
@@ -526,21 +590,62 @@ impl Front {
                     }
                 }
             }
-        }
+        };
         self.shutting_down.store(true, Ordering::Relaxed);
-        drop(listener);
-        // Drain: the forwarder stays attached while handed-off connections
-        // live, since detaching it would make the front's kernel reset them.
-        // None only for a timeout beyond the clock's range (validation caps
-        // it): then no wait at all rather than a panic.
+        let pinned = self
+            .kit
+            .as_ref()
+            .is_some_and(|k| k.lock_forwarder().pin_dir().is_some());
+        if let Some(successor) = successor {
+            info!("a successor asked for the listener: letting the handoffs in progress finish");
+            // Every connection being read or handed off holds a permit
+            // (a relay gives its back); wait until all are back, bounded.
+            let limit_wait = ms(self.cfg.limits.head_timeout_ms)
+                .saturating_add(ms(self.cfg.limits.handoff_timeout_ms));
+            let all = u32::try_from(self.cfg.limits.max_pending).unwrap_or(u32::MAX);
+            match tokio::time::timeout(limit_wait, limit.acquire_many(all)).await {
+                Ok(Ok(permits)) => permits.forget(),
+                _ => warn!("handoffs still in progress at the takeover: they will fail with 503"),
+            }
+            // The successor adopts the flows from the pinned table; it must
+            // be the only one to change it, read the ring, or speak to the
+            // back-ends from now on.
+            // Awaited, so that the ring reader has stopped and the admin
+            // address is free before the successor starts.
+            for task in machinery.drain(..) {
+                task.abort();
+                let _ = task.await;
+            }
+            admin.abort();
+            let _ = (&mut admin).await;
+            upgrades.unlink();
+            successor
+                .hand_over(listener.get_ref().as_fd())
+                .context("handing the listener over")?;
+            drop(listener);
+            info!("listener handed over; the successor serves from now on");
+        } else {
+            drop(listener);
+        }
+        // Drain: without pins, the forwarder must stay attached while
+        // handed-off connections live (detaching it would make the front's
+        // kernel reset them). Pinned, the program and the flow table stay
+        // in the kernel after this process, and the next front adopts them:
+        // only relayed connections, which live in this process, are waited
+        // for. None only for a timeout beyond the clock's range (validation
+        // caps it): then no wait at all rather than a panic.
         let deadline = Instant::now().checked_add(ms(self.cfg.drain_timeout_ms));
         let live = || {
-            let handed = self.lock_engine().handed();
+            let handed = if pinned {
+                0
+            } else {
+                self.lock_engine().handed()
+            };
             handed.saturating_add(usize::try_from(self.relay_active()).unwrap_or(usize::MAX))
         };
         info!(
             connections = live(),
-            "front-end stopped accepting; draining"
+            pinned, "front-end stopped accepting; draining"
         );
         while live() > 0 && deadline.is_some_and(|d| Instant::now() < d) {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -549,8 +654,15 @@ impl Front {
         if left > 0 {
             warn!(left, "drain timeout: stopping with connections still open");
         }
+        for task in &machinery {
+            task.abort();
+        }
         admin.abort();
-        info!("front-end stopped");
+        if pinned {
+            info!("front-end stopped; the pinned forwarder keeps steering handed-off connections (`baton unpin` removes it)");
+        } else {
+            info!("front-end stopped");
+        }
         Ok(())
     }
 
@@ -932,8 +1044,9 @@ impl Front {
         fx: &mut Effects,
     ) -> Feed {
         match action {
-            FrontAction::Park { id, flow } => {
-                let r = kit.lock_forwarder().park(&flow).map_err(|e| {
+            FrontAction::Park { id, flow, backend } => {
+                let owner = self.owner(backend, id);
+                let r = kit.lock_forwarder().park(&flow, owner).map_err(|e| {
                     debug!(%flow, error = %e, "park failed");
                     if e.is_map_full() {
                         self.counters.flow_table_full.inc();
@@ -980,7 +1093,8 @@ impl Front {
                 let Some(target) = self.target(kit, backend) else {
                     return Feed::ForwardFailed(id);
                 };
-                if let Err(e) = kit.lock_forwarder().forward(&flow, &target) {
+                let owner = self.owner(backend, id);
+                if let Err(e) = kit.lock_forwarder().forward(&flow, &target, owner) {
                     warn!(%flow, error = %e, "forward failed");
                     return Feed::ForwardFailed(id);
                 }
@@ -1003,17 +1117,19 @@ impl Front {
                 self.notify(id, Outcome::Reset);
                 Feed::Nothing
             }
-            FrontAction::MarkClosing { flow, backend } => {
+            FrontAction::MarkClosing { id, flow, backend } => {
                 if let Some(t) = self.target(kit, backend) {
-                    if let Err(e) = kit.lock_forwarder().mark_closing(&flow, &t) {
+                    let owner = self.owner(backend, id);
+                    if let Err(e) = kit.lock_forwarder().mark_closing(&flow, &t, owner) {
                         warn!(key = %flow, error = %e, "could not mark a forwarding entry closing");
                     }
                 }
                 Feed::Nothing
             }
-            FrontAction::Resteer { flow, backend } => {
+            FrontAction::Resteer { id, flow, backend } => {
                 if let Some(t) = self.target(kit, backend) {
-                    if let Err(e) = kit.lock_forwarder().forward(&flow, &t) {
+                    let owner = self.owner(backend, id);
+                    if let Err(e) = kit.lock_forwarder().forward(&flow, &t, owner) {
                         warn!(key = %flow, error = %e, "could not steer a flow again");
                     }
                 }
@@ -1191,6 +1307,78 @@ impl Front {
             dst_mac: mac,
             src_mac: kit.iface.mac,
         })
+    }
+
+    /// Takes over the flows a previous front process left in the pinned
+    /// flow table (see [`FrontEngine::adopt`]). Once, before the control
+    /// channels start, and after any predecessor stopped changing the map.
+    async fn adopt_pinned(&self) {
+        let Some(kit) = self.kit.as_ref() else {
+            return;
+        };
+        let entries = {
+            let f = kit.lock_forwarder();
+            if f.pin_dir().is_none() {
+                return;
+            }
+            f.entries()
+        };
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "reading the pinned flow table failed; its entries age out");
+                return;
+            }
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let by_ip: HashMap<std::net::Ipv4Addr, BackendId> = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.control.map(|a| (*a.ip(), i)))
+            .collect();
+        let (mut adopted, mut unknown, mut refused) = (0u64, 0u64, 0u64);
+        let fx = self.drive(kit, None, |e, now| {
+            for (key, entry) in &entries {
+                let Some(&backend) = by_ip.get(&entry.owner.backend) else {
+                    // Its back-end left the configuration: the entry keeps
+                    // steering until it is idle.
+                    unknown += 1;
+                    continue;
+                };
+                let kind = match entry.action {
+                    baton_bpf::Action::Park => Entry::Parked,
+                    baton_bpf::Action::Forward => Entry::Forwarding,
+                    baton_bpf::Action::ForwardClosing => Entry::Closing,
+                };
+                if e.adopt(now, *key, entry.owner.id, backend, kind) {
+                    adopted += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            Feed::Nothing
+        });
+        self.apply(fx).await;
+        self.counters.flows_adopted.add(adopted);
+        info!(
+            adopted,
+            unknown_backend = unknown,
+            duplicates = refused,
+            "adopted the flows of the previous front process"
+        );
+    }
+
+    /// What a flow's entry records of its owner, for a successor to adopt.
+    fn owner(&self, backend: BackendId, id: u64) -> Owner {
+        let ip = self
+            .backends
+            .get(backend)
+            .and_then(|b| b.control)
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED, |a| *a.ip());
+        Owner { backend: ip, id }
     }
 
     /// Removes a flow's entry and the frames kept for it.
@@ -1602,6 +1790,11 @@ impl Front {
         let entries = self.kit.as_ref().map_or(0, |k| {
             k.lock_forwarder().entries().map(|e| e.len()).unwrap_or(0)
         });
+        let pin_dir = self.kit.as_ref().and_then(|k| {
+            k.lock_forwarder()
+                .pin_dir()
+                .map(|p| p.display().to_string())
+        });
         // One lock at a time: guards taken inside the struct literal below
         // would all live until its end (and the flows lock is not reentrant).
         let (flows_tracked, flows_parked) = {
@@ -1645,6 +1838,9 @@ impl Front {
             entries_removed_orphaned: c.entries_removed_orphaned.get(),
             handoffs_reset: c.handoffs_reset.get(),
             stale_frames: c.stale_frames.get(),
+            flows_adopted: c.flows_adopted.get(),
+            pinned: pin_dir.is_some(),
+            pin_dir,
             forwarding_entries: entries,
             flows_tracked,
             flows_parked,
@@ -1800,6 +1996,14 @@ pub struct FrontStats {
     pub handoffs_reset: u64,
     /// Frames about handoffs this front no longer tracks (late answers).
     pub stale_frames: u64,
+    /// Flows a previous front process handed off, adopted from the pinned
+    /// flow table at start.
+    pub flows_adopted: u64,
+    /// Whether the forwarder's maps and link are pinned (flows outlive
+    /// this process).
+    pub pinned: bool,
+    /// Where they are pinned.
+    pub pin_dir: Option<String>,
     pub forwarding_entries: usize,
     pub flows_tracked: usize,
     /// Handoffs in progress (flows parked in the forwarder).
@@ -2089,6 +2293,10 @@ fn listen_on(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<TcpLi
     Ok(listener)
 }
 
+/// How much longer than the predecessor's own bound a successor waits for
+/// the listener.
+const TAKEOVER_MARGIN: Duration = Duration::from_secs(5);
+
 /// `TCP_DEFER_ACCEPT`'s wait for a silent client's first bytes.
 const DEFER_ACCEPT_SECS: libc::c_int = 5;
 
@@ -2151,6 +2359,18 @@ impl prometheus_client::collector::Collector for Metrics {
             "baton_front_stale_frames",
             "Control frames about handoffs already settled",
             s.stale_frames,
+        )?;
+        counter(
+            e,
+            "baton_front_flows_adopted",
+            "Flows adopted from the pinned flow table at start (a restart or upgrade)",
+            s.flows_adopted,
+        )?;
+        gauge(
+            e,
+            "baton_front_pinned",
+            "Whether the forwarder's flow table and link are pinned (flows outlive the process)",
+            i64::from(s.pinned),
         )?;
         counters_by(
             e,

@@ -29,3 +29,4 @@ pub mod metrics;
 pub mod preauth;
 pub mod relay;
 pub mod stats;
+pub mod upgrade;

@@ -1,6 +1,7 @@
 //! A simulated cluster for the handoff engines (quinn's `Pair`, grown to one
 //! front and N back-ends): a simulated clock, per-channel delay, channels
-//! that die after any frame, back-ends that stall or restart, a fake
+//! that die after any frame, back-ends that stall or restart, a front that
+//! restarts on its pinned flow table, a fake
 //! forwarder map and clients whose ACKs keep entries fresh. Property tests
 //! check what a user would notice: one answer per connection, no hang, no
 //! entry left behind, deadlines on time, no stale report acting on a newer
@@ -11,7 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use baton_proto::handoff::{
-    BackAction, BackEngine, FrontAction, FrontEngine, FrontEvent, FrontTimers, Quiet, Refusal,
+    BackAction, BackEngine, Entry as AdoptedEntry, FrontAction, FrontEngine, FrontEvent,
+    FrontTimers, Quiet, Refusal,
 };
 use baton_proto::{FlowKey, TcpState, ToBack, ToFront};
 use bytes::Bytes;
@@ -77,6 +79,10 @@ struct Sim {
     net: BTreeMap<(Instant, u64), (usize, u64, Msg)>,
     seq: u64,
     fwd: HashMap<FlowKey, (Entry, Instant)>,
+    /// What the forwarder's entries record of their owner: (handoff id, back-end).
+    owners: HashMap<FlowKey, (u64, usize)>,
+    /// Front processes started so far (each draws ids from its own range).
+    fronts: u64,
     conns: Vec<HashMap<FlowKey, Conn>>,
     // Outcomes, by handoff id.
     started: HashSet<u64>,
@@ -106,6 +112,8 @@ impl Sim {
             net: BTreeMap::new(),
             seq: 0,
             fwd: HashMap::new(),
+            owners: HashMap::new(),
+            fronts: 1,
             conns: vec![HashMap::new(); backends],
             started: HashSet::new(),
             answered_by_front: HashSet::new(),
@@ -147,6 +155,58 @@ impl Sim {
         self.cut(b);
         self.backs[b] = BackEngine::new(VIP, 5 * MS);
         self.conns[b].clear();
+    }
+
+    /// The front process dies (or is upgraded) and a new one starts on the
+    /// pinned flow table: what it had written to its channels still reaches
+    /// the back-ends, then the channels close; the new engine adopts every
+    /// entry and connects again.
+    fn restart_front(&mut self) {
+        let in_flight: Vec<(Instant, u64)> = self
+            .net
+            .iter()
+            .filter(|(_, (_, _, msg))| matches!(msg, Msg::ToBack(_)))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in in_flight {
+            if let Some((b, ch, Msg::ToBack(frame))) = self.net.remove(&k) {
+                self.backs[b].handle_frame(ch, frame);
+            }
+        }
+        self.run_backs();
+        for b in 0..self.backs.len() {
+            if let Some(c) = self.chan[b].take() {
+                self.net.retain(|_, (_, ch, _)| *ch != c);
+                self.backs[b].handle_channel_down(self.now, c);
+            }
+        }
+        self.fronts += 1;
+        self.front = FrontEngine::new(timers(), self.backs.len(), self.fronts << 32, self.now);
+        let mut entries: Vec<(FlowKey, Entry)> =
+            self.fwd.iter().map(|(k, (e, _))| (*k, *e)).collect();
+        entries.sort_by_key(|(k, _)| k.client.port());
+        for (k, e) in entries {
+            let (id, b) = self.owners[&k];
+            let entry = match e {
+                Entry::Park => AdoptedEntry::Parked,
+                Entry::Forward(_) => AdoptedEntry::Forwarding,
+                Entry::Closing(_) => AdoptedEntry::Closing,
+            };
+            assert!(self.front.adopt(self.now, k, id, b, entry), "adopt {id}");
+        }
+        self.run();
+        for b in 0..self.backs.len() {
+            self.connect(b);
+        }
+    }
+
+    fn run_backs(&mut self) {
+        for b in 0..self.backs.len() {
+            while let Some(a) = self.backs[b].poll_action() {
+                self.back_action(b, a);
+            }
+            while self.backs[b].poll_event().is_some() {}
+        }
     }
 
     fn new_conn(&mut self, port: u16, b: usize) {
@@ -226,8 +286,9 @@ impl Sim {
     fn front_action(&mut self, a: FrontAction) {
         let now = self.now;
         match a {
-            FrontAction::Park { id, flow } => {
+            FrontAction::Park { id, flow, backend } => {
                 self.fwd.insert(flow, (Entry::Park, now));
+                self.owners.insert(flow, (id, backend));
                 self.front.handle_parked(id, Ok(()));
             }
             FrontAction::Dump { id } => {
@@ -248,6 +309,7 @@ impl Sim {
                     "forwarded {id} that never went live"
                 );
                 self.fwd.insert(flow, (Entry::Forward(backend), now));
+                self.owners.insert(flow, (id, backend));
                 self.forwarded.insert(id);
             }
             FrontAction::GiveBack { id, flow, .. } => {
@@ -258,14 +320,16 @@ impl Sim {
                 self.fwd.remove(&flow);
                 self.reset.insert(id);
             }
-            FrontAction::MarkClosing { flow, backend } => {
+            FrontAction::MarkClosing { id, flow, backend } => {
                 if let Some(e) = self.fwd.get_mut(&flow) {
                     e.0 = Entry::Closing(backend);
+                    self.owners.insert(flow, (id, backend));
                 }
             }
-            FrontAction::Resteer { flow, backend } => {
+            FrontAction::Resteer { id, flow, backend } => {
                 if let Some(e) = self.fwd.get_mut(&flow) {
                     e.0 = Entry::Forward(backend);
+                    self.owners.insert(flow, (id, backend));
                 }
             }
             FrontAction::RemoveIfQuiet { id, flow, quiet } => {
@@ -476,6 +540,7 @@ enum Op {
     Reconnect { backend: usize },
     Restart { backend: usize },
     Stall { backend: usize, ms: u16 },
+    RestartFront,
 }
 
 fn op(backends: usize) -> impl Strategy<Value = Op> {
@@ -486,6 +551,7 @@ fn op(backends: usize) -> impl Strategy<Value = Op> {
         2 => (0..backends).prop_map(|backend| Op::Reconnect { backend }),
         1 => (0..backends).prop_map(|backend| Op::Restart { backend }),
         1 => (0..backends, 0u16..2000).prop_map(|(backend, ms)| Op::Stall { backend, ms }),
+        1 => Just(Op::RestartFront),
     ]
 }
 
@@ -505,6 +571,7 @@ fn play(backends: usize, delays: &[u8], ops: &[Op]) -> Sim {
                 let until = s.now + millis(u64::from(ms));
                 s.stall(backend, until);
             }
+            Op::RestartFront => s.restart_front(),
         }
         s.run();
     }
@@ -601,4 +668,54 @@ fn a_restarted_back_end_frees_its_flows_at_reconnect() {
     // Well before the orphan timeout: reconciliation removed it.
     assert!(s.fwd.is_empty(), "{:?}", s.fwd);
     assert_eq!(s.front.flows(), 0);
+}
+
+#[test]
+fn a_front_restart_keeps_served_flows_steered_and_settles_the_rest() {
+    let mut s = Sim::new(1, &[4]);
+    // Port 48 lives ~1 s on the back-end; port 3 is mid-handoff at the
+    // restart (its Handoff is on the wire).
+    s.new_conn(48, 0);
+    s.run();
+    let until = s.now + millis(20);
+    s.advance(until);
+    let long = 1 << 32;
+    assert!(s.forwarded.contains(&long));
+    s.new_conn(3, 0);
+    s.run();
+    let mid = (1 << 32) + 1;
+    assert!(!s.went_live.contains(&mid), "still on the wire");
+    s.restart_front();
+    // The new front adopted both; the back-end restored the one on the wire.
+    assert!(s.went_live.contains(&mid));
+    let until = s.now + millis(50);
+    s.advance(until);
+    // Reconciled by Holding, long before the orphan timeout: both forward.
+    assert_eq!(s.fwd.get(&key(48)).map(|e| e.0), Some(Entry::Forward(0)));
+    assert_eq!(s.fwd.get(&key(3)).map(|e| e.0), Some(Entry::Forward(0)));
+    assert!(s.forwarded.contains(&mid), "the inherited handoff forwards");
+    assert!(s.reset.is_empty(), "nothing reset: {:?}", s.reset);
+    s.settle();
+    s.check();
+}
+
+#[test]
+fn a_front_restart_resets_a_parked_flow_no_back_end_took() {
+    let mut s = Sim::new(1, &[4]);
+    s.stall(0, s.now + millis(5000));
+    s.new_conn(5, 0);
+    s.run();
+    // The back-end is stalled: its Handoff is delivered by the restart,
+    // and the back-end restores it.  A second back-end process restart
+    // loses it: nobody serves it any more.
+    s.restart_front();
+    s.restart(0);
+    s.stall(0, s.now);
+    s.connect(0);
+    let until = s.now + millis(50);
+    s.advance(until);
+    assert!(s.reset.contains(&(1 << 32)), "reset once Holding said no");
+    assert!(s.fwd.is_empty(), "{:?}", s.fwd);
+    s.settle();
+    s.check();
 }

@@ -36,6 +36,14 @@ enum Cmd {
     Front(FrontArgs),
     /// Run the back-end daemon (needs CAP_NET_ADMIN for TCP_REPAIR).
     Back(BackArgs),
+    /// Remove a stopped front's pinned forwarder (its flow table, kept
+    /// frames, counters and TCX link): the program detaches, and the
+    /// connections it still steered are lost.
+    Unpin {
+        /// The front's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a front or back configuration file without starting anything.
     Check {
         /// The TOML file.
@@ -90,6 +98,11 @@ struct FrontArgs {
     /// Override `admin_listen`.
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
+    /// Replace the front running with this configuration without refusing
+    /// a connection: take its listening socket over (`upgrade_socket`) once
+    /// its handoffs in progress finish, and adopt its handed-off flows.
+    #[arg(long)]
+    takeover: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -165,10 +178,55 @@ fn run_front(a: FrontArgs) -> Result<()> {
     }
     cfg.validate()
         .with_context(|| format!("invalid configuration {}", a.config.display()))?;
-    on_worker(runtime(cfg.workers)?, async {
+    let running = baton_daemon::upgrade::probe(&cfg.upgrade_socket)?;
+    match (&running, a.takeover) {
+        (Some(_), false) => anyhow::bail!(
+            "a front is already running on {} (upgrade_socket): stop it first, or start this one \
+             with --takeover to replace it without refusing a connection",
+            cfg.upgrade_socket.display()
+        ),
+        (None, true) => anyhow::bail!(
+            "--takeover: no front answers on {} (upgrade_socket); start without --takeover",
+            cfg.upgrade_socket.display()
+        ),
+        _ => {}
+    }
+    on_worker(runtime(cfg.workers)?, async move {
         let front = front::Front::new(cfg)?;
-        front.run(shutdown_signal()).await
+        front.run(shutdown_signal(), running).await
     })
+}
+
+fn unpin(path: &std::path::Path) -> Result<()> {
+    let cfg = config::FrontConfig::load(path)?;
+    if baton_daemon::upgrade::probe(&cfg.upgrade_socket)?.is_some() {
+        anyhow::bail!(
+            "a front is running on {} (upgrade_socket): stop it first",
+            cfg.upgrade_socket.display()
+        );
+    }
+    let Some((dir, _)) = cfg.pins() else {
+        println!("pin_dir = \"\": this front pins nothing");
+        return Ok(());
+    };
+    let removed = baton_bpf::Forwarder::unpin(&cfg.interface, &dir).with_context(|| {
+        format!(
+            "removing the pins of {} under {}",
+            cfg.interface,
+            dir.display()
+        )
+    })?;
+    if removed.is_empty() {
+        println!(
+            "nothing pinned for {} under {}",
+            cfg.interface,
+            dir.display()
+        );
+    }
+    for r in removed {
+        println!("removed {}", r.display());
+    }
+    Ok(())
 }
 
 /// Runs a daemon's main future as a task. With several worker threads the
@@ -242,6 +300,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::require_root("baton demo").and_then(|()| demo::run(&a)),
         Cmd::Bench { cmd } => demo::require_root("baton bench").and_then(|()| bench::run(cmd)),
         Cmd::Front(a) => run_front(a),
+        Cmd::Unpin { config } => unpin(&config),
         Cmd::Back(a) => run_back(a),
         Cmd::Check { file, host: true } => match config::check(&file) {
             Err(e) => Err(e),

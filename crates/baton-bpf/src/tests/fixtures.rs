@@ -3,6 +3,7 @@
 
 use baton_proto::FlowKey;
 
+use super::owner;
 use crate::frame::tests::{tcp_frame, BACK_MAC, FRONT_MAC};
 use crate::{Action, BpfError, FlowEntry, ForwardTarget, Forwarder, ParkedFrame, Stats, Verdict};
 
@@ -74,7 +75,7 @@ fn no_entry_passes_the_frame_unchanged() {
 #[test]
 fn parked_flow_is_dropped_and_kept_whole_in_the_ring() {
     let mut fwd = loaded();
-    fwd.park(&key()).expect("park");
+    fwd.park(&key(), owner()).expect("park");
     let before = Forwarder::now_ns();
     let input = frame();
 
@@ -109,9 +110,9 @@ fn parked_flow_is_dropped_and_kept_whole_in_the_ring() {
 fn forwarded_flow_is_redirected_with_rewritten_macs() {
     let fwd = {
         let mut fwd = loaded();
-        fwd.park(&key()).expect("park");
+        fwd.park(&key(), owner()).expect("park");
         let _ = run_once(&fwd, &frame());
-        fwd.forward(&key(), &target()).expect("forward");
+        fwd.forward(&key(), &target(), owner()).expect("forward");
         fwd
     };
     let input = frame();
@@ -141,7 +142,7 @@ fn forwarded_flow_is_redirected_with_rewritten_macs() {
 fn only_the_exact_four_tuple_is_steered() {
     let fwd = {
         let mut fwd = loaded();
-        fwd.forward(&key(), &target()).expect("forward");
+        fwd.forward(&key(), &target(), owner()).expect("forward");
         fwd
     };
     // The reply direction (VIP -> client) and another client port are someone else's.
@@ -163,7 +164,7 @@ fn only_the_exact_four_tuple_is_steered() {
 #[test]
 fn ip_options_do_not_hide_the_ports() {
     let mut fwd = loaded();
-    fwd.park(&key()).expect("park");
+    fwd.park(&key(), owner()).expect("park");
     // IHL 6: four bytes of options (NOPs + end of list) before the TCP header.
     let mut input = frame();
     input[14] = 0x46;
@@ -179,7 +180,7 @@ fn ip_options_do_not_hide_the_ports() {
 fn non_tcp_and_truncated_frames_pass_unchanged() {
     let fwd = {
         let mut fwd = loaded();
-        fwd.park(&key()).expect("park");
+        fwd.park(&key(), owner()).expect("park");
         fwd
     };
     let good = frame();
@@ -235,8 +236,10 @@ fn non_tcp_and_truncated_frames_pass_unchanged() {
 /// A forwarded flow whose back-end has reported the close.
 fn closing() -> Forwarder {
     let mut fwd = loaded();
-    fwd.forward(&key(), &target()).expect("forward");
-    assert!(fwd.mark_closing(&key(), &target()).expect("mark closing"));
+    fwd.forward(&key(), &target(), owner()).expect("forward");
+    assert!(fwd
+        .mark_closing(&key(), &target(), owner())
+        .expect("mark closing"));
     fwd
 }
 
@@ -276,7 +279,7 @@ fn a_bare_syn_on_a_live_forwarded_flow_is_redirected_not_obeyed() {
     // challenge ACK.
     let fwd = {
         let mut fwd = loaded();
-        fwd.forward(&key(), &target()).expect("forward");
+        fwd.forward(&key(), &target(), owner()).expect("forward");
         fwd
     };
     for syn in [SYN, SYN | ECE_CWR] {
@@ -331,12 +334,16 @@ fn a_closing_flow_still_forwards_everything_but_a_bare_syn() {
 #[test]
 fn marking_closing_never_creates_an_entry() {
     let mut fwd = loaded();
-    assert!(!fwd.mark_closing(&key(), &target()).expect("absent entry"));
+    assert!(!fwd
+        .mark_closing(&key(), &target(), owner())
+        .expect("absent entry"));
     assert!(fwd.entries().expect("entries").is_empty(), "not created");
-    fwd.forward(&key(), &target()).expect("forward");
-    assert!(fwd.mark_closing(&key(), &target()).expect("forward entry"));
+    fwd.forward(&key(), &target(), owner()).expect("forward");
+    assert!(fwd
+        .mark_closing(&key(), &target(), owner())
+        .expect("forward entry"));
     assert!(
-        fwd.mark_closing(&key(), &target()).expect("again"),
+        fwd.mark_closing(&key(), &target(), owner()).expect("again"),
         "marking twice is harmless"
     );
     assert_eq!(
@@ -348,14 +355,16 @@ fn marking_closing_never_creates_an_entry() {
         }
     );
     fwd.remove(&key()).expect("remove");
-    assert!(!fwd.mark_closing(&key(), &target()).expect("removed entry"));
+    assert!(!fwd
+        .mark_closing(&key(), &target(), owner())
+        .expect("removed entry"));
     assert!(fwd.entries().expect("entries").is_empty(), "not recreated");
 }
 
 #[test]
 fn a_syn_on_a_parked_flow_is_kept_like_any_parked_segment() {
     let mut fwd = loaded();
-    fwd.park(&key()).expect("park");
+    fwd.park(&key(), owner()).expect("park");
     let input = segment(SYN);
     assert_eq!(run_once(&fwd, &input), (Verdict::Drop, input.clone()));
     assert_eq!(
@@ -398,7 +407,7 @@ fn segments_of_a_closing_flow_that_open_nothing_are_still_redirected() {
 fn fragments_pass_even_for_a_parked_flow() {
     let fwd = {
         let mut fwd = loaded();
-        fwd.park(&key()).expect("park");
+        fwd.park(&key(), owner()).expect("park");
         fwd
     };
     let mut first = frame();
@@ -422,7 +431,7 @@ fn fragments_pass_even_for_a_parked_flow() {
 fn removed_flow_passes_again_and_removing_twice_is_ok() {
     let fwd = {
         let mut fwd = loaded();
-        fwd.forward(&key(), &target()).expect("forward");
+        fwd.forward(&key(), &target(), owner()).expect("forward");
         fwd.remove(&key()).expect("remove");
         fwd.remove(&key()).expect("removing an absent key");
         fwd
@@ -435,7 +444,7 @@ fn removed_flow_passes_again_and_removing_twice_is_ok() {
 #[test]
 fn full_ring_counts_park_lost_and_still_drops() {
     let mut fwd = loaded();
-    fwd.park(&key()).expect("park");
+    fwd.park(&key(), owner()).expect("park");
     let input = tcp_frame(&[0x55; 1400], 0, 0);
     // 4 MiB of ring holds about 2800 records of this size.
     let runs = 4000;
@@ -487,7 +496,9 @@ fn forward_rejects_targets_that_would_flood_or_misroute() {
         },
     ];
     for to in bad {
-        let err = fwd.forward(&key(), &to).expect_err("invalid target");
+        let err = fwd
+            .forward(&key(), &to, owner())
+            .expect_err("invalid target");
         assert!(matches!(err, BpfError::InvalidTarget { .. }), "{err}");
     }
     assert!(fwd.entries().expect("entries").is_empty());
@@ -504,13 +515,14 @@ fn a_full_flow_table_is_reported_as_full() {
         vip: "198.18.0.100:80".parse().expect("literal"),
     };
     for n in 0..crate::MAX_FLOWS {
-        fwd.park(&key_n(n)).expect("room for MAX_FLOWS entries");
+        fwd.park(&key_n(n), owner())
+            .expect("room for MAX_FLOWS entries");
     }
     let err = fwd
-        .park(&key_n(crate::MAX_FLOWS))
+        .park(&key_n(crate::MAX_FLOWS), owner())
         .expect_err("the table is full");
     assert!(err.is_map_full(), "{err}");
     // Replacing an existing entry still works, and other errors are not "full".
-    fwd.park(&key_n(0)).expect("replacing an entry");
+    fwd.park(&key_n(0), owner()).expect("replacing an entry");
     assert!(!BpfError::RingTaken { iface: "x".into() }.is_map_full());
 }

@@ -3,3 +3,12 @@
 
 mod fixtures;
 mod netns;
+mod pinning;
+
+/// The owner written with every test entry.
+fn owner() -> crate::Owner {
+    crate::Owner {
+        backend: std::net::Ipv4Addr::new(198, 18, 0, 11),
+        id: 0x0123_4567_89ab_cdef,
+    }
+}

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use aya::programs::tc::{SchedClassifier, TcAttachType};
 use baton_proto::FlowKey;
 
+use super::owner;
 use crate::abi;
 use crate::frame::checksums_valid;
 use crate::{
@@ -21,9 +22,9 @@ use crate::{
     ParkedRing,
 };
 
-const FRONT_IF: &str = "btf0";
+pub(super) const FRONT_IF: &str = "btf0";
 const CLIENT_IF: &str = "btc0";
-const FRONT_MAC: [u8; 6] = [0x02, 0xb7, 0, 0, 0, 0x01];
+pub(super) const FRONT_MAC: [u8; 6] = [0x02, 0xb7, 0, 0, 0, 0x01];
 const CLIENT_MAC: [u8; 6] = [0x02, 0xb7, 0, 0, 0, 0x02];
 const FRONT_IP: &str = "198.18.0.1";
 const CLIENT_IP: &str = "198.18.0.2";
@@ -36,7 +37,7 @@ fn mac_text(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-fn run(args: &[&str]) -> String {
+pub(super) fn run(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -77,13 +78,13 @@ impl Drop for Netns {
 }
 
 /// The two namespaces and the veth between them.
-struct Lab {
+pub(super) struct Lab {
     front: Netns,
     client: Netns,
 }
 
 impl Lab {
-    fn new(tag: &str) -> Self {
+    pub(super) fn new(tag: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("bpftest-{}-{n}-{tag}", std::process::id());
@@ -122,7 +123,7 @@ impl Lab {
     }
 
     /// Runs `body` on a thread of its own, which may switch namespaces at will.
-    fn run<T: Send>(&self, body: impl FnOnce(&Switch) -> T + Send) -> T {
+    pub(super) fn run<T: Send>(&self, body: impl FnOnce(&Switch) -> T + Send) -> T {
         let switch = Switch {
             front: self.front.file(),
             client: self.client.file(),
@@ -139,7 +140,7 @@ impl Lab {
         parsed[0].clone()
     }
 
-    fn front_ifindex(&self) -> u32 {
+    pub(super) fn front_ifindex(&self) -> u32 {
         let index = self.link_json(&self.front, FRONT_IF)["ifindex"]
             .as_u64()
             .expect("ifindex");
@@ -167,13 +168,13 @@ impl Lab {
 }
 
 /// Moves the calling thread between the lab's namespaces.
-struct Switch {
+pub(super) struct Switch {
     front: File,
     client: File,
 }
 
 impl Switch {
-    fn front(&self) {
+    pub(super) fn front(&self) {
         abi::enter_netns(self.front.as_fd()).expect("entering the front namespace");
     }
 
@@ -276,7 +277,7 @@ fn tcx_attach_parks_forwards_and_detaches_on_drop() {
         assert!(fwd.stats().expect("stats").passed >= 2);
 
         // PARK: the segment lands in the ring, not in the front's socket.
-        fwd.park(&key).expect("park");
+        fwd.park(&key, owner()).expect("park");
         let ring = fwd.parked().expect("ring");
         client.write_all(b"parked bytes").expect("client write");
         let (parked, _ring) = next_parked(ring);
@@ -303,7 +304,7 @@ fn tcx_attach_parks_forwards_and_detaches_on_drop() {
             dst_mac: CLIENT_MAC,
             src_mac: FRONT_MAC,
         };
-        fwd.forward(&key, &target).expect("forward");
+        fwd.forward(&key, &target, owner()).expect("forward");
         client.write_all(b" forwarded bytes").expect("client write");
         wait_until("a forwarded packet", || {
             fwd.stats().expect("stats").forwarded >= 1
@@ -368,7 +369,7 @@ fn kernel_checksummed_frame_is_left_as_it_was() {
         ns.front();
         let mut fwd = Forwarder::attach(FRONT_IF).expect("attach");
         let (mut client, _server, key) = ns.connect();
-        fwd.park(&key).expect("park");
+        fwd.park(&key, owner()).expect("park");
         let ring = fwd.parked().expect("ring");
         client
             .write_all(b"odd-sized payload")

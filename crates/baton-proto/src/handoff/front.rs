@@ -49,7 +49,11 @@ pub enum Timer {
 pub enum FrontAction {
     /// Keep the client's packets from the local socket (forwarder PARK);
     /// answer with [`FrontEngine::handle_parked`].
-    Park { id: u64, flow: FlowKey },
+    Park {
+        id: u64,
+        flow: FlowKey,
+        backend: BackendId,
+    },
     /// Dump the socket with TCP_REPAIR (the flow is parked); answer with
     /// [`FrontEngine::handle_dumped`].
     Dump { id: u64 },
@@ -78,10 +82,18 @@ pub enum FrontAction {
     Reset { id: u64, flow: FlowKey },
     /// Let a new connection's SYN on this 4-tuple replace the entry
     /// (forwarder FORWARD_CLOSING); it still forwards to `backend`.
-    MarkClosing { flow: FlowKey, backend: BackendId },
+    MarkClosing {
+        id: u64,
+        flow: FlowKey,
+        backend: BackendId,
+    },
     /// An orphaned flow is still served by its back-end: forward it again
     /// without the closing mark.
-    Resteer { flow: FlowKey, backend: BackendId },
+    Resteer {
+        id: u64,
+        flow: FlowKey,
+        backend: BackendId,
+    },
     /// Remove the entry if it carried no packet for `quiet`; answer with
     /// [`FrontEngine::handle_removal`].
     RemoveIfQuiet {
@@ -184,6 +196,22 @@ enum Phase {
     Orphaned { epoch: u64 },
     /// Reported closed; the entry may go at `due` if quiet.
     Closing { due: Instant },
+    /// Found parked in the flow table at start: a previous front process
+    /// stopped in the middle of this handoff, so whether the back-end took
+    /// it is unknown until its `Holding` (or the orphan timeout, at `epoch`).
+    Inherited { epoch: u64 },
+}
+
+/// What a flow's entry in the pinned flow table says, for
+/// [`FrontEngine::adopt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// It forwards to the back-end: the back-end served the client.
+    Forwarding,
+    /// It forwards and is marked closing: the back-end reported the close.
+    Closing,
+    /// It is parked: a handoff was in progress.
+    Parked,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -256,11 +284,16 @@ impl FrontEngine {
         self.flows.len()
     }
 
-    /// Handoffs in progress (parking or offered).
+    /// Handoffs in progress (parking or offered, or inherited parked).
     pub fn parked(&self) -> usize {
         self.flows
             .values()
-            .filter(|f| matches!(f.phase, Phase::Parking | Phase::Offered { .. }))
+            .filter(|f| {
+                matches!(
+                    f.phase,
+                    Phase::Parking | Phase::Offered { .. } | Phase::Inherited { .. }
+                )
+            })
             .count()
     }
 
@@ -292,7 +325,7 @@ impl FrontEngine {
     pub fn steer(&self, flow: &FlowKey) -> Option<Option<BackendId>> {
         let f = self.flows.get(self.by_key.get(flow)?)?;
         Some(match f.phase {
-            Phase::Parking | Phase::Offered { .. } => None,
+            Phase::Parking | Phase::Offered { .. } | Phase::Inherited { .. } => None,
             Phase::Live | Phase::Orphaned { .. } | Phase::Closing { .. } => Some(f.backend),
         })
     }
@@ -320,6 +353,10 @@ impl FrontEngine {
     /// Returns the handoff's id; the first action is `Park`. A back-end
     /// whose channel is down is answered at once with `GiveBack` (503).
     pub fn start(&mut self, flow: FlowKey, backend: BackendId) -> u64 {
+        // Never an adopted flow's id (they came from another process's range).
+        while self.flows.contains_key(&self.next_id) {
+            self.next_id = self.next_id.wrapping_add(1);
+        }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         // A new connection on this 4-tuple: the kernel only let it reach the
@@ -339,11 +376,68 @@ impl FrontEngine {
             },
         );
         if self.is_up(backend) {
-            self.actions.push_back(FrontAction::Park { id, flow });
+            self.actions
+                .push_back(FrontAction::Park { id, flow, backend });
         } else {
             self.give_back(id, 503, "control channel down".into());
         }
         id
+    }
+
+    /// A flow found in the pinned flow table when this front started: a
+    /// previous front process (killed, restarted or upgraded) handed it to
+    /// `backend` as handoff `id`. Call before any channel is up, once per
+    /// entry, with one `now`. A forwarding flow is orphaned (its back-end's
+    /// `Holding` keeps it, or the orphan timeout removes it), a closing one
+    /// gets its grace, a parked one waits for `Holding` to say whether the
+    /// back-end took it (then it forwards, its kept frames delivered) or not
+    /// (then it is reset). Returns false (and adopts nothing) for an id or
+    /// a 4-tuple already tracked, or an unknown back-end.
+    pub fn adopt(
+        &mut self,
+        now: Instant,
+        flow: FlowKey,
+        id: u64,
+        backend: BackendId,
+        entry: Entry,
+    ) -> bool {
+        let Some(p) = self.peers.get(backend) else {
+            return false;
+        };
+        if self.flows.contains_key(&id) || self.by_key.contains_key(&flow) {
+            return false;
+        }
+        let epoch = p.epoch;
+        let phase = match entry {
+            Entry::Forwarding => {
+                self.actions
+                    .push_back(FrontAction::MarkClosing { id, flow, backend });
+                Phase::Orphaned { epoch }
+            }
+            Entry::Parked => Phase::Inherited { epoch },
+            Entry::Closing => {
+                let due = now + self.timers_cfg.closed_grace;
+                self.arm(due, Timer::Grace(id));
+                Phase::Closing { due }
+            }
+        };
+        if entry != Entry::Closing {
+            self.arm(
+                now + self.timers_cfg.orphan_timeout,
+                Timer::Orphans { backend, epoch },
+            );
+        }
+        self.by_key.insert(flow, id);
+        self.flows.insert(
+            id,
+            Flow {
+                key: flow,
+                backend,
+                phase,
+                parked: true,
+            },
+        );
+        true
     }
 
     /// The result of `Park`.
@@ -474,12 +568,16 @@ impl FrontEngine {
                     f.phase = Phase::Orphaned { epoch };
                     orphaned = true;
                     self.actions.push_back(FrontAction::MarkClosing {
+                        id,
                         flow: f.key,
                         backend,
                     });
                 }
                 // Parking: the dump's result finds the channel down.
-                Phase::Parking | Phase::Orphaned { .. } | Phase::Closing { .. } => {}
+                Phase::Parking
+                | Phase::Orphaned { .. }
+                | Phase::Closing { .. }
+                | Phase::Inherited { .. } => {}
             }
         }
         if orphaned {
@@ -637,21 +735,38 @@ impl FrontEngine {
         let mut orphans: Vec<u64> = self
             .flows
             .iter()
-            .filter(|(_, f)| f.backend == backend && matches!(f.phase, Phase::Orphaned { .. }))
+            .filter(|(_, f)| {
+                f.backend == backend
+                    && matches!(f.phase, Phase::Orphaned { .. } | Phase::Inherited { .. })
+            })
             .map(|(id, _)| *id)
             .collect();
         orphans.sort_unstable();
         for id in orphans {
-            if held.contains(&id) {
-                if let Some(f) = self.flows.get_mut(&id) {
+            let Some(f) = self.flows.get_mut(&id) else {
+                continue;
+            };
+            let inherited = matches!(f.phase, Phase::Inherited { .. });
+            let flow = f.key;
+            match (held.contains(&id), inherited) {
+                (true, false) => {
                     f.phase = Phase::Live;
-                    self.actions.push_back(FrontAction::Resteer {
-                        flow: f.key,
-                        backend,
-                    });
+                    self.actions
+                        .push_back(FrontAction::Resteer { id, flow, backend });
                 }
-            } else {
-                self.close(now, id);
+                // The back-end took the handoff before the last front
+                // process stopped: steer it there, kept frames first.
+                (true, true) => {
+                    f.phase = Phase::Live;
+                    self.actions
+                        .push_back(FrontAction::Forward { id, flow, backend });
+                }
+                (false, false) => self.close(now, id),
+                // Nobody serves it: the client's connection is dead.
+                (false, true) => {
+                    self.events.push_back(FrontEvent::Lost { id, backend });
+                    self.reset(id);
+                }
             }
         }
     }
@@ -675,14 +790,20 @@ impl FrontEngine {
         let mut ids: Vec<u64> = self
             .flows
             .iter()
-            .filter(|(_, f)| f.backend == backend && f.phase == Phase::Orphaned { epoch })
+            .filter(|(_, f)| {
+                f.backend == backend
+                    && (f.phase == Phase::Orphaned { epoch }
+                        || f.phase == Phase::Inherited { epoch })
+            })
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();
         for id in ids {
             if let Some(f) = self.flows.get(&id) {
                 let flow = f.key;
-                self.events.push_back(FrontEvent::Closed { id, backend });
+                if matches!(f.phase, Phase::Orphaned { .. }) {
+                    self.events.push_back(FrontEvent::Closed { id, backend });
+                }
                 self.forget(id);
                 self.actions.push_back(FrontAction::Remove { flow });
                 self.events.push_back(FrontEvent::Removed {
@@ -704,7 +825,7 @@ impl FrontEngine {
         let (flow, backend) = (f.key, f.backend);
         if was_live {
             self.actions
-                .push_back(FrontAction::MarkClosing { flow, backend });
+                .push_back(FrontAction::MarkClosing { id, flow, backend });
         }
         self.arm(due, Timer::Grace(id));
         self.events.push_back(FrontEvent::Closed { id, backend });
@@ -766,7 +887,7 @@ impl FrontEngine {
             Phase::Closing { due } => {
                 self.timers.remove(&(due, Timer::Grace(id)));
             }
-            Phase::Parking | Phase::Live | Phase::Orphaned { .. } => {}
+            Phase::Parking | Phase::Live | Phase::Orphaned { .. } | Phase::Inherited { .. } => {}
         }
     }
 
@@ -813,7 +934,8 @@ mod tests {
             actions(e),
             [FrontAction::Park {
                 id,
-                flow: key(port)
+                flow: key(port),
+                backend
             }]
         );
         e.handle_parked(id, Ok(()));
@@ -992,6 +1114,7 @@ mod tests {
             actions(&mut e),
             [
                 FrontAction::MarkClosing {
+                    id: live,
                     flow: key(1),
                     backend: 0
                 },
@@ -1023,6 +1146,7 @@ mod tests {
         assert_eq!(
             actions(&mut e),
             [FrontAction::Resteer {
+                id: live,
                 flow: key(1),
                 backend: 0
             }]

@@ -65,6 +65,6 @@ mod front;
 
 pub use back::{BackAction, BackEngine, BackEvent, ChannelId, Refusal};
 pub use front::{
-    BackendId, DumpFailure, FrontAction, FrontEngine, FrontEvent, FrontTimers, ParkFailure, Quiet,
-    RemoveCause, Timer,
+    BackendId, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent, FrontTimers, ParkFailure,
+    Quiet, RemoveCause, Timer,
 };

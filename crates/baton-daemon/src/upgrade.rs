@@ -1,0 +1,320 @@
+//! The listening socket's handover from a running front to its successor
+//! (`baton front --takeover`): an upgrade, or a planned restart, that
+//! refuses no connection. The socket itself changes hands, so connections
+//! the kernel accepted meanwhile wait in its queue instead of being refused.
+//!
+//! ```text
+//!  successor                               running front
+//!  connect(upgrade_socket) ──────────────▶ accept; peer must be the same user
+//!  "baton-takeover 1\n"    ──────────────▶ stop accepting; let the handoffs
+//!                                          in progress finish; close the
+//!                                          control channels, stop reading
+//!                                          the parked ring; unlink the path
+//!                          ◀────────────── "ok\n" + the listener (SCM_RIGHTS)
+//!  adopt the pinned flows, bind the path,  relayed connections finish (up to
+//!  connect the channels, accept            drain_timeout_ms), then exit
+//! ```
+//!
+//! Anything else on the socket is refused with a line saying why; the
+//! running front goes on serving.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use tracing::warn;
+
+/// What a successor sends first.
+const REQUEST: &[u8] = b"baton-takeover 1\n";
+/// The running front's answer that carries the listener.
+const GRANTED: &[u8] = b"ok\n";
+/// The longest line either side reads.
+const MAX_LINE: usize = 256;
+/// A peer must send its request within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects to the front running on `path`, if one answers there. A file
+/// left by a killed front (nobody listening) counts as none.
+pub fn probe(path: &Path) -> Result<Option<UnixStream>> {
+    match UnixStream::connect(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("connecting to {}", path.display())),
+    }
+}
+
+/// The successor's side: asks the front on `stream` for its listener and
+/// waits (up to `wait`) while it lets its handoffs in progress finish.
+pub fn take_over(mut stream: UnixStream, wait: Duration) -> Result<OwnedFd> {
+    stream
+        .write_all(REQUEST)
+        .context("asking the running front to hand over")?;
+    stream.set_read_timeout(Some(wait))?;
+    let mut buf = [0u8; MAX_LINE];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        &stream,
+        &mut [IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+    .context("waiting for the running front's listener")?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = msg {
+            fds.extend(received);
+        }
+    }
+    let line = buf.get(..got.bytes).unwrap_or_default();
+    if line != GRANTED {
+        let text = String::from_utf8_lossy(line);
+        bail!("the running front refused the takeover: {}", text.trim());
+    }
+    match (fds.pop(), fds.is_empty()) {
+        (Some(fd), true) => Ok(fd),
+        _ => Err(anyhow!(
+            "the running front's answer carried no single listener"
+        )),
+    }
+}
+
+/// The running front's side: the socket successors connect to.
+#[derive(Debug)]
+pub struct Server {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    /// Our file at `path` (device, inode): never unlink a successor's.
+    id: (u64, u64),
+}
+
+/// A successor that asked for the listener.
+#[derive(Debug)]
+pub struct Successor {
+    stream: UnixStream,
+}
+
+impl Server {
+    /// Binds `path` (mode 0600), replacing a file no front answers on.
+    /// Call after [`probe`] found no running front.
+    pub fn bind(path: &Path) -> Result<Server> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("making {}", dir.display()))?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing the stale {}", path.display()))?;
+            }
+            Ok(_) => bail!(
+                "{} exists and is not a socket: not removing it (choose another upgrade_socket)",
+                path.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Server {
+            listener,
+            path: path.to_owned(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+
+    /// The next peer that asks for the listener properly; others are told
+    /// why not and dropped.
+    pub async fn next(&self) -> Successor {
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!(error = %e, "upgrade socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match Self::vet(stream).await {
+                Ok(s) => return s,
+                Err(e) => warn!(error = %format!("{e:#}"), "takeover request refused"),
+            }
+        }
+    }
+
+    async fn vet(stream: tokio::net::UnixStream) -> Result<Successor> {
+        let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(io::Error::from)?;
+        let me = rustix::process::geteuid();
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        let mut successor = Successor { stream };
+        if cred.uid != me && !cred.uid.is_root() {
+            successor.refuse(&format!(
+                "uid {} may not take over a front of uid {}",
+                cred.uid.as_raw(),
+                me.as_raw()
+            ));
+            bail!(
+                "pid {} of uid {} is not the same user",
+                cred.pid.as_raw_nonzero(),
+                cred.uid.as_raw()
+            );
+        }
+        successor.stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        let mut line = Vec::with_capacity(REQUEST.len());
+        let mut byte = [0u8; 1];
+        while line.len() < REQUEST.len() {
+            match successor.stream.read(&mut byte) {
+                Ok(0) => break,
+                Ok(_) => {
+                    line.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e).context("reading the takeover request"),
+            }
+        }
+        if line != REQUEST {
+            successor.refuse("not a takeover request of this version");
+            bail!(
+                "pid {} sent {:?}",
+                cred.pid.as_raw_nonzero(),
+                String::from_utf8_lossy(&line)
+            );
+        }
+        Ok(successor)
+    }
+
+    /// Removes the path if it is still ours (a successor binds it next).
+    pub fn unlink(&self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if (m.dev(), m.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.unlink();
+    }
+}
+
+impl Successor {
+    /// Hands `listener` over. The caller stops using its own descriptor.
+    pub fn hand_over(self, listener: BorrowedFd<'_>) -> io::Result<()> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [listener];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("no room for the descriptor"));
+        }
+        rustix::net::sendmsg(
+            self.stream.as_fd(),
+            &[IoSlice::new(GRANTED)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )?;
+        Ok(())
+    }
+
+    /// Tells the peer why not.
+    pub fn refuse(&mut self, why: &str) {
+        let mut line = format!("no: {why}");
+        line.truncate(MAX_LINE - 1);
+        line.push('\n');
+        let _ = self.stream.write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+
+    #[tokio::test]
+    async fn a_listener_changes_hands_and_keeps_its_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("front.sock");
+        assert!(probe(&path).expect("probe").is_none(), "nobody yet");
+        let server = Server::bind(&path).expect("bind");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
+        let addr = tcp.local_addr().expect("addr");
+        // A client the kernel accepts before the handover.
+        let mut early = std::net::TcpStream::connect(addr).expect("connect");
+        early.write_all(b"hello").expect("write");
+
+        let stream = probe(&path).expect("probe").expect("a front answers");
+        let successor =
+            tokio::task::spawn_blocking(move || take_over(stream, Duration::from_secs(5)));
+        let peer = server.next().await;
+        peer.hand_over(tcp.as_fd()).expect("hand over");
+        drop(tcp);
+        server.unlink();
+        let fd = successor.await.expect("join").expect("took over");
+        let taken = TcpListener::from(fd);
+        assert_eq!(taken.local_addr().expect("addr"), addr);
+        let (mut conn, _) = taken.accept().expect("the queued connection is there");
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"hello");
+        assert!(taken.as_raw_fd() >= 0);
+        assert!(!path.exists(), "the old front's path is gone");
+    }
+
+    #[tokio::test]
+    async fn a_bad_request_is_refused_and_the_server_keeps_going() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("front.sock");
+        let server = Server::bind(&path).expect("bind");
+        let mut bad = UnixStream::connect(&path).expect("connect");
+        bad.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        let good = UnixStream::connect(&path).expect("connect");
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
+        let successor =
+            tokio::task::spawn_blocking(move || take_over(good, Duration::from_secs(5)));
+        let peer = server.next().await;
+        peer.hand_over(tcp.as_fd()).expect("hand over");
+        successor
+            .await
+            .expect("join")
+            .expect("the good one took over");
+        let mut answer = String::new();
+        bad.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("no: "), "{answer:?}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("front.sock");
+        std::fs::write(&path, b"precious").expect("write");
+        let err = Server::bind(&path).expect_err("not a socket");
+        assert!(format!("{err:#}").contains("not a socket"), "{err:#}");
+        assert_eq!(std::fs::read(&path).expect("read"), b"precious");
+    }
+}
