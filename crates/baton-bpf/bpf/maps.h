@@ -16,10 +16,13 @@
 #endif
 
 /*
- * FLOWS, PARKED and STATS are pinned by name when the loader is given a pin
+ * FLOWS and STATS are pinned by name when the loader is given a pin
  * directory: they outlive the front's process, so a restarted front adopts
- * the flows (and the frames kept for them, and the counters). SCRATCH is
- * per program and never pinned.
+ * the flows (and the counters). PARKED and SCRATCH are per program and never
+ * pinned: aya 0.13 cannot reopen a ring whose positions are not 0 (its
+ * reader starts with a producer position of 0 and reads stale records as
+ * new ones), so frames parked just before a restart are lost and their
+ * clients retransmit them.
  *
  * Written per handoff from user space, read per packet. No preallocation:
  * 65536 idle elements would pin ~6 MiB, and a replaced element stays valid
@@ -38,7 +41,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, BTCP_RING_BYTES);
-	BTCP_PIN
 } PARKED SEC(".maps");
 
 struct {

@@ -20,7 +20,7 @@ use crate::error::BpfError;
 
 pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder.bpf.o"));
-/// The same program, its FLOWS, PARKED and STATS maps pinned by name.
+/// The same program, its FLOWS and STATS maps pinned by name.
 static OBJECT_PINNED: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder-pinned.bpf.o"));
 /// The TCX link's pin, next to the maps'.
@@ -953,7 +953,7 @@ impl fmt::Display for Layout {
 }
 
 /// The pinned maps of this ABI and their layouts.
-fn expected_maps() -> [(&'static str, Layout); 3] {
+fn expected_maps() -> [(&'static str, Layout); 2] {
     [
         (
             FLOWS,
@@ -962,15 +962,6 @@ fn expected_maps() -> [(&'static str, Layout); 3] {
                 key: abi::SIZEOF_FLOW_KEY,
                 value: abi::SIZEOF_FLOW_VAL,
                 entries: abi::MAX_FLOWS,
-            },
-        ),
-        (
-            PARKED,
-            Layout {
-                kind: Some(MapType::RingBuf),
-                key: 0,
-                value: 0,
-                entries: abi::RING_BYTES,
             },
         ),
         (

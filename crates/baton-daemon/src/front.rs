@@ -325,6 +325,8 @@ pub struct Front {
     lat_total: Samples,
     lat_send: Samples,
     shutting_down: AtomicBool,
+    /// Woken whenever a control channel comes up.
+    channel_up: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Front {
@@ -482,6 +484,7 @@ impl Front {
             lat_total: Samples::new(SAMPLES),
             lat_send: Samples::new(SAMPLES),
             shutting_down: AtomicBool::new(false),
+            channel_up: tokio::sync::Notify::new(),
             cfg,
         }))
     }
@@ -490,33 +493,23 @@ impl Front {
     /// over; then stops accepting and returns once its connections are
     /// done (bounded by `drain_timeout_ms`).
     ///
-    /// `takeover`: a connection to the running front's upgrade socket (see
-    /// [`crate::upgrade`]): this front then serves on that front's listener,
-    /// and adopts the flows it leaves in the pinned flow table.
+    /// `inherited`: the listener a predecessor handed over (see
+    /// [`crate::upgrade`]); this front then serves on it, and adopts the
+    /// flows the predecessor left in the pinned flow table.
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
-        takeover: Option<std::os::unix::net::UnixStream>,
+        inherited: Option<std::net::TcpListener>,
     ) -> Result<()> {
         let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
-        let listener = match takeover {
-            Some(stream) => {
-                // The predecessor lets its handoffs in progress finish first.
-                let wait = ms(self.cfg.limits.head_timeout_ms)
-                    .saturating_add(ms(self.cfg.limits.handoff_timeout_ms))
-                    .saturating_add(TAKEOVER_MARGIN);
-                let fd =
-                    tokio::task::spawn_blocking(move || crate::upgrade::take_over(stream, wait))
-                        .await
-                        .context("the takeover task")??;
-                let l = std::net::TcpListener::from(fd);
+        let listener = match inherited {
+            Some(l) => {
                 let got = l.local_addr().context("the inherited listener")?;
                 ensure!(
                     got == addr,
                     "the running front listens on {got}, this configuration on {addr}"
                 );
                 l.set_nonblocking(true)?;
-                info!(%addr, "took the listener over from the running front");
                 l
             }
             None => {
@@ -532,8 +525,20 @@ impl Front {
                 l.into_std().context("the listener")?
             }
         };
-        let upgrades = crate::upgrade::Server::bind(&self.cfg.upgrade_socket)
-            .context("the upgrade socket (upgrade_socket)")?;
+        let upgrades = Arc::new(
+            crate::upgrade::Server::bind(&self.cfg.upgrade_socket)
+                .context("the upgrade socket (upgrade_socket)")?,
+        );
+        // In a task of its own: vetting a peer must not be cancelled by
+        // the accept loop's next connection.
+        let (successor_tx, mut successor_rx) = tokio::sync::mpsc::channel(1);
+        let upgrade_task = tokio::spawn({
+            let upgrades = Arc::clone(&upgrades);
+            async move {
+                let s = upgrades.next().await;
+                let _ = successor_tx.send(s).await;
+            }
+        });
         // Accepted sockets stay plain until they have to wait (see `Conn`).
         // `with_interest` is deprecated as unsound without I/O safety (a
         // borrowed descriptor could be closed while registered); this one
@@ -562,13 +567,35 @@ impl Front {
             self.cfg.admin_listen,
             Arc::clone(&self),
         ));
+        if self.kit.is_some() {
+            // Connections wait in the listen queue until the channels are
+            // up (a restart or takeover: a few milliseconds), rather than
+            // meeting a 503 for a channel not yet connected; a back-end
+            // that is down delays serving by connect_timeout_ms at most.
+            let deadline = tokio::time::Instant::now() + ms(self.cfg.control.connect_timeout_ms);
+            loop {
+                let up = self.channel_up.notified();
+                tokio::pin!(up);
+                up.as_mut().enable();
+                if self.ready() {
+                    break;
+                }
+                tokio::select! {
+                    _ = up => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        warn!("not every back-end's control channel is up; serving with those that are");
+                        break;
+                    }
+                }
+            }
+        }
         info!(%addr, backends = self.backends.len(), "front-end serving");
         let limit = Arc::new(Semaphore::new(self.cfg.limits.max_pending));
         tokio::pin!(shutdown);
         let successor = loop {
             tokio::select! {
                 _ = &mut shutdown => break None,
-                s = upgrades.next() => break Some(s),
+                Some(s) = successor_rx.recv() => break Some(s),
                 r = accept(&listener) => match r {
                     Ok((stream, peer)) => {
                         self.counters.accepted.inc();
@@ -592,6 +619,7 @@ impl Front {
             }
         };
         self.shutting_down.store(true, Ordering::Relaxed);
+        upgrade_task.abort();
         let pinned = self
             .kit
             .as_ref()
@@ -1635,6 +1663,7 @@ impl Front {
                 st.last_error = None;
             }
             info!(backend = %b.name, addr = %control_addr, "control channel up");
+            self.channel_up.notify_waiters();
             let why = self.read_channel(i, &b, &mut reader, &timers).await;
             warn!(backend = %b.name, reason = %why, "control channel down; back-end out of rotation");
             self.drop_channel(&b, &why).await;
@@ -2292,10 +2321,6 @@ fn listen_on(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<TcpLi
     .map_err(|e| e.source)?;
     Ok(listener)
 }
-
-/// How much longer than the predecessor's own bound a successor waits for
-/// the listener.
-const TAKEOVER_MARGIN: Duration = Duration::from_secs(5);
 
 /// `TCP_DEFER_ACCEPT`'s wait for a silent client's first bytes.
 const DEFER_ACCEPT_SECS: libc::c_int = 5;

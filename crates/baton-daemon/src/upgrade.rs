@@ -11,14 +11,16 @@
 //!                                          control channels, stop reading
 //!                                          the parked ring; unlink the path
 //!                          ◀────────────── "ok\n" + the listener (SCM_RIGHTS)
-//!  adopt the pinned flows, bind the path,  relayed connections finish (up to
-//!  connect the channels, accept            drain_timeout_ms), then exit
+//!  attach the forwarder (the pinned link    relayed connections finish (up to
+//!  now runs the new program), adopt the    drain_timeout_ms), then exit
+//!  pinned flows, bind the path, connect
+//!  the channels, accept
 //! ```
 //!
 //! Anything else on the socket is refused with a line saying why; the
 //! running front goes on serving.
 
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -59,8 +61,18 @@ pub fn probe(path: &Path) -> Result<Option<UnixStream>> {
     }
 }
 
+/// How long a successor waits for the listener of a front configured with
+/// these limits: the predecessor's own bound plus a margin.
+pub fn takeover_wait(head_timeout: Duration, handoff_timeout: Duration) -> Duration {
+    head_timeout
+        .saturating_add(handoff_timeout)
+        .saturating_add(Duration::from_secs(5))
+}
+
 /// The successor's side: asks the front on `stream` for its listener and
 /// waits (up to `wait`) while it lets its handoffs in progress finish.
+/// Call before attaching anything: the predecessor stops changing the
+/// pinned flow table only once it answers.
 pub fn take_over(mut stream: UnixStream, wait: Duration) -> Result<OwnedFd> {
     stream
         .write_all(REQUEST)
@@ -143,7 +155,8 @@ impl Server {
     }
 
     /// The next peer that asks for the listener properly; others are told
-    /// why not and dropped.
+    /// why not and dropped. Not cancel-safe (a peer being vetted would be
+    /// dropped): run it in a task of its own.
     pub async fn next(&self) -> Successor {
         loop {
             let stream = match self.listener.accept().await {
@@ -154,18 +167,34 @@ impl Server {
                     continue;
                 }
             };
-            match Self::vet(stream).await {
-                Ok(s) => return s,
-                Err(e) => warn!(error = %format!("{e:#}"), "takeover request refused"),
+            match tokio::time::timeout(REQUEST_TIMEOUT, Self::vet(stream)).await {
+                Ok(Ok(s)) => return s,
+                Ok(Err(e)) => warn!(error = %format!("{e:#}"), "takeover request refused"),
+                Err(_) => warn!("takeover request refused: nothing asked within 2 s"),
             }
         }
     }
 
-    async fn vet(stream: tokio::net::UnixStream) -> Result<Successor> {
+    async fn vet(mut stream: tokio::net::UnixStream) -> Result<Successor> {
+        use tokio::io::AsyncReadExt;
         let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(io::Error::from)?;
         let me = rustix::process::geteuid();
+        let mut line = Vec::with_capacity(REQUEST.len());
+        if cred.uid == me || cred.uid.is_root() {
+            let mut byte = [0u8; 1];
+            while line.len() < REQUEST.len() {
+                if stream.read(&mut byte).await? == 0 {
+                    break;
+                }
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+        }
         let stream = stream.into_std()?;
         stream.set_nonblocking(false)?;
+        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
         let mut successor = Successor { stream };
         if cred.uid != me && !cred.uid.is_root() {
             successor.refuse(&format!(
@@ -178,21 +207,6 @@ impl Server {
                 cred.pid.as_raw_nonzero(),
                 cred.uid.as_raw()
             );
-        }
-        successor.stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        let mut line = Vec::with_capacity(REQUEST.len());
-        let mut byte = [0u8; 1];
-        while line.len() < REQUEST.len() {
-            match successor.stream.read(&mut byte) {
-                Ok(0) => break,
-                Ok(_) => {
-                    line.push(byte[0]);
-                    if byte[0] == b'\n' {
-                        break;
-                    }
-                }
-                Err(e) => return Err(e).context("reading the takeover request"),
-            }
         }
         if line != REQUEST {
             successor.refuse("not a takeover request of this version");
@@ -251,6 +265,7 @@ impl Successor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::net::TcpListener;
     use std::os::fd::AsRawFd;
 

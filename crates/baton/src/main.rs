@@ -191,9 +191,23 @@ fn run_front(a: FrontArgs) -> Result<()> {
         ),
         _ => {}
     }
+    // The predecessor hands over only once its handoffs in progress are
+    // done: nothing is attached or adopted before that.
+    let inherited = match running {
+        Some(stream) => {
+            let wait = baton_daemon::upgrade::takeover_wait(
+                config::ms(cfg.limits.head_timeout_ms),
+                config::ms(cfg.limits.handoff_timeout_ms),
+            );
+            let fd = baton_daemon::upgrade::take_over(stream, wait)?;
+            tracing::info!("took the listener over from the running front");
+            Some(std::net::TcpListener::from(fd))
+        }
+        None => None,
+    };
     on_worker(runtime(cfg.workers)?, async move {
         let front = front::Front::new(cfg)?;
-        front.run(shutdown_signal(), running).await
+        front.run(shutdown_signal(), inherited).await
     })
 }
 

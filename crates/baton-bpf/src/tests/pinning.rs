@@ -155,3 +155,36 @@ fn a_directory_off_bpffs_is_a_clear_error_and_creates_nothing() {
     assert!(err.to_string().contains("mount -t bpf"), "{err}");
     assert!(!dir.exists(), "no directory left behind");
 }
+
+#[test]
+fn each_forwarder_has_a_ring_of_its_own_that_starts_consistent() {
+    let lab = Lab::new("ring");
+    let fs = Bpffs::new();
+    lab.run(|sw| {
+        sw.front();
+        let frame = tcp_frame(b"one", 0, 0);
+        let mut first = Forwarder::attach_pinned(FRONT_IF, fs.path()).expect("attach pinned");
+        let mut first_ring = first.parked().expect("ring");
+        first.park(&key(), owner()).expect("park");
+        first.test_run(&frame, 2).expect("run");
+        drop(first);
+        let mut second = Forwarder::attach_pinned(FRONT_IF, fs.path()).expect("attach again");
+        let mut ring = second.parked().expect("ring");
+        assert!(ring.next().is_none(), "a new ring: nothing stale is read");
+        // The adopted PARK entry parks into the new program's ring.
+        second.test_run(&frame, 3).expect("run");
+        let mut n = 0;
+        while ring.next().is_some() {
+            n += 1;
+            assert!(n <= 3, "read more records than were written");
+        }
+        assert_eq!(n, 3);
+        let mut old = 0;
+        while first_ring.next().is_some() {
+            old += 1;
+        }
+        assert_eq!(old, 2, "the old ring kept only the old program's frames");
+        drop(second);
+        Forwarder::unpin(FRONT_IF, fs.path()).expect("unpin");
+    });
+}
