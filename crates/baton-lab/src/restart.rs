@@ -242,8 +242,23 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
     }
     let mut stopped_ms = millis(t0.elapsed());
 
+    // An upgrade's new front is its successor: say so when it dies.
+    let named = |e: LabError| match e {
+        LabError::DaemonExited {
+            host,
+            status,
+            log,
+            tail,
+        } if signal == RestartSignal::Upgrade => LabError::DaemonExited {
+            host: format!("{host} successor (started with --takeover)"),
+            status,
+            log,
+            tail,
+        },
+        e => e,
+    };
     let mut children: Vec<(String, Child, ProcId)> = Vec::new();
-    start_daemon(host, &netns, &argv, &log, &mut children, &mut state)?;
+    start_daemon(host, &netns, &argv, &log, &mut children, &mut state).map_err(named)?;
     let new_pid = children.first().map_or(0, |(_, _, id)| id.pid);
 
     if signal == RestartSignal::Upgrade {
@@ -254,13 +269,13 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
                 record(&mut state, host, old);
                 let _ = write_state(&state);
             }
-            return Err(e);
+            return Err(named(e));
         }
         stopped_ms = millis(t0.elapsed());
     }
 
     if host == "front" {
-        wait_ready(&mut children, &front_ns, &client_ns, &labdir, curl)?;
+        wait_ready(&mut children, &front_ns, &client_ns, &labdir, curl).map_err(named)?;
     } else if host == "origin" {
         wait_origin(&mut children, &netns, &labdir, curl)?;
     } else {
