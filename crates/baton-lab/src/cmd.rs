@@ -116,6 +116,26 @@ pub(crate) fn http_answers(netns: &str, curl: &Path, url: &str) -> Result<bool, 
     curl_succeeds(netns, curl, url, false)
 }
 
+/// The body of a 2xx answer of `url` to `curl` (run in `netns`) within one
+/// second; `None` for any other outcome.
+pub(crate) fn http_get(netns: &str, curl: &Path, url: &str) -> Result<Option<String>, LabError> {
+    let out = Command::new(ip())
+        .args(["netns", "exec", netns])
+        .arg(curl)
+        .args(["-sf", "--noproxy", "*", "--max-time", "1", url])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|source| LabError::Spawn {
+            program: ip().display().to_string(),
+            source,
+        })?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
 fn curl_succeeds(netns: &str, curl: &Path, url: &str, need_2xx: bool) -> Result<bool, LabError> {
     let status = Command::new(ip())
         .args(["netns", "exec", netns])

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::LabError;
 
@@ -20,6 +21,27 @@ pub const VIP_PORT: u16 = 80;
 pub const ORIGIN_PORT: u16 = 8080;
 /// The front's admin endpoint (`/ready`, `/stats`), on its loopback.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
+
+/// THE SWITCH for the front's restart keys (issue 10, item 1): whether the
+/// front's config gets `pin_dir` (the lab's own directory on the bpffs,
+/// [`crate::pin_dir`]) and `upgrade_socket` (`front-upgrade.sock` in the lab
+/// directory), which `baton lab restart front --signal upgrade` needs.
+///
+/// Off while the front in this tree rejects these keys (its parser denies
+/// unknown fields). Turn it on together with the front that accepts them:
+/// that front pins under a default `pin_dir` shared by every lab
+/// otherwise, so concurrent labs would adopt each other's pins.
+pub const FRONT_UPGRADE_KEYS: bool = false;
+
+/// Where a front pins its forwarder and which socket hands its listeners
+/// to a successor (`pin_dir` and `upgrade_socket` in the front's config).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrontUpgrade<'a> {
+    /// `pin_dir`: a directory on a bpffs.
+    pub pin_dir: &'a Path,
+    /// `upgrade_socket`: a unix socket path.
+    pub upgrade_socket: &'a Path,
+}
 
 /// `s` as a TOML basic string.
 fn toml_str(s: &str) -> String {
@@ -98,13 +120,15 @@ pub(crate) fn back_toml(
 
 /// The front's config, with one `[[backend]]` table per `(name, ip)`:
 /// its control port, and its plain HTTP port (`direct_listen`) as the
-/// `relay_address` the front relays to when it cannot hand a connection off.
+/// `relay_address` the front relays to when it cannot hand a connection off;
+/// with `upgrade`, its `pin_dir` and `upgrade_socket` too.
 pub(crate) fn front_toml(
     vip: Ipv4Addr,
     iface: &str,
     key_file: &Path,
     backends: &[(String, Ipv4Addr)],
     groups: &[String],
+    upgrade: Option<FrontUpgrade<'_>>,
     extra: Option<&str>,
 ) -> Result<String, LabError> {
     let mut out = format!(
@@ -116,6 +140,14 @@ pub(crate) fn front_toml(
         toml_str(iface),
         path_str(key_file)?,
     );
+    if let Some(u) = upgrade {
+        let _ = write!(
+            out,
+            "pin_dir = {}\nupgrade_socket = {}\n",
+            path_str(u.pin_dir)?,
+            path_str(u.upgrade_socket)?
+        );
+    }
     push_extra(&mut out, extra);
     for (i, (name, ip)) in backends.iter().enumerate() {
         let _ = write!(
@@ -129,6 +161,24 @@ pub(crate) fn front_toml(
         }
     }
     Ok(out)
+}
+
+/// The daemons' drain timeout when their config names none.
+pub(crate) const DEFAULT_DRAIN: Duration = Duration::from_millis(10_000);
+/// The longest drain `restart` waits for, whatever the config says.
+pub(crate) const MAX_DRAIN_WAIT: Duration = Duration::from_secs(600);
+
+/// `drain_timeout_ms` of a daemon's config text (front and back-end share
+/// the key and its default), at most [`MAX_DRAIN_WAIT`]; the default if the
+/// text does not name a valid one (the daemon would have refused it).
+pub(crate) fn drain_timeout(text: &str) -> Duration {
+    text.parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("drain_timeout_ms").and_then(toml::Value::as_integer))
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map_or(DEFAULT_DRAIN, |ms| {
+            Duration::from_millis(ms).min(MAX_DRAIN_WAIT)
+        })
 }
 
 #[cfg(test)]
@@ -199,6 +249,7 @@ mod tests {
             Path::new("/k"),
             &backs,
             &[],
+            None,
             Some("policy = \"lard\"\n"),
         )
         .expect("toml");
@@ -210,6 +261,55 @@ mod tests {
              relay_address = \"198.18.0.11:8080\"\n\
              \n[[backend]]\nname = \"back2\"\ncontrol = \"198.18.0.12:7070\"\n\
              relay_address = \"198.18.0.12:8080\"\n"
+        );
+    }
+
+    #[test]
+    fn restart_keys_are_top_level_before_the_extra() {
+        let backs = vec![("back1".to_owned(), Ipv4Addr::new(198, 18, 0, 11))];
+        let upgrade = FrontUpgrade {
+            pin_dir: Path::new("/run/baton/bpffs/lab-x"),
+            upgrade_socket: Path::new("/run/baton/labs/x/front-upgrade.sock"),
+        };
+        let t = front_toml(
+            VIP,
+            "eth0",
+            Path::new("/k"),
+            &backs,
+            &[],
+            Some(upgrade),
+            Some("[limits]\nmax_pending = 8\n"),
+        )
+        .expect("toml");
+        assert_eq!(
+            t,
+            "vip = \"198.18.0.100\"\nport = 80\ninterface = \"eth0\"\nkey_file = \"/k\"\n\
+             admin_listen = \"127.0.0.1:9100\"\n\
+             pin_dir = \"/run/baton/bpffs/lab-x\"\n\
+             upgrade_socket = \"/run/baton/labs/x/front-upgrade.sock\"\n\
+             [limits]\nmax_pending = 8\n\
+             \n[[backend]]\nname = \"back1\"\ncontrol = \"198.18.0.11:7070\"\n\
+             relay_address = \"198.18.0.11:8080\"\n"
+        );
+    }
+
+    #[test]
+    fn drain_timeouts_are_read_or_defaulted() {
+        assert_eq!(
+            drain_timeout("vip = \"x\"\ndrain_timeout_ms = 250\n[limits]\n"),
+            Duration::from_millis(250)
+        );
+        assert_eq!(drain_timeout("vip = \"x\"\n"), DEFAULT_DRAIN);
+        // A key of a table is not the daemon's.
+        assert_eq!(
+            drain_timeout("[limits]\ndrain_timeout_ms = 5\n"),
+            DEFAULT_DRAIN
+        );
+        assert_eq!(drain_timeout("not toml ["), DEFAULT_DRAIN);
+        assert_eq!(drain_timeout("drain_timeout_ms = -1"), DEFAULT_DRAIN);
+        assert_eq!(
+            drain_timeout("drain_timeout_ms = 99999999999"),
+            MAX_DRAIN_WAIT
         );
     }
 

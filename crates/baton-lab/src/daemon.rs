@@ -96,21 +96,49 @@ impl Victim {
 /// SIGTERM to every victim, up to `grace` for them to exit, then SIGKILL.
 /// Returns a description of every process that survived.
 pub(crate) fn terminate(victims: &[Victim], grace: Duration) -> Vec<String> {
+    stop(victims, libc::SIGTERM, grace).survivors
+}
+
+/// How [`stop`] went.
+#[derive(Debug, Default)]
+pub(crate) struct Stopped {
+    /// Some victim outlived the first signal and its grace, and got SIGKILL.
+    pub escalated: bool,
+    /// A description of every process that survived SIGKILL too.
+    pub survivors: Vec<String>,
+}
+
+/// `sig` to every victim, up to `grace` for them to exit, then SIGKILL to
+/// the rest (up to [`KILL_WAIT`] more).
+pub(crate) fn stop(victims: &[Victim], sig: libc::c_int, grace: Duration) -> Stopped {
     let mut left: Vec<Victim> = victims.iter().copied().filter(|v| v.id.alive()).collect();
     if left.is_empty() {
-        return Vec::new();
+        return Stopped::default();
     }
     for v in &left {
-        v.send(libc::SIGTERM);
+        v.send(sig);
     }
     left = wait_gone(left, grace);
+    if left.is_empty() {
+        return Stopped::default();
+    }
     for v in &left {
         v.send(libc::SIGKILL);
     }
     left = wait_gone(left, KILL_WAIT);
-    left.iter()
-        .map(|v| format!("process {} did not exit after SIGKILL", v.id.pid))
-        .collect()
+    Stopped {
+        escalated: sig != libc::SIGKILL,
+        survivors: left
+            .iter()
+            .map(|v| format!("process {} did not exit after SIGKILL", v.id.pid))
+            .collect(),
+    }
+}
+
+/// SIGKILL to every victim, up to [`KILL_WAIT`] for them to be gone.
+/// Returns a description of every process that survived.
+pub(crate) fn kill(victims: &[Victim]) -> Vec<String> {
+    stop(victims, libc::SIGKILL, KILL_WAIT).survivors
 }
 
 fn wait_gone(mut left: Vec<Victim>, limit: Duration) -> Vec<Victim> {

@@ -128,6 +128,17 @@ pub enum LabError {
         #[source]
         source: io::Error,
     },
+    /// `restart` cannot do what was asked (wrong host or signal, the lab busy,
+    /// a daemon that would not die).
+    #[error("cannot restart {host} of lab {name:?}: {reason}")]
+    CannotRestart {
+        /// The lab name.
+        name: String,
+        /// The host whose daemon was to be restarted.
+        host: String,
+        /// Why not.
+        reason: String,
+    },
     /// `down` removed what it could but something survived.
     #[error("teardown of lab {name:?} incomplete: {}", problems.join("; "))]
     Teardown {

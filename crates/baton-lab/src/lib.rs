@@ -20,10 +20,18 @@
 //!   removes from any process, with or without a state file, any number of times.
 //! - Processes are recorded as pid plus start time, so a stale state file can
 //!   never get an unrelated process signalled.
+//! - `up` makes sure `/run/baton/bpffs` is a bpffs (mounted from this
+//!   process, in the root mount namespace); the front may pin under the
+//!   lab's `/run/baton/bpffs/lab-{name}/` (see [`FRONT_UPGRADE_KEYS`]), which
+//!   `down` removes after the daemons stopped.
+//! - `restart` stops one daemon and starts it again with the same command
+//!   line, config and log, and returns once the lab serves again.
 //!
 //! Files, under `/run/baton/labs/{name}/`: `state.json`, `key.hex` (0600),
-//! `front.toml`, `backK.toml`, `{host}.log` (`origin.log` too), and `docroot/`
-//! unless the spec names one.
+//! `front.toml`, `backK.toml`, `{host}.log` (`origin.log` too), `docroot/`
+//! unless the spec names one, `restart.lock` once a daemon was restarted,
+//! and the front's `front-upgrade.sock` while it runs with
+//! [`FRONT_UPGRADE_KEYS`].
 #![deny(unsafe_code)]
 
 mod cmd;
@@ -31,11 +39,13 @@ mod config;
 mod daemon;
 mod docroot;
 mod error;
+mod pins;
+mod restart;
 mod sys;
 pub mod topology;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -47,12 +57,16 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{ADMIN_LISTEN, CONTROL_PORT, DIRECT_PORT, ORIGIN_PORT, VIP_PORT};
+pub use config::{
+    ADMIN_LISTEN, CONTROL_PORT, DIRECT_PORT, FRONT_UPGRADE_KEYS, ORIGIN_PORT, VIP_PORT,
+};
 pub use daemon::ProcId;
 pub use docroot::{
     sample_content, sample_docroot, zipf_docroot, zipf_target, INDEX_HTML, SAMPLE_FILES,
 };
 pub use error::LabError;
+pub use pins::{pin_dir, BPFFS};
+pub use restart::{restart, RestartReport, RestartSignal};
 pub use topology::{Topology, IFACE, MAX_BACKENDS, ORIGIN_IP, VIP};
 
 use topology::{is_host_name, is_lab_netns, remove_namespaces, Role, TERM_GRACE};
@@ -199,6 +213,14 @@ pub struct LabInfo {
     pub key_file: PathBuf,
     /// The back-ends' document root.
     pub docroot: PathBuf,
+    /// Where the front pins its forwarder (`pin_dir` in `front.toml`); only
+    /// with [`FRONT_UPGRADE_KEYS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_dir: Option<PathBuf>,
+    /// Where the front hands its listeners to a successor (`upgrade_socket`
+    /// in `front.toml`); only with [`FRONT_UPGRADE_KEYS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// What `state.json` holds: enough for `status`, `exec` and `down` in another process.
@@ -306,8 +328,9 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Undoes a half-done `up`: ends its daemons, removes its namespaces and directory.
+/// Undoes a half-done `up`: ends its daemons, removes its namespaces, pins and directory.
 struct UpGuard {
+    name: String,
     labdir: PathBuf,
     topology: Option<Topology>,
     children: Vec<(String, Child, ProcId)>,
@@ -331,6 +354,8 @@ impl Drop for UpGuard {
         }
         // Removes the namespaces and ends anything still inside them.
         drop(self.topology.take());
+        // The front is gone: its pins can go.
+        let _ = pins::remove_pins(&self.name);
         let _ = fs::remove_dir_all(&self.labdir);
     }
 }
@@ -377,6 +402,9 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
     let curl = cmd::curl()
         .ok_or_else(|| LabError::InvalidSpec("curl is needed for the readiness checks".into()))?;
 
+    // Before anything is made: a lab that cannot have its bpffs is not built.
+    pins::ensure_bpffs()?;
+
     let labdir = lab_dir(name);
     let existing = lab_namespaces(name)?;
     if !existing.is_empty() {
@@ -398,11 +426,16 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         Err(e) => return Err(LabError::io("create", &labdir, e)),
     }
     let mut guard = UpGuard {
+        name: name.to_owned(),
         labdir: labdir.clone(),
         topology: None,
         children: Vec::new(),
         armed: true,
     };
+
+    // Pins left by an earlier lab of this name (no namespace of it exists):
+    // its flows are gone, and a new front must not adopt them.
+    pins::remove_pins(name)?;
 
     let topo = guard.topology.insert(match spec.origin {
         Some(_) => Topology::create_with_origin(name, spec.backends)?,
@@ -459,12 +492,23 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
             backends.push((h.name.clone(), h.ip));
         }
     }
+    let pin_dir = FRONT_UPGRADE_KEYS.then(|| pins::pin_dir(name));
+    let upgrade_socket = FRONT_UPGRADE_KEYS.then(|| labdir.join("front-upgrade.sock"));
+    let upgrade =
+        pin_dir
+            .as_deref()
+            .zip(upgrade_socket.as_deref())
+            .map(|(pin_dir, upgrade_socket)| config::FrontUpgrade {
+                pin_dir,
+                upgrade_socket,
+            });
     let front_text = config::front_toml(
         VIP,
         IFACE,
         &key_file,
         &backends,
         &spec.backend_groups,
+        upgrade,
         spec.front_extra.as_deref(),
     )?;
     write_file(&labdir.join("front.toml"), &front_text)?;
@@ -485,6 +529,8 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
             labdir: labdir.clone(),
             key_file,
             docroot,
+            pin_dir,
+            upgrade_socket,
         },
         daemons: BTreeMap::new(),
     };
@@ -493,33 +539,19 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
     if let Some(h) = topo.host("origin") {
         let (host, netns) = (h.name.clone(), h.netns.clone());
         let log = labdir.join(format!("{host}.log"));
-        let listen = format!("{ORIGIN_IP}:{ORIGIN_PORT}");
-        let docroot = state.info.docroot.clone();
-        let argv = [
-            baton_bin.as_os_str(),
-            OsStr::new("serve"),
-            OsStr::new("--listen"),
-            OsStr::new(&listen),
-            OsStr::new("--docroot"),
-            docroot.as_os_str(),
-        ];
+        let argv = daemon_argv(&state, &host)?;
         start_daemon(&host, &netns, &argv, &log, &mut guard.children, &mut state)?;
         // Before any back-end: a caching back-end may fetch as soon as it runs.
         wait_origin(&mut guard.children, &netns, &labdir, curl)?;
     }
 
     // Back-ends next: the front connects to their control ports when it starts.
-    let order: Vec<(String, String, &str)> = topo
+    let order: Vec<(String, String)> = topo
         .hosts()
         .iter()
-        .filter_map(|h| match h.role {
-            Role::Back(_) => Some((h.name.clone(), h.netns.clone(), "back")),
-            _ => None,
-        })
-        .chain(
-            topo.host("front")
-                .map(|h| (h.name.clone(), h.netns.clone(), "front")),
-        )
+        .filter(|h| matches!(h.role, Role::Back(_)))
+        .chain(topo.host("front"))
+        .map(|h| (h.name.clone(), h.netns.clone()))
         .collect();
     let front_ns = topo
         .host("front")
@@ -529,15 +561,9 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         .host("client")
         .map(|h| h.netns.clone())
         .unwrap_or_default();
-    for (host, netns, role) in order {
-        let config = labdir.join(format!("{host}.toml"));
+    for (host, netns) in order {
         let log = labdir.join(format!("{host}.log"));
-        let argv = [
-            baton_bin.as_os_str(),
-            OsStr::new(role),
-            OsStr::new("--config"),
-            config.as_os_str(),
-        ];
+        let argv = daemon_argv(&state, &host)?;
         start_daemon(&host, &netns, &argv, &log, &mut guard.children, &mut state)?;
     }
 
@@ -550,17 +576,59 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
     Ok(state.info)
 }
 
+/// The command line of `host`'s daemon: `baton front|back --config FILE`,
+/// or `baton serve --listen ADDR --docroot DIR` for the origin. `up` and
+/// `restart` both start daemons with it.
+fn daemon_argv(state: &LabState, host: &str) -> Result<Vec<OsString>, LabError> {
+    let bin = state.spec.baton_bin.clone().into_os_string();
+    let info = state.info.hosts.get(host);
+    let role = match host {
+        "front" => "front",
+        "origin" => {
+            return Ok(vec![
+                bin,
+                "serve".into(),
+                "--listen".into(),
+                format!("{ORIGIN_IP}:{ORIGIN_PORT}").into(),
+                "--docroot".into(),
+                state.info.docroot.clone().into_os_string(),
+            ])
+        }
+        _ if host
+            .strip_prefix("back")
+            .is_some_and(|k| k.parse::<usize>().is_ok()) =>
+        {
+            "back"
+        }
+        _ => {
+            return Err(LabError::InvalidSpec(format!(
+                "host {host:?} runs no daemon"
+            )))
+        }
+    };
+    let config = info.and_then(|h| h.config.clone()).ok_or_else(|| {
+        LabError::InvalidSpec(format!("the lab state records no config for {host}"))
+    })?;
+    Ok(vec![
+        bin,
+        role.into(),
+        "--config".into(),
+        config.into_os_string(),
+    ])
+}
+
 /// Starts `argv` as the daemon of `host` and records it, in the guard (so a
 /// failing `up` ends it) and in the state file (so `down` can).
 fn start_daemon(
     host: &str,
     netns: &str,
-    argv: &[&OsStr],
+    argv: &[OsString],
     log: &Path,
     children: &mut Vec<(String, Child, ProcId)>,
     state: &mut LabState,
 ) -> Result<(), LabError> {
-    let (child, id) = daemon::spawn(netns, argv, log).map_err(|e| match e {
+    let argv: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
+    let (child, id) = daemon::spawn(netns, &argv, log).map_err(|e| match e {
         LabError::DaemonExited {
             status, log, tail, ..
         } => LabError::DaemonExited {
@@ -807,6 +875,10 @@ pub fn down(name: &str) -> Result<(), LabError> {
         .unwrap_or_default();
     let namespaces = lab_namespaces(name)?;
     let mut problems = remove_namespaces(&namespaces, &daemons);
+    // After the daemons: a running front must not lose its pins under it.
+    if let Err(e) = pins::remove_pins(name) {
+        problems.push(e.to_string());
+    }
     let dir = lab_dir(name);
     match fs::remove_dir_all(&dir) {
         Ok(()) => {}
@@ -823,13 +895,23 @@ pub fn down(name: &str) -> Result<(), LabError> {
     }
 }
 
-/// The labs that exist (a directory under [`LABS_DIR`] or any namespace), sorted.
+/// The labs that exist (a directory under [`LABS_DIR`], any namespace, or
+/// pins on [`BPFFS`]), sorted.
 pub fn list() -> Vec<String> {
     let mut names = BTreeSet::new();
     if let Ok(dir) = fs::read_dir(LABS_DIR) {
         for entry in dir.flatten() {
             if let Some(n) = entry.file_name().to_str() {
                 if validate_name(n).is_ok() && entry.path().is_dir() {
+                    names.insert(n.to_owned());
+                }
+            }
+        }
+    }
+    if let Ok(dir) = fs::read_dir(BPFFS) {
+        for entry in dir.flatten() {
+            if let Some(n) = entry.file_name().to_str().and_then(pins::lab_of_pin_dir) {
+                if validate_name(n).is_ok() {
                     names.insert(n.to_owned());
                 }
             }
@@ -952,6 +1034,8 @@ mod tests {
             labdir: lab_dir("x"),
             key_file: lab_dir("x").join("key.hex"),
             docroot: lab_dir("x").join("docroot"),
+            pin_dir: None,
+            upgrade_socket: None,
         };
         let v: serde_json::Value = serde_json::to_value(&info).expect("json");
         assert_eq!(v["vip"], "198.18.0.100");
@@ -960,5 +1044,6 @@ mod tests {
         assert_eq!(v["hosts"]["client"]["ip"], "198.18.0.2");
         assert_eq!(v["hosts"]["client"]["iface"], "eth0");
         assert!(v["hosts"]["client"].get("pid").is_none());
+        assert!(v.get("pin_dir").is_none() && v.get("upgrade_socket").is_none());
     }
 }

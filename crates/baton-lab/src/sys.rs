@@ -1,9 +1,15 @@
 //! The lab's only `unsafe`: signals, reaping and `setsid` for the daemons it
-//! starts. Kept here so the rest of the crate stays `deny(unsafe_code)`.
+//! starts, and `statfs`, `mount` and `flock` for the bpffs the fronts pin to.
+//! Kept here so the rest of the crate stays `deny(unsafe_code)`.
 #![allow(unsafe_code)]
 
+use std::ffi::CString;
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 /// Whom a signal goes to.
@@ -76,5 +82,70 @@ pub(crate) fn detach(cmd: &mut Command) {
                 Ok(())
             }
         });
+    }
+}
+
+/// `path` as a C string for a system call.
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// The magic number (`f_type` of `statfs(2)`) of the file system holding `path`.
+pub(crate) fn fs_magic(path: &Path) -> io::Result<u64> {
+    let c = c_path(path)?;
+    // SAFETY: an all-zero `statfs` is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, and `st`
+    // is a live, writable `statfs` the kernel fills in.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // `f_type`'s C type differs by architecture; magic numbers are 32 bits.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as u64 & 0xffff_ffff)
+}
+
+/// Mounts a fresh bpffs on `path` (`mount -t bpf bpf PATH`), in this
+/// process's mount namespace.
+pub(crate) fn mount_bpffs(path: &Path) -> io::Result<()> {
+    let target = c_path(path)?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the
+    // call, or null for the (optional) mount data.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Takes an exclusive `flock(2)` on `file`: waits for it if `wait`, else
+/// fails with `WouldBlock` when another process holds it. The lock goes with
+/// the file's last descriptor.
+pub(crate) fn lock(file: &File, wait: bool) -> io::Result<()> {
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    loop {
+        // SAFETY: flock(2) only takes the descriptor number and flags; the
+        // descriptor is open for as long as `file` lives.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 
 /// `baton lab ...`
 #[derive(Subcommand, Debug)]
@@ -61,12 +61,90 @@ pub enum LabCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Stop one host's daemon with a signal and start it again (same command
+    /// line, config and log); return once the lab serves again.
+    Restart {
+        /// The lab name.
+        #[arg(long, default_value = "baton")]
+        name: String,
+        /// front, back1 ... backN, origin (if the lab has one).
+        host: String,
+        /// kill: SIGKILL. term: SIGTERM, up to the daemon's drain timeout
+        /// (plus 5 s) to exit, then SIGKILL. upgrade (front only): start a
+        /// successor with --takeover while the old front runs, wait for the
+        /// old one to exit.
+        #[arg(long, value_enum, default_value_t = Signal::Term)]
+        signal: Signal,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the daemons and remove everything the lab made.
     Down {
         /// The lab name.
         #[arg(long, default_value = "baton")]
         name: String,
     },
+}
+
+/// How `baton lab restart` ends the running daemon.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGKILL.
+    Kill,
+    /// SIGTERM; SIGKILL after the daemon's drain timeout.
+    Term,
+    /// The front hands its listening sockets to a successor (`--takeover`).
+    Upgrade,
+}
+
+impl From<Signal> for baton_lab::RestartSignal {
+    fn from(s: Signal) -> Self {
+        match s {
+            Signal::Kill => baton_lab::RestartSignal::Kill,
+            Signal::Term => baton_lab::RestartSignal::Term,
+            Signal::Upgrade => baton_lab::RestartSignal::Upgrade,
+        }
+    }
+}
+
+/// One line about a restart, for people.
+pub fn describe_restart(r: &baton_lab::RestartReport) -> String {
+    let secs = |ms: u64| format!("{:.2} s", ms as f64 / 1000.0);
+    let stop = match (r.signal, r.old_running) {
+        (baton_lab::RestartSignal::Upgrade, _) => format!(
+            "started pid {} with --takeover; old pid {} gone after {}",
+            r.new_pid,
+            r.old_pid,
+            secs(r.stopped_ms)
+        ),
+        (_, false) => format!(
+            "pid {} was not running; started pid {}",
+            r.old_pid, r.new_pid
+        ),
+        (s, true) => format!(
+            "{} to pid {}{}, gone after {}; started pid {}",
+            if s == baton_lab::RestartSignal::Kill {
+                "SIGKILL"
+            } else {
+                "SIGTERM"
+            },
+            r.old_pid,
+            if r.escalated {
+                " (SIGKILL after its drain timeout)"
+            } else {
+                ""
+            },
+            secs(r.stopped_ms),
+            r.new_pid
+        ),
+    };
+    format!(
+        "lab {} {}: {stop}; serving again after {}",
+        r.name,
+        r.host,
+        secs(r.serving_ms)
+    )
 }
 
 /// Runs a lab command; returns the process exit code.
@@ -106,6 +184,22 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
         }
         LabCmd::Exec { name, host, cmd } => {
             baton_lab::exec(&name, &host, &cmd).with_context(|| format!("lab {name}, host {host}"))
+        }
+        LabCmd::Restart {
+            name,
+            host,
+            signal,
+            json,
+        } => {
+            let signal = baton_lab::RestartSignal::from(signal);
+            let report =
+                baton_lab::restart(&name, &host, signal).with_context(|| format!("lab {name}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", describe_restart(&report));
+            }
+            Ok(0)
         }
         LabCmd::Down { name } => {
             baton_lab::down(&name).with_context(|| format!("lab {name}"))?;
