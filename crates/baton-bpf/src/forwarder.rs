@@ -869,15 +869,7 @@ fn prepare_pin_dir(iface: &str, root: &Path) -> Result<PathBuf, BpfError> {
             source: io::Error::new(io::ErrorKind::InvalidInput, "not an interface name"),
         });
     }
-    // The nearest existing ancestor decides: creating directories on a
-    // plain filesystem would leave junk behind an error.
-    let mut probe = root.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    if !is_bpffs(&probe).map_err(sys("checking the pin directory's filesystem"))? {
+    if !on_bpffs(root).map_err(sys("checking the pin directory's filesystem"))? {
         return Err(BpfError::NotBpffs {
             iface: iface.to_owned(),
             dir: root.display().to_string(),
@@ -976,7 +968,15 @@ fn expected_maps() -> [(&'static str, Layout); 2] {
     ]
 }
 
-/// Whether `path` is on a bpf filesystem.
-fn is_bpffs(path: &Path) -> io::Result<bool> {
-    Ok(abi::statfs_type(path)? == BPF_FS_MAGIC)
+/// Whether pins made under `path` would be on a bpf filesystem: the
+/// nearest existing ancestor decides (creating directories on a plain
+/// filesystem first would leave junk behind an error).
+pub fn on_bpffs(path: &Path) -> io::Result<bool> {
+    let mut probe = path.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    Ok(abi::statfs_type(&probe)? == BPF_FS_MAGIC)
 }

@@ -33,8 +33,8 @@ mod tests;
 
 pub use error::BpfError;
 pub use forwarder::{
-    Action, Adoption, AttachMode, FlowEntry, ForwardTarget, Forwarder, Owner, ParkedFrame,
-    ParkedRing, Stats, TestRun, Verdict,
+    on_bpffs, Action, Adoption, AttachMode, FlowEntry, ForwardTarget, Forwarder, Owner,
+    ParkedFrame, ParkedRing, Stats, TestRun, Verdict,
 };
 pub use frame::{is_pure_ack, prepare_for_resend, supersedes, FrameError};
 pub use runstats::{enable_run_time_stats, program_run_time, RunStatsGuard, RunTime};

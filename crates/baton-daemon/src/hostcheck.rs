@@ -91,6 +91,25 @@ fn front(cfg: &FrontConfig) -> Vec<Finding> {
             None => fail("cannot read the kernel version (/proc/sys/kernel/osrelease)"),
         });
         out.push(repair_allowed());
+        out.push(match cfg.pins() {
+            None => ok("pin_dir = \"\": handed-off connections end with the front's process"),
+            Some((dir, required)) => match baton_bpf::on_bpffs(&dir) {
+                Ok(true) => ok(format!(
+                    "{} is on a bpf filesystem: handed-off connections outlive a restart",
+                    dir.display()
+                )),
+                Ok(false) if !required => ok(format!(
+                    "{} is not on a bpf filesystem: handed-off connections end with the front's process \
+                     (mount -t bpf bpf {0}, or set pin_dir = \"\")",
+                    dir.display()
+                )),
+                Ok(false) => fail(format!(
+                    "pin_dir {} is not on a bpf filesystem: mkdir -p {0} && mount -t bpf bpf {0}",
+                    dir.display()
+                )),
+                Err(e) => fail(format!("pin_dir {}: {e}", dir.display())),
+            },
+        });
         if let Some(key) = &cfg.key_file {
             out.push(key_readable(key));
         }

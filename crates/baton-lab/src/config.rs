@@ -22,17 +22,6 @@ pub const ORIGIN_PORT: u16 = 8080;
 /// The front's admin endpoint (`/ready`, `/stats`), on its loopback.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
 
-/// THE SWITCH for the front's restart keys (issue 10, item 1): whether the
-/// front's config gets `pin_dir` (the lab's own directory on the bpffs,
-/// [`crate::pin_dir`]) and `upgrade_socket` (`front-upgrade.sock` in the lab
-/// directory), which `baton lab restart front --signal upgrade` needs.
-///
-/// Off while the front in this tree rejects these keys (its parser denies
-/// unknown fields). Turn it on together with the front that accepts them:
-/// that front pins under a default `pin_dir` shared by every lab
-/// otherwise, so concurrent labs would adopt each other's pins.
-pub const FRONT_UPGRADE_KEYS: bool = false;
-
 /// Where a front pins its forwarder and which socket hands its listeners
 /// to a successor (`pin_dir` and `upgrade_socket` in the front's config).
 #[derive(Debug, Clone, Copy)]

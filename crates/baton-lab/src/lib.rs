@@ -21,8 +21,8 @@
 //! - Processes are recorded as pid plus start time, so a stale state file can
 //!   never get an unrelated process signalled.
 //! - `up` makes sure `/run/baton/bpffs` is a bpffs (mounted from this
-//!   process, in the root mount namespace); the front may pin under the
-//!   lab's `/run/baton/bpffs/lab-{name}/` (see [`FRONT_UPGRADE_KEYS`]), which
+//!   process, in the root mount namespace); the front pins under the
+//!   lab's `/run/baton/bpffs/lab-{name}/`, which
 //!   `down` removes after the daemons stopped.
 //! - `restart` stops one daemon and starts it again with the same command
 //!   line, config and log, and returns once the lab serves again.
@@ -30,8 +30,7 @@
 //! Files, under `/run/baton/labs/{name}/`: `state.json`, `key.hex` (0600),
 //! `front.toml`, `backK.toml`, `{host}.log` (`origin.log` too), `docroot/`
 //! unless the spec names one, `restart.lock` once a daemon was restarted,
-//! and the front's `front-upgrade.sock` while it runs with
-//! [`FRONT_UPGRADE_KEYS`].
+//! and the front's `front-upgrade.sock` while it runs.
 #![deny(unsafe_code)]
 
 mod cmd;
@@ -57,9 +56,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{
-    ADMIN_LISTEN, CONTROL_PORT, DIRECT_PORT, FRONT_UPGRADE_KEYS, ORIGIN_PORT, VIP_PORT,
-};
+pub use config::{ADMIN_LISTEN, CONTROL_PORT, DIRECT_PORT, ORIGIN_PORT, VIP_PORT};
 pub use daemon::ProcId;
 pub use docroot::{
     sample_content, sample_docroot, zipf_docroot, zipf_target, INDEX_HTML, SAMPLE_FILES,
@@ -213,12 +210,12 @@ pub struct LabInfo {
     pub key_file: PathBuf,
     /// The back-ends' document root.
     pub docroot: PathBuf,
-    /// Where the front pins its forwarder (`pin_dir` in `front.toml`); only
-    /// with [`FRONT_UPGRADE_KEYS`].
+    /// Where the front pins its forwarder (`pin_dir` in `front.toml`); absent
+    /// in the state of a lab made by an older baton.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_dir: Option<PathBuf>,
     /// Where the front hands its listeners to a successor (`upgrade_socket`
-    /// in `front.toml`); only with [`FRONT_UPGRADE_KEYS`].
+    /// in `front.toml`); absent in the state of a lab made by an older baton.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_socket: Option<PathBuf>,
 }
@@ -492,16 +489,12 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
             backends.push((h.name.clone(), h.ip));
         }
     }
-    let pin_dir = FRONT_UPGRADE_KEYS.then(|| pins::pin_dir(name));
-    let upgrade_socket = FRONT_UPGRADE_KEYS.then(|| labdir.join("front-upgrade.sock"));
-    let upgrade =
-        pin_dir
-            .as_deref()
-            .zip(upgrade_socket.as_deref())
-            .map(|(pin_dir, upgrade_socket)| config::FrontUpgrade {
-                pin_dir,
-                upgrade_socket,
-            });
+    let pin_dir = pins::pin_dir(name);
+    let upgrade_socket = labdir.join("front-upgrade.sock");
+    let upgrade = Some(config::FrontUpgrade {
+        pin_dir: &pin_dir,
+        upgrade_socket: &upgrade_socket,
+    });
     let front_text = config::front_toml(
         VIP,
         IFACE,
@@ -529,8 +522,8 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
             labdir: labdir.clone(),
             key_file,
             docroot,
-            pin_dir,
-            upgrade_socket,
+            pin_dir: Some(pin_dir),
+            upgrade_socket: Some(upgrade_socket),
         },
         daemons: BTreeMap::new(),
     };

@@ -169,7 +169,7 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
         if state.info.upgrade_socket.is_none() {
             return Err(cannot(format!(
                 "the front's config has no upgrade_socket, so no successor can take over \
-                 (the lab was built with FRONT_UPGRADE_KEYS off; see {}); \
+                 (a lab made by an older baton; see {}); \
                  use --signal term or --signal kill",
                 labdir.join("front.toml").display()
             )));

@@ -117,6 +117,24 @@ fn daemons_work_with_only_the_units_capabilities() {
     let key = dir.path().join("key.hex");
     std::fs::copy(&lab.info.key_file, &key).expect("copying the key");
     open(&key);
+    // What the unit's RuntimeDirectory and its bpffs give the front's user:
+    // a directory for the upgrade socket and one for the pins (inside the
+    // lab's pin directory, which `lab down` removes).
+    let nobody = |p: &Path| {
+        let st = Command::new("chown").arg("65534:65534").arg(p).status();
+        assert!(st.is_ok_and(|s| s.success()), "chown {}", p.display());
+    };
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).expect("mkdir");
+    nobody(&run_dir);
+    let pins = lab
+        .info
+        .pin_dir
+        .clone()
+        .expect("the lab pins")
+        .join("nobody");
+    std::fs::create_dir_all(&pins).expect("mkdir on the lab's bpffs");
+    nobody(&pins);
     let mut daemons = Vec::new();
     for (host, role, unit_name) in [
         ("back1", "back", "baton-back.service"),
@@ -128,6 +146,11 @@ fn daemons_work_with_only_the_units_capabilities() {
             .map(|l| {
                 if l.starts_with("key_file") {
                     format!("key_file = {:?}\n", key.display().to_string())
+                } else if l.starts_with("pin_dir") {
+                    format!("pin_dir = {:?}\n", pins.display().to_string())
+                } else if l.starts_with("upgrade_socket") {
+                    let sock = run_dir.join("front.sock");
+                    format!("upgrade_socket = {:?}\n", sock.display().to_string())
                 } else {
                     format!("{l}\n")
                 }
@@ -195,6 +218,8 @@ fn daemons_work_with_only_the_units_capabilities() {
         "{after:#}\n{}",
         daemon_logs(&daemons)
     );
+    // The unprivileged front pinned its forwarder, as root's did.
+    assert_eq!(after["pinned"], serde_json::json!(true), "{after:#}");
     assert_drained(&lab);
     // Ours, not the lab's: stopped before the lab goes.
     drop(daemons);

@@ -584,9 +584,23 @@ fn extra_front(
     unprivileged: bool,
 ) -> ExtraFront {
     let text = std::fs::read_to_string(config_of(lab, "front")).expect("reading front.toml");
-    let text = text
+    // A front of its own: its own upgrade socket, and no pins (the lab's
+    // front owns the interface's pinned forwarder).
+    let sock = dir.join(format!("front-{port}.sock"));
+    let text: String = text
         .replace("\nport = 80\n", &format!("\nport = {port}\n"))
-        .replace("127.0.0.1:9100", &format!("127.0.0.1:{admin_port}"));
+        .replace("127.0.0.1:9100", &format!("127.0.0.1:{admin_port}"))
+        .lines()
+        .map(|l| {
+            if l.starts_with("pin_dir") {
+                "pin_dir = \"\"\n".to_owned()
+            } else if l.starts_with("upgrade_socket") {
+                format!("upgrade_socket = {:?}\n", sock.display().to_string())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
     assert!(text.contains(&format!("port = {port}")), "{text}");
     let config = dir.join(format!("front-{port}.toml"));
     std::fs::write(&config, text).expect("writing the config");

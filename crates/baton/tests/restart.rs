@@ -137,17 +137,9 @@ fn restarted_daemons_serve_again_at_once() {
 
 /// Issue 10, item 1: a connection handed off before the front is killed or
 /// upgraded keeps being served after (the forwarder's pins outlive the
-/// process, the new front adopts them). Runs once the lab writes the front's
-/// `pin_dir` and `upgrade_socket` (`baton_lab::FRONT_UPGRADE_KEYS`).
+/// process, the new front adopts them).
 #[test]
 fn a_handed_off_connection_outlives_a_front_restart() {
-    if !baton_lab::FRONT_UPGRADE_KEYS {
-        eprintln!(
-            "skipped: the lab writes no pin_dir/upgrade_socket for the front yet \
-             (baton_lab::FRONT_UPGRADE_KEYS is off)"
-        );
-        return;
-    }
     let lab = up(1, Some(FAST_FLOWS), None);
     let pins = baton_lab::pin_dir(&lab.name);
     assert!(
