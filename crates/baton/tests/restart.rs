@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -205,4 +206,182 @@ fn a_handed_off_connection_outlives_a_front_restart() {
     }
     finish(lab);
     assert!(!pins.exists(), "{} left after down", pins.display());
+}
+
+/// A packet capture of the TCP resets the client receives, in the client's
+/// namespace; started once tcpdump says it listens.
+struct ResetCapture {
+    child: Spawned,
+    file: std::path::PathBuf,
+}
+
+impl ResetCapture {
+    fn start(lab: &Lab, file: std::path::PathBuf) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", lab.netns("client").expect("client netns")])
+            .args(["tcpdump", "-i", "eth0", "-U", "-n", "-w"])
+            .arg(&file)
+            .arg("tcp[tcpflags] & tcp-rst != 0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tcpdump (installed by scripts/setup)");
+        let stderr = child.stderr.take().expect("tcpdump's stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let ready = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        assert!(ready.contains("listening on"), "tcpdump: {ready}");
+        // Keep draining its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        ResetCapture {
+            child: Spawned(child),
+            file,
+        }
+    }
+
+    /// Stops the capture and returns the resets it saw, one line each.
+    fn resets(mut self) -> Vec<String> {
+        signal(self.child.0.id(), "-INT");
+        let _ = self.child.0.wait();
+        let out = Command::new("tcpdump")
+            .args(["-n", "-r"])
+            .arg(&self.file)
+            .output()
+            .expect("tcpdump -r");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// 20 rate-limited downloads of 64 MiB each, every one checked byte-exact.
+fn start_downloads(lab: &Lab, n: usize) -> Vec<std::process::Child> {
+    let url = lab.url("/64m.bin");
+    (0..n)
+        .map(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", lab.netns("client").expect("client netns")])
+                .args(["bash", "-c"])
+                .arg(format!(
+                    "set -o pipefail; curl -sS --noproxy '*' --fail --limit-rate 8M --max-time 90 {url} | sha256sum"
+                ))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("bash and curl")
+        })
+        .collect()
+}
+
+/// A bounded loop of one-request connections through the VIP, until told
+/// to stop: (answers by curl's "%{http_code}" or exit status, count).
+fn curl_loop(
+    lab: &Lab,
+    stop: mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<BTreeMap<String, u32>> {
+    let netns = lab.netns("client").expect("client netns").to_owned();
+    let url = lab.url("/1k.bin");
+    std::thread::spawn(move || {
+        let mut seen = BTreeMap::new();
+        let t = std::time::Instant::now();
+        for _ in 0..5000 {
+            if stop.try_recv().is_ok() || t.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            let out = Command::new("ip")
+                .args(["netns", "exec", &netns])
+                .args([
+                    "curl",
+                    "-s",
+                    "--noproxy",
+                    "*",
+                    "--max-time",
+                    "5",
+                    "-o",
+                    "/dev/null",
+                ])
+                .args(["-w", "%{http_code}", &url])
+                .output()
+                .expect("curl");
+            let key = match out.status.code() {
+                Some(0) => String::from_utf8_lossy(&out.stdout).into_owned(),
+                Some(7) => "refused".to_owned(),
+                other => format!("curl exit {other:?}"),
+            };
+            *seen.entry(key).or_insert(0) += 1;
+        }
+        seen
+    })
+}
+
+/// Issue 10's acceptance test: 20 downloads through handoff survive a
+/// SIGKILL of the front and an upgrade to a new front process, byte-exact,
+/// with no reset at the client; during the upgrade a loop of new
+/// connections meets no refusal.
+#[test]
+fn twenty_downloads_survive_a_front_kill_and_an_upgrade_without_a_reset() {
+    let lab = up(2, Some(FAST_FLOWS), None);
+    let want = sha256(&doc(&lab, "64m.bin"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for signal in ["kill", "upgrade"] {
+        let before = counter(&stats(&lab), "handoffs_ok");
+        let capture = ResetCapture::start(&lab, tmp.path().join(format!("{signal}.pcap")));
+        let downloads = start_downloads(&lab, 20);
+        // Every download handed off before the front goes.
+        wait_stats(
+            &lab,
+            "20 downloads handed off",
+            Duration::from_secs(20),
+            |s| counter(s, "handoffs_ok") >= before + 20,
+        );
+        let (stop, stopped) = mpsc::channel();
+        let looping = (signal == "upgrade").then(|| curl_loop(&lab, stopped));
+        let out = restart(&lab, &["front", "--signal", signal]);
+        let (ok, text) = outcome(&out);
+        assert!(
+            ok,
+            "lab restart front --signal {signal}: {text}\n{}",
+            logs(&lab)
+        );
+        let mut failed = Vec::new();
+        for (i, d) in downloads.into_iter().enumerate() {
+            let out = d.wait_with_output().expect("download");
+            let got = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() || !got.starts_with(&want) {
+                failed.push(format!(
+                    "download {i}: {} {got} {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        let _ = stop.send(());
+        let loop_seen = looping.map(|h| h.join().expect("the curl loop"));
+        let resets = capture.resets();
+        assert!(
+            failed.is_empty(),
+            "after --signal {signal}: {failed:#?}\n{text}\n{}",
+            logs(&lab)
+        );
+        assert!(
+            resets.is_empty(),
+            "after --signal {signal}, resets at the client: {resets:#?}"
+        );
+        if let Some(seen) = loop_seen {
+            let answered = seen.get("200").copied().unwrap_or(0);
+            assert!(answered > 0, "the loop never got through: {seen:?}");
+            assert_eq!(
+                seen.len(),
+                1,
+                "during the upgrade every new connection is answered 200: {seen:?}\n{}",
+                logs(&lab)
+            );
+            eprintln!("--signal {signal}: {answered} new connections during the upgrade, all 200");
+        }
+        eprintln!("--signal {signal}: 20 downloads byte-exact, 0 resets; {text}");
+    }
+    let s = stats(&lab);
+    assert!(counter(&s, "flows_adopted") > 0, "{s:#}");
+    finish(lab);
 }
