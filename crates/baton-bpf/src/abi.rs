@@ -229,6 +229,23 @@ pub(crate) fn register_ring(
     unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(io::Error::from)
 }
 
+/// The `f_type` of the filesystem holding `path` (`statfs(2)`).
+pub(crate) fn statfs_type(path: &std::path::Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `buf` a writable statfs.
+    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it filled `buf`.
+    let st = unsafe { buf.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    Ok(st.f_type as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,19 +279,3 @@ mod tests {
     }
 }
 
-/// The `f_type` of the filesystem holding `path` (`statfs(2)`).
-pub(crate) fn statfs_type(path: &std::path::Path) -> io::Result<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: `c` is a NUL-terminated path and `buf` a writable statfs.
-    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statfs returned 0, so it filled `buf`.
-    let st = unsafe { buf.assume_init() };
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
-    Ok(st.f_type as i64)
-}

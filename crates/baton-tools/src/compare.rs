@@ -647,7 +647,7 @@ fn start_target(
                 .map(|(n, h)| (n.clone(), h.ip))
                 .collect();
             let conf = dir.join("relay.toml");
-            fs::write(&conf, relay_toml(&text, &ips)?)?;
+            fs::write(&conf, relay_toml(&text, &ips, &dir.join("relay.sock"))?)?;
             // The same check a user runs: a front without relay mode
             // rejects `handoff = false`, and then there is nothing to measure.
             let check = Command::new(baton)
@@ -779,16 +779,23 @@ backend baton_backs
 }
 
 /// The relay front's config: the lab front's, with `handoff = false`, its
-/// own port and admin address, one worker, and each back-end's
-/// `relay_address` (its plain HTTP port) where the lab did not write one.
+/// own port, admin address and upgrade socket (`upgrade_socket`), no pins,
+/// one worker, and each back-end's `relay_address` (its plain HTTP port)
+/// where the lab did not write one.
 pub fn relay_toml(
     lab_front_toml: &str,
     ips: &BTreeMap<String, std::net::Ipv4Addr>,
+    upgrade_socket: &std::path::Path,
 ) -> Result<String> {
     let mut t: toml::Table = lab_front_toml
         .parse()
         .context("parsing the lab's front.toml")?;
     t.insert("handoff".into(), toml::Value::Boolean(false));
+    t.insert("pin_dir".into(), toml::Value::String(String::new()));
+    t.insert(
+        "upgrade_socket".into(),
+        toml::Value::String(upgrade_socket.display().to_string()),
+    );
     t.insert("port".into(), toml::Value::Integer(i64::from(RELAY_PORT)));
     t.insert(
         "admin_listen".into(),
@@ -1843,9 +1850,13 @@ mod tests {
             ("back2".to_string(), std::net::Ipv4Addr::new(198, 18, 0, 12)),
         ]
         .into();
-        let text = relay_toml(lab, &ips).expect("relay config");
+        let sock = std::path::Path::new("/run/x/relay.sock");
+        let text = relay_toml(lab, &ips, sock).expect("relay config");
         let t: toml::Table = text.parse().expect("valid TOML");
         assert_eq!(t["handoff"].as_bool(), Some(false));
+        // Its own upgrade socket, and nothing pinned: the lab's front owns those.
+        assert_eq!(t["upgrade_socket"].as_str(), Some("/run/x/relay.sock"));
+        assert_eq!(t["pin_dir"].as_str(), Some(""));
         assert_eq!(t["port"].as_integer(), Some(8083));
         assert_eq!(t["admin_listen"].as_str(), Some("127.0.0.1:9102"));
         assert_eq!(t["workers"].as_integer(), Some(1));

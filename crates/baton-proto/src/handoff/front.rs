@@ -277,7 +277,26 @@ impl FrontEngine {
         e
     }
 
+    /// A back-end added to the configuration (a reload): its id, the next
+    /// position; its channel is down.
+    pub fn add_backend(&mut self) -> BackendId {
+        self.peers.push(Peer::default());
+        self.peers.len() - 1
+    }
+
+    /// New deadlines (a reload): they apply to deadlines armed from now
+    /// on; those already armed keep theirs.
+    pub fn set_timers(&mut self, timers: FrontTimers) {
+        self.timers_cfg = timers;
+    }
+
     // ---- getters ----
+
+    /// Flows tracked on `backend` (any phase): a back-end removed from the
+    /// configuration keeps its channel until this is 0.
+    pub fn flows_on(&self, backend: BackendId) -> usize {
+        self.flows.values().filter(|f| f.backend == backend).count()
+    }
 
     /// Flows tracked (parking, offered, live, orphaned or closing).
     pub fn flows(&self) -> usize {

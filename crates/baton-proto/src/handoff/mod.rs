@@ -53,6 +53,8 @@
 //! | `Live` arrives                                      | the back-end's answer        |
 //! | the channel drops after `Live`                      | the back-end's answer: the flow stays, orphaned, until the channel is back and the back-end lists what it holds (`Holding`), or `orphan_timeout` |
 //! | the back-end dies after `Live`                      | what its kernel sends; the entry goes at reconciliation or `orphan_timeout` |
+//! | the front process dies or is replaced after `Live`  | the back-end's answer: the pinned entry keeps forwarding; the next front adopts it ([`FrontEngine::adopt`]) and reconciles it with `Holding` |
+//! | the front process dies between `Handoff` and `Live` | the back-end's answer if it took the handoff (the next front forwards once `Holding` lists it); else a reset |
 //!
 //! A back-end that reads `Abort` in the same batch as its `Handoff` never
 //! restores it; one that already went live resets that connection. Every
