@@ -278,4 +278,3 @@ mod tests {
         assert!(parse_parked_record(&record[..10]).is_none());
     }
 }
-

@@ -1,7 +1,8 @@
 //! The daemons' admin endpoint (keep it on loopback). The front serves
 //! `GET /ready` (200 once every back-end's control channel is up, else 503),
 //! `GET /stats` (JSON), `GET /metrics` (Prometheus) and
-//! `POST /stats/reset-latency` (forget latency samples); a back-end serves
+//! `POST /stats/reset-latency` (forget latency samples) and `POST /reload`
+//! (re-read the configuration file); a back-end serves
 //! `GET /stats` and `GET /metrics`.
 
 use std::convert::Infallible;
@@ -88,7 +89,17 @@ fn route(front: &Arc<Front>, req: hyper::Request<Incoming>) -> Response<Full<Byt
             front.reset_latency();
             text(StatusCode::OK, "reset\n")
         }
-        _ => text(StatusCode::NOT_FOUND, "try /ready, /stats or /metrics\n"),
+        (&Method::POST, "/reload") => match front.reload() {
+            Ok(summary) => text(StatusCode::OK, &format!("reloaded: {summary}\n")),
+            Err(why) => text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("not reloaded: {why}\n"),
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try GET /ready, /stats or /metrics, POST /reload\n",
+        ),
     }
 }
 

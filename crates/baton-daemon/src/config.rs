@@ -187,7 +187,7 @@ fn default_group() -> String {
 }
 
 /// A back-end group and its distribution policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     /// The group's name (back-ends and rules refer to it).

@@ -69,8 +69,11 @@ struct Backend {
     control: Option<SocketAddrV4>,
     /// Where a relayed connection goes: `address` (relay back-ends) or
     /// `relay_address` (handoff back-ends), resolved at start.
-    relay_to: Option<SocketAddr>,
-    weight: u32,
+    relay_to: Mutex<Option<SocketAddr>>,
+    weight: AtomicU32,
+    /// Gone from the configuration (a reload): no new connections; its
+    /// channel stays until its handed-off flows are done, then closes.
+    removed: AtomicBool,
     st: Mutex<BackendState>,
     writer: tokio::sync::Mutex<Option<FrameWriter>>,
     /// Frames the engine queued for this back-end, in its order; whoever
@@ -87,6 +90,118 @@ struct Backend {
     /// Connections being relayed to it now (part of its load).
     relay_active: AtomicU32,
 }
+
+impl Backend {
+    fn relay_to(&self) -> Option<SocketAddr> {
+        *self.relay_to.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    fn removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+}
+
+/// What a reload swaps in one step: the configuration in force (limits,
+/// flow and control timers are read from it), the groups with their
+/// policies, the routing rules and the relay's limits.
+struct Routing {
+    cfg: Arc<FrontConfig>,
+    groups: Vec<Group>,
+    rules: baton_policy::Rules,
+    relay_limits: RelayLimits,
+}
+
+impl Routing {
+    /// The routing of `cfg`, whose `k`th back-end is slot `slots[k]`.
+    /// A group of `old` whose definition and members are unchanged keeps
+    /// its policy object (and the state it learnt, such as LARD's
+    /// assignments).
+    fn build(cfg: &FrontConfig, slots: &[usize], old: Option<&Routing>) -> Result<Routing> {
+        let rules = cfg.routing_rules()?;
+        let mut groups = Vec::new();
+        for gc in cfg.group_configs() {
+            let members: Vec<usize> = cfg
+                .backends
+                .iter()
+                .zip(slots)
+                .filter(|(b, _)| b.group == gc.name)
+                .map(|(_, &slot)| slot)
+                .collect();
+            let kept = old.and_then(|o| {
+                o.groups
+                    .iter()
+                    .find(|g| g.config == gc && g.members == members)
+            });
+            let policy = match kept {
+                Some(g) => Arc::clone(&g.policy),
+                None => Arc::new(Mutex::new(
+                    gc.policy_config()?
+                        .build()
+                        .with_context(|| format!("group {}", gc.name))?,
+                )),
+            };
+            groups.push(Group {
+                name: gc.name.clone(),
+                config: gc,
+                members,
+                policy,
+            });
+        }
+        let relay_limits = RelayLimits::new(
+            &cfg.relay,
+            HeadLimits {
+                max_bytes: cfg.limits.head_max_bytes,
+                max_headers: cfg.limits.head_max_headers,
+            },
+            ms(cfg.limits.head_timeout_ms),
+        );
+        Ok(Routing {
+            cfg: Arc::new(cfg.clone()),
+            groups,
+            rules,
+            relay_limits,
+        })
+    }
+}
+
+/// The engine's deadlines from a configuration.
+fn timers_of(cfg: &FrontConfig) -> FrontTimers {
+    FrontTimers {
+        handoff_timeout: ms(cfg.limits.handoff_timeout_ms),
+        closed_grace: ms(cfg.flows.closed_grace_ms),
+        orphan_timeout: ms(cfg.flows.orphan_timeout_ms),
+        idle_sweep: ms(cfg.flows.idle_timeout_ms / 4).max(ms(cfg.flows.sweep_interval_ms)),
+    }
+}
+
+/// Reloads so far and the outcome of the last one.
+#[derive(Debug, Default)]
+struct Reloads {
+    ok: u64,
+    failed: u64,
+    /// Unix seconds of the last successful reload (or of the start).
+    last_ok_unix: u64,
+    last: Option<std::result::Result<String, String>>,
+}
+
+/// What a reload does to one configured back-end.
+enum SlotPlan {
+    /// The same back-end (name, mode, control address): new weight and relay address.
+    Keep {
+        slot: BackendId,
+        weight: u32,
+        relay_to: Option<SocketAddr>,
+    },
+    /// A new one, appended.
+    Add(Arc<Backend>),
+}
+
+/// Re-reads the configuration (the file, with the command line's overrides).
+pub type ConfigSource = Box<dyn Fn() -> Result<FrontConfig> + Send + Sync>;
 
 /// How the front serves a back-end's connections right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +242,9 @@ impl BackendState {
 #[derive(Debug)]
 struct Group {
     name: String,
+    config: crate::config::GroupConfig,
     members: Vec<usize>,
-    policy: Mutex<Box<dyn Policy>>,
+    policy: Arc<Mutex<Box<dyn Policy>>>,
 }
 
 /// Frames kept while flows are parked, and the ring they arrive on.
@@ -296,9 +412,21 @@ pub struct Front {
     cfg: FrontConfig,
     /// None: every connection is relayed.
     kit: Option<HandoffKit>,
-    backends: Vec<Arc<Backend>>,
-    groups: Vec<Group>,
-    rules: baton_policy::Rules,
+    /// Every back-end ever configured, by `BackendId` (a reload only
+    /// appends; removed ones stay, marked). Swapped whole by a reload.
+    backends: std::sync::RwLock<Arc<Vec<Arc<Backend>>>>,
+    /// Swapped whole by a reload.
+    routing: std::sync::RwLock<Arc<Routing>>,
+    /// One reload at a time; the outcome of the last one.
+    reloads: Mutex<Reloads>,
+    /// Where a reload reads the configuration from.
+    source: Mutex<Option<ConfigSource>>,
+    /// The control channels' key, once `run` loaded it (for back-ends a
+    /// reload adds).
+    psk: std::sync::OnceLock<baton_proto::auth::Psk>,
+    /// The tasks that speak to the back-ends and read the ring: a takeover
+    /// stops them before handing over.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The handoff protocol's state. A leaf lock: held only to feed it an
     /// input and take its actions out.
     engine: Mutex<FrontEngine>,
@@ -310,7 +438,6 @@ pub struct Front {
     waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
     /// The timer task's sleep, re-armed after each input.
     timer: crate::deadline::DeadlineTimer,
-    relay_limits: RelayLimits,
     /// One permit per relayed connection (`relay.max_connections`).
     relay_slots: Semaphore,
     /// Empty splice pipes for the next relays.
@@ -385,26 +512,6 @@ impl Front {
             }
             None
         };
-        let rules = cfg.routing_rules()?;
-        let mut groups = Vec::new();
-        for gc in cfg.group_configs() {
-            let policy = gc
-                .policy_config()?
-                .build()
-                .with_context(|| format!("group {}", gc.name))?;
-            let members = cfg
-                .backends
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.group == gc.name)
-                .map(|(i, _)| i)
-                .collect();
-            groups.push(Group {
-                name: gc.name.clone(),
-                members,
-                policy: Mutex::new(policy),
-            });
-        }
         let mut backends = Vec::with_capacity(cfg.backends.len());
         for b in &cfg.backends {
             let relay_to = match b.address.as_deref().or(b.relay_address.as_deref()) {
@@ -415,8 +522,9 @@ impl Front {
                 name: b.name.clone(),
                 mode: b.mode,
                 control: b.control,
-                relay_to,
-                weight: b.weight,
+                relay_to: Mutex::new(relay_to),
+                weight: AtomicU32::new(b.weight),
+                removed: AtomicBool::new(false),
                 st: Mutex::default(),
                 writer: tokio::sync::Mutex::new(None),
                 outbox: Mutex::default(),
@@ -431,7 +539,7 @@ impl Front {
         if kit.is_none() {
             let unusable: Vec<&str> = backends
                 .iter()
-                .filter(|b| b.relay_to.is_none())
+                .filter(|b| b.relay_to().is_none())
                 .map(|b| b.name.as_str())
                 .collect();
             if unusable.len() == backends.len() {
@@ -441,21 +549,10 @@ impl Front {
                 warn!(backends = %unusable.join(", "), "back-ends without relay_address are out of rotation while the front relays");
             }
         }
-        let relay_limits = RelayLimits::new(
-            &cfg.relay,
-            HeadLimits {
-                max_bytes: cfg.limits.head_max_bytes,
-                max_headers: cfg.limits.head_max_headers,
-            },
-            ms(cfg.limits.head_timeout_ms),
-        );
+        let slots: Vec<usize> = (0..cfg.backends.len()).collect();
+        let routing = Routing::build(&cfg, &slots, None)?;
         let now = Instant::now();
-        let timers = FrontTimers {
-            handoff_timeout: ms(cfg.limits.handoff_timeout_ms),
-            closed_grace: ms(cfg.flows.closed_grace_ms),
-            orphan_timeout: ms(cfg.flows.orphan_timeout_ms),
-            idle_sweep: ms(cfg.flows.idle_timeout_ms / 4).max(ms(cfg.flows.sweep_interval_ms)),
-        };
+        let timers = timers_of(&cfg);
         // Ids never repeat across restarts of the front: a back-end's
         // reports about an earlier process's handoffs match nothing.
         let mut seed = [0u8; 8];
@@ -465,14 +562,16 @@ impl Front {
         let engine = FrontEngine::new(timers, backends.len(), first_id, now);
         Ok(Arc::new(Front {
             kit,
-            backends,
-            groups,
-            rules,
+            backends: std::sync::RwLock::new(Arc::new(backends)),
+            routing: std::sync::RwLock::new(Arc::new(routing)),
+            reloads: Mutex::default(),
+            source: Mutex::new(None),
+            psk: std::sync::OnceLock::new(),
+            tasks: Mutex::default(),
             engine: Mutex::new(engine),
             exec: Mutex::new(()),
             waiting: Mutex::default(),
             timer: crate::deadline::DeadlineTimer::default(),
-            relay_limits,
             relay_slots: Semaphore::new(cfg.relay.max_connections),
             pipes: relay::PipePool::new(PIPES_KEPT),
             upstreams: relay::Upstreams::new(&cfg.relay),
@@ -547,21 +646,21 @@ impl Front {
         #[allow(deprecated)]
         let listener = AsyncFd::with_interest(listener, tokio::io::Interest::READABLE)
             .context("registering the listener")?;
-        let mut machinery = Vec::new();
         if self.kit.is_some() {
             let Some(key_file) = &self.cfg.key_file else {
                 bail!("key_file is required to hand connections off");
             };
             let psk = crate::config::load_key(key_file)?;
+            let _ = self.psk.set(psk);
             self.adopt_pinned().await;
-            for (i, b) in self.backends.iter().enumerate() {
+            for (i, b) in self.backends().iter().enumerate() {
                 if b.mode == BackendMode::Handoff {
-                    machinery.push(tokio::spawn(Arc::clone(&self).control_loop(i, psk.clone())));
-                    machinery.push(tokio::spawn(Arc::clone(&self).writer(i)));
+                    self.spawn_channel(i);
                 }
             }
-            machinery.push(tokio::spawn(Arc::clone(&self).parked_reader()));
-            machinery.push(tokio::spawn(Arc::clone(&self).timers()));
+            let mut tasks = self.lock_tasks();
+            tasks.push(tokio::spawn(Arc::clone(&self).parked_reader()));
+            tasks.push(tokio::spawn(Arc::clone(&self).timers()));
         }
         let mut admin = tokio::spawn(crate::admin::serve(
             self.cfg.admin_listen,
@@ -572,7 +671,8 @@ impl Front {
             // up (a restart or takeover: a few milliseconds), rather than
             // meeting a 503 for a channel not yet connected; a back-end
             // that is down delays serving by connect_timeout_ms at most.
-            let deadline = tokio::time::Instant::now() + ms(self.cfg.control.connect_timeout_ms);
+            let deadline =
+                tokio::time::Instant::now() + ms(self.routing().cfg.control.connect_timeout_ms);
             loop {
                 let up = self.channel_up.notified();
                 tokio::pin!(up);
@@ -589,7 +689,7 @@ impl Front {
                 }
             }
         }
-        info!(%addr, backends = self.backends.len(), "front-end serving");
+        info!(%addr, backends = self.backends().len(), "front-end serving");
         let limit = Arc::new(Semaphore::new(self.cfg.limits.max_pending));
         tokio::pin!(shutdown);
         let successor = loop {
@@ -640,7 +740,8 @@ impl Front {
             // back-ends from now on.
             // Awaited, so that the ring reader has stopped and the admin
             // address is free before the successor starts.
-            for task in machinery.drain(..) {
+            let tasks: Vec<_> = self.lock_tasks().drain(..).collect();
+            for task in tasks {
                 task.abort();
                 let _ = task.await;
             }
@@ -662,7 +763,7 @@ impl Front {
         // only relayed connections, which live in this process, are waited
         // for. None only for a timeout beyond the clock's range (validation
         // caps it): then no wait at all rather than a panic.
-        let deadline = Instant::now().checked_add(ms(self.cfg.drain_timeout_ms));
+        let deadline = Instant::now().checked_add(ms(self.routing().cfg.drain_timeout_ms));
         let live = || {
             let handed = if pinned {
                 0
@@ -682,7 +783,7 @@ impl Front {
         if left > 0 {
             warn!(left, "drain timeout: stopping with connections still open");
         }
-        for task in &machinery {
+        for task in self.lock_tasks().drain(..) {
             task.abort();
         }
         admin.abort();
@@ -703,11 +804,13 @@ impl Front {
         peer: SocketAddr,
         pending: OwnedSemaphorePermit,
     ) {
+        let tun = self.routing();
         let limits = HeadLimits {
-            max_bytes: self.cfg.limits.head_max_bytes,
-            max_headers: self.cfg.limits.head_max_headers,
+            max_bytes: tun.cfg.limits.head_max_bytes,
+            max_headers: tun.cfg.limits.head_max_headers,
         };
-        let head_timeout = ms(self.cfg.limits.head_timeout_ms);
+        let head_timeout = ms(tun.cfg.limits.head_timeout_ms);
+        drop(tun);
         let mut buf = Vec::with_capacity(1024);
         let head =
             match tokio::time::timeout(head_timeout, read_head(&mut stream, &mut buf, &limits))
@@ -744,7 +847,8 @@ impl Front {
                 return;
             }
         };
-        match self.route_of(&self.backends[bi]) {
+        let route = self.route_of(&self.backends()[bi]);
+        match route {
             Route::Handoff => {}
             Route::Relay(to) => {
                 drop(pending);
@@ -798,8 +902,8 @@ impl Front {
                         return;
                     }
                 }
-                let b = &self.backends[bi];
-                match b.relay_to {
+                let b = Arc::clone(&self.backends()[bi]);
+                match b.relay_to() {
                     // The socket is in normal mode and the unread bytes are
                     // still in its queue (the dump only peeked): the
                     // connection can be relayed as if never offered.
@@ -825,7 +929,7 @@ impl Front {
 
     /// How back-end `b` is served now: handed off, relayed, or not at all.
     fn route_of(&self, b: &Backend) -> Route {
-        match (b.mode, &self.kit, b.relay_to) {
+        match (b.mode, &self.kit, b.relay_to()) {
             (BackendMode::Handoff, Some(_), _) => Route::Handoff,
             (_, _, Some(to)) => Route::Relay(to),
             (_, _, None) => Route::Unusable,
@@ -834,7 +938,7 @@ impl Front {
 
     /// Connections being relayed now.
     fn relay_active(&self) -> u64 {
-        self.backends
+        self.backends()
             .iter()
             .map(|b| u64::from(b.relay_active.load(Ordering::Relaxed)))
             .sum()
@@ -853,7 +957,8 @@ impl Front {
         first: &[u8],
         primary: bool,
     ) {
-        let b = &self.backends[bi];
+        let b = Arc::clone(&self.backends()[bi]);
+        let routing = self.routing();
         let Ok(_slot) = self.relay_slots.try_acquire() else {
             self.counters.relay_failures.inc();
             debug!(backend = %b.name, "relay.max_connections reached");
@@ -874,10 +979,10 @@ impl Front {
                     self.counters.relayed.inc();
                     b.relayed.inc();
                 }
-                relay::Event::ConnectFailed(e) => self.relay_connect_failed(b, primary, e),
+                relay::Event::ConnectFailed(e) => self.relay_connect_failed(&b, primary, e),
             };
             let http = relay::HttpRelay {
-                limits: &self.relay_limits,
+                limits: &routing.relay_limits,
                 meter,
                 pipes: &self.pipes,
                 upstreams: &self.upstreams,
@@ -887,11 +992,11 @@ impl Front {
         } else {
             let connect = self
                 .upstreams
-                .connect(to, self.relay_limits.connect_timeout);
+                .connect(to, routing.relay_limits.connect_timeout);
             let back = match connect.await {
                 Ok(s) => s,
                 Err(e) => {
-                    self.relay_connect_failed(b, primary, &e);
+                    self.relay_connect_failed(&b, primary, &e);
                     let status = if e.timed_out() { 504 } else { 502 };
                     answer_on(&mut stream, status).await;
                     return;
@@ -899,7 +1004,15 @@ impl Front {
             };
             self.counters.relayed.inc();
             b.relayed.inc();
-            relay::run(stream, back, first, &self.relay_limits, &meter, &self.pipes).await
+            relay::run(
+                stream,
+                back,
+                first,
+                &routing.relay_limits,
+                &meter,
+                &self.pipes,
+            )
+            .await
         };
         if done.end == relay::End::Idle {
             self.counters.relay_idle_timeouts.inc();
@@ -915,7 +1028,8 @@ impl Front {
         {
             let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
             if primary {
-                st.paused_until = Instant::now().checked_add(ms(self.cfg.control.refused_pause_ms));
+                let pause = ms(self.routing().cfg.control.refused_pause_ms);
+                st.paused_until = Instant::now().checked_add(pause);
             }
             st.last_error = Some(e.to_string());
         }
@@ -926,8 +1040,10 @@ impl Front {
     /// back-end; returns the back-end's index, or why none can take it.
     fn pick(&self, head: &RequestHead) -> std::result::Result<usize, &'static str> {
         let host = head.host_name();
-        let group = self.rules.route(host, &head.path);
-        let Some(g) = self.groups.iter().find(|g| g.name == group) else {
+        let routing = self.routing();
+        let backends = self.backends();
+        let group = routing.rules.route(host, &head.path);
+        let Some(g) = routing.groups.iter().find(|g| g.name == group) else {
             return Err("no back-end group for this request");
         };
         let now = Instant::now();
@@ -935,7 +1051,7 @@ impl Front {
             .members
             .iter()
             .map(|&i| {
-                let b = &self.backends[i];
+                let b = &backends[i];
                 let route = self.route_of(b);
                 let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
                 let paused = st.paused_until.is_some_and(|t| t > now);
@@ -951,7 +1067,7 @@ impl Front {
                     load: st
                         .load()
                         .saturating_add(b.relay_active.load(Ordering::Relaxed)),
-                    weight: b.weight,
+                    weight: b.weight(),
                 }
             })
             .collect();
@@ -1108,7 +1224,7 @@ impl Front {
                 Feed::Dumped(id, r)
             }
             FrontAction::Send { backend, frame } => {
-                if let Some(b) = self.backends.get(backend) {
+                if let Some(b) = self.backend(backend) {
                     b.outbox
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -1196,7 +1312,12 @@ impl Front {
                 Feed::Nothing
             }
             FrontAction::SweepIdle => {
-                let idle_ns = self.cfg.flows.idle_timeout_ms.saturating_mul(1_000_000);
+                let idle_ns = self
+                    .routing()
+                    .cfg
+                    .flows
+                    .idle_timeout_ms
+                    .saturating_mul(1_000_000);
                 let now_ns = Forwarder::now_ns();
                 match kit.lock_forwarder().entries() {
                     Ok(entries) => Feed::Idle(
@@ -1226,7 +1347,7 @@ impl Front {
                 self.counters.handoffs_ok.inc();
                 self.lat_rtt.record_us(control_rtt.as_micros() as u64);
                 self.lat_restore.record_us(u64::from(restore_us));
-                if let Some(b) = self.backends.get(backend) {
+                if let Some(b) = self.backend(backend) {
                     b.handoffs.inc();
                     let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
                     st.handed_since_report = st.handed_since_report.saturating_add(1);
@@ -1239,9 +1360,9 @@ impl Front {
                 ..
             } => {
                 self.counters.handoffs_failed.inc();
-                if let Some(b) = self.backends.get(backend) {
+                if let Some(b) = self.backend(backend) {
                     b.failures.inc();
-                    if b.relay_to.is_some() {
+                    if b.relay_to().is_some() {
                         warn!(backend = %b.name, error = %why, "handoff not done; relaying the connection instead");
                     } else {
                         warn!(backend = %b.name, status, error = %why, "handoff not done; the front answers");
@@ -1256,8 +1377,8 @@ impl Front {
                 // rotation; one connection it could not take (a 4-tuple
                 // still in use there) says nothing about the next.
                 if backend_fault {
-                    if let Some(b) = self.backends.get(backend) {
-                        let pause = ms(self.cfg.control.refused_pause_ms);
+                    if let Some(b) = self.backend(backend) {
+                        let pause = ms(self.routing().cfg.control.refused_pause_ms);
                         b.st.lock().unwrap_or_else(|e| e.into_inner()).paused_until =
                             Instant::now().checked_add(pause);
                     }
@@ -1266,7 +1387,7 @@ impl Front {
             FrontEvent::TimedOut { backend, .. } => {
                 self.counters.handoffs_failed.inc();
                 self.counters.handoffs_reset.inc();
-                if let Some(b) = self.backends.get(backend) {
+                if let Some(b) = self.backend(backend) {
                     b.failures.inc();
                     warn!(backend = %b.name, "back-end did not answer a handoff in time; client reset, back-end out of rotation");
                 }
@@ -1276,12 +1397,12 @@ impl Front {
             FrontEvent::Lost { backend, .. } => {
                 self.counters.handoffs_failed.inc();
                 self.counters.handoffs_reset.inc();
-                if let Some(b) = self.backends.get(backend) {
+                if let Some(b) = self.backend(backend) {
                     b.failures.inc();
                 }
             }
             FrontEvent::Closed { backend, .. } => {
-                if let Some(b) = self.backends.get(backend) {
+                if let Some(b) = self.backend(backend) {
                     let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
                     st.closed_since_report = st.closed_since_report.saturating_add(1);
                 }
@@ -1304,23 +1425,23 @@ impl Front {
     /// Writes the queued frames and drops the channels the engine gave up on.
     async fn apply(&self, fx: Effects) {
         for b in fx.flush {
-            if let Some(b) = self.backends.get(b) {
+            if let Some(b) = self.backend(b) {
                 b.write_wake.notify_one();
             }
         }
         for b in fx.drop {
-            if let Some(b) = self.backends.get(b) {
-                self.drop_channel(b, "handoff timed out").await;
+            if let Some(b) = self.backend(b) {
+                self.drop_channel(&b, "handoff timed out").await;
             }
         }
     }
 
     /// Writes what the engine queued for back-end `i`, whenever woken.
     async fn writer(self: Arc<Self>, i: BackendId) {
-        let b = &self.backends[i];
+        let b = Arc::clone(&self.backends()[i]);
         loop {
             b.write_wake.notified().await;
-            if let Err(e) = self.flush(b).await {
+            if let Err(e) = self.flush(&b).await {
                 debug!(backend = %b.name, error = %e, "control-channel write failed");
             }
         }
@@ -1328,7 +1449,7 @@ impl Front {
 
     /// Where to steer a flow handed to `backend`.
     fn target(&self, kit: &HandoffKit, backend: BackendId) -> Option<ForwardTarget> {
-        let b = self.backends.get(backend)?;
+        let b = self.backend(backend)?;
         let mac = b.st.lock().unwrap_or_else(|e| e.into_inner()).mac?;
         Some(ForwardTarget {
             ifindex: kit.iface.ifindex,
@@ -1362,7 +1483,7 @@ impl Front {
             return;
         }
         let by_ip: HashMap<std::net::Ipv4Addr, BackendId> = self
-            .backends
+            .backends()
             .iter()
             .enumerate()
             .filter_map(|(i, b)| b.control.map(|a| (*a.ip(), i)))
@@ -1402,8 +1523,7 @@ impl Front {
     /// What a flow's entry records of its owner, for a successor to adopt.
     fn owner(&self, backend: BackendId, id: u64) -> Owner {
         let ip = self
-            .backends
-            .get(backend)
+            .backend(backend)
             .and_then(|b| b.control)
             .map_or(std::net::Ipv4Addr::UNSPECIFIED, |a| *a.ip());
         Owner { backend: ip, id }
@@ -1519,7 +1639,7 @@ impl Front {
             q.pop();
             self.counters.frames_superseded.inc();
         }
-        if q.len() < self.cfg.limits.max_parked_frames {
+        if q.len() < self.routing().cfg.limits.max_parked_frames {
             q.push(frame);
         } else {
             self.counters.frames_dropped.inc();
@@ -1614,16 +1734,16 @@ impl Front {
     /// read its frames; on failure take it out of rotation and retry with
     /// backoff.
     async fn control_loop(self: Arc<Self>, i: usize, psk: baton_proto::auth::Psk) {
-        let b = Arc::clone(&self.backends[i]);
+        let b = Arc::clone(&self.backends()[i]);
         let Some(control_addr) = b.control else {
             return;
         };
-        let timers = self.cfg.control.clone();
         let mut backoff = Duration::from_millis(50);
         loop {
-            if self.shutting_down.load(Ordering::Relaxed) {
+            if self.shutting_down.load(Ordering::Relaxed) || self.gone(i, &b) {
                 return;
             }
+            let timers = self.routing().cfg.control.clone();
             let r = control::connect(control_addr, &psk, ms(timers.connect_timeout_ms)).await;
             let (writer, mut reader) = match r {
                 Ok(pair) => pair,
@@ -1665,7 +1785,19 @@ impl Front {
             info!(backend = %b.name, addr = %control_addr, "control channel up");
             self.channel_up.notify_waiters();
             let why = self.read_channel(i, &b, &mut reader, &timers).await;
-            warn!(backend = %b.name, reason = %why, "control channel down; back-end out of rotation");
+            if self.gone(i, &b) {
+                info!(backend = %b.name, "removed back-end drained: control channel closed");
+                let _ = self
+                    .send(
+                        &b,
+                        Frame::Goodbye {
+                            reason: "removed from the front's configuration".into(),
+                        },
+                    )
+                    .await;
+            } else {
+                warn!(backend = %b.name, reason = %why, "control channel down; back-end out of rotation");
+            }
             self.drop_channel(&b, &why).await;
             // Handoffs waiting on this channel are reset; its live flows
             // wait for the next channel's `Holding` (or the orphan timeout).
@@ -1677,6 +1809,227 @@ impl Front {
                 self.apply(fx).await;
             }
         }
+    }
+
+    /// Where [`Front::reload`] reads the configuration from.
+    pub fn set_source(&self, source: ConfigSource) {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+        let mut r = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
+        r.last_ok_unix = unix_now();
+    }
+
+    /// Re-reads the configuration, validates it and swaps it in at once
+    /// (SIGHUP, `POST /reload`, `baton reload`): back-ends added, removed
+    /// (they drain: no new connection, their flows go on), re-weighted or
+    /// re-addressed; groups, policies, rules, limits and timers. Flows in
+    /// progress are untouched. On any error nothing changes and the error
+    /// says why. Returns a one-line summary.
+    pub fn reload(self: &Arc<Self>) -> std::result::Result<String, String> {
+        let mut reloads = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.try_reload();
+        match &r {
+            Ok(summary) => {
+                reloads.ok += 1;
+                reloads.last_ok_unix = unix_now();
+                info!(%summary, "configuration reloaded");
+            }
+            Err(why) => {
+                reloads.failed += 1;
+                warn!(%why, "configuration not reloaded; the one in force stays");
+            }
+        }
+        reloads.last = Some(r.clone());
+        r
+    }
+
+    fn try_reload(self: &Arc<Self>) -> std::result::Result<String, String> {
+        let new = {
+            let source = self.source.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(load) = source.as_ref() else {
+                return Err("this front has no configuration file to reload".into());
+            };
+            load().map_err(|e| format!("{e:#}"))?
+        };
+        let routing = self.routing();
+        let old = &routing.cfg;
+        let mut fixed = Vec::new();
+        let mut differs = |name: &'static str, same: bool| {
+            if !same {
+                fixed.push(name);
+            }
+        };
+        differs("vip", new.vip == old.vip);
+        differs("port", new.port == old.port);
+        differs("interface", new.interface == old.interface);
+        differs("key_file", new.key_file == old.key_file);
+        differs("admin_listen", new.admin_listen == old.admin_listen);
+        differs("handoff", new.handoff == old.handoff);
+        differs("workers", new.workers == old.workers);
+        differs("pin_dir", new.pin_dir == old.pin_dir);
+        differs("upgrade_socket", new.upgrade_socket == old.upgrade_socket);
+        differs(
+            "limits.max_pending",
+            new.limits.max_pending == old.limits.max_pending,
+        );
+        differs(
+            "[relay]",
+            format!("{:?}", new.relay) == format!("{:?}", old.relay),
+        );
+        if !fixed.is_empty() {
+            return Err(format!(
+                "{} cannot change without a restart (baton front --takeover); nothing changed",
+                fixed.join(", ")
+            ));
+        }
+        let current = self.backends();
+        // Plan first, change nothing until everything is known to work.
+        let mut plan = Vec::with_capacity(new.backends.len());
+        let mut slots = Vec::with_capacity(new.backends.len());
+        let mut next_slot = current.len();
+        let mut summary = Vec::new();
+        for bc in &new.backends {
+            let relay_to = match bc.address.as_deref().or(bc.relay_address.as_deref()) {
+                Some(a) => Some(resolve(a).map_err(|e| format!("backend {}: {e:#}", bc.name))?),
+                None => None,
+            };
+            let same = current.iter().position(|b| {
+                !b.removed() && b.name == bc.name && b.mode == bc.mode && b.control == bc.control
+            });
+            match same {
+                Some(slot) => {
+                    let b = &current[slot];
+                    if b.weight() != bc.weight {
+                        summary.push(format!("{} weight {} -> {}", b.name, b.weight(), bc.weight));
+                    }
+                    if b.relay_to() != relay_to {
+                        summary.push(format!("{} relay address changed", b.name));
+                    }
+                    slots.push(slot);
+                    plan.push(SlotPlan::Keep {
+                        slot,
+                        weight: bc.weight,
+                        relay_to,
+                    });
+                }
+                None => {
+                    summary.push(format!("{} added", bc.name));
+                    slots.push(next_slot);
+                    next_slot += 1;
+                    plan.push(SlotPlan::Add(Arc::new(Backend {
+                        name: bc.name.clone(),
+                        mode: bc.mode,
+                        control: bc.control,
+                        relay_to: Mutex::new(relay_to),
+                        weight: AtomicU32::new(bc.weight),
+                        removed: AtomicBool::new(false),
+                        st: Mutex::default(),
+                        writer: tokio::sync::Mutex::new(None),
+                        outbox: Mutex::default(),
+                        write_wake: tokio::sync::Notify::new(),
+                        handoffs: Counter::default(),
+                        failures: Counter::default(),
+                        relayed: Counter::default(),
+                        relay_failures: Counter::default(),
+                        relay_active: AtomicU32::new(0),
+                    })));
+                }
+            }
+        }
+        let removed: Vec<BackendId> = (0..current.len())
+            .filter(|k| !current[*k].removed() && !slots.contains(k))
+            .collect();
+        let next_routing =
+            Routing::build(&new, &slots, Some(&routing)).map_err(|e| format!("{e:#}"))?;
+        let relayable = plan.iter().any(|p| match p {
+            SlotPlan::Keep { relay_to, .. } => relay_to.is_some(),
+            SlotPlan::Add(b) => b.relay_to().is_some(),
+        });
+        if self.kit.is_none() && !relayable {
+            return Err(
+                "no back-end could be relayed to: give the back-ends a relay_address".into(),
+            );
+        }
+        // Swap: back-ends first (the routing refers to their slots).
+        let mut all: Vec<Arc<Backend>> = current.as_ref().clone();
+        let mut added = Vec::new();
+        for p in plan {
+            match p {
+                SlotPlan::Keep {
+                    slot,
+                    weight,
+                    relay_to,
+                } => {
+                    let b = &all[slot];
+                    b.weight.store(weight, Ordering::Relaxed);
+                    *b.relay_to.lock().unwrap_or_else(|e| e.into_inner()) = relay_to;
+                }
+                SlotPlan::Add(b) => {
+                    added.push((all.len(), b.mode));
+                    all.push(b);
+                }
+            }
+        }
+        for &k in &removed {
+            all[k].removed.store(true, Ordering::Relaxed);
+            let flows = self.lock_engine().flows_on(k);
+            summary.push(format!("{} removed (draining {flows} flows)", all[k].name));
+        }
+        {
+            let mut e = self.lock_engine();
+            for &(k, _) in &added {
+                let id = e.add_backend();
+                debug_assert_eq!(id, k);
+            }
+            e.set_timers(timers_of(&new));
+        }
+        *self.backends.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(all);
+        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next_routing);
+        for (k, mode) in added {
+            if mode == BackendMode::Handoff && self.kit.is_some() {
+                self.spawn_channel(k);
+            }
+        }
+        if summary.is_empty() {
+            summary.push("back-ends unchanged".into());
+        }
+        Ok(format!(
+            "{}; {} groups, {} back-ends in rotation",
+            summary.join(", "),
+            new.group_configs().len(),
+            slots.len()
+        ))
+    }
+
+    /// A back-end removed by a reload whose handed-off flows are all done.
+    fn gone(&self, i: BackendId, b: &Backend) -> bool {
+        b.removed() && self.lock_engine().flows_on(i) == 0
+    }
+
+    /// Starts the tasks that keep back-end `i`'s control channel (once the
+    /// key is loaded).
+    fn spawn_channel(self: &Arc<Self>, i: BackendId) {
+        let Some(psk) = self.psk.get() else {
+            return;
+        };
+        let mut tasks = self.lock_tasks();
+        tasks.push(tokio::spawn(Arc::clone(self).control_loop(i, psk.clone())));
+        tasks.push(tokio::spawn(Arc::clone(self).writer(i)));
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+        Arc::clone(&self.backends.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn backend(&self, i: BackendId) -> Option<Arc<Backend>> {
+        self.backends().get(i).cloned()
+    }
+
+    fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.routing.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The back-end's MAC as the kernel's neighbour table has it now.
@@ -1716,6 +2069,9 @@ impl Front {
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > ms(timers.dead_after_ms) {
                         return "no heartbeat".into();
+                    }
+                    if self.gone(i, b) {
+                        return "removed from the configuration, no flow left".into();
                     }
                     nonce += 1;
                     // Bounded (see `send`), so a stuck channel cannot keep
@@ -1790,18 +2146,22 @@ impl Front {
     /// back-end can serve at all (the lab's readiness check).
     pub fn ready(&self) -> bool {
         let mut usable = false;
-        let all = self.backends.iter().all(|b| match self.route_of(b) {
-            Route::Handoff => {
-                usable = true;
-                let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
-                st.up && st.mac.is_some()
-            }
-            Route::Relay(_) => {
-                usable = true;
-                true
-            }
-            Route::Unusable => true,
-        });
+        let all = self
+            .backends()
+            .iter()
+            .filter(|b| !b.removed())
+            .all(|b| match self.route_of(b) {
+                Route::Handoff => {
+                    usable = true;
+                    let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+                    st.up && st.mac.is_some()
+                }
+                Route::Relay(_) => {
+                    usable = true;
+                    true
+                }
+                Route::Unusable => true,
+            });
         all && usable
     }
 
@@ -1819,6 +2179,14 @@ impl Front {
         let entries = self.kit.as_ref().map_or(0, |k| {
             k.lock_forwarder().entries().map(|e| e.len()).unwrap_or(0)
         });
+        let reloads = {
+            let r = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
+            let last = r.last.clone().map(|l| match l {
+                Ok(s) => format!("ok: {s}"),
+                Err(e) => format!("refused: {e}"),
+            });
+            (r.ok, r.failed, r.last_ok_unix, last)
+        };
         let pin_dir = self.kit.as_ref().and_then(|k| {
             k.lock_forwarder()
                 .pin_dir()
@@ -1868,6 +2236,10 @@ impl Front {
             handoffs_reset: c.handoffs_reset.get(),
             stale_frames: c.stale_frames.get(),
             flows_adopted: c.flows_adopted.get(),
+            reloads_ok: reloads.0,
+            reloads_failed: reloads.1,
+            last_reload_ok_unix: reloads.2,
+            last_reload: reloads.3,
             pinned: pin_dir.is_some(),
             pin_dir,
             forwarding_entries: entries,
@@ -1889,8 +2261,9 @@ impl Front {
                 to_send: self.lat_send.summary(),
             },
             backends: self
-                .backends
+                .backends()
                 .iter()
+                .filter(|b| !b.removed() || b.st.lock().unwrap_or_else(|e| e.into_inner()).up)
                 .map(|b| {
                     let route = self.route_of(b);
                     let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
@@ -1902,14 +2275,15 @@ impl Front {
                             BackendMode::Relay => "relay",
                         },
                         control: b.control.map(|c| c.to_string()),
-                        relay_address: b.relay_to.map(|a| a.to_string()),
+                        relay_address: b.relay_to().map(|a| a.to_string()),
+                        removed: b.removed(),
                         up: match route {
                             Route::Handoff => st.up,
                             Route::Relay(_) => !paused,
                             Route::Unusable => false,
                         },
                         draining: st.draining,
-                        weight: b.weight,
+                        weight: b.weight(),
                         load: st
                             .load()
                             .saturating_add(b.relay_active.load(Ordering::Relaxed)),
@@ -2028,6 +2402,13 @@ pub struct FrontStats {
     /// Flows a previous front process handed off, adopted from the pinned
     /// flow table at start.
     pub flows_adopted: u64,
+    /// Configuration reloads that took effect, and those refused.
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// Unix seconds of the last reload that took effect (or of the start).
+    pub last_reload_ok_unix: u64,
+    /// What the last reload did, or why it was refused.
+    pub last_reload: Option<String>,
     /// Whether the forwarder's maps and link are pinned (flows outlive
     /// this process).
     pub pinned: bool,
@@ -2079,6 +2460,9 @@ pub struct BackendStats {
     pub control: Option<String>,
     /// Where relayed connections go (`address` or `relay_address`).
     pub relay_address: Option<String>,
+    /// Removed by a reload: takes no new connection; listed while its
+    /// channel stays up for the flows it still serves.
+    pub removed: bool,
     pub up: bool,
     pub draining: bool,
     /// Relative capacity (`weight` in the configuration).
@@ -2322,6 +2706,12 @@ fn listen_on(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<TcpLi
     Ok(listener)
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `TCP_DEFER_ACCEPT`'s wait for a silent client's first bytes.
 const DEFER_ACCEPT_SECS: libc::c_int = 5;
 
@@ -2384,6 +2774,19 @@ impl prometheus_client::collector::Collector for Metrics {
             "baton_front_stale_frames",
             "Control frames about handoffs already settled",
             s.stale_frames,
+        )?;
+        counters_by(
+            e,
+            "baton_front_config_reloads",
+            "Configuration reloads, by result",
+            "result",
+            &[("ok", s.reloads_ok), ("failed", s.reloads_failed)],
+        )?;
+        gauge(
+            e,
+            "baton_front_config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was loaded (Unix time)",
+            i64::try_from(s.last_reload_ok_unix).unwrap_or(i64::MAX),
         )?;
         counter(
             e,

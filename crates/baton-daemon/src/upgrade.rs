@@ -253,12 +253,20 @@ impl Successor {
         Ok(())
     }
 
-    /// Tells the peer why not.
+    /// Tells the peer why not, and closes without a reset: what it sent
+    /// beyond the request line is read and discarded first (bounded).
     pub fn refuse(&mut self, why: &str) {
+        use std::io::Read;
         let mut line = format!("no: {why}");
         line.truncate(MAX_LINE - 1);
         line.push('\n');
         let _ = self.stream.write_all(line.as_bytes());
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let _ = self
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(100)));
+        let mut sink = [0u8; 4096];
+        let _ = self.stream.read(&mut sink);
     }
 }
 

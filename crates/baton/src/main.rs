@@ -36,6 +36,13 @@ enum Cmd {
     Front(FrontArgs),
     /// Run the back-end daemon (needs CAP_NET_ADMIN for TCP_REPAIR).
     Back(BackArgs),
+    /// Make a running front re-read its configuration file (as SIGHUP
+    /// does): prints what changed, or why nothing did (exit status 1).
+    Reload {
+        /// The front's admin address.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: std::net::SocketAddr,
+    },
     /// Remove a stopped front's pinned forwarder (its flow table, kept
     /// frames, counters and TCX link): the program detaches, and the
     /// connections it still steered are lost.
@@ -81,7 +88,7 @@ enum Cmd {
     },
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct FrontArgs {
     /// The configuration file.
     #[arg(long, short)]
@@ -162,7 +169,8 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("starting the async runtime")
 }
 
-fn run_front(a: FrontArgs) -> Result<()> {
+/// The front's configuration: the file, with the command line's overrides, validated.
+fn load_front(a: &FrontArgs) -> Result<config::FrontConfig> {
     let mut cfg = config::FrontConfig::load(&a.config)?;
     if let Some(v) = a.vip {
         cfg.vip = v;
@@ -170,14 +178,19 @@ fn run_front(a: FrontArgs) -> Result<()> {
     if let Some(v) = a.port {
         cfg.port = v;
     }
-    if let Some(v) = a.interface {
-        cfg.interface = v;
+    if let Some(v) = &a.interface {
+        cfg.interface = v.clone();
     }
     if let Some(v) = a.admin_listen {
         cfg.admin_listen = v;
     }
     cfg.validate()
         .with_context(|| format!("invalid configuration {}", a.config.display()))?;
+    Ok(cfg)
+}
+
+fn run_front(a: FrontArgs) -> Result<()> {
+    let cfg = load_front(&a)?;
     let running = baton_daemon::upgrade::probe(&cfg.upgrade_socket)?;
     match (&running, a.takeover) {
         (Some(_), false) => anyhow::bail!(
@@ -207,8 +220,46 @@ fn run_front(a: FrontArgs) -> Result<()> {
     };
     on_worker(runtime(cfg.workers)?, async move {
         let front = front::Front::new(cfg)?;
+        front.set_source(Box::new(move || load_front(&a)));
+        // SIGHUP reloads the configuration, as `POST /reload` does.
+        let reloading = std::sync::Arc::clone(&front);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = reloading.reload();
+            }
+        });
         front.run(shutdown_signal(), inherited).await
     })
+}
+
+fn reload(admin: std::net::SocketAddr) -> Result<()> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(10);
+    let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)
+        .with_context(|| format!("connecting to the front's admin address {admin}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(
+        format!("POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )?;
+    let mut answer = Vec::new();
+    s.take(1 << 20).read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let ok = head.starts_with("HTTP/1.1 200");
+    print!("{body}");
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "{}",
+            head.lines().next().unwrap_or("no answer")
+        ))
+    }
 }
 
 fn unpin(path: &std::path::Path) -> Result<()> {
@@ -315,6 +366,7 @@ fn main() -> ExitCode {
         Cmd::Bench { cmd } => demo::require_root("baton bench").and_then(|()| bench::run(cmd)),
         Cmd::Front(a) => run_front(a),
         Cmd::Unpin { config } => unpin(&config),
+        Cmd::Reload { admin } => reload(admin),
         Cmd::Back(a) => run_back(a),
         Cmd::Check { file, host: true } => match config::check(&file) {
             Err(e) => Err(e),
