@@ -588,42 +588,46 @@ impl Front {
         }))
     }
 
+    /// Binds the client listener (privileged below port 1024: before
+    /// [`crate::privs::keep_only`]). Call inside a tokio runtime.
+    pub fn listen(&self) -> Result<std::net::TcpListener> {
+        let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
+        // Bound to the NIC only for handoffs: the forwarder sees that NIC
+        // alone. A relay serves wherever the address is.
+        let device = self.kit.as_ref().map(|_| self.cfg.interface.as_str());
+        let l = listen_on(addr, device).with_context(|| {
+            format!(
+                "binding {addr} on {} (is the VIP configured there?)",
+                self.cfg.interface
+            )
+        })?;
+        l.into_std().context("the listener")
+    }
+
+    /// Whether this front hands connections off (it has the forwarder).
+    pub fn hands_off(&self) -> bool {
+        self.kit.is_some()
+    }
+
     /// Runs until `shutdown` resolves, or a successor takes the listener
     /// over; then stops accepting and returns once its connections are
     /// done (bounded by `drain_timeout_ms`).
     ///
-    /// `inherited`: the listener a predecessor handed over (see
-    /// [`crate::upgrade`]); this front then serves on it, and adopts the
-    /// flows the predecessor left in the pinned flow table.
+    /// `listener`: from [`Front::listen`], or the one a predecessor handed
+    /// over (see [`crate::upgrade`]); the flows a predecessor left in the
+    /// pinned flow table are adopted first.
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
-        inherited: Option<std::net::TcpListener>,
+        listener: std::net::TcpListener,
     ) -> Result<()> {
         let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
-        let listener = match inherited {
-            Some(l) => {
-                let got = l.local_addr().context("the inherited listener")?;
-                ensure!(
-                    got == addr,
-                    "the running front listens on {got}, this configuration on {addr}"
-                );
-                l.set_nonblocking(true)?;
-                l
-            }
-            None => {
-                // Bound to the NIC only for handoffs: the forwarder sees that
-                // NIC alone. A relay serves wherever the address is.
-                let device = self.kit.as_ref().map(|_| self.cfg.interface.as_str());
-                let l = listen_on(addr, device).with_context(|| {
-                    format!(
-                        "binding {addr} on {} (is the VIP configured there?)",
-                        self.cfg.interface
-                    )
-                })?;
-                l.into_std().context("the listener")?
-            }
-        };
+        let got = listener.local_addr().context("the listener")?;
+        ensure!(
+            got == addr,
+            "the listener is bound to {got}, this configuration serves {addr}"
+        );
+        listener.set_nonblocking(true)?;
         let upgrades = Arc::new(
             crate::upgrade::Server::bind(&self.cfg.upgrade_socket)
                 .context("the upgrade socket (upgrade_socket)")?,

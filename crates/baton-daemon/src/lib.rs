@@ -27,6 +27,7 @@ pub mod front;
 pub mod hostcheck;
 pub mod metrics;
 pub mod preauth;
+pub mod privs;
 pub mod relay;
 pub mod stats;
 pub mod upgrade;

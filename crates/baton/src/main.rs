@@ -218,8 +218,28 @@ fn run_front(a: FrontArgs) -> Result<()> {
         }
         None => None,
     };
-    on_worker(runtime(cfg.workers)?, async move {
-        let front = front::Front::new(cfg)?;
+    // Everything privileged happens on this thread before the runtime's
+    // workers exist (capabilities are per thread; they inherit the rest).
+    let workers = cfg.workers;
+    let admin = cfg.admin_listen;
+    let front = front::Front::new(cfg)?;
+    let listener = match inherited {
+        Some(l) => l,
+        // A current-thread runtime starts no thread; tokio binds the socket.
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(async { front.listen() })?,
+    };
+    let dropped = baton_daemon::privs::keep_only(&baton_daemon::privs::for_front(
+        front.hands_off(),
+        admin,
+    ))?;
+    if !dropped.is_empty() {
+        tracing::info!(dropped = %dropped.join(","), "capabilities dropped after start-up");
+    }
+    on_worker(runtime(workers)?, async move {
         front.set_source(Box::new(move || load_front(&a)));
         // SIGHUP reloads the configuration, as `POST /reload` does.
         let reloading = std::sync::Arc::clone(&front);
@@ -232,7 +252,7 @@ fn run_front(a: FrontArgs) -> Result<()> {
                 let _ = reloading.reload();
             }
         });
-        front.run(shutdown_signal(), inherited).await
+        front.run(shutdown_signal(), listener).await
     })
 }
 
@@ -327,6 +347,11 @@ fn run_back(a: BackArgs) -> Result<()> {
     }
     cfg.validate()
         .with_context(|| format!("invalid configuration {}", a.config.display()))?;
+    // Before the runtime's workers exist: they inherit the reduced sets.
+    let dropped = baton_daemon::privs::keep_only(&baton_daemon::privs::for_back())?;
+    if !dropped.is_empty() {
+        tracing::info!(dropped = %dropped.join(","), "capabilities dropped at start-up");
+    }
     on_worker(runtime(cfg.workers)?, back::run(cfg, shutdown_signal()))
 }
 

@@ -220,6 +220,34 @@ fn daemons_work_with_only_the_units_capabilities() {
     );
     // The unprivileged front pinned its forwarder, as root's did.
     assert_eq!(after["pinned"], serde_json::json!(true), "{after:#}");
+    // After start-up every thread keeps only what each connection needs:
+    // the front CAP_NET_ADMIN (0x1000), the back-end CAP_NET_ADMIN and
+    // CAP_NET_BIND_SERVICE (0x1400); nothing in the ambient set.
+    for (host, _, d) in &daemons {
+        let want = if *host == "front" { 0x1000 } else { 0x1400 };
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", d.0.id())).expect("tasks");
+        let mut threads = 0;
+        for t in tasks.flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            };
+            threads += 1;
+            for (set, value) in [("CapEff:", want), ("CapPrm:", want), ("CapAmb:", 0)] {
+                assert_eq!(
+                    field(set),
+                    Some(value),
+                    "{host} thread {:?}: {set} {:x?}, want {value:#x}",
+                    t.file_name(),
+                    field(set)
+                );
+            }
+        }
+        assert!(threads > 1, "{host}: its runtime's threads checked too");
+    }
     assert_drained(&lab);
     // Ours, not the lab's: stopped before the lab goes.
     drop(daemons);
