@@ -27,10 +27,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 pub fn keep_only(keep: &[Capability]) -> Result<Vec<String>> {
     let keep: CapsHashSet = keep.iter().copied().collect();
     let permitted = caps::read(None, CapSet::Permitted).context("reading capabilities")?;
-    let mut dropped: Vec<String> = permitted
-        .difference(&keep)
-        .map(|c| c.to_string())
-        .collect();
+    let mut dropped: Vec<String> = permitted.difference(&keep).map(|c| c.to_string()).collect();
     dropped.sort();
     caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
@@ -79,7 +76,10 @@ mod tests {
         })
         .join()
         .expect("thread");
-        assert!(after.iter().all(|c| *c == Capability::CAP_NET_ADMIN), "{after:?}");
+        assert!(
+            after.iter().all(|c| *c == Capability::CAP_NET_ADMIN),
+            "{after:?}"
+        );
         assert!(effective.is_subset(&after));
         assert_eq!(dropped.len(), before.len() - after.len());
         // This thread is untouched.

@@ -232,10 +232,8 @@ fn run_front(a: FrontArgs) -> Result<()> {
             .context("starting the async runtime")?
             .block_on(async { front.listen() })?,
     };
-    let dropped = baton_daemon::privs::keep_only(&baton_daemon::privs::for_front(
-        front.hands_off(),
-        admin,
-    ))?;
+    let dropped =
+        baton_daemon::privs::keep_only(&baton_daemon::privs::for_front(front.hands_off(), admin))?;
     if !dropped.is_empty() {
         tracing::info!(dropped = %dropped.join(","), "capabilities dropped after start-up");
     }

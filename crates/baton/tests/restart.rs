@@ -208,8 +208,15 @@ fn a_handed_off_connection_outlives_a_front_restart() {
     assert!(!pins.exists(), "{} left after down", pins.display());
 }
 
-/// A packet capture of the TCP resets the client receives, in the client's
-/// namespace; started once tcpdump says it listens.
+/// The client ports of the downloads (curl --local-port), so the capture
+/// looks at their connections only. Under this load about 1 in 50 of the
+/// short one-request connections ends with a reset from the back-end
+/// after both FINs (the client is in TIME_WAIT; nothing is lost), with or
+/// without a restart: a known defect of the teardown, tracked apart.
+const DOWNLOAD_PORTS: &str = "50000-50999";
+
+/// A packet capture of the TCP resets on the downloads' connections, in
+/// the client's namespace; started once tcpdump says it listens.
 struct ResetCapture {
     child: Spawned,
     file: std::path::PathBuf,
@@ -222,7 +229,9 @@ impl ResetCapture {
             .args(["netns", "exec", lab.netns("client").expect("client netns")])
             .args(["tcpdump", "-i", "eth0", "-U", "-n", "-w"])
             .arg(&file)
-            .arg("tcp[tcpflags] & tcp-rst != 0")
+            .arg(format!(
+                "tcp[tcpflags] & tcp-rst != 0 and portrange {DOWNLOAD_PORTS}"
+            ))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -264,7 +273,8 @@ fn start_downloads(lab: &Lab, n: usize) -> Vec<std::process::Child> {
                 .args(["netns", "exec", lab.netns("client").expect("client netns")])
                 .args(["bash", "-c"])
                 .arg(format!(
-                    "set -o pipefail; curl -sS --noproxy '*' --fail --limit-rate 8M --max-time 90 {url} | sha256sum"
+                    "set -o pipefail; curl -sS --noproxy '*' --fail --local-port {DOWNLOAD_PORTS} \
+                     --limit-rate 8M --max-time 90 {url} | sha256sum"
                 ))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
