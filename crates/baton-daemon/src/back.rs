@@ -107,8 +107,17 @@ struct Serving {
 
 #[derive(Debug)]
 struct Back {
+    /// The configuration at start (addresses, key, limits fixed for the
+    /// process's life).
     cfg: BackConfig,
-    content: Content,
+    /// The configuration in force: a reload replaces it (`docroot`,
+    /// `load_report_ms`, `front_silence_ms`, `drain_timeout_ms`).
+    live: std::sync::RwLock<Arc<BackConfig>>,
+    /// What is served; a reload of `docroot` replaces it.
+    content: std::sync::RwLock<Content>,
+    reloads_ok: crate::stats::Counter,
+    reloads_failed: crate::stats::Counter,
+    source: std::sync::Mutex<Option<Source>>,
     counters: BackCounters,
     /// The handoff protocol's state; a leaf lock.
     engine: std::sync::Mutex<BackEngine>,
@@ -121,8 +130,26 @@ struct Back {
     timer: crate::deadline::DeadlineTimer,
 }
 
-/// Runs the back-end until `shutdown` resolves.
-pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Re-reads the back-end's configuration (the file, with the command
+/// line's overrides, validated).
+pub type BackSource = Box<dyn Fn() -> Result<BackConfig> + Send + Sync>;
+
+/// A [`BackSource`], for the `Debug` of the back-end's state.
+struct Source(BackSource);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Source(..)")
+    }
+}
+
+/// Runs the back-end until `shutdown` resolves. With `source`, SIGHUP (and
+/// `POST /reload` on the admin address) reloads the configuration.
+pub async fn run(
+    cfg: BackConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    source: Option<BackSource>,
+) -> Result<()> {
     let psk = crate::config::load_key(&cfg.key_file)?;
     let content = match &cfg.origin {
         None => Content::Files(Arc::new(
@@ -148,7 +175,11 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
         .await
         .with_context(|| format!("binding the control address {}", cfg.control_listen))?;
     let back = Arc::new(Back {
-        content,
+        live: std::sync::RwLock::new(Arc::new(cfg.clone())),
+        content: std::sync::RwLock::new(content),
+        reloads_ok: crate::stats::Counter::default(),
+        reloads_failed: crate::stats::Counter::default(),
+        source: std::sync::Mutex::new(source.map(Source)),
         counters: BackCounters::default(),
         engine: std::sync::Mutex::new(BackEngine::new(cfg.vip, CLOSED_BATCH)),
         exec: std::sync::Mutex::new(()),
@@ -159,6 +190,18 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
         cfg,
     });
     let timers = tokio::spawn(Arc::clone(&back).timers());
+    let hup = tokio::spawn({
+        let back = Arc::clone(&back);
+        async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = back.reload();
+            }
+        }
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let direct = match back.cfg.direct_listen {
         Some(addr) => {
@@ -233,7 +276,8 @@ pub async fn run(cfg: BackConfig, shutdown: impl std::future::Future<Output = ()
     let _ = stop_tx.send(true);
     let active = back.lock_engine().active();
     info!(active, "back-end draining");
-    let deadline = Instant::now() + ms(back.cfg.drain_timeout_ms);
+    hup.abort();
+    let deadline = Instant::now() + ms(back.live_cfg().drain_timeout_ms);
     let busy = || {
         let e = back.lock_engine();
         e.active() > 0 || e.pending_reports() > 0
@@ -280,6 +324,9 @@ pub struct BackStats {
     pub closed_unreported: u64,
     pub auth_failures: u64,
     pub handshakes_evicted: u64,
+    /// Configuration reloads that took effect, and those refused.
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
     pub fronts: usize,
     /// Caching mode only.
     pub cache: Option<baton_cache::CacheStats>,
@@ -298,9 +345,107 @@ pub struct FileStats {
 }
 
 impl Back {
+    fn content(&self) -> Content {
+        self.content
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn live_cfg(&self) -> Arc<BackConfig> {
+        Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Re-reads the configuration and swaps in what may change while
+    /// serving (`docroot`, `load_report_ms`, `front_silence_ms`,
+    /// `drain_timeout_ms`), or keeps the one in force and says why.
+    /// Connections being served keep the content they started with.
+    fn reload(&self) -> std::result::Result<String, String> {
+        let r = self.try_reload();
+        match &r {
+            Ok(s) => {
+                self.reloads_ok.inc();
+                info!(summary = %s, "configuration reloaded");
+            }
+            Err(why) => {
+                self.reloads_failed.inc();
+                warn!(%why, "configuration not reloaded; the one in force stays");
+            }
+        }
+        r
+    }
+
+    fn try_reload(&self) -> std::result::Result<String, String> {
+        let new = {
+            let source = self.source.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(Source(load)) = source.as_ref() else {
+                return Err("this back-end has no configuration file to reload".into());
+            };
+            load().map_err(|e| format!("{e:#}"))?
+        };
+        let old = &self.cfg;
+        let mut fixed = Vec::new();
+        for (name, same) in [
+            ("control_listen", new.control_listen == old.control_listen),
+            ("vip", new.vip == old.vip),
+            ("key_file", new.key_file == old.key_file),
+            ("direct_listen", new.direct_listen == old.direct_listen),
+            ("max_fronts", new.max_fronts == old.max_fronts),
+            ("workers", new.workers == old.workers),
+            ("origin", new.origin == old.origin),
+            ("cache_bytes", new.cache_bytes == old.cache_bytes),
+            ("admin_listen", new.admin_listen == old.admin_listen),
+        ] {
+            if !same {
+                fixed.push(name);
+            }
+        }
+        if !fixed.is_empty() {
+            return Err(format!(
+                "{} cannot change without a restart; nothing changed",
+                fixed.join(", ")
+            ));
+        }
+        let live = self.live_cfg();
+        let mut changed = Vec::new();
+        let content = if new.docroot != live.docroot && new.origin.is_none() {
+            let files = StaticFiles::new(&new.docroot)
+                .map_err(|e| format!("docroot {}: {e:#}", new.docroot.display()))?;
+            changed.push(format!("docroot {}", new.docroot.display()));
+            Some(Content::Files(Arc::new(files)))
+        } else {
+            None
+        };
+        for (name, a, b) in [
+            ("load_report_ms", live.load_report_ms, new.load_report_ms),
+            (
+                "front_silence_ms",
+                live.front_silence_ms,
+                new.front_silence_ms,
+            ),
+            (
+                "drain_timeout_ms",
+                live.drain_timeout_ms,
+                new.drain_timeout_ms,
+            ),
+        ] {
+            if a != b {
+                changed.push(format!("{name} {a} -> {b}"));
+            }
+        }
+        if let Some(c) = content {
+            *self.content.write().unwrap_or_else(|e| e.into_inner()) = c;
+        }
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        if changed.is_empty() {
+            changed.push("nothing changed".into());
+        }
+        Ok(changed.join(", "))
+    }
+
     fn snapshot(&self) -> BackStats {
         let c = &self.counters;
-        let (cache, files) = match &self.content {
+        let (cache, files) = match &self.content() {
             Content::Cache(p) => (Some(p.stats()), None),
             Content::Files(f) => {
                 let s = f.stats();
@@ -332,6 +477,8 @@ impl Back {
             closed_unreported: c.closed_unreported.get(),
             auth_failures: c.auth_failures.get(),
             handshakes_evicted: c.handshakes_evicted.get(),
+            reloads_ok: self.reloads_ok.get(),
+            reloads_failed: self.reloads_failed.get(),
             fronts: self.lock_engine().channels(),
             cache,
             files,
@@ -344,7 +491,17 @@ impl Back {
             match (req.method() == http::Method::GET, req.uri().path()) {
                 (true, "/stats") => crate::admin::json(&self.snapshot()),
                 (true, "/metrics") => crate::admin::metrics(Metrics(Arc::clone(&self))),
-                _ => crate::admin::text(http::StatusCode::NOT_FOUND, "try /stats or /metrics\n"),
+                (false, "/reload") if req.method() == http::Method::POST => match self.reload() {
+                    Ok(s) => crate::admin::text(http::StatusCode::OK, &format!("reloaded: {s}\n")),
+                    Err(why) => crate::admin::text(
+                        http::StatusCode::UNPROCESSABLE_ENTITY,
+                        &format!("not reloaded: {why}\n"),
+                    ),
+                },
+                _ => crate::admin::text(
+                    http::StatusCode::NOT_FOUND,
+                    "try GET /stats or /metrics, POST /reload\n",
+                ),
             }
         })
         .await
@@ -363,7 +520,7 @@ impl Back {
                 r = listener.accept() => match r {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
-                        let content = self.content.clone();
+                        let content = self.content();
                         tokio::spawn(async move {
                             let _ = content.serve(stream).await;
                         });
@@ -392,8 +549,9 @@ impl Back {
         // First thing on the channel: which of this front's handoffs we hold.
         let flush = self.drive(|e, _| e.handle_channel_up(id, front));
         self.apply(flush).await;
-        let mut load = tokio::time::interval(ms(self.cfg.load_report_ms));
-        let silence = ms(self.cfg.front_silence_ms);
+        let live = self.live_cfg();
+        let mut load = tokio::time::interval(ms(live.load_report_ms));
+        let silence = ms(live.front_silence_ms);
         let mut last_heard = Instant::now();
         let mut said_goodbye = false;
         let why = loop {
@@ -639,7 +797,8 @@ impl Back {
         let back = Arc::clone(self);
         let (id, flow) = (h.id, h.flow);
         let task = tokio::spawn(async move {
-            if let Err(e) = back.content.serve(crate::eager::Eager::new(stream)).await {
+            let content = back.content();
+            if let Err(e) = content.serve(crate::eager::Eager::new(stream)).await {
                 debug!(id, %flow, error = %e, "connection ended with an error");
             }
             back.closed(front, id).await;
@@ -756,6 +915,13 @@ impl prometheus_client::collector::Collector for Metrics {
             "baton_back_control_handshakes_evicted",
             "Unfinished handshakes closed to make room for newer connections",
             s.handshakes_evicted,
+        )?;
+        counters_by(
+            e,
+            "baton_back_config_reloads",
+            "Configuration reloads, by result",
+            "result",
+            &[("ok", s.reloads_ok), ("failed", s.reloads_failed)],
         )?;
         gauge(
             e,

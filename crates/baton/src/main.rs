@@ -112,7 +112,7 @@ struct FrontArgs {
     takeover: bool,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct BackArgs {
     /// The configuration file.
     #[arg(long, short)]
@@ -332,10 +332,11 @@ where
     })
 }
 
-fn run_back(a: BackArgs) -> Result<()> {
+/// The back-end's configuration: the file, with the command line's overrides, validated.
+fn load_back(a: &BackArgs) -> Result<config::BackConfig> {
     let mut cfg = config::BackConfig::load(&a.config)?;
-    if let Some(v) = a.docroot {
-        cfg.docroot = v;
+    if let Some(v) = &a.docroot {
+        cfg.docroot = v.clone();
     }
     if let Some(v) = a.control_listen {
         cfg.control_listen = v;
@@ -345,12 +346,21 @@ fn run_back(a: BackArgs) -> Result<()> {
     }
     cfg.validate()
         .with_context(|| format!("invalid configuration {}", a.config.display()))?;
+    Ok(cfg)
+}
+
+fn run_back(a: BackArgs) -> Result<()> {
+    let cfg = load_back(&a)?;
     // Before the runtime's workers exist: they inherit the reduced sets.
     let dropped = baton_daemon::privs::keep_only(&baton_daemon::privs::for_back())?;
     if !dropped.is_empty() {
         tracing::info!(dropped = %dropped.join(","), "capabilities dropped at start-up");
     }
-    on_worker(runtime(cfg.workers)?, back::run(cfg, shutdown_signal()))
+    let source: back::BackSource = Box::new(move || load_back(&a));
+    on_worker(
+        runtime(cfg.workers)?,
+        back::run(cfg, shutdown_signal(), Some(source)),
+    )
 }
 
 fn serve(listen: std::net::SocketAddr, docroot: PathBuf) -> Result<()> {

@@ -176,3 +176,79 @@ fn assert_curl_ok(lab: &Lab) {
         logs(lab)
     );
 }
+
+/// The back-end reloads its own file the same way: a new docroot is served
+/// from the next connection on; a broken file or a change that needs a
+/// restart changes nothing and says why.
+#[test]
+fn a_back_end_reload_swaps_its_docroot_or_says_why_not() {
+    let lab = up(1, None, None);
+    let file = config_of(&lab, "back1");
+    let text = std::fs::read_to_string(&file).expect("back1.toml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("reloaded.txt"), "the new docroot\n").expect("write");
+    let st = Command::new("chmod")
+        .arg("-R")
+        .arg("a+rX")
+        .arg(dir.path())
+        .status();
+    assert!(st.is_ok_and(|s| s.success()));
+    let get = |lab: &Lab| {
+        let out = lab
+            .run(
+                "client",
+                &[
+                    "curl",
+                    "-s",
+                    "--noproxy",
+                    "*",
+                    "--max-time",
+                    "5",
+                    &lab.url("/reloaded.txt"),
+                ],
+            )
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        !get(&lab).contains("the new docroot"),
+        "served before the reload"
+    );
+    let reload_back = |lab: &Lab| {
+        let out = lab
+            .run(
+                "back1",
+                &[
+                    baton().to_str().expect("utf-8 path"),
+                    "reload",
+                    "--admin",
+                    "127.0.0.1:9101",
+                ],
+            )
+            .expect("baton reload");
+        outcome(&out)
+    };
+    let docroot_line = text
+        .lines()
+        .find(|l| l.starts_with("docroot"))
+        .expect("a docroot line");
+    let moved = text.replace(
+        docroot_line,
+        &format!("docroot = {:?}", dir.path().display().to_string()),
+    );
+    std::fs::write(&file, &moved).expect("write");
+    let (ok, said) = reload_back(&lab);
+    assert!(ok && said.contains("docroot"), "{said}\n{}", logs(&lab));
+    assert_eq!(get(&lab), "the new docroot\n");
+
+    std::fs::write(&file, "docroot = ").expect("write");
+    let (ok, said) = reload_back(&lab);
+    assert!(!ok && said.contains("not reloaded"), "{said}");
+    std::fs::write(&file, moved.replace("vip = ", "vip = \"198.18.0.101\"\n#")).expect("write");
+    let (ok, said) = reload_back(&lab);
+    assert!(!ok && said.contains("vip cannot change"), "{said}");
+    // Still serving what the last good reload said.
+    assert_eq!(get(&lab), "the new docroot\n");
+    std::fs::write(&file, text).expect("write");
+    finish(lab);
+}
