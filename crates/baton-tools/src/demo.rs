@@ -150,12 +150,78 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             lat[key]["p50"], lat[key]["p99"], lat[key]["count"]
         );
     }
+    let broken = restarts(&lab)?;
     drop(lab);
-    println!("\n5. Lab torn down: namespaces, links, BPF attachment and daemons removed.");
-    if bad > 0 || errors > 0 {
-        bail!("{bad} downloads differed and wrk saw {errors} errors");
+    println!("\n6. Lab torn down: namespaces, links, BPF attachment, pins and daemons removed.");
+    if bad > 0 || errors > 0 || broken > 0 {
+        bail!(
+            "{bad} downloads differed, wrk saw {errors} errors, {broken} downloads broke across the restarts"
+        );
     }
     Ok(())
+}
+
+/// Part 5: the front killed, then upgraded, while downloads run; returns
+/// how many downloads broke (must be 0).
+fn restarts(lab: &Lab) -> Result<usize> {
+    const DOWNLOADS: usize = 4;
+    println!(
+        "\n5. The front killed (SIGKILL) and then upgraded (--takeover) while {DOWNLOADS} downloads of 64 MiB run at 16 MB/s:"
+    );
+    let client = lab.netns("client")?.to_owned();
+    let want = sha256_file(&lab.docroot().join("64m.bin"))?;
+    let url = format!("http://{}:{}/64m.bin", lab.info.vip, lab.info.port);
+    let before = lab.front_stats()?;
+    let downloads = (0..DOWNLOADS)
+        .map(|_| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &client, "bash", "-c"])
+                .arg(format!(
+                    "set -o pipefail; curl -sS --noproxy '*' --fail --limit-rate 16M --max-time 60 {url} | sha256sum"
+                ))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .context("starting curl")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Every download handed off before the front goes (bounded wait).
+    let t = std::time::Instant::now();
+    while lab.front_stats()?["handoffs_ok"].as_u64().unwrap_or(0)
+        < before["handoffs_ok"].as_u64().unwrap_or(0) + DOWNLOADS as u64
+        && t.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for signal in [
+        baton_lab::RestartSignal::Kill,
+        baton_lab::RestartSignal::Upgrade,
+    ] {
+        let r = baton_lab::restart(&lab.name, "front", signal)?;
+        println!(
+            "   {:<8} old pid {} gone after {} ms; pid {} serving after {} ms",
+            format!("{signal:?}").to_lowercase(),
+            r.old_pid,
+            r.stopped_ms,
+            r.new_pid,
+            r.serving_ms
+        );
+    }
+    let mut broken = 0;
+    for d in downloads {
+        let out = d.wait_with_output().context("waiting for curl")?;
+        let got = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !got.starts_with(&want) {
+            broken += 1;
+        }
+    }
+    let s = lab.front_stats()?;
+    println!(
+        "   downloads completed byte-exact: {}/{DOWNLOADS}; flows the last front adopted from the pinned table: {}",
+        DOWNLOADS - broken,
+        s["flows_adopted"]
+    );
+    Ok(broken)
 }
 
 /// Exits with a message when not root.
