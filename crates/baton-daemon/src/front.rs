@@ -620,6 +620,7 @@ impl Front {
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
         listener: std::net::TcpListener,
+        predecessor: Option<std::os::unix::net::UnixStream>,
     ) -> Result<()> {
         let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
         let got = listener.local_addr().context("the listener")?;
@@ -628,20 +629,6 @@ impl Front {
             "the listener is bound to {got}, this configuration serves {addr}"
         );
         listener.set_nonblocking(true)?;
-        let upgrades = Arc::new(
-            crate::upgrade::Server::bind(&self.cfg.upgrade_socket)
-                .context("the upgrade socket (upgrade_socket)")?,
-        );
-        // In a task of its own: vetting a peer must not be cancelled by
-        // the accept loop's next connection.
-        let (successor_tx, mut successor_rx) = tokio::sync::mpsc::channel(1);
-        let upgrade_task = tokio::spawn({
-            let upgrades = Arc::clone(&upgrades);
-            async move {
-                let s = upgrades.next().await;
-                let _ = successor_tx.send(s).await;
-            }
-        });
         // Accepted sockets stay plain until they have to wait (see `Conn`).
         // `with_interest` is deprecated as unsound without I/O safety (a
         // borrowed descriptor could be closed while registered); this one
@@ -657,109 +644,119 @@ impl Front {
             let psk = crate::config::load_key(key_file)?;
             let _ = self.psk.set(psk);
             self.adopt_pinned().await;
-            for (i, b) in self.backends().iter().enumerate() {
-                if b.mode == BackendMode::Handoff {
-                    self.spawn_channel(i);
-                }
-            }
-            let mut tasks = self.lock_tasks();
-            tasks.push(tokio::spawn(Arc::clone(&self).parked_reader()));
-            tasks.push(tokio::spawn(Arc::clone(&self).timers()));
         }
+        self.start_machinery();
         let mut admin = tokio::spawn(crate::admin::serve(
             self.cfg.admin_listen,
             Arc::clone(&self),
         ));
-        if self.kit.is_some() {
-            // Connections wait in the listen queue until the channels are
-            // up (a restart or takeover: a few milliseconds), rather than
-            // meeting a 503 for a channel not yet connected; a back-end
-            // that is down delays serving by connect_timeout_ms at most.
-            let deadline =
-                tokio::time::Instant::now() + ms(self.routing().cfg.control.connect_timeout_ms);
-            loop {
-                let up = self.channel_up.notified();
-                tokio::pin!(up);
-                up.as_mut().enable();
-                if self.ready() {
-                    break;
-                }
-                tokio::select! {
-                    _ = up => {}
-                    _ = tokio::time::sleep_until(deadline) => {
-                        warn!("not every back-end's control channel is up; serving with those that are");
-                        break;
-                    }
-                }
+        self.wait_channels().await;
+        let mut upgrades = UpgradeDoor::open(&self.cfg.upgrade_socket)?;
+        if let Some(mut p) = predecessor {
+            // The predecessor keeps its copy of the listener (and can take
+            // over again) until it hears this.
+            use std::io::Write;
+            if let Err(e) = p.write_all(crate::upgrade::SERVING) {
+                warn!(error = %e, "could not tell the predecessor this front serves");
             }
         }
         info!(%addr, backends = self.backends().len(), "front-end serving");
         let limit = Arc::new(Semaphore::new(self.cfg.limits.max_pending));
         tokio::pin!(shutdown);
-        let successor = loop {
-            tokio::select! {
-                _ = &mut shutdown => break None,
-                Some(s) = successor_rx.recv() => break Some(s),
-                r = accept(&listener) => match r {
-                    Ok((stream, peer)) => {
-                        self.counters.accepted.inc();
-                        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                            // Over the limit: answer at once rather than queue.
-                            self.counters.shed.inc();
-                            tokio::spawn(reject(Conn::Plain(stream), 503));
-                            continue;
-                        };
-                        let front = Arc::clone(&self);
-                        tokio::spawn(async move {
-                            front.client(Conn::Plain(stream), peer, permit).await;
-                        });
-                    }
-                    Err(e) => {
-                        // EMFILE and the like: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+        loop {
+            let successor = loop {
+                tokio::select! {
+                    _ = &mut shutdown => break None,
+                    Some(s) = upgrades.rx.recv() => break Some(s),
+                    r = accept(&listener) => match r {
+                        Ok((stream, peer)) => {
+                            self.counters.accepted.inc();
+                            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                                // Over the limit: answer at once rather than queue.
+                                self.counters.shed.inc();
+                                tokio::spawn(reject(Conn::Plain(stream), 503));
+                                continue;
+                            };
+                            let front = Arc::clone(&self);
+                            tokio::spawn(async move {
+                                front.client(Conn::Plain(stream), peer, permit).await;
+                            });
+                        }
+                        Err(e) => {
+                            // EMFILE and the like: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                     }
                 }
-            }
-        };
-        self.shutting_down.store(true, Ordering::Relaxed);
-        upgrade_task.abort();
-        let pinned = self
-            .kit
-            .as_ref()
-            .is_some_and(|k| k.lock_forwarder().pin_dir().is_some());
-        if let Some(successor) = successor {
+            };
+            let Some(successor) = successor else {
+                break;
+            };
             info!("a successor asked for the listener: letting the handoffs in progress finish");
             // Every connection being read or handed off holds a permit
             // (a relay gives its back); wait until all are back, bounded.
             let limit_wait = ms(self.cfg.limits.head_timeout_ms)
                 .saturating_add(ms(self.cfg.limits.handoff_timeout_ms));
             let all = u32::try_from(self.cfg.limits.max_pending).unwrap_or(u32::MAX);
-            match tokio::time::timeout(limit_wait, limit.acquire_many(all)).await {
-                Ok(Ok(permits)) => permits.forget(),
-                _ => warn!("handoffs still in progress at the takeover: they will fail with 503"),
-            }
+            let permits =
+                match tokio::time::timeout(limit_wait, Arc::clone(&limit).acquire_many_owned(all))
+                    .await
+                {
+                    Ok(Ok(permits)) => Some(permits),
+                    _ => {
+                        warn!(
+                            "handoffs still in progress at the takeover: they will fail with 503"
+                        );
+                        None
+                    }
+                };
             // The successor adopts the flows from the pinned table; it must
             // be the only one to change it, read the ring, or speak to the
-            // back-ends from now on.
-            // Awaited, so that the ring reader has stopped and the admin
-            // address is free before the successor starts.
-            let tasks: Vec<_> = self.lock_tasks().drain(..).collect();
-            for task in tasks {
-                task.abort();
-                let _ = task.await;
-            }
+            // back-ends from now on. Awaited, so that the ring reader has
+            // stopped and the admin address is free before it starts.
+            self.stop_machinery().await;
             admin.abort();
             let _ = (&mut admin).await;
-            upgrades.unlink();
-            successor
-                .hand_over(listener.get_ref().as_fd())
-                .context("handing the listener over")?;
-            drop(listener);
-            info!("listener handed over; the successor serves from now on");
-        } else {
-            drop(listener);
+            upgrades.close();
+            let handed = match successor.hand_over(listener.get_ref().as_fd()) {
+                Ok(h) => {
+                    // It serves once it says so; until then this front
+                    // keeps the listener and takes over again if it fails.
+                    let wait =
+                        crate::upgrade::serving_wait(ms(self.cfg.control.connect_timeout_ms));
+                    tokio::task::spawn_blocking(move || h.wait_serving(wait))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                }
+                Err(e) => Err(e),
+            };
+            match handed {
+                Ok(()) => {
+                    self.shutting_down.store(true, Ordering::Relaxed);
+                    info!("listener handed over; the successor serves from now on");
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "the successor did not take over: serving again");
+                    drop(permits);
+                    self.start_machinery();
+                    admin = tokio::spawn(crate::admin::serve(
+                        self.cfg.admin_listen,
+                        Arc::clone(&self),
+                    ));
+                    upgrades = UpgradeDoor::open(&self.cfg.upgrade_socket)?;
+                    self.wait_channels().await;
+                }
+            }
         }
+        self.shutting_down.store(true, Ordering::Relaxed);
+        upgrades.close();
+        drop(listener);
+        let pinned = self
+            .kit
+            .as_ref()
+            .is_some_and(|k| k.lock_forwarder().pin_dir().is_some());
         // Drain: without pins, the forwarder must stay attached while
         // handed-off connections live (detaching it would make the front's
         // kernel reset them). Pinned, the program and the flow table stay
@@ -1445,6 +1442,9 @@ impl Front {
         let b = Arc::clone(&self.backends()[i]);
         loop {
             b.write_wake.notified().await;
+            if self.gone(i, &b) {
+                return;
+            }
             if let Err(e) = self.flush(&b).await {
                 debug!(backend = %b.name, error = %e, "control-channel write failed");
             }
@@ -1791,6 +1791,8 @@ impl Front {
             let why = self.read_channel(i, &b, &mut reader, &timers).await;
             if self.gone(i, &b) {
                 info!(backend = %b.name, "removed back-end drained: control channel closed");
+                // Its writer task ends too.
+                b.write_wake.notify_one();
                 let _ = self
                     .send(
                         &b,
@@ -1993,8 +1995,38 @@ impl Front {
                 self.spawn_channel(k);
             }
         }
+        for (what, same) in [
+            (
+                "groups or policies",
+                format!("{:?}", new.group_configs()) == format!("{:?}", old.group_configs()),
+            ),
+            (
+                "rules",
+                format!("{:?}", new.rules) == format!("{:?}", old.rules),
+            ),
+            (
+                "[limits]",
+                format!("{:?}", new.limits) == format!("{:?}", old.limits),
+            ),
+            (
+                "[flows]",
+                format!("{:?}", new.flows) == format!("{:?}", old.flows),
+            ),
+            (
+                "[control]",
+                format!("{:?}", new.control) == format!("{:?}", old.control),
+            ),
+            (
+                "drain_timeout_ms",
+                new.drain_timeout_ms == old.drain_timeout_ms,
+            ),
+        ] {
+            if !same {
+                summary.push(format!("{what} changed"));
+            }
+        }
         if summary.is_empty() {
-            summary.push("back-ends unchanged".into());
+            summary.push("nothing changed".into());
         }
         Ok(format!(
             "{}; {} groups, {} back-ends in rotation",
@@ -2002,6 +2034,65 @@ impl Front {
             new.group_configs().len(),
             slots.len()
         ))
+    }
+
+    /// Starts what speaks to the back-ends and reads the parked ring (once
+    /// at start, and again if a takeover failed).
+    fn start_machinery(self: &Arc<Self>) {
+        if self.kit.is_none() {
+            return;
+        }
+        self.shutting_down.store(false, Ordering::Relaxed);
+        for (i, b) in self.backends().iter().enumerate() {
+            if b.mode == BackendMode::Handoff && !b.removed() {
+                self.spawn_channel(i);
+            }
+        }
+        let mut tasks = self.lock_tasks();
+        tasks.push(tokio::spawn(Arc::clone(self).parked_reader()));
+        tasks.push(tokio::spawn(Arc::clone(self).timers()));
+    }
+
+    /// Stops it, closing the control channels (the back-ends send their
+    /// reports to the successor's channels from then on).
+    async fn stop_machinery(&self) {
+        let tasks: Vec<_> = self.lock_tasks().drain(..).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        for b in self.backends().iter() {
+            *b.writer.lock().await = None;
+            let mut st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+            st.up = false;
+        }
+    }
+
+    /// Waits (up to `connect_timeout_ms`) until every back-end's channel is
+    /// up: connections wait in the listen queue meanwhile (a restart or a
+    /// takeover: a few milliseconds) rather than meeting a 503 for a
+    /// channel still connecting.
+    async fn wait_channels(&self) {
+        if self.kit.is_none() {
+            return;
+        }
+        let deadline =
+            tokio::time::Instant::now() + ms(self.routing().cfg.control.connect_timeout_ms);
+        loop {
+            let up = self.channel_up.notified();
+            tokio::pin!(up);
+            up.as_mut().enable();
+            if self.ready() {
+                return;
+            }
+            tokio::select! {
+                _ = up => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!("not every back-end's control channel is up; serving with those that are");
+                    return;
+                }
+            }
+        }
     }
 
     /// A back-end removed by a reload whose handed-off flows are all done.
@@ -2708,6 +2799,37 @@ fn listen_on(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<TcpLi
     )
     .map_err(|e| e.source)?;
     Ok(listener)
+}
+
+/// The upgrade socket and the task that vets successors on it (a task of
+/// its own: vetting a peer must not be cancelled by the accept loop).
+struct UpgradeDoor {
+    server: Arc<crate::upgrade::Server>,
+    rx: tokio::sync::mpsc::Receiver<crate::upgrade::Successor>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UpgradeDoor {
+    fn open(path: &std::path::Path) -> Result<Self> {
+        let server = Arc::new(
+            crate::upgrade::Server::bind(path).context("the upgrade socket (upgrade_socket)")?,
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn({
+            let server = Arc::clone(&server);
+            async move {
+                let s = server.next().await;
+                let _ = tx.send(s).await;
+            }
+        });
+        Ok(UpgradeDoor { server, rx, task })
+    }
+
+    /// Stops vetting and removes the path (a successor binds it next).
+    fn close(&self) {
+        self.task.abort();
+        self.server.unlink();
+    }
 }
 
 fn unix_now() -> u64 {

@@ -39,6 +39,9 @@ use tracing::warn;
 const REQUEST: &[u8] = b"baton-takeover 1\n";
 /// The running front's answer that carries the listener.
 const GRANTED: &[u8] = b"ok\n";
+/// What the successor says once it accepts on the listener; until then the
+/// running front keeps its copy and serves again if the successor fails.
+pub const SERVING: &[u8] = b"serving\n";
 /// The longest line either side reads.
 const MAX_LINE: usize = 256;
 /// A peer must send its request within this.
@@ -69,11 +72,20 @@ pub fn takeover_wait(head_timeout: Duration, handoff_timeout: Duration) -> Durat
         .saturating_add(Duration::from_secs(5))
 }
 
+/// How long a running front waits for its successor's [`SERVING`]: the
+/// successor loads its forwarder, adopts the flows and waits up to
+/// `connect_timeout` for its channels.
+pub fn serving_wait(connect_timeout: Duration) -> Duration {
+    connect_timeout.saturating_add(Duration::from_secs(10))
+}
+
 /// The successor's side: asks the front on `stream` for its listener and
 /// waits (up to `wait`) while it lets its handoffs in progress finish.
 /// Call before attaching anything: the predecessor stops changing the
-/// pinned flow table only once it answers.
-pub fn take_over(mut stream: UnixStream, wait: Duration) -> Result<OwnedFd> {
+/// pinned flow table only once it answers. Returns the listener and the
+/// stream on which to send [`SERVING`] once accepting on it (dropping the
+/// stream without it makes the predecessor serve again).
+pub fn take_over(mut stream: UnixStream, wait: Duration) -> Result<(OwnedFd, UnixStream)> {
     stream
         .write_all(REQUEST)
         .context("asking the running front to hand over")?;
@@ -101,7 +113,7 @@ pub fn take_over(mut stream: UnixStream, wait: Duration) -> Result<OwnedFd> {
         bail!("the running front refused the takeover: {}", text.trim());
     }
     match (fds.pop(), fds.is_empty()) {
-        (Some(fd), true) => Ok(fd),
+        (Some(fd), true) => Ok((fd, stream)),
         _ => Err(anyhow!(
             "the running front's answer carried no single listener"
         )),
@@ -235,9 +247,44 @@ impl Drop for Server {
     }
 }
 
+/// A successor that holds a copy of the listener.
+#[derive(Debug)]
+pub struct Handed {
+    stream: UnixStream,
+}
+
+impl Handed {
+    /// Blocks until the successor says it serves (`Ok`), or fails: it
+    /// closed the stream (it exited), sent something else, or `wait` passed.
+    pub fn wait_serving(mut self, wait: Duration) -> io::Result<()> {
+        use std::io::Read;
+        self.stream.set_read_timeout(Some(wait))?;
+        let mut got = Vec::with_capacity(SERVING.len());
+        let mut byte = [0u8; 1];
+        while got.len() < SERVING.len() {
+            if self.stream.read(&mut byte)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the successor exited before serving",
+                ));
+            }
+            got.push(byte[0]);
+        }
+        if got == SERVING {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the successor sent something else than `serving`",
+            ))
+        }
+    }
+}
+
 impl Successor {
-    /// Hands `listener` over. The caller stops using its own descriptor.
-    pub fn hand_over(self, listener: BorrowedFd<'_>) -> io::Result<()> {
+    /// Sends `listener` over (a copy: the caller keeps its own until the
+    /// successor says it serves, see [`Handed::wait_serving`]).
+    pub fn hand_over(self, listener: BorrowedFd<'_>) -> io::Result<Handed> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         let fds = [listener];
@@ -250,7 +297,9 @@ impl Successor {
             &mut control,
             SendFlags::NOSIGNAL,
         )?;
-        Ok(())
+        Ok(Handed {
+            stream: self.stream,
+        })
     }
 
     /// Tells the peer why not, and closes without a reset: what it sent
@@ -295,10 +344,14 @@ mod tests {
         let successor =
             tokio::task::spawn_blocking(move || take_over(stream, Duration::from_secs(5)));
         let peer = server.next().await;
-        peer.hand_over(tcp.as_fd()).expect("hand over");
-        drop(tcp);
+        let handed = peer.hand_over(tcp.as_fd()).expect("hand over");
         server.unlink();
-        let fd = successor.await.expect("join").expect("took over");
+        let (fd, mut ack) = successor.await.expect("join").expect("took over");
+        ack.write_all(SERVING).expect("serving");
+        handed
+            .wait_serving(Duration::from_secs(5))
+            .expect("the successor said it serves");
+        drop(tcp);
         let taken = TcpListener::from(fd);
         assert_eq!(taken.local_addr().expect("addr"), addr);
         let (mut conn, _) = taken.accept().expect("the queued connection is there");
@@ -321,7 +374,7 @@ mod tests {
         let successor =
             tokio::task::spawn_blocking(move || take_over(good, Duration::from_secs(5)));
         let peer = server.next().await;
-        peer.hand_over(tcp.as_fd()).expect("hand over");
+        let _handed = peer.hand_over(tcp.as_fd()).expect("hand over");
         successor
             .await
             .expect("join")
@@ -329,6 +382,30 @@ mod tests {
         let mut answer = String::new();
         bad.read_to_string(&mut answer).expect("read");
         assert!(answer.starts_with("no: "), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_successor_that_exits_before_serving_is_noticed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("front.sock");
+        let server = Server::bind(&path).expect("bind");
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
+        let stream = probe(&path).expect("probe").expect("a front answers");
+        let successor =
+            tokio::task::spawn_blocking(move || take_over(stream, Duration::from_secs(5)));
+        let handed = server
+            .next()
+            .await
+            .hand_over(tcp.as_fd())
+            .expect("hand over");
+        // The successor took the listener and died before serving.
+        drop(successor.await.expect("join").expect("took over"));
+        let err = handed
+            .wait_serving(Duration::from_secs(5))
+            .expect_err("it never served");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        // The running front still has its listener.
+        assert!(tcp.local_addr().is_ok());
     }
 
     #[test]

@@ -65,6 +65,21 @@ pub(crate) fn cvt(ret: libc::c_int, call: &'static str) -> Result<libc::c_int> {
     }
 }
 
+/// Ignores SIGHUP until a daemon installs its reload handler: the default
+/// action would end a daemon that is still starting (or a successor waiting
+/// for the listener) when `systemctl reload` comes early.
+pub fn ignore_sighup() -> Result<()> {
+    // SAFETY: installing SIG_IGN for one signal has no memory effects.
+    let prev = unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    if prev == libc::SIG_ERR {
+        return Err(SysError {
+            call: "signal(SIGHUP, SIG_IGN)",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 /// Raises the soft limit on open files to the hard limit (a front holds one
 /// descriptor per connection in progress, a back-end one per connection).
 /// Returns the new soft limit.

@@ -190,6 +190,7 @@ fn load_front(a: &FrontArgs) -> Result<config::FrontConfig> {
 }
 
 fn run_front(a: FrontArgs) -> Result<()> {
+    baton_sys::ignore_sighup()?;
     let cfg = load_front(&a)?;
     let running = baton_daemon::upgrade::probe(&cfg.upgrade_socket)?;
     match (&running, a.takeover) {
@@ -212,9 +213,18 @@ fn run_front(a: FrontArgs) -> Result<()> {
                 config::ms(cfg.limits.head_timeout_ms),
                 config::ms(cfg.limits.handoff_timeout_ms),
             );
-            let fd = baton_daemon::upgrade::take_over(stream, wait)?;
+            let (fd, ack) = baton_daemon::upgrade::take_over(stream, wait)?;
             tracing::info!("took the listener over from the running front");
-            Some(std::net::TcpListener::from(fd))
+            let listener = std::net::TcpListener::from(fd);
+            // The predecessor serves again unless this front says it
+            // serves: check what can be checked before going on.
+            let addr = std::net::SocketAddr::from((cfg.vip, cfg.port));
+            let got = listener.local_addr()?;
+            anyhow::ensure!(
+                got == addr,
+                "the running front listens on {got}, this configuration on {addr}: not taking over"
+            );
+            Some((listener, ack))
         }
         None => None,
     };
@@ -223,14 +233,15 @@ fn run_front(a: FrontArgs) -> Result<()> {
     let workers = cfg.workers;
     let admin = cfg.admin_listen;
     let front = front::Front::new(cfg)?;
-    let listener = match inherited {
-        Some(l) => l,
+    let (listener, predecessor) = match inherited {
+        Some((l, ack)) => (l, Some(ack)),
         // A current-thread runtime starts no thread; tokio binds the socket.
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")?
-            .block_on(async { front.listen() })?,
+            .block_on(async { front.listen() })
+            .map(|l| (l, None))?,
     };
     let dropped =
         baton_daemon::privs::keep_only(&baton_daemon::privs::for_front(front.hands_off(), admin))?;
@@ -250,7 +261,7 @@ fn run_front(a: FrontArgs) -> Result<()> {
                 let _ = reloading.reload();
             }
         });
-        front.run(shutdown_signal(), listener).await
+        front.run(shutdown_signal(), listener, predecessor).await
     })
 }
 
@@ -350,6 +361,7 @@ fn load_back(a: &BackArgs) -> Result<config::BackConfig> {
 }
 
 fn run_back(a: BackArgs) -> Result<()> {
+    baton_sys::ignore_sighup()?;
     let cfg = load_back(&a)?;
     // Before the runtime's workers exist: they inherit the reduced sets.
     let dropped = baton_daemon::privs::keep_only(&baton_daemon::privs::for_back())?;

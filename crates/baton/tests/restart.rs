@@ -395,3 +395,43 @@ fn twenty_downloads_survive_a_front_kill_and_an_upgrade_without_a_reset() {
     assert!(counter(&s, "flows_adopted") > 0, "{s:#}");
     finish(lab);
 }
+
+/// A successor that fails after taking the listener (here: its
+/// configuration serves another port) leaves the running front serving:
+/// the front keeps its copy of the listener until the successor says it
+/// serves.
+#[test]
+fn a_failed_takeover_leaves_the_running_front_serving() {
+    let lab = up(1, None, None);
+    let before = pid_of(&lab, "front");
+    let out = lab
+        .run(
+            "front",
+            &[
+                baton().to_str().expect("utf-8 path"),
+                "front",
+                "--config",
+                config_of(&lab, "front").to_str().expect("utf-8 path"),
+                "--takeover",
+                "--port",
+                "8080",
+            ],
+        )
+        .expect("running the successor");
+    let (ok, text) = outcome(&out);
+    assert!(!ok, "a successor for another port took over: {text}");
+    assert!(text.contains("not taking over"), "{text}");
+    // The same front serves again, its channels back up.
+    wait_stats(
+        &lab,
+        "the front ready again",
+        Duration::from_secs(10),
+        |s| s["backends"][0]["up"] == true,
+    );
+    assert_eq!(pid_of(&lab, "front"), before);
+    assert!(process_runs(before));
+    assert_curl_200(&lab, "a failed takeover");
+    let log = std::fs::read_to_string(lab.info.labdir.join("front.log")).unwrap_or_default();
+    assert!(log.contains("did not take over: serving again"), "{log}");
+    finish(lab);
+}

@@ -169,6 +169,14 @@ impl BackEngine {
                 closed: Vec::new(),
             },
         );
+        // The newest channel of a front carries the reports of everything
+        // held for it: an older channel of the same front (a front process
+        // that handed over to a successor) may stay open, unread, for a while.
+        for ((f, _), h) in self.held.iter_mut() {
+            if *f == front {
+                h.channel = channel;
+            }
+        }
         let mut ids: Vec<u64> = self
             .held
             .keys()
