@@ -954,6 +954,16 @@ mod tests {
     }
 
     #[test]
+    fn two_handoff_back_ends_on_one_control_ip_are_refused() {
+        let e = err(&format!(
+            "{TOP}key_file = \"/k\"\n\
+             [[backend]]\nname = \"a\"\ncontrol = \"198.18.0.11:7070\"\n\
+             [[backend]]\nname = \"b\"\ncontrol = \"198.18.0.11:7071\"\n"
+        ));
+        assert!(e.contains("same control IP 198.18.0.11"), "{e}");
+    }
+
+    #[test]
     fn each_mode_has_its_keys() {
         let e = err(&format!(
             "{TOP}[[backend]]\nname = \"b\"\nmode = \"relay\"\n"

@@ -524,6 +524,32 @@ mod tests {
     }
 
     #[test]
+    fn a_front_s_newer_channel_gets_the_reports_while_the_old_one_is_still_open() {
+        // A front process handed over to a successor whose channel came up
+        // before the old one closed: the successor adopted the flows.
+        let mut e = engine();
+        let t0 = Instant::now();
+        let h = handoff(7, 7);
+        e.handle_frame(1, ToBack::Handoff(h.clone()));
+        e.handle_restored(1, FRONT, 7, h.flow, Ok(1));
+        actions(&mut e);
+        e.handle_channel_up(2, FRONT);
+        actions(&mut e);
+        e.handle_closed(t0, FRONT, 7);
+        e.handle_timeout(t0 + Duration::from_millis(5));
+        assert_eq!(
+            actions(&mut e),
+            [BackAction::Send {
+                channel: 2,
+                frame: ToFront::Closed {
+                    id: 7,
+                    flow: h.flow
+                }
+            }]
+        );
+    }
+
+    #[test]
     fn wrong_vip_draining_and_repeated_ids_are_refused_without_a_syscall() {
         let mut e = engine();
         let mut h = handoff(1, 1);
