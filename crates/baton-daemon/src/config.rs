@@ -535,21 +535,6 @@ impl FrontConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(!self.vip.is_unspecified(), "vip must be a concrete address");
         ensure!(self.port != 0, "port must not be 0");
-        // A handed-off flow's entry records its back-end's control IP (a
-        // restarted front finds the back-end by it): one handoff back-end
-        // per IP.
-        let mut ips = std::collections::HashMap::new();
-        for b in &self.backends {
-            if let (BackendMode::Handoff, Some(c)) = (b.mode, b.control) {
-                if let Some(other) = ips.insert(*c.ip(), &b.name) {
-                    anyhow::bail!(
-                        "back-ends {other} and {} have the same control IP {}: a front finds a handed-off flow's back-end by its IP, give each its own",
-                        b.name,
-                        c.ip()
-                    );
-                }
-            }
-        }
         if let Some(p) = &self.pin_dir {
             ensure!(
                 p.as_os_str().is_empty() || p.is_absolute(),
@@ -676,6 +661,21 @@ impl FrontConfig {
                 );
             }
         }
+        // A handed-off flow's entry records its back-end's control IP (a
+        // restarted front finds the back-end by it): one handoff back-end
+        // per IP.
+        let mut ips = std::collections::HashMap::new();
+        for b in &self.backends {
+            if let (BackendMode::Handoff, Some(c)) = (b.mode, b.control) {
+                if let Some(other) = ips.insert(*c.ip(), &b.name) {
+                    anyhow::bail!(
+                        "back-ends {other} and {} have the same control IP {}: a front finds a handed-off flow's back-end by its IP, give each its own",
+                        b.name,
+                        c.ip()
+                    );
+                }
+            }
+        }
         let r = &self.relay;
         ensure!(
             r.connect_timeout_ms > 0,
@@ -708,6 +708,7 @@ impl FrontConfig {
         } else if let Some(key) = &self.key_file {
             load_key(key)?;
         }
+
         Ok(())
     }
 

@@ -740,6 +740,18 @@ impl Front {
                 Err(e) => {
                     warn!(error = %e, "the successor did not take over: serving again");
                     drop(permits);
+                    // Its channels were closed: the flows they carried wait
+                    // for the next channels' `Holding`, as after any loss.
+                    if let Some(kit) = self.kit.as_ref() {
+                        let n = self.backends().len();
+                        let fx = self.drive(kit, None, |e, now| {
+                            for i in 0..n {
+                                e.handle_channel_down(now, i);
+                            }
+                            Feed::Nothing
+                        });
+                        self.apply(fx).await;
+                    }
                     self.start_machinery();
                     admin = tokio::spawn(crate::admin::serve(
                         self.cfg.admin_listen,
