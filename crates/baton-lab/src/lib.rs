@@ -351,8 +351,8 @@ impl Drop for UpGuard {
         }
         // Removes the namespaces and ends anything still inside them.
         drop(self.topology.take());
-        // The front is gone: its pins can go.
-        let _ = pins::remove_pins(&self.name);
+        // The front is gone: its pins can go (and the bpffs, if unused).
+        let _ = pins::release(&self.name);
         let _ = fs::remove_dir_all(&self.labdir);
     }
 }
@@ -431,8 +431,10 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
     };
 
     // Pins left by an earlier lab of this name (no namespace of it exists):
-    // its flows are gone, and a new front must not adopt them.
+    // its flows are gone, and a new front must not adopt them. Then the
+    // lab's own directory, which keeps the bpffs mounted while it lives.
     pins::remove_pins(name)?;
+    pins::claim(name)?;
 
     let topo = guard.topology.insert(match spec.origin {
         Some(_) => Topology::create_with_origin(name, spec.backends)?,
@@ -869,7 +871,7 @@ pub fn down(name: &str) -> Result<(), LabError> {
     let namespaces = lab_namespaces(name)?;
     let mut problems = remove_namespaces(&namespaces, &daemons);
     // After the daemons: a running front must not lose its pins under it.
-    if let Err(e) = pins::remove_pins(name) {
+    if let Err(e) = pins::release(name) {
         problems.push(e.to_string());
     }
     let dir = lab_dir(name);

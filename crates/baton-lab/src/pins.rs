@@ -5,8 +5,9 @@
 //! `ip netns exec` mounts a fresh `/sys` for what it runs, so the bpffs must
 //! live outside `/sys`, mounted in the root mount namespace before the
 //! daemons start: [`BPFFS`]. Each lab pins under its own directory,
-//! [`pin_dir`], which `down` (and a failing `up`) removes once the daemons
-//! are gone; the mount itself stays, like systemd's `/sys/fs/bpf`.
+//! [`pin_dir`], made by `up` and removed by `down` (and a failing `up`) once
+//! the daemons are gone; the last lab to go unmounts the bpffs, unless
+//! something else pinned there.
 
 use std::fs::{self, File};
 use std::io;
@@ -32,17 +33,63 @@ pub(crate) fn lab_of_pin_dir(file_name: &str) -> Option<&str> {
     file_name.strip_prefix(PIN_PREFIX)
 }
 
+/// Takes the lock that serialises mounting, claiming and releasing the
+/// bpffs between labs: the parent directory, which is never removed.
+fn lock_bpffs() -> Result<File, LabError> {
+    let dir = Path::new(BPFFS);
+    fs::create_dir_all(dir).map_err(|e| LabError::io("create", dir, e))?;
+    let parent = dir.parent().unwrap_or(dir);
+    let guard = File::open(parent).map_err(|e| LabError::io("open", parent, e))?;
+    sys::lock(&guard, true).map_err(|e| LabError::io("lock", parent, e))?;
+    Ok(guard)
+}
+
 /// Makes sure [`BPFFS`] is a mounted bpffs: creates the directory and
 /// mounts one there unless one is (`mount -t bpf bpf /run/baton/bpffs`).
 /// Idempotent; concurrent callers are serialized, so the mount is never
 /// stacked (which would hide the pins made below it).
 pub(crate) fn ensure_bpffs() -> Result<(), LabError> {
+    let _guard = lock_bpffs()?;
+    mount_if_needed()
+}
+
+/// Makes lab `name`'s pin directory (mounting the bpffs again if another
+/// lab's `down` unmounted it meanwhile): while it exists, no `down`
+/// unmounts the bpffs.
+pub(crate) fn claim(name: &str) -> Result<(), LabError> {
+    let _guard = lock_bpffs()?;
+    mount_if_needed()?;
+    let dir = pin_dir(name);
+    fs::create_dir_all(&dir).map_err(|e| LabError::io("create", &dir, e))
+}
+
+/// Removes lab `name`'s pins and, when nothing else is on the bpffs (no
+/// other lab's directory, no other front's pins: only the kernel's own
+/// `maps.debug` and `progs.debug`), unmounts it: the labs mounted it.
+pub(crate) fn release(name: &str) -> Result<(), LabError> {
+    let _guard = lock_bpffs()?;
+    remove_pins(name)?;
     let dir = Path::new(BPFFS);
-    fs::create_dir_all(dir).map_err(|e| LabError::io("create", dir, e))?;
-    // The lock: the parent directory, which exists now and is never removed.
-    let parent = dir.parent().unwrap_or(dir);
-    let guard = File::open(parent).map_err(|e| LabError::io("open", parent, e))?;
-    sys::lock(&guard, true).map_err(|e| LabError::io("lock", parent, e))?;
+    if !is_bpffs(dir)? {
+        return Ok(());
+    }
+    let others = fs::read_dir(dir)
+        .map_err(|e| LabError::io("list", dir, e))?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            n != "maps.debug" && n != "progs.debug"
+        })
+        .count();
+    if others == 0 {
+        sys::umount(dir).map_err(|e| LabError::io("umount", dir, e))?;
+        let _ = fs::remove_dir(dir);
+    }
+    Ok(())
+}
+
+fn mount_if_needed() -> Result<(), LabError> {
+    let dir = Path::new(BPFFS);
     if is_bpffs(dir)? {
         return Ok(());
     }

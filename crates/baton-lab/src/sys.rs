@@ -128,6 +128,18 @@ pub(crate) fn mount_bpffs(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Unmounts `path` (`umount PATH`), in this process's mount namespace.
+pub(crate) fn umount(path: &Path) -> io::Result<()> {
+    let target = c_path(path)?;
+    // SAFETY: `target` is a NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::umount2(target.as_ptr(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Takes an exclusive `flock(2)` on `file`: waits for it if `wait`, else
 /// fails with `WouldBlock` when another process holds it. The lock goes with
 /// the file's last descriptor.
