@@ -99,6 +99,11 @@ fn pinned_flows_and_link_outlive_the_process_and_the_next_forwarder_adopts_them(
 
         let removed = Forwarder::unpin(FRONT_IF, fs.path()).expect("unpin");
         assert_eq!(removed.len(), 1, "{removed:?}");
+        // The kernel releases an unpinned link from deferred work: poll.
+        let t = std::time::Instant::now();
+        while !attached().is_empty() && t.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(attached().is_empty(), "unpin detaches the program");
         assert!(!fs.path().join(FRONT_IF).exists());
         assert!(Forwarder::unpin(FRONT_IF, fs.path())
