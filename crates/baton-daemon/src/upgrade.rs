@@ -35,6 +35,11 @@ use rustix::net::{
 };
 use tracing::warn;
 
+/// What a running front says first to whoever connects: proof that it
+/// lives (a dying front's socket may still take connections for a moment).
+const GREETING: &[u8] = b"baton-front 1\n";
+/// How long [`probe`] waits for the greeting.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a successor sends first.
 const REQUEST: &[u8] = b"baton-takeover 1\n";
 /// The running front's answer that carries the listener.
@@ -47,11 +52,20 @@ const MAX_LINE: usize = 256;
 /// A peer must send its request within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to the front running on `path`, if one answers there. A file
-/// left by a killed front (nobody listening) counts as none.
+/// Connects to the front running on `path`, if one answers there (it
+/// greets within 2 s). A file left by a killed front (nobody listening, or
+/// a process still exiting that never greets) counts as none.
 pub fn probe(path: &Path) -> Result<Option<UnixStream>> {
     match UnixStream::connect(path) {
-        Ok(s) => Ok(Some(s)),
+        Ok(mut s) => {
+            use std::io::Read;
+            s.set_read_timeout(Some(GREETING_TIMEOUT))?;
+            let mut got = [0u8; GREETING.len()];
+            match s.read_exact(&mut got) {
+                Ok(()) if got == GREETING => Ok(Some(s)),
+                _ => Ok(None),
+            }
+        }
         Err(e)
             if matches!(
                 e.kind(),
@@ -191,6 +205,10 @@ impl Server {
         use tokio::io::AsyncReadExt;
         let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(io::Error::from)?;
         let me = rustix::process::geteuid();
+        {
+            use tokio::io::AsyncWriteExt;
+            stream.write_all(GREETING).await?;
+        }
         let mut line = Vec::with_capacity(REQUEST.len());
         if cred.uid == me || cred.uid.is_root() {
             let mut byte = [0u8; 1];
@@ -340,9 +358,11 @@ mod tests {
         let mut early = std::net::TcpStream::connect(addr).expect("connect");
         early.write_all(b"hello").expect("write");
 
-        let stream = probe(&path).expect("probe").expect("a front answers");
-        let successor =
-            tokio::task::spawn_blocking(move || take_over(stream, Duration::from_secs(5)));
+        let at = path.clone();
+        let successor = tokio::task::spawn_blocking(move || {
+            let stream = probe(&at).expect("probe").expect("a front answers");
+            take_over(stream, Duration::from_secs(5))
+        });
         let peer = server.next().await;
         let handed = peer.hand_over(tcp.as_fd()).expect("hand over");
         server.unlink();
@@ -369,10 +389,12 @@ mod tests {
         let server = Server::bind(&path).expect("bind");
         let mut bad = UnixStream::connect(&path).expect("connect");
         bad.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
-        let good = UnixStream::connect(&path).expect("connect");
         let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
-        let successor =
-            tokio::task::spawn_blocking(move || take_over(good, Duration::from_secs(5)));
+        let at = path.clone();
+        let successor = tokio::task::spawn_blocking(move || {
+            let good = probe(&at).expect("probe").expect("a front answers");
+            take_over(good, Duration::from_secs(5))
+        });
         let peer = server.next().await;
         let _handed = peer.hand_over(tcp.as_fd()).expect("hand over");
         successor
@@ -381,7 +403,12 @@ mod tests {
             .expect("the good one took over");
         let mut answer = String::new();
         bad.read_to_string(&mut answer).expect("read");
-        assert!(answer.starts_with("no: "), "{answer:?}");
+        // The greeting, then why not.
+        assert_eq!(answer.lines().next(), Some("baton-front 1"), "{answer:?}");
+        assert!(
+            answer.lines().nth(1).is_some_and(|l| l.starts_with("no: ")),
+            "{answer:?}"
+        );
     }
 
     #[tokio::test]
@@ -390,9 +417,11 @@ mod tests {
         let path = dir.path().join("front.sock");
         let server = Server::bind(&path).expect("bind");
         let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp");
-        let stream = probe(&path).expect("probe").expect("a front answers");
-        let successor =
-            tokio::task::spawn_blocking(move || take_over(stream, Duration::from_secs(5)));
+        let at = path.clone();
+        let successor = tokio::task::spawn_blocking(move || {
+            let stream = probe(&at).expect("probe").expect("a front answers");
+            take_over(stream, Duration::from_secs(5))
+        });
         let handed = server
             .next()
             .await
@@ -406,6 +435,16 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         // The running front still has its listener.
         assert!(tcp.local_addr().is_ok());
+    }
+
+    #[test]
+    fn a_socket_that_never_greets_is_no_running_front() {
+        // A front that is still exiting: its socket takes the connection
+        // into its queue, but nobody accepts.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("front.sock");
+        let _dying = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        assert!(probe(&path).expect("probe").is_none());
     }
 
     #[test]
