@@ -148,33 +148,9 @@ fn reload_under_load_adds_drains_and_reweighs_without_a_client_error() {
     assert_eq!(counter(&s, "reloads_failed"), 2, "{s:#}");
     assert_eq!(counter(&s, "reloads_ok"), 2, "{s:#}");
     assert!(handoffs_of(&s, "back3").is_some() && handoffs_of(&s, "back2").is_none());
-    assert_curl_ok(&lab);
+    assert_curl_200(&lab, "the refused reloads");
     std::fs::write(&file, good).expect("write");
     finish(lab);
-}
-
-fn assert_curl_ok(lab: &Lab) {
-    let out = lab
-        .run(
-            "client",
-            &[
-                "curl",
-                "-sf",
-                "--noproxy",
-                "*",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                &lab.url("/1k.bin"),
-            ],
-        )
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "the front stopped serving\n{}",
-        logs(lab)
-    );
 }
 
 /// The back-end reloads its own file the same way: a new docroot is served

@@ -39,35 +39,6 @@ fn recorded(lab: &Lab, host: &str) -> (u64, bool) {
     )
 }
 
-/// What a user runs: curl through the VIP answers 200.
-fn assert_curl_200(lab: &Lab, after: &str) {
-    let out = lab
-        .run(
-            "client",
-            &[
-                "curl",
-                "-s",
-                "--noproxy",
-                "*",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &lab.url("/1k.bin"),
-            ],
-        )
-        .expect("running curl");
-    let code = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        code,
-        "200",
-        "curl through the VIP after {after}\n{}",
-        logs(lab)
-    );
-}
-
 /// Kill a back-end, kill the front, stop the front with SIGTERM (the
 /// default): each `restart` returns with a new daemon recorded and running,
 /// and curl through the VIP answers 200 at once. `--signal upgrade` for a

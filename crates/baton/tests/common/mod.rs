@@ -528,6 +528,17 @@ pub fn curl(
         .unwrap_or_else(|e| panic!("curl {path}: {e:#}\n{}", logs(lab)))
 }
 
+/// What a user runs: curl through the VIP gets a 200 for `/1k.bin`.
+pub fn assert_curl_200(lab: &Lab, after: &str) {
+    let r = curl(lab, "/1k.bin", Path::new("/dev/null"), &[]);
+    assert_eq!(
+        r.code,
+        200,
+        "curl through the VIP after {after}\n{}",
+        logs(lab)
+    );
+}
+
 /// A daemon started by a test; killed (by its pid) and reaped when dropped.
 #[derive(Debug)]
 pub struct Spawned(pub Child);
