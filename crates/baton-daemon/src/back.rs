@@ -756,8 +756,8 @@ impl Back {
         // segment's TSval from going backwards against the front's last.
         let advance = Duration::from_millis(2);
         let local = SocketAddrV4::new(*h.flow.vip.ip(), h.flow.vip.port());
-        let fd =
-            repair::restore(&h.state, local, h.flow.client, &h.data, advance).map_err(|e| {
+        let fd = repair::restore(&h.state, local, h.flow.client, &h.data, &h.sent, advance)
+            .map_err(|e| {
                 // These concern this connection only: its 4-tuple is still in
                 // use here (TIME_WAIT), or its bytes do not fit the buffer.
                 let flow_only = matches!(

@@ -28,8 +28,8 @@ use baton_bpf::{ForwardTarget, Forwarder, Owner, ParkedRing};
 use baton_policy::{BackendView, Policy, Request};
 use baton_proto::frame::Frame;
 use baton_proto::handoff::{
-    BackendId, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent, FrontTimers, ParkFailure,
-    Quiet, RemoveCause,
+    BackendId, Dump, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent, FrontTimers,
+    ParkFailure, Quiet, RemoveCause,
 };
 use baton_proto::http::{error_response, parse_request_head, HeadLimits, RequestHead};
 use baton_proto::FlowKey;
@@ -895,7 +895,10 @@ impl Front {
         let Some(fd) = stream.fd() else {
             return;
         };
-        match self.handoff(fd, key, bi, &buf, t_head).await {
+        match self
+            .handoff(fd, key, bi, &buf, bytes::Bytes::new(), t_head)
+            .await
+        {
             // Still in repair mode: closing sends nothing to the client.
             Outcome::Live => drop(stream),
             Outcome::Reset => {
@@ -1117,6 +1120,7 @@ impl Front {
         key: FlowKey,
         bi: usize,
         already_read: &[u8],
+        tls: bytes::Bytes,
         t0: Instant,
     ) -> Outcome {
         let Some(kit) = self.kit.as_ref() else {
@@ -1129,6 +1133,7 @@ impl Front {
         let local = Local {
             fd,
             already_read,
+            tls,
             tx: Some(tx),
         };
         let fx = self.drive(kit, Some(local), |e, _| Feed::Start(e.start(key, bi)));
@@ -1230,7 +1235,12 @@ impl Front {
                         // socket's own unit); the back-end adds the transit.
                         state.ts_val = repair::advance_timestamp(state.ts_val, td.elapsed());
                         self.lat_dump.record_us(td.elapsed().as_micros() as u64);
-                        Ok((state, bytes::Bytes::from(data)))
+                        Ok(Dump {
+                            state,
+                            data: bytes::Bytes::from(data),
+                            sent: bytes::Bytes::from(d.sent),
+                            tls: l.tls.clone(),
+                        })
                     }
                     Err(e) => Err(DumpFailure(e.to_string())),
                 };
@@ -2591,6 +2601,9 @@ pub struct BackendStats {
 struct Local<'a> {
     fd: std::os::fd::BorrowedFd<'a>,
     already_read: &'a [u8],
+    /// The TLS session to carry (encoded `baton_tls::Carried`); empty for
+    /// plain HTTP.
+    tls: bytes::Bytes,
     tx: Option<oneshot::Sender<Outcome>>,
 }
 
@@ -2600,10 +2613,7 @@ enum Feed {
     Nothing,
     Start(u64),
     Parked(u64, std::result::Result<(), ParkFailure>),
-    Dumped(
-        u64,
-        std::result::Result<(baton_proto::TcpState, bytes::Bytes), DumpFailure>,
-    ),
+    Dumped(u64, std::result::Result<Dump, DumpFailure>),
     ForwardFailed(u64),
     Removal(u64, Quiet),
     Idle(Vec<FlowKey>),

@@ -773,7 +773,7 @@ mod tests {
         assert_eq!(error, AuthError::VersionMismatch { ours: 2, theirs: 9 });
         assert_eq!(
             error.to_string(),
-            "protocol version mismatch: this side speaks version 2, the peer speaks version 9"
+            "protocol version mismatch: this side speaks version 3, the peer speaks version 9"
         );
         // The reply carries the back's version where any front reads it.
         assert_eq!(&reply[4..7], &[TY_CHALLENGE, 0, 2]);

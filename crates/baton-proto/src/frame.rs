@@ -18,7 +18,7 @@
 //!
 //! | type | frame      | direction | body                                   |
 //! |------|------------|-----------|----------------------------------------|
-//! | 1    | `Handoff`  | to back   | id u64, flow, state, data blob         |
+//! | 1    | `Handoff`  | to back   | id u64, flow, state, data, sent, tls   |
 //! | 2    | `Live`     | to front  | id u64, restore_us u32                 |
 //! | 3    | `Refused`  | to front  | id u64, backend_fault u8 (0/1), reason |
 //! | 5    | `Abort`    | to back   | id u64                                 |
@@ -35,7 +35,8 @@
 //! `state` is snd_seq u32, rcv_seq u32, mss u16, flags u8 (bit 0 window
 //! scaling, bit 1 timestamps, bit 2 SACK; other bits must be zero),
 //! snd_wscale u8, rcv_wscale u8, ts_val u32, then the five `u32` of
-//! [`RepairWindow`] in declaration order.
+//! [`RepairWindow`] in declaration order. `data`, `sent` and `tls` are
+//! byte blobs (see [`Handoff`]).
 //!
 //! # Limits
 //!
@@ -55,7 +56,7 @@ use crate::wire::{self, Reader, LEN_PREFIX};
 
 /// The version both ends announce in the handshake; bump it on any change to
 /// the wire format or to the meaning of a frame.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A control-channel message.
 ///
@@ -252,7 +253,20 @@ pub struct Handoff {
     pub state: TcpState,
     /// Bytes the client sent that the back-end's application has not read
     /// yet: the request head the front read, then the unread receive queue.
+    /// On a TLS connection: the ciphertext the front read but did not
+    /// decrypt, then the unread receive queue (the decrypted head is in
+    /// `tls`).
     pub data: Bytes,
+    /// Bytes the front sent that the client has not acknowledged yet (the
+    /// socket's send queue, such as TLS 1.3 session tickets): the back-end
+    /// restores them as sent and unacknowledged, and its kernel retransmits
+    /// them if they were lost. Empty for plain HTTP (the front never
+    /// writes to a connection it hands off).
+    pub sent: Bytes,
+    /// The TLS session to continue (`baton_tls::Carried`: the session state
+    /// with its keys, then the application data the front already
+    /// decrypted); empty for plain HTTP.
+    pub tls: Bytes,
 }
 
 /// A back-end's periodic load report.
@@ -395,7 +409,9 @@ impl Frame {
     fn payload_len(&self, limits: &FrameLimits) -> usize {
         let string = |s: &str| 2 + truncated(s, limits.string_max()).len();
         1 + match self {
-            Frame::Handoff(h) => 8 + FLOW_LEN + STATE_LEN + 4 + h.data.len(),
+            Frame::Handoff(h) => {
+                8 + FLOW_LEN + STATE_LEN + 12 + h.data.len() + h.sent.len() + h.tls.len()
+            }
             Frame::Live { .. } => 8 + 4,
             Frame::Abort { .. } => 8,
             Frame::Refused { reason, .. } => 8 + 1 + string(reason),
@@ -439,8 +455,10 @@ fn encode_payload(frame: &Frame, limits: &FrameLimits, out: &mut BytesMut) {
             put_state(out, &h.state);
             // The caller checked the total against the frame limit, which is
             // capped at u32::MAX, so the length fits.
-            out.put_u32(h.data.len() as u32);
-            out.put_slice(&h.data);
+            for blob in [&h.data, &h.sent, &h.tls] {
+                out.put_u32(blob.len() as u32);
+                out.put_slice(blob);
+            }
         }
         Frame::Live { id, restore_us } => {
             put_id(out, ty::LIVE, *id);
@@ -547,14 +565,21 @@ pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Fra
             let id = r.u64("handoff id")?;
             let flow = read_flow(&mut r)?;
             let state = read_state(&mut r)?;
-            let len = r.u32("handoff data length")?;
-            let len = usize::try_from(len).map_err(|_| ProtoError::Truncated("handoff data"))?;
-            let data = r.bytes(len, "handoff data")?;
+            let mut blob = |what| -> Result<Bytes, ProtoError> {
+                let len = r.u32(what)?;
+                let len = usize::try_from(len).map_err(|_| ProtoError::Truncated(what))?;
+                r.bytes(len, what)
+            };
+            let data = blob("handoff data")?;
+            let sent = blob("handoff send queue")?;
+            let tls = blob("handoff TLS session")?;
             Frame::Handoff(Handoff {
                 id,
                 flow,
                 state,
                 data,
+                sent,
+                tls,
             })
         }
         ty::LIVE => Frame::Live {
@@ -704,6 +729,8 @@ mod tests {
                 },
             },
             data: Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            sent: Bytes::from_static(b"ticket"),
+            tls: Bytes::from_static(b"session"),
         })
     }
 
@@ -794,7 +821,13 @@ mod tests {
             &[198, 18, 0, 10, 0x9c, 0x40, 198, 18, 0, 1, 0, 80]
         );
         let h = encode(&handoff());
-        assert_eq!(h.len(), 4 + 1 + 8 + FLOW_LEN + STATE_LEN + 4 + 27);
+        assert_eq!(
+            h.len(),
+            4 + 1 + 8 + FLOW_LEN + STATE_LEN + (4 + 27) + (4 + 6) + (4 + 7)
+        );
+        // The three blobs in order: data, send queue, TLS session.
+        assert_eq!(&h[h.len() - 11..], b"\0\0\0\x07session");
+        assert_eq!(&h[h.len() - 21..h.len() - 11], b"\0\0\0\x06ticket");
         // flags byte: window scaling and timestamps
         assert_eq!(h[4 + 1 + 8 + FLOW_LEN + 10], FLAG_WSCALE | FLAG_TIMESTAMPS);
     }

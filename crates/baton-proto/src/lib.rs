@@ -31,7 +31,7 @@
 //! front                                                         back
 //!  accept, read the request head (http::parse_request_head),
 //!  pick a back-end, park the flow, dump the TCP state
-//!   |-- Handoff {id, flow, state, data} ------------------------->|
+//!   |-- Handoff {id, flow, state, data, sent, tls} -------------->|
 //!   |                       restore the socket, still in repair mode
 //!   |<------------------------------------ Ready {id, restore_us} -|
 //!  steer the flow to the back,

@@ -12,11 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use baton_proto::handoff::{
-    BackAction, BackEngine, Entry as AdoptedEntry, FrontAction, FrontEngine, FrontEvent,
+    BackAction, BackEngine, Dump, Entry as AdoptedEntry, FrontAction, FrontEngine, FrontEvent,
     FrontTimers, Quiet, Refusal,
 };
-use baton_proto::{FlowKey, TcpState, ToBack, ToFront};
-use bytes::Bytes;
+use baton_proto::{FlowKey, ToBack, ToFront};
 use proptest::prelude::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -292,8 +291,7 @@ impl Sim {
                 self.front.handle_parked(id, Ok(()));
             }
             FrontAction::Dump { id } => {
-                self.front
-                    .handle_dumped(now, id, Ok((TcpState::default(), Bytes::new())));
+                self.front.handle_dumped(now, id, Ok(Dump::default()));
             }
             FrontAction::Send { backend, frame } => {
                 if let ToBack::Handoff(h) = &frame {

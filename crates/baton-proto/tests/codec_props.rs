@@ -64,14 +64,20 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             flow(),
             tcp_state(),
-            proptest::collection::vec(any::<u8>(), 0..2048)
+            proptest::collection::vec(any::<u8>(), 0..2048),
+            proptest::collection::vec(any::<u8>(), 0..512),
+            proptest::collection::vec(any::<u8>(), 0..256),
         )
-            .prop_map(|(id, flow, state, data)| Frame::Handoff(Handoff {
-                id,
-                flow,
-                state,
-                data: Bytes::from(data)
-            })),
+            .prop_map(
+                |(id, flow, state, data, sent, tls)| Frame::Handoff(Handoff {
+                    id,
+                    flow,
+                    state,
+                    data: Bytes::from(data),
+                    sent: Bytes::from(sent),
+                    tls: Bytes::from(tls),
+                })
+            ),
         (any::<u64>(), any::<u32>()).prop_map(|(id, restore_us)| Frame::Live { id, restore_us }),
         (any::<u64>(), reason(), any::<bool>()).prop_map(|(id, reason, backend_fault)| {
             Frame::Refused {

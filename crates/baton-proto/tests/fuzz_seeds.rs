@@ -52,6 +52,8 @@ fn frame_seeds() -> Seeds {
             },
         },
         data: Bytes::from_static(b"GET /index.html HTTP/1.1\r\nHost: baton.test\r\n\r\n"),
+        sent: Bytes::new(),
+        tls: Bytes::new(),
     });
     let (_, hello) = FrontHandshake::start(Psk::new([7u8; 32]).expect("long enough"), [1; 32]);
     vec![

@@ -50,6 +50,11 @@ const MAX_USER_MSS: u16 = 32767;
 /// sent a large body before we handed off; the front then refuses the handoff.
 pub const MAX_UNREAD: usize = 4 << 20;
 
+/// The most send-queue bytes a handoff carries. The front writes only its
+/// own TLS handshake and session tickets to a connection it hands off (a
+/// few KiB); more means the client stopped reading.
+pub const MAX_SENT: usize = 256 << 10;
+
 /// `struct tcp_repair_opt`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -75,14 +80,19 @@ unsafe impl OptVal for RawWindow {}
 const _: () = assert!(std::mem::size_of::<RawWindow>() == 20);
 const _: () = assert!(std::mem::size_of::<RepairOpt>() == 8);
 
-/// A dumped connection: its state and the bytes the client sent that the
-/// back-end's HTTP server must still read.
+/// A dumped connection: its state, the bytes the client sent that the
+/// back-end's HTTP server must still read, and the bytes sent to the client
+/// that it has not acknowledged yet.
 #[derive(Debug, Clone)]
 pub struct Dumped {
-    /// The TCP state (with `ts_val` as read at dump time).
+    /// The TCP state (with `ts_val` as read at dump time; `snd_seq` is the
+    /// sequence number after the last byte in `sent`).
     pub state: TcpState,
     /// Bytes still in the kernel's receive queue (peeked, not consumed).
     pub unread: Vec<u8>,
+    /// The send queue (peeked): written by this socket, not acknowledged by
+    /// the client yet (in flight, or not sent yet for want of window).
+    pub sent: Vec<u8>,
 }
 
 fn tcp(fd: BorrowedFd<'_>, name: libc::c_int, val: libc::c_int, call: &'static str) -> Result<()> {
@@ -153,13 +163,18 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
         "getsockopt(TCP_QUEUE_SEQ, send)",
         false,
     )?;
-    let unsent = outq(fd)?;
-    if unsent != 0 {
-        // The front never writes to a connection it hands off; data in the
-        // send queue would be lost.
+    // What the client has not acknowledged yet (a TLS front's session
+    // tickets, usually): carried along as CRIU does, so that the handoff
+    // never waits for the client's ACK.
+    let queued = outq(fd)?;
+    let sent = peek_queue(fd, queued, MAX_SENT, "the send queue")?;
+    if sent.len() != queued {
         return Err(SysError {
-            call: "ioctl(SIOCOUTQ)",
-            source: std::io::Error::other(format!("{unsent} bytes in the send queue")),
+            call: "recv(MSG_PEEK)",
+            source: std::io::Error::other(format!(
+                "read {} of the {queued} bytes in the send queue",
+                sent.len()
+            )),
         });
     }
     tcp(
@@ -186,7 +201,12 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
         let mut before = rcv_seq_now()?;
         let mut stable = None;
         for _ in 0..DUMP_ATTEMPTS {
-            let unread = peek_recv_queue(fd)?;
+            let unread = peek_queue(
+                fd,
+                ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")?,
+                MAX_UNREAD,
+                "the receive queue",
+            )?;
             let after = rcv_seq_now()?;
             if after == before {
                 stable = Some((after, unread));
@@ -254,7 +274,11 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
             rcv_wup: w.rcv_wup,
         },
     };
-    Ok(Dumped { state, unread })
+    Ok(Dumped {
+        state,
+        unread,
+        sent,
+    })
 }
 
 fn ioctl_int(fd: BorrowedFd<'_>, req: libc::c_ulong, call: &'static str) -> Result<usize> {
@@ -269,18 +293,18 @@ fn outq(fd: BorrowedFd<'_>) -> Result<usize> {
     ioctl_int(fd, libc::TIOCOUTQ, "ioctl(SIOCOUTQ)")
 }
 
-/// Peeks every byte in the receive queue (repair mode, receive queue
-/// selected: the kernel only allows `MSG_PEEK` then).
-fn peek_recv_queue(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
-    let n = ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")?;
+/// Peeks the `n` bytes of the selected queue (repair mode: the kernel only
+/// allows `MSG_PEEK` then, and reads the queue chosen with
+/// `TCP_REPAIR_QUEUE`).
+fn peek_queue(fd: BorrowedFd<'_>, n: usize, max: usize, what: &str) -> Result<Vec<u8>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    if n > MAX_UNREAD {
+    if n > max {
         return Err(SysError {
-            call: "ioctl(SIOCINQ)",
+            call: "recv(MSG_PEEK)",
             source: std::io::Error::other(format!(
-                "{n} unread bytes exceed the handoff limit of {MAX_UNREAD}"
+                "{n} bytes in {what} exceed the handoff limit of {max}"
             )),
         });
     }
@@ -304,7 +328,10 @@ fn peek_recv_queue(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
 /// Recreates a dumped connection on this host, bound to `local` (the VIP,
 /// which must be a local address) and connected to `peer` (the client), with
 /// `data` (what the client sent that the server has not read yet) in its
-/// receive queue. The dumped timestamp is advanced by `ts_advance` (see
+/// receive queue and `sent` (what the client has not acknowledged, see
+/// [`Dumped::sent`]) in its send queue, as sent: the kernel retransmits it
+/// if the client never got it (after the retransmission timeout, or sooner
+/// when the client's SACKs show the hole). The dumped timestamp is advanced by `ts_advance` (see
 /// [`advance_timestamp`]) to cover the time since the dump (a stale
 /// timestamp trips the client's PAWS check). `ts_advance` is a [`Duration`];
 /// plain milliseconds (`u32`) are still accepted through [`TsAdvance`].
@@ -316,6 +343,7 @@ pub fn restore(
     local: SocketAddrV4,
     peer: SocketAddrV4,
     data: &[u8],
+    sent: &[u8],
     ts_advance: impl Into<TsAdvance>,
 ) -> Result<OwnedFd> {
     let ts_advance = ts_advance.into().0;
@@ -335,11 +363,16 @@ pub fn restore(
         TCP_SEND_QUEUE,
         "setsockopt(TCP_REPAIR_QUEUE, send)",
     )?;
+    let sent_len = u32::try_from(sent.len()).map_err(|_| SysError {
+        call: "restore",
+        source: std::io::Error::other("send queue too large"),
+    })?;
+    // The queue starts where the first unacknowledged byte was.
     sockopt::set(
         fd,
         p,
         libc::TCP_QUEUE_SEQ,
-        &state.snd_seq,
+        &state.snd_seq.wrapping_sub(sent_len),
         "setsockopt(TCP_QUEUE_SEQ, send)",
     )?;
     tcp(
@@ -404,18 +437,18 @@ pub fn restore(
         sockopt::set(fd, p, libc::TCP_TIMESTAMP, &ts, "setsockopt(TCP_TIMESTAMP)")?;
     }
 
-    if !data.is_empty() {
-        // The receive queue is still selected: send() queues into it.
-        let mut off = 0;
-        while off < data.len() {
-            let rest = &data[off..];
-            // SAFETY: `rest` is a readable buffer of `rest.len()` bytes.
-            let n = unsafe { libc::send(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), 0) };
-            if n <= 0 {
-                return Err(SysError::last("send(receive queue)"));
-            }
-            off += n as usize;
-        }
+    // The receive queue is still selected: send() queues into it.
+    queue_in_repair(fd, data, "send(receive queue)")?;
+    if !sent.is_empty() {
+        // In repair mode, data written to the send queue counts as sent
+        // without going on the wire.
+        tcp(
+            fd,
+            libc::TCP_REPAIR_QUEUE,
+            TCP_SEND_QUEUE,
+            "setsockopt(TCP_REPAIR_QUEUE, send)",
+        )?;
+        queue_in_repair(fd, sent, "send(send queue)")?;
     }
     tcp(
         fd,
@@ -439,6 +472,21 @@ pub fn restore(
         "setsockopt(TCP_REPAIR_WINDOW)",
     )?;
     Ok(sock)
+}
+
+/// Writes `data` into the queue selected with `TCP_REPAIR_QUEUE`.
+fn queue_in_repair(fd: BorrowedFd<'_>, data: &[u8], call: &'static str) -> Result<()> {
+    let mut off = 0;
+    while off < data.len() {
+        let rest = &data[off..];
+        // SAFETY: `rest` is a readable buffer of `rest.len()` bytes.
+        let n = unsafe { libc::send(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), 0) };
+        if n <= 0 {
+            return Err(SysError::last(call));
+        }
+        off += n as usize;
+    }
+    Ok(())
 }
 
 /// How far [`restore`] advances the dumped timestamp.

@@ -49,7 +49,15 @@ fn dump_close_restore_keeps_the_connection() {
 
     let mut data = head.to_vec();
     data.extend_from_slice(&dumped.unread);
-    let fd = repair::restore(&dumped.state, local, peer, &data, Duration::from_millis(5)).unwrap();
+    let fd = repair::restore(
+        &dumped.state,
+        local,
+        peer,
+        &data,
+        &dumped.sent,
+        Duration::from_millis(5),
+    )
+    .unwrap();
     repair::go_live(fd.as_fd()).unwrap();
     // SAFETY-free conversion: the fd is a connected TCP socket we own.
     let mut restored = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
@@ -86,6 +94,7 @@ fn restore_rejects_a_non_local_address() {
         "198.19.255.254:80".parse().unwrap(),
         "127.0.0.1:1".parse().unwrap(),
         b"",
+        b"",
         Duration::ZERO,
     )
     .unwrap_err();
@@ -115,4 +124,74 @@ fn a_half_closed_connection_is_not_dumped_and_stays_usable() {
     let mut resp = Vec::new();
     client.read_to_end(&mut resp).unwrap();
     assert_eq!(resp, b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+}
+
+/// Bytes the server wrote that the client has not acknowledged yet (here:
+/// not even received, the client's window is full) move with the
+/// connection: the client reads every byte once, in order, and nothing else.
+#[test]
+fn the_send_queue_moves_with_the_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    // A small receive buffer: the server's writes back up into its send queue.
+    socket2::SockRef::from(&client)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    // And a small send buffer: the queue stays under what a handoff carries.
+    socket2::SockRef::from(&server)
+        .set_send_buffer_size(32 << 10)
+        .unwrap();
+    server.set_nonblocking(true).unwrap();
+    let pattern = |i: usize| (i % 251) as u8;
+    let mut written = 0usize;
+    let chunk: Vec<u8> = (0..1024).map(pattern).collect();
+    // Write until the kernel refuses (window and send buffer full), bounded.
+    while written < 8 << 20 {
+        let at = written % chunk.len();
+        match server.write(&chunk[at..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    let local = v4(server.local_addr().unwrap());
+    let peer = v4(server.peer_addr().unwrap());
+    let dumped = repair::dump(server.as_fd()).unwrap();
+    assert!(!dumped.sent.is_empty(), "the send queue should hold bytes");
+    assert!(dumped.sent.len() <= written);
+    // The send queue is the tail of what was written.
+    let first = written - dumped.sent.len();
+    assert!(dumped
+        .sent
+        .iter()
+        .enumerate()
+        .all(|(k, &b)| b == pattern((first + k) % 1024)));
+    drop(server);
+
+    let fd = repair::restore(
+        &dumped.state,
+        local,
+        peer,
+        &[],
+        &dumped.sent,
+        Duration::from_millis(5),
+    )
+    .unwrap();
+    repair::go_live(fd.as_fd()).unwrap();
+    // SAFETY-free conversion: the fd is a connected TCP socket we own.
+    let mut restored = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    restored.write_all(b"END").unwrap();
+
+    let mut client = client;
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = vec![0u8; written + 3];
+    client.read_exact(&mut got).unwrap();
+    assert!(got[..written]
+        .iter()
+        .enumerate()
+        .all(|(k, &b)| b == pattern(k % 1024)));
+    assert_eq!(&got[written..], b"END");
 }

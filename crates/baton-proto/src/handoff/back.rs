@@ -403,6 +403,8 @@ mod tests {
             },
             state: TcpState::default(),
             data: Bytes::new(),
+            sent: Bytes::new(),
+            tls: Bytes::new(),
         }
     }
 

@@ -175,6 +175,28 @@ pub enum ParkFailure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpFailure(pub String);
 
+/// A dumped connection, the answer to [`FrontAction::Dump`]: what the
+/// `Handoff` frame carries besides its id and flow (see
+/// [`Handoff`](crate::Handoff) for each field).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dump {
+    pub state: TcpState,
+    pub data: Bytes,
+    pub sent: Bytes,
+    pub tls: Bytes,
+}
+
+impl Dump {
+    /// A plain HTTP connection: nothing sent, no TLS session.
+    pub fn plain(state: TcpState, data: Bytes) -> Dump {
+        Dump {
+            state,
+            data,
+            ..Dump::default()
+        }
+    }
+}
+
 /// The answer to [`FrontAction::RemoveIfQuiet`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quiet {
@@ -479,17 +501,17 @@ impl FrontEngine {
     /// The result of `Dump`: the state and every byte the back-end's
     /// application must read (the request the front read plus the unread
     /// receive queue). On success this is the point of no return.
-    pub fn handle_dumped(
-        &mut self,
-        now: Instant,
-        id: u64,
-        result: Result<(TcpState, Bytes), DumpFailure>,
-    ) {
+    pub fn handle_dumped(&mut self, now: Instant, id: u64, result: Result<Dump, DumpFailure>) {
         let Some(f) = self.flow_in(id, |p| matches!(p, Phase::Parking)) else {
             return;
         };
         let (flow, backend) = (f.key, f.backend);
-        let (state, data) = match result {
+        let Dump {
+            state,
+            data,
+            sent,
+            tls,
+        } = match result {
             Ok(d) => d,
             Err(DumpFailure(why)) => return self.give_back(id, 502, format!("dump: {why}")),
         };
@@ -509,6 +531,8 @@ impl FrontEngine {
                 flow,
                 state,
                 data,
+                sent,
+                tls,
             }),
         });
     }
@@ -962,7 +986,10 @@ mod tests {
         e.handle_dumped(
             now,
             id,
-            Ok((TcpState::default(), Bytes::from_static(b"GET /"))),
+            Ok(Dump::plain(
+                TcpState::default(),
+                Bytes::from_static(b"GET /"),
+            )),
         );
         let sent = actions(e);
         assert!(
@@ -1100,7 +1127,7 @@ mod tests {
         assert!(id2 > id);
         e.handle_parked(id2, Ok(()));
         e.handle_channel_down(t0, 0);
-        e.handle_dumped(t0, id2, Ok((TcpState::default(), Bytes::new())));
+        e.handle_dumped(t0, id2, Ok(Dump::default()));
         assert_eq!(
             actions(&mut e).last(),
             Some(&FrontAction::GiveBack {

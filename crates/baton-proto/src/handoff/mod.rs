@@ -67,6 +67,6 @@ mod front;
 
 pub use back::{BackAction, BackEngine, BackEvent, ChannelId, Refusal};
 pub use front::{
-    BackendId, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent, FrontTimers, ParkFailure,
-    Quiet, RemoveCause, Timer,
+    BackendId, Dump, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent, FrontTimers,
+    ParkFailure, Quiet, RemoveCause, Timer,
 };
