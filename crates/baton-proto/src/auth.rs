@@ -770,20 +770,30 @@ mod tests {
         let Ok(BackStep::Reject { reply, error }) = back.handle(&mut hello) else {
             panic!("expected a rejection");
         };
-        assert_eq!(error, AuthError::VersionMismatch { ours: 2, theirs: 9 });
+        assert_eq!(
+            error,
+            AuthError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 9
+            }
+        );
         assert_eq!(
             error.to_string(),
             "protocol version mismatch: this side speaks version 3, the peer speaks version 9"
         );
         // The reply carries the back's version where any front reads it.
-        assert_eq!(&reply[4..7], &[TY_CHALLENGE, 0, 2]);
+        assert_eq!(&reply[4..5], &[TY_CHALLENGE]);
+        assert_eq!(&reply[5..7], &PROTOCOL_VERSION.to_be_bytes());
 
         let (mut front, _) = FrontHandshake::start(psk(KEY), [1; NONCE_LEN]);
         let mut challenge = BytesMut::new();
-        put_message(&mut challenge, TY_CHALLENGE, &[&3u16.to_be_bytes()]);
+        put_message(&mut challenge, TY_CHALLENGE, &[&99u16.to_be_bytes()]);
         assert_eq!(
             front.handle(&mut challenge).err(),
-            Some(AuthError::VersionMismatch { ours: 2, theirs: 3 })
+            Some(AuthError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 99
+            })
         );
     }
 
