@@ -11,6 +11,8 @@
 //! - Nothing here panics on input from the network or the control channel: every length is
 //!   checked, every failure is a [`TlsError`].
 
+mod carried;
 mod state;
 
+pub use carried::Carried;
 pub use state::{Direction, SecretBytes, SessionState, Suite, TlsError, Version};
