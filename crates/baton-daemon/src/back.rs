@@ -57,6 +57,8 @@ pub struct BackCounters {
     /// Handshakes closed unfinished to make room for a newer connection
     /// (every slot was taken; see `preauth`).
     pub handshakes_evicted: Counter,
+    /// Handed-off connections that continue a TLS session.
+    pub tls_sessions: Counter,
 }
 
 /// What the back-end serves.
@@ -128,6 +130,9 @@ struct Back {
     serving: std::sync::Mutex<HashMap<(IpAddr, u64), Serving>>,
     next_channel: AtomicU64,
     timer: crate::deadline::DeadlineTimer,
+    /// The kernel TLS probe at start. Sessions continue in userspace either
+    /// way for now (see `docs/tls.md`).
+    kernel_tls: std::result::Result<(), String>,
 }
 
 /// Re-reads the back-end's configuration (the file, with the command
@@ -187,6 +192,7 @@ pub async fn run(
         serving: std::sync::Mutex::default(),
         next_channel: AtomicU64::new(1),
         timer: crate::deadline::DeadlineTimer::default(),
+        kernel_tls: baton_sys::sockopt::kernel_tls(),
         cfg,
     });
     let timers = tokio::spawn(Arc::clone(&back).timers());
@@ -324,6 +330,13 @@ pub struct BackStats {
     pub closed_unreported: u64,
     pub auth_failures: u64,
     pub handshakes_evicted: u64,
+    /// Handed-off connections that continued a TLS session.
+    pub tls_sessions: u64,
+    /// How TLS sessions are continued: "userspace" (the record layer in
+    /// this process). Kernel TLS is probed at start; see `tls_kernel`.
+    pub tls_record_layer: &'static str,
+    /// The kernel TLS probe: "available", or why not.
+    pub tls_kernel: String,
     /// Configuration reloads that took effect, and those refused.
     pub reloads_ok: u64,
     pub reloads_failed: u64,
@@ -477,6 +490,12 @@ impl Back {
             closed_unreported: c.closed_unreported.get(),
             auth_failures: c.auth_failures.get(),
             handshakes_evicted: c.handshakes_evicted.get(),
+            tls_sessions: c.tls_sessions.get(),
+            tls_record_layer: "userspace",
+            tls_kernel: match &self.kernel_tls {
+                Ok(()) => "available".into(),
+                Err(why) => why.clone(),
+            },
             reloads_ok: self.reloads_ok.get(),
             reloads_failed: self.reloads_failed.get(),
             fronts: self.lock_engine().channels(),
@@ -752,6 +771,19 @@ impl Back {
             reason: "channel gone".into(),
             backend_fault: false,
         })?;
+        // A TLS session is checked before anything is restored: a blob
+        // that does not decode is this connection's problem only.
+        let tls = if h.tls.is_empty() {
+            None
+        } else {
+            let layer = baton_tls::Carried::decode(&h.tls)
+                .and_then(|c| baton_tls::RecordLayer::new(&c.state).map(|l| (l, c.plaintext)))
+                .map_err(|e| Refusal {
+                    reason: format!("TLS session: {e}"),
+                    backend_fault: false,
+                })?;
+            Some(layer)
+        };
         // What elapsed in transit is not known here; 2 ms keeps our first
         // segment's TSval from going backwards against the front's last.
         let advance = Duration::from_millis(2);
@@ -798,7 +830,17 @@ impl Back {
         let (id, flow) = (h.id, h.flow);
         let task = tokio::spawn(async move {
             let content = back.content();
-            if let Err(e) = content.serve(crate::eager::Eager::new(stream)).await {
+            let stream = crate::eager::Eager::new(stream);
+            let served = match tls {
+                None => content.serve(stream).await,
+                Some((layer, plaintext)) => {
+                    back.counters.tls_sessions.inc();
+                    content
+                        .serve(baton_tls::TlsStream::new(stream, layer, plaintext))
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 debug!(id, %flow, error = %e, "connection ended with an error");
             }
             back.closed(front, id).await;
@@ -915,6 +957,12 @@ impl prometheus_client::collector::Collector for Metrics {
             "baton_back_control_handshakes_evicted",
             "Unfinished handshakes closed to make room for newer connections",
             s.handshakes_evicted,
+        )?;
+        counter(
+            e,
+            "baton_back_tls_sessions",
+            "Handed-off connections that continued a TLS session",
+            s.tls_sessions,
         )?;
         counters_by(
             e,

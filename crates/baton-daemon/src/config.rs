@@ -78,6 +78,54 @@ pub struct FrontConfig {
     /// Relay mode: timeouts and how bytes are copied.
     #[serde(default)]
     pub relay: RelayConfig,
+    /// HTTPS on the VIP (absent: plain HTTP only).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// HTTPS (`[tls]`): the front terminates TLS, reads the request, and hands
+/// the TCP connection and the TLS session to the back-end together.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The HTTPS port on the VIP (next to `port`, which stays plain HTTP).
+    #[serde(default = "default_tls_port")]
+    pub port: u16,
+    /// The default certificate chain (PEM, leaf first) and its private key
+    /// (PEM: PKCS#8, PKCS#1 or SEC1): served when the client sends no SNI
+    /// or one no `[[tls.sni]]` entry names.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Certificates per server name.
+    #[serde(default)]
+    pub sni: Vec<SniCert>,
+    /// Session tickets per full TLS 1.3 handshake (resumption); 0 turns
+    /// TLS 1.3 resumption off. TLS 1.2 resumes by session id either way.
+    #[serde(default = "default_tickets")]
+    pub tickets: usize,
+    /// Resumable sessions remembered (TLS 1.2 ids and TLS 1.3 tickets).
+    #[serde(default = "default_session_cache")]
+    pub session_cache: usize,
+}
+
+/// A certificate for one server name (`[[tls.sni]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCert {
+    /// A DNS name the certificate covers (matched case-insensitively).
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn default_tls_port() -> u16 {
+    443
+}
+fn default_tickets() -> usize {
+    2
+}
+fn default_session_cache() -> usize {
+    20_000
 }
 
 /// How the front serves a back-end's connections.
@@ -535,6 +583,16 @@ impl FrontConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(!self.vip.is_unspecified(), "vip must be a concrete address");
         ensure!(self.port != 0, "port must not be 0");
+        if let Some(t) = &self.tls {
+            ensure!(
+                t.port != 0 && t.port != self.port,
+                "[tls] port must not be 0 nor the plain HTTP port {}",
+                self.port
+            );
+            // Certificates and keys are read, matched and dated here too, so
+            // that `baton check` reports a bad one before a start does.
+            crate::tls::ServerTls::load(t).context("[tls]")?;
+        }
         if let Some(p) = &self.pin_dir {
             ensure!(
                 p.as_os_str().is_empty() || p.is_absolute(),

@@ -47,6 +47,7 @@ use crate::config::{ms, BackendMode, FrontConfig};
 use crate::control::{self, FrameWriter};
 use crate::relay::{self, RelayLimits};
 use crate::stats::{Counter, Samples, Summary};
+use crate::tls::{Failure as TlsFailure, ServerTls};
 
 /// What became of a client's connection once its handoff ended.
 #[derive(Debug)]
@@ -405,6 +406,13 @@ struct FrontCounters {
     relay_idle_timeouts: Counter,
     relay_bytes_up: Counter,
     relay_bytes_down: Counter,
+    tls_accepted: Counter,
+    tls_handshakes: Counter,
+    tls_resumed: Counter,
+    tls_handshake_failures: Counter,
+    tls_plain_http: Counter,
+    tls_misdirected: Counter,
+    tls_handoffs: Counter,
 }
 
 /// The shared state of one front-end.
@@ -454,6 +462,15 @@ pub struct Front {
     shutting_down: AtomicBool,
     /// Woken whenever a control channel comes up.
     channel_up: tokio::sync::Notify,
+    /// HTTPS (`[tls]`); swapped whole by a reload (new certificates).
+    tls: std::sync::RwLock<Option<Arc<ServerTls>>>,
+}
+
+/// The client listeners: plain HTTP on `port`, HTTPS on `[tls] port`.
+#[derive(Debug)]
+pub struct Listeners {
+    pub http: std::net::TcpListener,
+    pub https: Option<std::net::TcpListener>,
 }
 
 impl std::fmt::Debug for Front {
@@ -560,7 +577,21 @@ impl Front {
             .map_err(|e| anyhow::anyhow!("no randomness for handoff ids: {e}"))?;
         let first_id = u64::from_le_bytes(seed) >> 1;
         let engine = FrontEngine::new(timers, backends.len(), first_id, now);
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let tls = ServerTls::load(t).context("[tls]")?;
+                for c in &tls.certificates {
+                    info!(certificate = %c, "TLS certificate loaded");
+                }
+                for w in &tls.warnings {
+                    warn!("TLS certificate: {w}");
+                }
+                Some(Arc::new(tls))
+            }
+            None => None,
+        };
         Ok(Arc::new(Front {
+            tls: std::sync::RwLock::new(tls),
             kit,
             backends: std::sync::RwLock::new(Arc::new(backends)),
             routing: std::sync::RwLock::new(Arc::new(routing)),
@@ -590,8 +621,24 @@ impl Front {
 
     /// Binds the client listener (privileged below port 1024: before
     /// [`crate::privs::keep_only`]). Call inside a tokio runtime.
-    pub fn listen(&self) -> Result<std::net::TcpListener> {
-        let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
+    pub fn listen(&self) -> Result<Listeners> {
+        Ok(Listeners {
+            http: self.listen_port(self.cfg.port)?,
+            https: self.listen_https()?,
+        })
+    }
+
+    /// Binds the HTTPS listener, if `[tls]` asks for one (for a successor
+    /// whose predecessor served no HTTPS).
+    pub fn listen_https(&self) -> Result<Option<std::net::TcpListener>> {
+        match &self.cfg.tls {
+            Some(t) => self.listen_port(t.port).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn listen_port(&self, port: u16) -> Result<std::net::TcpListener> {
+        let addr = SocketAddr::from((self.cfg.vip, port));
         // Bound to the NIC only for handoffs: the forwarder sees that NIC
         // alone. A relay serves wherever the address is.
         let device = self.kit.as_ref().map(|_| self.cfg.interface.as_str());
@@ -619,24 +666,17 @@ impl Front {
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
-        listener: std::net::TcpListener,
+        listeners: Listeners,
         predecessor: Option<std::os::unix::net::UnixStream>,
     ) -> Result<()> {
         let addr = SocketAddr::from((self.cfg.vip, self.cfg.port));
-        let got = listener.local_addr().context("the listener")?;
-        ensure!(
-            got == addr,
-            "the listener is bound to {got}, this configuration serves {addr}"
-        );
-        listener.set_nonblocking(true)?;
-        // Accepted sockets stay plain until they have to wait (see `Conn`).
-        // `with_interest` is deprecated as unsound without I/O safety (a
-        // borrowed descriptor could be closed while registered); this one
-        // is owned by the `AsyncFd`, and this crate has no `unsafe` for
-        // `register_with_interest`.
-        #[allow(deprecated)]
-        let listener = AsyncFd::with_interest(listener, tokio::io::Interest::READABLE)
-            .context("registering the listener")?;
+        let listener = register(listeners.http, addr)?;
+        let https = match (&self.cfg.tls, listeners.https) {
+            (Some(t), Some(l)) => Some(register(l, SocketAddr::from((self.cfg.vip, t.port)))?),
+            (None, None) => None,
+            (Some(_), None) => bail!("[tls] is configured but no HTTPS listener was given"),
+            (None, Some(_)) => bail!("an HTTPS listener was given but [tls] is not configured"),
+        };
         if self.kit.is_some() {
             let Some(key_file) = &self.cfg.key_file else {
                 bail!("key_file is required to hand connections off");
@@ -665,28 +705,40 @@ impl Front {
         tokio::pin!(shutdown);
         loop {
             let successor = loop {
-                tokio::select! {
+                let (r, secure) = tokio::select! {
                     _ = &mut shutdown => break None,
                     Some(s) = upgrades.rx.recv() => break Some(s),
-                    r = accept(&listener) => match r {
-                        Ok((stream, peer)) => {
-                            self.counters.accepted.inc();
-                            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                                // Over the limit: answer at once rather than queue.
-                                self.counters.shed.inc();
+                    r = accept(&listener) => (r, false),
+                    r = accept_opt(https.as_ref()) => (r, true),
+                };
+                match r {
+                    Ok((stream, peer)) => {
+                        self.counters.accepted.inc();
+                        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                            // Over the limit: shed at once rather than queue
+                            // (a TLS client cannot read a plain 503: closed).
+                            self.counters.shed.inc();
+                            if !secure {
                                 tokio::spawn(reject(Conn::Plain(stream), 503));
-                                continue;
-                            };
-                            let front = Arc::clone(&self);
+                            }
+                            continue;
+                        };
+                        let front = Arc::clone(&self);
+                        if secure {
+                            self.counters.tls_accepted.inc();
+                            tokio::spawn(async move {
+                                front.client_tls(stream, peer, permit).await;
+                            });
+                        } else {
                             tokio::spawn(async move {
                                 front.client(Conn::Plain(stream), peer, permit).await;
                             });
                         }
-                        Err(e) => {
-                            // EMFILE and the like: back off instead of spinning.
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
+                    }
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             };
@@ -719,7 +771,11 @@ impl Front {
             admin.abort();
             let _ = (&mut admin).await;
             upgrades.close();
-            let handed = match successor.hand_over(listener.get_ref().as_fd()) {
+            let mut fds = vec![listener.get_ref().as_fd()];
+            if let Some(l) = &https {
+                fds.push(l.get_ref().as_fd());
+            }
+            let handed = match successor.hand_over(&fds) {
                 Ok(h) => {
                     // It serves once it says so; until then this front
                     // keeps the listener and takes over again if it fails.
@@ -765,6 +821,7 @@ impl Front {
         self.shutting_down.store(true, Ordering::Relaxed);
         upgrades.close();
         drop(listener);
+        drop(https);
         let pinned = self
             .kit
             .as_ref()
@@ -941,6 +998,250 @@ impl Front {
                 }
             }
         }
+    }
+
+    /// The TLS configuration now (a reload may swap it).
+    fn server_tls(&self) -> Option<Arc<ServerTls>> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// One HTTPS client connection: the TLS handshake and the request head
+    /// (whole records only, see [`crate::tls`]), then the same choice as for
+    /// plain HTTP. A handoff carries the TLS session with the connection;
+    /// until the secrets are taken out of rustls, the front answers errors
+    /// itself over TLS; after, through the same record layer the back-ends
+    /// use.
+    async fn client_tls(
+        self: &Arc<Self>,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        pending: OwnedSemaphorePermit,
+    ) {
+        let Some(tls) = self.server_tls() else {
+            return;
+        };
+        let mut io = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "registering a client connection failed");
+                return;
+            }
+        };
+        // The handshake flights must not wait for the client's ACKs.
+        let _ = io.set_nodelay(true);
+        let mut sc = match tls.session() {
+            Ok(sc) => sc,
+            Err(e) => {
+                warn!(error = %e, "no TLS session could be made");
+                return;
+            }
+        };
+        let tun = self.routing();
+        let limits = HeadLimits {
+            max_bytes: tun.cfg.limits.head_max_bytes,
+            max_headers: tun.cfg.limits.head_max_headers,
+        };
+        let head_timeout = ms(tun.cfg.limits.head_timeout_ms);
+        drop(tun);
+        let read = tokio::time::timeout(
+            head_timeout,
+            crate::tls::read_request(&mut io, &mut sc, &tls, &limits),
+        )
+        .await;
+        let req = match read {
+            Err(_) => {
+                self.counters.head_timeouts.inc();
+                debug!(%peer, "TLS handshake or request head timeout");
+                drop(pending);
+                if !sc.is_handshaking() {
+                    crate::tls::answer(&mut io, sc, 408).await;
+                }
+                return;
+            }
+            Ok(Err(TlsFailure::Closed)) => {
+                self.counters.client_gone.inc();
+                return;
+            }
+            Ok(Err(TlsFailure::PlainHttp)) => {
+                self.counters.tls_plain_http.inc();
+                debug!(%peer, "plain HTTP on the TLS port");
+                return;
+            }
+            Ok(Err(TlsFailure::Handshake(why))) => {
+                self.counters.tls_handshake_failures.inc();
+                debug!(%peer, why, "TLS handshake failed");
+                return;
+            }
+            Ok(Err(TlsFailure::Bad(status, why))) => {
+                self.counters.bad_requests.inc();
+                debug!(%peer, status, why, "bad request head");
+                drop(pending);
+                crate::tls::answer(&mut io, sc, status).await;
+                return;
+            }
+            Ok(Ok(r)) => r,
+        };
+        self.counters.tls_handshakes.inc();
+        if sc.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.counters.tls_resumed.inc();
+        }
+        let t_head = Instant::now();
+        // RFC 9110 7.4: a request for a name this connection was not set up
+        // for (its certificate may not even cover it) is misdirected.
+        if let (Some(sni), Some(host)) = (&req.sni, req.head.host_name()) {
+            if !host.eq_ignore_ascii_case(sni) {
+                self.counters.tls_misdirected.inc();
+                debug!(%peer, sni, host, "Host does not match SNI: 421");
+                drop(pending);
+                crate::tls::answer(&mut io, sc, 421).await;
+                return;
+            }
+        }
+        let bi = match self.pick(&req.head) {
+            Ok(bi) => bi,
+            Err(why) => {
+                self.counters.no_backend.inc();
+                debug!(%peer, why, "no back-end for the request");
+                drop(pending);
+                crate::tls::answer(&mut io, sc, 503).await;
+                return;
+            }
+        };
+        let route = self.route_of(&self.backends()[bi]);
+        if matches!(route, Route::Unusable) {
+            self.counters.no_backend.inc();
+            drop(pending);
+            crate::tls::answer(&mut io, sc, 503).await;
+            return;
+        }
+        let carried = match crate::tls::extract(&tls, sc, &req) {
+            Ok(c) => c,
+            Err(why) => {
+                // rustls is gone and nothing else holds the keys: close.
+                self.counters.tls_handshake_failures.inc();
+                warn!(%peer, why, "could not take the TLS session out of rustls");
+                return;
+            }
+        };
+        let first = carried.plaintext.clone();
+        if let Route::Relay(to) = route {
+            drop(pending);
+            self.relay_tls(io, &carried, &req.ciphertext, bi, to, &first, true)
+                .await;
+            return;
+        }
+        let (SocketAddr::V4(client), Some(t)) = (peer, self.cfg.tls.as_ref()) else {
+            debug!(%peer, "not IPv4; not handed off");
+            drop(pending);
+            answer_tls(io, &carried, &req.ciphertext, 505).await;
+            return;
+        };
+        let key = FlowKey {
+            client,
+            vip: SocketAddrV4::new(self.cfg.vip, t.port),
+        };
+        let blob = {
+            let enc = carried.encode();
+            // The keys are wiped when the frame that carries them is dropped.
+            bytes::Bytes::from_owner(enc)
+        };
+        let fd = io.as_fd();
+        match self
+            .handoff(fd, key, bi, &req.ciphertext, blob, t_head)
+            .await
+        {
+            Outcome::Live => {
+                self.counters.tls_handoffs.inc();
+                drop(io);
+            }
+            Outcome::Reset => {
+                if let Err(e) = repair::set_repair(fd, false)
+                    .and_then(|()| baton_sys::sockopt::set_linger_zero(fd))
+                {
+                    debug!(%key, error = %e, "could not prepare the reset");
+                }
+                drop(io);
+            }
+            Outcome::GiveBack { status, dumped } => {
+                if dumped {
+                    if let Err(e) = repair::set_repair(fd, false) {
+                        warn!(%key, error = %e, "could not leave repair mode");
+                        return;
+                    }
+                }
+                drop(pending);
+                let b = Arc::clone(&self.backends()[bi]);
+                match b.relay_to() {
+                    Some(to) => {
+                        self.counters.relay_fallbacks.inc();
+                        debug!(%key, backend = %b.name, status, "handoff failed; relaying the TLS connection instead");
+                        self.relay_tls(io, &carried, &req.ciphertext, bi, to, &first, false)
+                            .await;
+                    }
+                    None => answer_tls(io, &carried, &req.ciphertext, status).await,
+                }
+            }
+        }
+    }
+
+    /// Relays a TLS connection whose session left rustls: this front
+    /// decrypts what the client sends and encrypts what the back-end
+    /// answers, with the record layer the back-ends use. `first`: the
+    /// plaintext read already; `ciphertext`: read from the socket but not
+    /// decrypted yet.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_tls(
+        self: &Arc<Self>,
+        io: TcpStream,
+        carried: &baton_tls::Carried,
+        ciphertext: &[u8],
+        bi: usize,
+        to: SocketAddr,
+        first: &[u8],
+        primary: bool,
+    ) {
+        let b = Arc::clone(&self.backends()[bi]);
+        let routing = self.routing();
+        let mut client = match tls_stream(io, carried, ciphertext) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "the TLS session cannot continue here");
+                return;
+            }
+        };
+        let Ok(_slot) = self.relay_slots.try_acquire() else {
+            self.counters.relay_failures.inc();
+            debug!(backend = %b.name, "relay.max_connections reached");
+            let _ = client.write_all(&plain_error(503)).await;
+            let _ = client.shutdown().await;
+            return;
+        };
+        let _active = ActiveRelay::enter(&b.relay_active);
+        let back = match self
+            .upstreams
+            .connect(to, routing.relay_limits.connect_timeout)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.relay_connect_failed(&b, primary, &e);
+                let status = if e.timed_out() { 504 } else { 502 };
+                let _ = client.write_all(&plain_error(status)).await;
+                let _ = client.shutdown().await;
+                return;
+            }
+        };
+        self.counters.relayed.inc();
+        b.relayed.inc();
+        let meter = relay::Meter {
+            up: &self.counters.relay_bytes_up,
+            down: &self.counters.relay_bytes_down,
+        };
+        let done = relay::run_stream(client, back, first, &routing.relay_limits, &meter).await;
+        if done.end == relay::End::Idle {
+            self.counters.relay_idle_timeouts.inc();
+        }
+        debug!(backend = %b.name, up = done.up, down = done.down, end = ?done.end, "TLS relay done");
     }
 
     /// How back-end `b` is served now: handed off, relayed, or not at all.
@@ -2328,6 +2629,17 @@ impl Front {
             relay_fallbacks: c.relay_fallbacks.get(),
             relay_failures: c.relay_failures.get(),
             relay_idle_timeouts: c.relay_idle_timeouts.get(),
+            tls: self.cfg.tls.as_ref().map(|t| TlsStats {
+                port: t.port,
+                accepted: c.tls_accepted.get(),
+                handshakes: c.tls_handshakes.get(),
+                resumed: c.tls_resumed.get(),
+                handshake_failures: c.tls_handshake_failures.get(),
+                plain_http: c.tls_plain_http.get(),
+                misdirected: c.tls_misdirected.get(),
+                handoffs: c.tls_handoffs.get(),
+                secrets_held: self.server_tls().map_or(0, |t| t.secrets_held()),
+            }),
             relay_active: self.relay_active(),
             relay_bytes_up: c.relay_bytes_up.get(),
             relay_bytes_down: c.relay_bytes_down.get(),
@@ -2458,6 +2770,30 @@ fn resolve(a: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{a:?} resolves to no address"))
 }
 
+/// The HTTPS part of `/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsStats {
+    /// The HTTPS port on the VIP.
+    pub port: u16,
+    /// Connections accepted on it.
+    pub accepted: u64,
+    /// Handshakes that completed and delivered a request head.
+    pub handshakes: u64,
+    /// Of those, resumed sessions.
+    pub resumed: u64,
+    /// Handshakes that failed (bad client, no common version, suite or
+    /// ALPN protocol; or the session could not be taken out of rustls).
+    pub handshake_failures: u64,
+    /// Plain HTTP sent to the HTTPS port (answered 400).
+    pub plain_http: u64,
+    /// Requests whose Host did not match their SNI (answered 421).
+    pub misdirected: u64,
+    /// TLS connections handed off with their session.
+    pub handoffs: u64,
+    /// TLS 1.3 traffic secrets held for handshakes in progress.
+    pub secrets_held: usize,
+}
+
 /// `/stats` of a front-end.
 #[derive(Debug, Serialize)]
 pub struct FrontStats {
@@ -2474,6 +2810,8 @@ pub struct FrontStats {
     pub relay_failures: u64,
     /// Relayed connections closed for lack of traffic.
     pub relay_idle_timeouts: u64,
+    /// HTTPS (with `[tls]` only).
+    pub tls: Option<TlsStats>,
     /// Connections being relayed now.
     pub relay_active: u64,
     /// Bytes relayed from clients to back-ends (the request heads included).
@@ -2673,6 +3011,36 @@ async fn read_head(
     }
 }
 
+/// Registers a client listener with the event loop, after checking it is
+/// bound to `addr`.
+fn register(listener: std::net::TcpListener, addr: SocketAddr) -> Result<AsyncFd<std::net::TcpListener>> {
+    let got = listener.local_addr().context("the listener")?;
+    ensure!(
+        got == addr,
+        "the listener is bound to {got}, this configuration serves {addr}"
+    );
+    listener.set_nonblocking(true)?;
+    // Accepted sockets stay plain until they have to wait (see `Conn`).
+    // `with_interest` is deprecated as unsound without I/O safety (a
+    // borrowed descriptor could be closed while registered); this one
+    // is owned by the `AsyncFd`, and this crate has no `unsafe` for
+    // `register_with_interest`.
+    #[allow(deprecated)]
+    let l = AsyncFd::with_interest(listener, tokio::io::Interest::READABLE)
+        .context("registering the listener")?;
+    Ok(l)
+}
+
+/// [`accept`] on a listener that may not exist (then never ready).
+async fn accept_opt(
+    listener: Option<&AsyncFd<std::net::TcpListener>>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => accept(l).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next connection on the listener, not yet registered with the
 /// event loop (see [`Conn`]).
 async fn accept(
@@ -2765,6 +3133,32 @@ impl Conn {
             Conn::Plain(s) => Some(s.as_fd()),
             Conn::Polled(s) => Some(s.as_fd()),
             Conn::Gone => None,
+        }
+    }
+}
+
+/// The client side of a TLS session that left rustls: the record layer
+/// over the socket, primed with the ciphertext read already.
+fn tls_stream(
+    io: TcpStream,
+    carried: &baton_tls::Carried,
+    ciphertext: &[u8],
+) -> std::result::Result<baton_tls::TlsStream<TcpStream>, baton_tls::TlsError> {
+    let layer = baton_tls::RecordLayer::new(&carried.state)?;
+    Ok(baton_tls::TlsStream::with_ciphertext(
+        io,
+        layer,
+        bytes::Bytes::new(),
+        bytes::Bytes::copy_from_slice(ciphertext),
+    ))
+}
+
+/// Answers `status` on a TLS connection whose session left rustls, with
+/// close_notify.
+async fn answer_tls(io: TcpStream, carried: &baton_tls::Carried, ciphertext: &[u8], status: u16) {
+    if let Ok(mut s) = tls_stream(io, carried, ciphertext) {
+        if s.write_all(&plain_error(status)).await.is_ok() {
+            let _ = s.shutdown().await;
         }
     }
 }
@@ -3038,6 +3432,23 @@ impl prometheus_client::collector::Collector for Metrics {
             "Relays ended by the idle timeout",
             s.relay_idle_timeouts,
         )?;
+        if let Some(t) = &s.tls {
+            counters_by(
+                e,
+                "baton_front_tls_connections",
+                "HTTPS connections, by what became of them",
+                "result",
+                &[
+                    ("accepted", t.accepted),
+                    ("handshake", t.handshakes),
+                    ("resumed", t.resumed),
+                    ("handshake_failed", t.handshake_failures),
+                    ("plain_http", t.plain_http),
+                    ("misdirected", t.misdirected),
+                    ("handed_off", t.handoffs),
+                ],
+            )?;
+        }
         gauge(
             e,
             "baton_front_relay_active",

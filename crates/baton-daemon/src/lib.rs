@@ -30,4 +30,5 @@ pub mod preauth;
 pub mod privs;
 pub mod relay;
 pub mod stats;
+pub mod tls;
 pub mod upgrade;

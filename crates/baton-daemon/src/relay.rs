@@ -316,6 +316,82 @@ pub async fn run(
     }
 }
 
+/// [`run`] for a client connection that is not a plain socket (a TLS
+/// session this front decrypts): copies in userspace, one back-end
+/// connection for the client connection.
+pub async fn run_stream<C>(
+    client: C,
+    mut back: TcpStream,
+    first: &[u8],
+    limits: &RelayLimits,
+    meter: &Meter<'_>,
+) -> Done
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let clock = Clock {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let upstream = Dir {
+        from: Side::Client,
+        to: Side::Back,
+        total: &up,
+        meter: meter.up,
+    };
+    let downstream = Dir {
+        from: Side::Back,
+        to: Side::Client,
+        total: &down,
+        meter: meter.down,
+    };
+    let work = async {
+        back.write_all(first).await.map_err(|e| (Side::Back, e))?;
+        count(&upstream, &clock, first.len());
+        let (cr, cw) = tokio::io::split(client);
+        let (br, bw) = back.split();
+        tokio::try_join!(
+            stream_copy(cr, bw, upstream, &clock),
+            stream_copy(br, cw, downstream, &clock)
+        )
+    };
+    let end = tokio::select! {
+        r = work => match r {
+            Ok(_) => End::Closed,
+            Err((side, _)) => End::Error(side),
+        },
+        _ = clock.idle(limits.idle_timeout) => End::Idle,
+    };
+    Done {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+/// One direction of [`run_stream`]; at the source's end, shuts the
+/// destination's sending half down.
+async fn stream_copy<R, W>(mut src: R, mut dst: W, dir: Dir<'_>, clock: &Clock) -> Flow
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = src.read(&mut buf).await.map_err(|e| (dir.from, e))?;
+        if n == 0 {
+            let _ = dst.shutdown().await;
+            return Ok(());
+        }
+        dst.write_all(buf.get(..n).unwrap_or_default())
+            .await
+            .map_err(|e| (dir.to, e))?;
+        count(&dir, clock, n);
+    }
+}
+
 fn count(dir: &Dir<'_>, clock: &Clock, n: usize) {
     let n = n as u64;
     dir.total.fetch_add(n, Ordering::Relaxed);

@@ -49,6 +49,8 @@ const GRANTED: &[u8] = b"ok\n";
 pub const SERVING: &[u8] = b"serving\n";
 /// The longest line either side reads.
 const MAX_LINE: usize = 256;
+/// Listeners handed over: plain HTTP, and HTTPS if configured.
+const MAX_LISTENERS: usize = 2;
 /// A peer must send its request within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -99,13 +101,13 @@ pub fn serving_wait(connect_timeout: Duration) -> Duration {
 /// pinned flow table only once it answers. Returns the listener and the
 /// stream on which to send [`SERVING`] once accepting on it (dropping the
 /// stream without it makes the predecessor serve again).
-pub fn take_over(mut stream: UnixStream, wait: Duration) -> Result<(OwnedFd, UnixStream)> {
+pub fn take_over(mut stream: UnixStream, wait: Duration) -> Result<(Vec<OwnedFd>, UnixStream)> {
     stream
         .write_all(REQUEST)
         .context("asking the running front to hand over")?;
     stream.set_read_timeout(Some(wait))?;
     let mut buf = [0u8; MAX_LINE];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = rustix::net::recvmsg(
         &stream,
@@ -126,12 +128,13 @@ pub fn take_over(mut stream: UnixStream, wait: Duration) -> Result<(OwnedFd, Uni
         let text = String::from_utf8_lossy(line);
         bail!("the running front refused the takeover: {}", text.trim());
     }
-    match (fds.pop(), fds.is_empty()) {
-        (Some(fd), true) => Ok((fd, stream)),
-        _ => Err(anyhow!(
-            "the running front's answer carried no single listener"
-        )),
+    if fds.is_empty() || fds.len() > MAX_LISTENERS {
+        return Err(anyhow!(
+            "the running front's answer carried {} listeners (1 to {MAX_LISTENERS} expected)",
+            fds.len()
+        ));
     }
+    Ok((fds, stream))
 }
 
 /// The running front's side: the socket successors connect to.
@@ -302,11 +305,13 @@ impl Handed {
 impl Successor {
     /// Sends `listener` over (a copy: the caller keeps its own until the
     /// successor says it serves, see [`Handed::wait_serving`]).
-    pub fn hand_over(self, listener: BorrowedFd<'_>) -> io::Result<Handed> {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    pub fn hand_over(self, listeners: &[BorrowedFd<'_>]) -> io::Result<Handed> {
+        if listeners.is_empty() || listeners.len() > MAX_LISTENERS {
+            return Err(io::Error::other("1 or 2 listeners are handed over"));
+        }
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        let fds = [listener];
-        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        if !control.push(SendAncillaryMessage::ScmRights(listeners)) {
             return Err(io::Error::other("no room for the descriptor"));
         }
         rustix::net::sendmsg(
@@ -364,9 +369,11 @@ mod tests {
             take_over(stream, Duration::from_secs(5))
         });
         let peer = server.next().await;
-        let handed = peer.hand_over(tcp.as_fd()).expect("hand over");
+        let handed = peer.hand_over(&[tcp.as_fd()]).expect("hand over");
         server.unlink();
-        let (fd, mut ack) = successor.await.expect("join").expect("took over");
+        let (mut fds, mut ack) = successor.await.expect("join").expect("took over");
+        assert_eq!(fds.len(), 1);
+        let fd = fds.remove(0);
         ack.write_all(SERVING).expect("serving");
         handed
             .wait_serving(Duration::from_secs(5))
@@ -396,7 +403,7 @@ mod tests {
             take_over(good, Duration::from_secs(5))
         });
         let peer = server.next().await;
-        let _handed = peer.hand_over(tcp.as_fd()).expect("hand over");
+        let _handed = peer.hand_over(&[tcp.as_fd()]).expect("hand over");
         successor
             .await
             .expect("join")
@@ -425,7 +432,7 @@ mod tests {
         let handed = server
             .next()
             .await
-            .hand_over(tcp.as_fd())
+            .hand_over(&[tcp.as_fd()])
             .expect("hand over");
         // The successor took the listener and died before serving.
         drop(successor.await.expect("join").expect("took over"));

@@ -160,6 +160,15 @@ pub(crate) const MAX_DRAIN_WAIT: Duration = Duration::from_secs(600);
 /// `drain_timeout_ms` of a daemon's config text (front and back-end share
 /// the key and its default), at most [`MAX_DRAIN_WAIT`]; the default if the
 /// text does not name a valid one (the daemon would have refused it).
+/// The front's `[tls]` table (appended after the back-end tables).
+pub(crate) fn tls_toml(port: u16, cert: &Path, key: &Path) -> Result<String, LabError> {
+    Ok(format!(
+        "\n[tls]\nport = {port}\ncert = {}\nkey = {}\n",
+        path_str(cert)?,
+        path_str(key)?
+    ))
+}
+
 pub(crate) fn drain_timeout(text: &str) -> Duration {
     text.parse::<toml::Table>()
         .ok()

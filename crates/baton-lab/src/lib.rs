@@ -33,6 +33,7 @@
 //! and the front's `front-upgrade.sock` while it runs.
 #![deny(unsafe_code)]
 
+mod certs;
 mod cmd;
 mod config;
 mod daemon;
@@ -101,7 +102,16 @@ pub struct LabSpec {
     /// group `default`.
     #[serde(default)]
     pub backend_groups: Vec<String>,
+    /// HTTPS on the VIP's port [`TLS_PORT`] too, with a throwaway CA and a
+    /// certificate for [`SERVER_NAME`] and the VIP.
+    #[serde(default)]
+    pub tls: bool,
 }
+
+pub use certs::SERVER_NAME;
+
+/// The HTTPS port of a lab made with `tls`.
+pub const TLS_PORT: u16 = 443;
 
 /// The lab's origin: host `origin` at [`ORIGIN_IP`] runs `baton serve` on
 /// the lab's docroot at port [`ORIGIN_PORT`], and every back-end is
@@ -164,6 +174,7 @@ impl LabSpec {
             back_extra: None,
             origin: None,
             backend_groups: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -218,6 +229,17 @@ pub struct LabInfo {
     /// in `front.toml`); absent in the state of a lab made by an older baton.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_socket: Option<PathBuf>,
+    /// With `--tls`: the HTTPS port on the VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_port: Option<u16>,
+    /// With `--tls`: the CA certificate that signed the front's (trust it:
+    /// `curl --cacert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// With `--tls`: the host name the certificate is for (it also covers
+    /// the VIP): `curl --resolve NAME:443:VIP https://NAME/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 /// What `state.json` holds: enough for `status`, `exec` and `down` in another process.
@@ -497,7 +519,7 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         pin_dir: &pin_dir,
         upgrade_socket: &upgrade_socket,
     });
-    let front_text = config::front_toml(
+    let mut front_text = config::front_toml(
         VIP,
         IFACE,
         &key_file,
@@ -506,6 +528,13 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         upgrade,
         spec.front_extra.as_deref(),
     )?;
+    let tls = if spec.tls {
+        let c = certs::make(&labdir, VIP)?;
+        front_text.push_str(&config::tls_toml(TLS_PORT, &c.chain, &c.key)?);
+        Some(c)
+    } else {
+        None
+    };
     write_file(&labdir.join("front.toml"), &front_text)?;
 
     let mut state = LabState {
@@ -526,6 +555,9 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
             docroot,
             pin_dir: Some(pin_dir),
             upgrade_socket: Some(upgrade_socket),
+            tls_port: tls.as_ref().map(|_| TLS_PORT),
+            ca_file: tls.as_ref().map(|c| c.ca.clone()),
+            server_name: tls.as_ref().map(|_| SERVER_NAME.to_owned()),
         },
         daemons: BTreeMap::new(),
     };
@@ -644,6 +676,18 @@ fn start_daemon(
 
 fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
     fs::write(path, text).map_err(|e| LabError::io("write", path, e))
+}
+
+/// A new file readable by root only.
+fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LabError::io("create", path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| LabError::io("write", path, e))
 }
 
 /// 32 random bytes as 64 lowercase hex digits, no newline, readable by root only.
@@ -1031,6 +1075,9 @@ mod tests {
             docroot: lab_dir("x").join("docroot"),
             pin_dir: None,
             upgrade_socket: None,
+            tls_port: None,
+            ca_file: None,
+            server_name: None,
         };
         let v: serde_json::Value = serde_json::to_value(&info).expect("json");
         assert_eq!(v["vip"], "198.18.0.100");
@@ -1040,5 +1087,16 @@ mod tests {
         assert_eq!(v["hosts"]["client"]["iface"], "eth0");
         assert!(v["hosts"]["client"].get("pid").is_none());
         assert!(v.get("pin_dir").is_none() && v.get("upgrade_socket").is_none());
+        assert!(v.get("tls_port").is_none() && v.get("ca_file").is_none());
+        let tls = LabInfo {
+            tls_port: Some(TLS_PORT),
+            ca_file: Some(lab_dir("x").join("ca.pem")),
+            server_name: Some(SERVER_NAME.into()),
+            ..info
+        };
+        let v: serde_json::Value = serde_json::to_value(&tls).expect("json");
+        assert_eq!(v["tls_port"], 443);
+        assert_eq!(v["server_name"], "baton.test");
+        assert!(v["ca_file"].as_str().is_some_and(|p| p.ends_with("/ca.pem")));
     }
 }

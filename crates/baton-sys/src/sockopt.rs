@@ -142,3 +142,24 @@ pub fn set_linger_zero(fd: BorrowedFd<'_>) -> Result<()> {
         "setsockopt(SO_LINGER)",
     )
 }
+
+/// Whether the kernel has TLS (`CONFIG_TLS`, the "tls" upper-layer
+/// protocol): `Ok(())` if so, else why not. Asked on a fresh, unconnected
+/// socket: a kernel with TLS answers that the socket is not connected
+/// (ENOTCONN), one without it that the protocol does not exist (ENOENT).
+pub fn kernel_tls() -> std::result::Result<(), String> {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); owned immediately below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let raw = crate::cvt(raw, "socket").map_err(|e| e.to_string())?;
+    // SAFETY: a fresh fd nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    match set(fd.as_fd(), libc::IPPROTO_TCP, libc::TCP_ULP, b"tls", "setsockopt(TCP_ULP)") {
+        Ok(()) => Ok(()),
+        Err(e) if e.errno() == Some(libc::ENOTCONN) => Ok(()),
+        Err(e) if e.errno() == Some(libc::ENOENT) => {
+            Err("the kernel has no TLS (CONFIG_TLS is not set)".into())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}

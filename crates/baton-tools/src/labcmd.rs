@@ -40,6 +40,11 @@ pub enum LabCmd {
         /// missing ones: `default`), for routing rules in --front-extra.
         #[arg(long, value_delimiter = ',')]
         backend_groups: Vec<String>,
+        /// Serve HTTPS on the VIP's port 443 too, with a throwaway CA and a
+        /// certificate for baton.test and the VIP (`status --json` gives
+        /// `tls_port`, `ca_file` and `server_name`).
+        #[arg(long)]
+        tls: bool,
     },
     /// Print the lab's hosts and addresses.
     Status {
@@ -160,8 +165,10 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
             origin_rate,
             cache_bytes,
             backend_groups,
+            tls,
         } => {
             let mut spec = baton_lab::LabSpec::new(&name, self_exe()?);
+            spec.tls = tls;
             spec.backends = backends;
             spec.docroot = docroot;
             spec.front_extra = front_extra;

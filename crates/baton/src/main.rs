@@ -213,18 +213,38 @@ fn run_front(a: FrontArgs) -> Result<()> {
                 config::ms(cfg.limits.head_timeout_ms),
                 config::ms(cfg.limits.handoff_timeout_ms),
             );
-            let (fd, ack) = baton_daemon::upgrade::take_over(stream, wait)?;
-            tracing::info!("took the listener over from the running front");
-            let listener = std::net::TcpListener::from(fd);
+            let (fds, ack) = baton_daemon::upgrade::take_over(stream, wait)?;
+            tracing::info!(
+                listeners = fds.len(),
+                "took the listeners over from the running front"
+            );
             // The predecessor serves again unless this front says it
             // serves: check what can be checked before going on.
             let addr = std::net::SocketAddr::from((cfg.vip, cfg.port));
-            let got = listener.local_addr()?;
-            anyhow::ensure!(
-                got == addr,
-                "the running front listens on {got}, this configuration on {addr}: not taking over"
-            );
-            Some((listener, ack))
+            let tls_addr = cfg
+                .tls
+                .as_ref()
+                .map(|t| std::net::SocketAddr::from((cfg.vip, t.port)));
+            let (mut http, mut https) = (None, None);
+            for fd in fds {
+                let l = std::net::TcpListener::from(fd);
+                let got = l.local_addr()?;
+                if got == addr {
+                    http = Some(l);
+                } else if Some(got) == tls_addr {
+                    https = Some(l);
+                } else {
+                    // An HTTPS port this configuration no longer serves:
+                    // closed with the predecessor's copy.
+                    tracing::warn!(%got, "not taking over a listener this configuration does not serve");
+                }
+            }
+            let Some(http) = http else {
+                anyhow::bail!(
+                    "the running front does not listen on {addr} as this configuration does: not taking over"
+                );
+            };
+            Some((http, https, ack))
         }
         None => None,
     };
@@ -233,16 +253,30 @@ fn run_front(a: FrontArgs) -> Result<()> {
     let workers = cfg.workers;
     let admin = cfg.admin_listen;
     let front = front::Front::new(cfg)?;
-    let (listener, predecessor) = match inherited {
-        Some((l, ack)) => (l, Some(ack)),
-        // A current-thread runtime starts no thread; tokio binds the socket.
-        None => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?
-            .block_on(async { front.listen() })
-            .map(|l| (l, None))?,
+    // A current-thread runtime starts no thread; tokio binds the sockets.
+    let binder = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (listeners, predecessor) = match inherited {
+        Some((http, Some(https), ack)) => (
+            front::Listeners {
+                http,
+                https: Some(https),
+            },
+            Some(ack),
+        ),
+        // A predecessor without HTTPS (or on another HTTPS port).
+        Some((http, None, ack)) => (
+            front::Listeners {
+                http,
+                https: binder.block_on(async { front.listen_https() })?,
+            },
+            Some(ack),
+        ),
+        None => (binder.block_on(async { front.listen() })?, None),
     };
+    drop(binder);
     let dropped =
         baton_daemon::privs::keep_only(&baton_daemon::privs::for_front(front.hands_off(), admin))?;
     if !dropped.is_empty() {
@@ -261,7 +295,7 @@ fn run_front(a: FrontArgs) -> Result<()> {
                 let _ = reloading.reload();
             }
         });
-        front.run(shutdown_signal(), listener, predecessor).await
+        front.run(shutdown_signal(), listeners, predecessor).await
     })
 }
 
