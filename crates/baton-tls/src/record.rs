@@ -114,6 +114,7 @@ const ALERT_FATAL: u8 = 2;
 pub const AES_GCM_RECORD_LIMIT: u64 = 23_726_566;
 /// TLS 1.3 with AES-GCM: records sealed with one key before we rekey on our own.
 pub const TLS13_AES_GCM_REKEY_AT: u64 = 1 << 24;
+const _: () = assert!(TLS13_AES_GCM_REKEY_AT < AES_GCM_RECORD_LIMIT);
 
 const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
 const MAX_WARNINGS_IN_A_ROW: u8 = 4;
@@ -569,15 +570,14 @@ impl RecordLayer {
         Ok(())
     }
 
-    /// Seals one record of `content_type` around `data` (at most [`MAX_PLAINTEXT`] bytes),
-    /// encrypting in place in `out`. On error `out` is left as it was.
+    /// Seals one record of `content_type` around `data` (callers keep it to at most
+    /// [`MAX_PLAINTEXT`] bytes), encrypting in place in `out`. On error `out` is left as it was.
     fn seal_record(
         &mut self,
         content_type: u8,
         data: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), TlsError> {
-        debug_assert!(data.len() <= MAX_PLAINTEXT);
         if self.tx.seq == u64::MAX {
             return Err(TlsError::SequenceLimit);
         }
@@ -771,14 +771,14 @@ impl RecordLayer {
             let take = (want - self.hs.len()).min(content.len());
             self.hs.extend_from_slice(&content[..take]);
             content = &content[take..];
-            if self.hs.len() == 4 {
-                match self.hs[0] {
-                    HS_KEY_UPDATE => {}
-                    HS_NEW_SESSION_TICKET => {
-                        return Err(TlsError::Protocol("NewSessionTicket from a client"))
-                    }
-                    _ => return Err(TlsError::Protocol("handshake message after the handshake")),
+            match self.hs.first() {
+                Some(&HS_KEY_UPDATE) => {}
+                Some(&HS_NEW_SESSION_TICKET) => {
+                    return Err(TlsError::Protocol("NewSessionTicket from a client"))
                 }
+                _ => return Err(TlsError::Protocol("handshake message after the handshake")),
+            }
+            if self.hs.len() == 4 {
                 if self.hs[1..4] != [0, 0, 1] {
                     return Err(TlsError::Decode("KeyUpdate of the wrong length"));
                 }
@@ -855,3 +855,6 @@ fn aad12(seq: u64, content_type: u8, len: usize) -> [u8; 13] {
     aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
     aad
 }
+
+#[cfg(test)]
+mod tests;
