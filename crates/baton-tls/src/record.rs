@@ -237,6 +237,25 @@ fn derive_key_iv(suite: Suite, secret: &[u8]) -> Result<KeyIv, TlsError> {
     Ok((key, iv))
 }
 
+impl Direction {
+    /// The direction a TLS 1.3 traffic secret describes: key and IV derived from `secret`
+    /// (which must have the suite's hash length), next record number `seq`.
+    pub fn tls13(suite: Suite, secret: &[u8], seq: u64) -> Result<Direction, TlsError> {
+        if secret.len() != suite.secret_len() {
+            return Err(TlsError::BadState(
+                "traffic secret length does not fit the version and suite",
+            ));
+        }
+        let (key, iv) = derive_key_iv(suite, secret)?;
+        Ok(Direction {
+            key: key.to_vec(),
+            iv: *iv,
+            seq,
+            secret: secret.to_vec(),
+        })
+    }
+}
+
 /// The traffic keys of one direction.
 struct Keys {
     cipher: Cipher,

@@ -86,6 +86,21 @@ fn the_traffic_secrets_yield_the_rfc_keys_and_ivs() {
 }
 
 #[test]
+fn key_and_iv_derivation_matches_the_rfc() {
+    for (secret, key, iv_hex) in [
+        (CLIENT_AP_SECRET, CLIENT_AP_KEY, CLIENT_AP_IV),
+        (SERVER_AP_SECRET, SERVER_AP_KEY, SERVER_AP_IV),
+    ] {
+        let d = Direction::tls13(Suite::Aes128Gcm, &h(secret), 5).expect("derives");
+        assert_eq!(hex::encode(&d.key), key);
+        assert_eq!(d.iv, iv(iv_hex));
+        assert_eq!(d.seq, 5);
+        assert_eq!(d.secret, h(secret));
+    }
+    assert!(Direction::tls13(Suite::Aes256Gcm, &h(CLIENT_AP_SECRET), 0).is_err());
+}
+
+#[test]
 fn decrypts_the_clients_records() {
     let mut layer = RecordLayer::new(&server_state()).expect("valid");
     let mut input = BytesMut::from(&h(CLIENT_APP_RECORD)[..]);
