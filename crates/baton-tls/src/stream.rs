@@ -144,9 +144,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
             }
             match this.layer.read(&mut this.rbuf, &mut this.plain) {
                 Ok(status) => {
-                    if this.layer.wants_write() {
-                        // A KeyUpdate answer: send it now if the socket takes it, else it
-                        // leaves before the next record we write.
+                    if this.layer.wants_write() || !this.wbuf.is_empty() {
+                        // A KeyUpdate answer (or data a write left behind): send it now if the
+                        // socket takes it; if not, the socket wakes us when it can, and a later
+                        // read or write carries on.
                         if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
                             return Poll::Ready(Err(e));
                         }
