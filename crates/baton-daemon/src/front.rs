@@ -3013,7 +3013,10 @@ async fn read_head(
 
 /// Registers a client listener with the event loop, after checking it is
 /// bound to `addr`.
-fn register(listener: std::net::TcpListener, addr: SocketAddr) -> Result<AsyncFd<std::net::TcpListener>> {
+fn register(
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<AsyncFd<std::net::TcpListener>> {
     let got = listener.local_addr().context("the listener")?;
     ensure!(
         got == addr,

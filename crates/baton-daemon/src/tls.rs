@@ -567,7 +567,10 @@ mod tests {
         assert_eq!(whole_record(&[22, 3, 1, 0, 2, 9, 9, 7]), Some(7));
         let mut hello = vec![22, 3, 1, 0, 60, 1, 0, 0, 56, 3, 3];
         hello.extend(1..=32u8);
-        assert_eq!(client_random(&hello), Some(std::array::from_fn(|i| i as u8 + 1)));
+        assert_eq!(
+            client_random(&hello),
+            Some(std::array::from_fn(|i| i as u8 + 1))
+        );
         assert_eq!(client_random(&[23, 3, 3, 0, 1, 1]), None);
     }
 

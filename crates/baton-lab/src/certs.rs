@@ -36,8 +36,8 @@ fn cert_err(what: &str, e: rcgen::Error) -> LabError {
 /// valid from a day ago for 30 days.
 pub(crate) fn make(dir: &Path, vip: Ipv4Addr) -> Result<LabCerts, LabError> {
     let now = time_now();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| cert_err("CA", e))?;
+    let mut ca_params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| cert_err("CA", e))?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params
         .distinguished_name
@@ -52,8 +52,8 @@ pub(crate) fn make(dir: &Path, vip: Ipv4Addr) -> Result<LabCerts, LabError> {
         .self_signed(&ca_key)
         .map_err(|e| cert_err("CA", e))?;
 
-    let mut params =
-        CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(|e| cert_err("certificate", e))?;
+    let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()])
+        .map_err(|e| cert_err("certificate", e))?;
     params
         .subject_alt_names
         .push(SanType::IpAddress(IpAddr::V4(vip)));

@@ -1097,6 +1097,8 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&tls).expect("json");
         assert_eq!(v["tls_port"], 443);
         assert_eq!(v["server_name"], "baton.test");
-        assert!(v["ca_file"].as_str().is_some_and(|p| p.ends_with("/ca.pem")));
+        assert!(v["ca_file"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/ca.pem")));
     }
 }

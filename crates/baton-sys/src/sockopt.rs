@@ -154,7 +154,13 @@ pub fn kernel_tls() -> std::result::Result<(), String> {
     let raw = crate::cvt(raw, "socket").map_err(|e| e.to_string())?;
     // SAFETY: a fresh fd nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    match set(fd.as_fd(), libc::IPPROTO_TCP, libc::TCP_ULP, b"tls", "setsockopt(TCP_ULP)") {
+    match set(
+        fd.as_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_ULP,
+        b"tls",
+        "setsockopt(TCP_ULP)",
+    ) {
         Ok(()) => Ok(()),
         Err(e) if e.errno() == Some(libc::ENOTCONN) => Ok(()),
         Err(e) if e.errno() == Some(libc::ENOENT) => {

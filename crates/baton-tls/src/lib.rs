@@ -12,7 +12,14 @@
 //!   checked, every failure is a [`TlsError`].
 
 mod carried;
+mod record;
 mod state;
+mod stream;
 
 pub use carried::Carried;
-pub use state::{Direction, SecretBytes, SessionState, Suite, TlsError, Version};
+pub use record::{
+    KeyUpdates, ReadStatus, RecordLayer, AES_GCM_RECORD_LIMIT, HEADER_LEN, MAX_PLAINTEXT,
+    TLS13_AES_GCM_REKEY_AT,
+};
+pub use state::{alert, Direction, SecretBytes, SessionState, Suite, TlsError, Version};
+pub use stream::TlsStream;

@@ -35,6 +35,62 @@ pub enum TlsError {
     /// A sequence number would wrap or the AEAD limit is reached and no key update is possible.
     #[error("TLS record sequence limit reached")]
     SequenceLimit,
+    /// A record longer than the protocol allows (`record_overflow`).
+    #[error("TLS record too long")]
+    RecordOverflow,
+    /// A message that does not parse (`decode_error`); the string says which.
+    #[error("malformed TLS message: {0}")]
+    Decode(&'static str),
+    /// A message with a field value the protocol forbids (`illegal_parameter`).
+    #[error("illegal TLS parameter: {0}")]
+    IllegalParameter(&'static str),
+    /// The operation needs something this session does not have (e.g. KeyUpdate on TLS 1.2).
+    #[error("not supported by this TLS session: {0}")]
+    Unsupported(&'static str),
+    /// We already sent close_notify or a fatal alert: nothing more may be sent.
+    #[error("the TLS session is closed for sending")]
+    Closed,
+}
+
+/// TLS alert descriptions this crate sends or reacts to (RFC 8446 section 6).
+pub mod alert {
+    /// Orderly end of the sender's data.
+    pub const CLOSE_NOTIFY: u8 = 0;
+    /// A message that does not belong here.
+    pub const UNEXPECTED_MESSAGE: u8 = 10;
+    /// A record failed to authenticate.
+    pub const BAD_RECORD_MAC: u8 = 20;
+    /// A record longer than allowed.
+    pub const RECORD_OVERFLOW: u8 = 22;
+    /// A field with a forbidden value.
+    pub const ILLEGAL_PARAMETER: u8 = 47;
+    /// A message that does not parse.
+    pub const DECODE_ERROR: u8 = 50;
+    /// A local failure unrelated to the peer.
+    pub const INTERNAL_ERROR: u8 = 80;
+    /// The peer's user cancelled (a warning, usually followed by close_notify).
+    pub const USER_CANCELED: u8 = 90;
+    /// TLS 1.2: we refuse a renegotiation (sent as a warning).
+    pub const NO_RENEGOTIATION: u8 = 100;
+}
+
+impl TlsError {
+    /// The fatal alert to send the peer for this error, if one is due. Errors the peer caused by
+    /// alerting us, local misuse and an already closed session send nothing.
+    pub fn alert(&self) -> Option<u8> {
+        match self {
+            TlsError::BadRecordMac => Some(alert::BAD_RECORD_MAC),
+            TlsError::Protocol(_) => Some(alert::UNEXPECTED_MESSAGE),
+            TlsError::RecordOverflow => Some(alert::RECORD_OVERFLOW),
+            TlsError::Decode(_) => Some(alert::DECODE_ERROR),
+            TlsError::IllegalParameter(_) => Some(alert::ILLEGAL_PARAMETER),
+            TlsError::SequenceLimit => Some(alert::INTERNAL_ERROR),
+            TlsError::BadState(_)
+            | TlsError::PeerAlert(_)
+            | TlsError::Unsupported(_)
+            | TlsError::Closed => None,
+        }
+    }
 }
 
 /// Protocol version of the session.
