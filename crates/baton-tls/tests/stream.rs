@@ -292,3 +292,35 @@ async fn end_of_file_without_close_notify() {
     let err = stream.read(&mut buf).await.expect_err("truncated");
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
 }
+
+/// Rough sealing and opening speed (not a benchmark suite; run by hand):
+/// `cargo test -p baton-tls --release --test stream -- --ignored --nocapture throughput`.
+#[test]
+#[ignore = "prints throughput; run by hand"]
+fn throughput() {
+    for suite in SUITES {
+        let (state, mirror) = made_up(suite);
+        let mut server = RecordLayer::new(&state).expect("valid");
+        let mut client = RecordLayer::new(&mirror).expect("valid");
+        let chunk = pattern(64 * 1024, 3);
+        let mut wire = BytesMut::new();
+        let mut plain = BytesMut::new();
+        let total = 256 << 20;
+        let start = std::time::Instant::now();
+        let mut seal = Duration::ZERO;
+        for _ in 0..total / chunk.len() {
+            let t = std::time::Instant::now();
+            server.write(&chunk, &mut wire).expect("seals");
+            seal += t.elapsed();
+            client.read(&mut wire, &mut plain).expect("opens");
+            plain.clear();
+        }
+        let all = start.elapsed();
+        let mib = (total >> 20) as f64;
+        println!(
+            "{suite:?}: seal {:.0} MiB/s, open {:.0} MiB/s",
+            mib / seal.as_secs_f64(),
+            mib / (all - seal).as_secs_f64()
+        );
+    }
+}
