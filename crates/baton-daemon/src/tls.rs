@@ -291,13 +291,22 @@ impl rustls::KeyLog for SecretLog {
     }
 }
 
-/// Drops a connection's logged secrets when it ends without taking them.
-struct Forget<'a> {
-    log: &'a SecretLog,
+/// A connection's entry in the [`SecretLog`]: dropped with it, unless
+/// [`extract`] took the secrets out first. Every way a connection ends
+/// (an answer of the front's own, a failed handshake, a timeout) forgets
+/// them.
+struct Forget {
+    log: Arc<SecretLog>,
     random: Option<[u8; 32]>,
 }
 
-impl Drop for Forget<'_> {
+impl std::fmt::Debug for Forget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forget")
+    }
+}
+
+impl Drop for Forget {
     fn drop(&mut self) {
         if let Some(r) = &self.random {
             self.log.take(r);
@@ -317,7 +326,7 @@ pub struct Request {
     /// Bytes read from the socket and not given to rustls: whole or partial
     /// records after the head.
     pub ciphertext: Vec<u8>,
-    random: Option<[u8; 32]>,
+    secrets: Forget,
 }
 
 /// Why no request could be read.
@@ -370,7 +379,7 @@ pub async fn read_request(
     let mut inbuf = BytesMut::with_capacity(4096);
     let mut plaintext = Vec::new();
     let mut forget = Forget {
-        log: &tls.log,
+        log: Arc::clone(&tls.log),
         random: None,
     };
     let mut out = Vec::new();
@@ -410,7 +419,7 @@ pub async fn read_request(
                         sni: sc.server_name().map(str::to_ascii_lowercase),
                         plaintext,
                         ciphertext: inbuf.to_vec(),
-                        random: forget.random.take(),
+                        secrets: forget,
                     })
                 }
                 Ok(None) => {}
@@ -495,7 +504,7 @@ pub fn extract(
         Some(ProtocolVersion::TLSv1_2) => Version::Tls12,
         other => return Err(format!("unsupported protocol version {other:?}")),
     };
-    let traffic = match (version, &req.random) {
+    let traffic = match (version, &req.secrets.random) {
         (Version::Tls13, Some(r)) => tls
             .log
             .take(r)
