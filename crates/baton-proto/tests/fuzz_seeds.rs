@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
-use baton_proto::auth::{FrontHandshake, Psk};
+use baton_proto::auth::{EphemeralKey, FrontHandshake, Psk};
 use baton_proto::{FlowKey, Frame, FrameLimits, Handoff, LoadReport, RepairWindow, TcpState};
 use bytes::{Bytes, BytesMut};
 
@@ -53,7 +53,10 @@ fn frame_seeds() -> Seeds {
         },
         data: Bytes::from_static(b"GET /index.html HTTP/1.1\r\nHost: baton.test\r\n\r\n"),
     });
-    let (_, hello) = FrontHandshake::start(Psk::new([7u8; 32]).expect("long enough"), [1; 32]);
+    let (_, hello) = FrontHandshake::start(
+        Psk::new([7u8; 32]).expect("long enough"),
+        EphemeralKey::from_bytes([1; 32]),
+    );
     vec![
         ("handoff", encode(&[handoff])),
         (
