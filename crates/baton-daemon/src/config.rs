@@ -926,9 +926,11 @@ impl BackConfig {
 
 /// Reads the pre-shared key: the file's text with surrounding whitespace
 /// removed, at least 16 bytes (e.g. 64 hex digits from a random source).
+/// The file's bytes are wiped once the key holds its copy.
 pub fn load_key(path: &Path) -> Result<baton_proto::auth::Psk> {
-    let text =
-        std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let text = zeroize::Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?,
+    );
     let trimmed = text.trim_ascii();
     if trimmed.len() < 16 {
         bail!(

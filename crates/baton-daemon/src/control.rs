@@ -1,19 +1,21 @@
-//! The persistent control channel, I/O side: TCP, the authenticated
-//! handshake and sealed frames from `baton_proto::auth`. All protocol logic
+//! The persistent control channel, I/O side: TCP, the authenticated key
+//! exchange and encrypted frames from `baton_proto::auth`. All protocol logic
 //! lives in `baton-proto`; this is the glue that moves its bytes.
 
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use baton_proto::auth::{BackHandshake, BackStep, FrontHandshake, Opener, Psk, Sealer, NONCE_LEN};
+use baton_proto::auth::{
+    BackHandshake, BackStep, EphemeralKey, FrontHandshake, Opener, Psk, Sealer,
+};
 use baton_proto::frame::Frame;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-/// Writes sealed frames.
+/// Writes sealed (encrypted) frames.
 #[derive(Debug)]
 pub struct FrameWriter {
     sealer: Sealer,
@@ -21,7 +23,7 @@ pub struct FrameWriter {
     buf: BytesMut,
 }
 
-/// Reads sealed frames.
+/// Reads sealed (encrypted) frames.
 #[derive(Debug)]
 pub struct FrameReader {
     opener: Opener,
@@ -88,10 +90,10 @@ impl FrameReader {
     }
 }
 
-fn nonce() -> Result<[u8; NONCE_LEN]> {
-    let mut n = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut n).map_err(|e| anyhow!("no randomness for a nonce: {e}"))?;
-    Ok(n)
+/// A fresh ephemeral key for one handshake, from the OS CSPRNG.
+fn ephemeral() -> Result<EphemeralKey> {
+    EphemeralKey::generate(getrandom::getrandom)
+        .map_err(|e| anyhow!("no randomness for an ephemeral key: {e}"))
 }
 
 fn prepare(stream: &TcpStream) -> Result<()> {
@@ -114,7 +116,7 @@ pub async fn connect(
         // not after ~15 minutes of retransmissions.
         baton_sys::sockopt::set_tcp_user_timeout(std::os::fd::AsFd::as_fd(&stream), timeout)
             .context("TCP_USER_TIMEOUT")?;
-        let (mut hs, hello) = FrontHandshake::start(psk.clone(), nonce()?);
+        let (mut hs, hello) = FrontHandshake::start(psk.clone(), ephemeral()?);
         stream.write_all(&hello).await.context("sending hello")?;
         let mut buf = BytesMut::with_capacity(4096);
         let done = loop {
@@ -152,7 +154,7 @@ pub async fn accept(
     let peer = stream.peer_addr().context("peer address")?;
     tokio::time::timeout(timeout, async {
         prepare(&stream)?;
-        let mut hs = BackHandshake::new(psk.clone(), nonce()?);
+        let mut hs = BackHandshake::new(psk.clone(), ephemeral()?);
         let mut buf = BytesMut::with_capacity(4096);
         loop {
             match hs

@@ -3,18 +3,19 @@
 //! # Wire format (version [`PROTOCOL_VERSION`])
 //!
 //! ```text
-//! +----------------+------+-----------------+------------------------+
-//! | len: u32 BE    | type | body            | tag (16 bytes, sealed) |
-//! +----------------+------+-----------------+------------------------+
-//!                  |<------------------- len bytes ----------------->|
+//! +----------------+------+-----------------+
+//! | len: u32 BE    | type | body            |
+//! +----------------+------+-----------------+
+//!                  |<------ len bytes ----->|
 //! ```
 //!
 //! All integers are big-endian and fixed-width. Strings are a `u16` byte
 //! length followed by UTF-8; byte blobs are a `u32` length followed by the
-//! bytes. The tag is present only on a channel that completed the
-//! [`auth`](crate::auth) handshake; [`Frame::encode`]/[`Frame::decode`] are
-//! the unsealed form (tests, tools, fuzzing), [`Sealer`](crate::auth::Sealer)
-//! and [`Opener`](crate::auth::Opener) the sealed one.
+//! bytes. [`Frame::encode`]/[`Frame::decode`] are this clear form (tests,
+//! tools, fuzzing). On a channel that completed the [`auth`](crate::auth)
+//! handshake, `type || body` is encrypted with ChaCha20-Poly1305 and `len`
+//! also counts the 16-byte tag behind it: [`Sealer`](crate::auth::Sealer)
+//! and [`Opener`](crate::auth::Opener) (layout in [`auth`](crate::auth)).
 //!
 //! | type | frame      | direction | body                                   |
 //! |------|------------|-----------|----------------------------------------|
@@ -301,7 +302,7 @@ impl Default for FrameLimits {
 }
 
 impl FrameLimits {
-    fn frame_max(&self) -> usize {
+    pub(crate) fn frame_max(&self) -> usize {
         self.max_frame_len.min(u32::MAX as usize)
     }
 
@@ -329,8 +330,12 @@ pub enum ProtoError {
     InvalidUtf8,
     #[error("unknown TCP option flags {0:#04x}")]
     InvalidFlags(u8),
-    #[error("frame #{seq} failed authentication: tampered, replayed, reordered or injected")]
+    #[error(
+        "frame #{seq} failed authentication: tampered, truncated, replayed, reordered or injected"
+    )]
     BadTag { seq: u64 },
+    #[error("the channel used up its 2^64 - 1 frame numbers in one direction and must be re-established")]
+    SequenceExhausted,
     #[error("the channel failed earlier and must be closed")]
     Poisoned,
 }

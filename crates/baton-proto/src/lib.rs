@@ -9,17 +9,20 @@
 //! # The control channel
 //!
 //! Each front-end keeps one long-lived TCP connection to each back-end. It
-//! opens with a mutual pre-shared-key handshake ([`auth`]); after that every
-//! message is a [`Frame`] ([`frame`]) sealed with a per-direction HMAC tag and
-//! an implicit sequence number, so the channel rejects tampered, replayed,
-//! reordered and injected frames. Any error closes the channel.
+//! opens with a handshake ([`auth`]) that proves the pre-shared key both ways
+//! and agrees fresh session keys by an ephemeral X25519 exchange; after that
+//! every message is a [`Frame`] ([`frame`]) encrypted with ChaCha20-Poly1305
+//! under a per-direction key and an implicit sequence number, so the channel
+//! is confidential (with forward secrecy: a later leak of the PSK does not
+//! open a recorded session) and rejects tampered, replayed, reordered and
+//! injected frames. Any error closes the channel.
 //!
 //! ```text
 //! front                                                         back
-//!   |-- Hello {version, nonce_f} ------------------------------->|
-//!   |<-------------------- Challenge {version, nonce_b, proof_b} -|
+//!   |-- Hello {version, e_f} ----------------------------------->|
+//!   |<------------------------- Challenge {version, e_b, proof_b} -|
 //!   |-- Proof {proof_f} ----------------------------------------->|
-//!   |               (sealed frames from here on)                  |
+//!   |             (encrypted frames from here on)                 |
 //! ```
 //!
 //! The front checks the back's proof before it sends anything else, so a
@@ -83,7 +86,9 @@ pub mod http;
 pub mod tcp;
 mod wire;
 
-pub use auth::{BackHandshake, BackStep, FrontDone, FrontHandshake, Opener, Psk, Sealer};
+pub use auth::{
+    BackHandshake, BackStep, EphemeralKey, FrontDone, FrontHandshake, Opener, Psk, Sealer,
+};
 pub use flow::FlowKey;
 pub use frame::{
     Frame, FrameLimits, Handoff, Incoming, Link, LoadReport, ProtoError, ToBack, ToFront,

@@ -83,6 +83,19 @@ pub(crate) fn take_message(
     min: usize,
     max: usize,
 ) -> Result<Option<Bytes>, ProtoError> {
+    Ok(take_message_with_prefix(buf, min, max)?.map(|mut message| {
+        message.advance(LEN_PREFIX);
+        message.freeze()
+    }))
+}
+
+/// [`take_message`], but returns the whole message, prefix included, and
+/// mutable (the opener decrypts it in place and authenticates the prefix).
+pub(crate) fn take_message_with_prefix(
+    buf: &mut BytesMut,
+    min: usize,
+    max: usize,
+) -> Result<Option<BytesMut>, ProtoError> {
     let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
         return Ok(None);
     };
@@ -100,7 +113,5 @@ pub(crate) fn take_message(
         buf.reserve(total - buf.len());
         return Ok(None);
     }
-    let mut message = buf.split_to(total).freeze();
-    message.advance(LEN_PREFIX);
-    Ok(Some(message))
+    Ok(Some(buf.split_to(total)))
 }

@@ -3,7 +3,9 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use baton_proto::auth::{BackHandshake, BackStep, FrontHandshake, Opener, Psk, Sealer};
+use baton_proto::auth::{
+    BackHandshake, BackStep, EphemeralKey, FrontHandshake, Opener, Psk, Sealer,
+};
 use baton_proto::{FlowKey, Frame, FrameLimits, Handoff, LoadReport, RepairWindow, TcpState};
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -102,10 +104,10 @@ fn frame() -> impl Strategy<Value = Frame> {
 }
 
 /// A completed in-memory handshake: (front sealer, back opener).
-fn channel(nonce_f: [u8; 32], nonce_b: [u8; 32]) -> (Sealer, Opener) {
+fn channel(eph_f: [u8; 32], eph_b: [u8; 32]) -> (Sealer, Opener) {
     let key = Psk::new(b"property-test pre-shared key").expect("long enough");
-    let (mut front, hello) = FrontHandshake::start(key.clone(), nonce_f);
-    let mut back = BackHandshake::new(key, nonce_b);
+    let (mut front, hello) = FrontHandshake::start(key.clone(), EphemeralKey::from_bytes(eph_f));
+    let mut back = BackHandshake::new(key, EphemeralKey::from_bytes(eph_b));
     let Ok(BackStep::Send(challenge)) = back.handle(&mut BytesMut::from(&hello[..])) else {
         panic!("back refused the hello");
     };
@@ -159,10 +161,10 @@ proptest! {
     fn sealed_round_trip_at_any_chunking(
         frames in proptest::collection::vec(frame(), 1..8),
         cuts in proptest::collection::vec(any::<usize>(), 0..8),
-        nonce_f in any::<[u8; 32]>(),
-        nonce_b in any::<[u8; 32]>(),
+        eph_f in any::<[u8; 32]>(),
+        eph_b in any::<[u8; 32]>(),
     ) {
-        let (mut sealer, mut opener) = channel(nonce_f, nonce_b);
+        let (mut sealer, mut opener) = channel(eph_f, eph_b);
         let mut wire = BytesMut::new();
         for f in &frames {
             sealer.seal(f, &mut wire).expect("fits");
@@ -207,9 +209,9 @@ proptest! {
         prop_assert!(!matches!(opener.open(&mut buf), Ok(Some(_))));
 
         let key = Psk::new([9u8; 32]).expect("long enough");
-        let (mut front, _) = FrontHandshake::start(key.clone(), [1; 32]);
+        let (mut front, _) = FrontHandshake::start(key.clone(), EphemeralKey::from_bytes([1; 32]));
         prop_assert!(!matches!(front.handle(&mut BytesMut::from(&bytes[..])), Ok(Some(_))));
-        let mut back = BackHandshake::new(key, [2; 32]);
+        let mut back = BackHandshake::new(key, EphemeralKey::from_bytes([2; 32]));
         let mut buf = BytesMut::from(&bytes[..]);
         for _ in 0..3 {
             match back.handle(&mut buf) {

@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
-use baton_proto::auth::{FrontHandshake, Psk};
+use baton_proto::auth::{EphemeralKey, FrontHandshake, Psk};
 use baton_proto::{FlowKey, Frame, FrameLimits, Handoff, LoadReport, RepairWindow, TcpState};
 use bytes::{Bytes, BytesMut};
 
@@ -55,7 +55,10 @@ fn frame_seeds() -> Seeds {
         sent: Bytes::new(),
         tls: Bytes::new(),
     });
-    let (_, hello) = FrontHandshake::start(Psk::new([7u8; 32]).expect("long enough"), [1; 32]);
+    let (_, hello) = FrontHandshake::start(
+        Psk::new([7u8; 32]).expect("long enough"),
+        EphemeralKey::from_bytes([1; 32]),
+    );
     vec![
         ("handoff", encode(&[handoff])),
         (
@@ -119,11 +122,32 @@ fn http_seeds() -> Seeds {
         .collect()
 }
 
+/// Edit lists for `channel_auth`: which message (0 hello, 1 challenge,
+/// 2 proof, 3 sealed stream), then edits of (op, position u16, value); ops
+/// 0 flip, 1 insert, 2 delete, 3 truncate, 4 replay a prefix.
+fn channel_seeds() -> Seeds {
+    vec![
+        ("hello_untouched", vec![0]),
+        ("hello_flip_key", vec![0, 0, 0, 12, 0x40]),
+        ("challenge_flip_proof", vec![1, 0, 0, 50, 0x01]),
+        ("challenge_truncate", vec![1, 3, 0, 40, 0]),
+        ("proof_insert", vec![2, 1, 0, 5, 0x82]),
+        ("stream_untouched", vec![3]),
+        ("stream_flip_second", vec![3, 0, 0, 40, 0x80]),
+        ("stream_replay_first", vec![3, 2, 0, 0, 0, 4, 0, 29, 0]),
+        ("stream_delete_tag", vec![3, 2, 0, 28, 0]),
+    ]
+}
+
 /// (file name, contents) of each seed of one fuzz target.
 type Seeds = Vec<(&'static str, Vec<u8>)>;
 
 fn all_seeds() -> Vec<(&'static str, Seeds)> {
-    vec![("frame_decode", frame_seeds()), ("http_head", http_seeds())]
+    vec![
+        ("frame_decode", frame_seeds()),
+        ("http_head", http_seeds()),
+        ("channel_auth", channel_seeds()),
+    ]
 }
 
 #[test]

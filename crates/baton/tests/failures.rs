@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use baton_proto::auth::{FrontHandshake, Psk};
+use baton_proto::auth::{EphemeralKey, FrontHandshake, Psk};
 use baton_proto::frame::Frame;
 use bytes::BytesMut;
 use common::*;
@@ -413,9 +413,8 @@ fn peer_closes(s: &mut TcpStream, timeout: Duration) -> bool {
 /// Runs the front half of the handshake with `psk` on `s`; returns the
 /// handshake outcome and the bytes after it.
 fn handshake(s: &mut TcpStream, psk: Psk) -> Result<baton_proto::auth::FrontDone, String> {
-    let mut nonce = [0u8; 32];
-    getrandom::getrandom(&mut nonce).map_err(|e| e.to_string())?;
-    let (mut hs, hello) = FrontHandshake::start(psk, nonce);
+    let ephemeral = EphemeralKey::generate(getrandom::getrandom).map_err(|e| e.to_string())?;
+    let (mut hs, hello) = FrontHandshake::start(psk, ephemeral);
     s.write_all(&hello).map_err(|e| e.to_string())?;
     let mut buf = BytesMut::new();
     let mut chunk = [0u8; 1024];
