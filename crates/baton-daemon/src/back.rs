@@ -24,6 +24,7 @@ use baton_proto::{Incoming, Link};
 use baton_serve::StaticFiles;
 use baton_sys::repair;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 use tracing::{debug, info, warn};
@@ -59,6 +60,10 @@ pub struct BackCounters {
     pub handshakes_evicted: Counter,
     /// Handed-off connections that continue a TLS session.
     pub tls_sessions: Counter,
+    /// TLS 1.3 key updates in ended sessions: the client's (its sending
+    /// keys, which this side receives with) and this side's.
+    pub tls_key_updates_rx: Counter,
+    pub tls_key_updates_tx: Counter,
 }
 
 /// What the back-end serves.
@@ -98,6 +103,54 @@ struct Channel {
 /// seconds) and to correct its load estimate; one write per report would
 /// wake the front once more per connection.
 const CLOSED_BATCH: Duration = Duration::from_millis(5);
+
+/// A TLS session being served; its key updates are counted when it ends.
+struct CountedTls<S: AsyncRead + AsyncWrite + Unpin> {
+    inner: baton_tls::TlsStream<S>,
+    back: Arc<Back>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Drop for CountedTls<S> {
+    fn drop(&mut self) {
+        let k = self.inner.layer().key_updates();
+        self.back.counters.tls_key_updates_rx.add(k.rx);
+        self.back.counters.tls_key_updates_tx.add(k.tx);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CountedTls<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for CountedTls<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
 
 /// A connection being served: what it takes to reset it.
 #[derive(Debug)]
@@ -332,6 +385,9 @@ pub struct BackStats {
     pub handshakes_evicted: u64,
     /// Handed-off connections that continued a TLS session.
     pub tls_sessions: u64,
+    /// TLS 1.3 key updates in sessions that ended: received, and sent.
+    pub tls_key_updates_rx: u64,
+    pub tls_key_updates_tx: u64,
     /// How TLS sessions are continued: "userspace" (the record layer in
     /// this process). Kernel TLS is probed at start; see `tls_kernel`.
     pub tls_record_layer: &'static str,
@@ -441,6 +497,11 @@ impl Back {
                 live.drain_timeout_ms,
                 new.drain_timeout_ms,
             ),
+            (
+                "tls_key_update_bytes",
+                live.tls_key_update_bytes,
+                new.tls_key_update_bytes,
+            ),
         ] {
             if a != b {
                 changed.push(format!("{name} {a} -> {b}"));
@@ -491,6 +552,8 @@ impl Back {
             auth_failures: c.auth_failures.get(),
             handshakes_evicted: c.handshakes_evicted.get(),
             tls_sessions: c.tls_sessions.get(),
+            tls_key_updates_rx: c.tls_key_updates_rx.get(),
+            tls_key_updates_tx: c.tls_key_updates_tx.get(),
             tls_record_layer: "userspace",
             tls_kernel: match &self.kernel_tls {
                 Ok(()) => "available".into(),
@@ -835,8 +898,13 @@ impl Back {
                 None => content.serve(stream).await,
                 Some((layer, plaintext)) => {
                     back.counters.tls_sessions.inc();
+                    let mut tls = baton_tls::TlsStream::new(stream, layer, plaintext);
+                    tls.set_key_update_interval(back.live_cfg().tls_key_update_bytes);
                     content
-                        .serve(baton_tls::TlsStream::new(stream, layer, plaintext))
+                        .serve(CountedTls {
+                            inner: tls,
+                            back: Arc::clone(&back),
+                        })
                         .await
                 }
             };
@@ -963,6 +1031,13 @@ impl prometheus_client::collector::Collector for Metrics {
             "baton_back_tls_sessions",
             "Handed-off connections that continued a TLS session",
             s.tls_sessions,
+        )?;
+        counters_by(
+            e,
+            "baton_back_tls_key_updates",
+            "TLS 1.3 key updates in ended sessions, by direction",
+            "direction",
+            &[("rx", s.tls_key_updates_rx), ("tx", s.tls_key_updates_tx)],
         )?;
         counters_by(
             e,

@@ -490,6 +490,12 @@ pub struct BackConfig {
     /// On SIGTERM, how long connections may take to finish.
     #[serde(default = "default_drain")]
     pub drain_timeout_ms: u64,
+    /// TLS sessions this back-end continues (TLS 1.3): move the sending
+    /// keys on with a KeyUpdate after this many response bytes, so that no
+    /// key protects more. 0 (the default): only where the AEAD's limit
+    /// requires it (AES-GCM after 2^24 records), which is always done.
+    #[serde(default)]
+    pub tls_key_update_bytes: u64,
     /// Caching mode: serve from an in-memory cache in front of this origin
     /// (`http://host:port`) instead of from `docroot`.
     #[serde(default)]

@@ -50,6 +50,11 @@ pub struct TlsStream<S> {
     wbuf: BytesMut,
     /// `io` reported end of file.
     io_eof: bool,
+    /// TLS 1.3: send a KeyUpdate after this many plaintext bytes (0: only at
+    /// the AEAD limits, which the record layer keeps by itself).
+    rekey_every: u64,
+    /// Plaintext bytes sealed under the current sending keys.
+    since_rekey: u64,
 }
 
 fn to_io(e: TlsError) -> io::Error {
@@ -71,6 +76,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             plain: BytesMut::from(plaintext_prefix),
             wbuf: BytesMut::new(),
             io_eof: false,
+            rekey_every: 0,
+            since_rekey: 0,
         }
     }
 
@@ -85,6 +92,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         let mut s = TlsStream::new(io, layer, plaintext_prefix);
         s.rbuf = BytesMut::from(ciphertext);
         s
+    }
+
+    /// TLS 1.3: moves the sending keys on (a KeyUpdate that does not ask the
+    /// client for one) after every `bytes` of plaintext written, so that no
+    /// key protects more than that; 0 (the default) leaves it to the AEAD
+    /// limits. No effect on TLS 1.2, which has no KeyUpdate.
+    pub fn set_key_update_interval(&mut self, bytes: u64) {
+        self.rekey_every = bytes;
     }
 
     /// The record layer (version, suite, sequence numbers, key updates, close state).
@@ -208,6 +223,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         this.layer
             .write(&data[..n], &mut this.wbuf)
             .map_err(to_io)?;
+        this.since_rekey += n as u64;
+        if this.rekey_every > 0
+            && this.since_rekey >= this.rekey_every
+            && this.layer.version() == crate::state::Version::Tls13
+        {
+            this.layer
+                .update_keys(false, &mut this.wbuf)
+                .map_err(to_io)?;
+            this.since_rekey = 0;
+        }
         // Start sending without waiting: the data is accepted either way.
         while !this.wbuf.is_empty() {
             match this.poll_write_some(cx) {

@@ -28,6 +28,8 @@ pub struct LabOptions {
     pub origin: Option<OriginSpec>,
     /// The front's group of each back-end, in order (`--backend-groups`).
     pub backend_groups: Vec<String>,
+    /// HTTPS on the VIP too (`--tls`).
+    pub tls: bool,
 }
 
 impl Default for LabOptions {
@@ -39,6 +41,7 @@ impl Default for LabOptions {
             back_extra: None,
             origin: None,
             backend_groups: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -77,6 +80,9 @@ impl Lab {
         if !opts.backend_groups.is_empty() {
             cmd.arg("--backend-groups")
                 .arg(opts.backend_groups.join(","));
+        }
+        if opts.tls {
+            cmd.arg("--tls");
         }
         if let Some(o) = &opts.origin {
             cmd.arg("--origin")
@@ -198,14 +204,18 @@ impl Lab {
 
     /// Runs curl in the client namespace; returns what curl measured.
     pub fn curl(&self, path: &str, out_file: &Path, extra: &[&str]) -> Result<CurlResult> {
-        let url = self.url(path);
+        self.curl_url(&self.url(path), out_file, extra)
+    }
+
+    /// [`Lab::curl`] for any URL of the lab.
+    pub fn curl_url(&self, url: &str, out_file: &Path, extra: &[&str]) -> Result<CurlResult> {
         let out_s = out_file.to_string_lossy().to_string();
         let mut argv = vec![
             "curl", "-s", "--max-time", "60", "-o", out_s.as_str(), "-w",
             "{\"code\":\"%{http_code}\",\"exit\":%{exitcode},\"size\":%{size_download},\"ttfb\":%{time_starttransfer},\"total\":%{time_total},\"connects\":%{num_connects}}\\n",
         ];
         argv.extend_from_slice(extra);
-        argv.push(&url);
+        argv.push(url);
         let out = self.run("client", &argv)?;
         let text = String::from_utf8_lossy(&out.stdout);
         let last = text.lines().last().unwrap_or_default();
@@ -215,6 +225,42 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+    }
+
+    /// The HTTPS URL of `path` on the VIP (a lab made with `tls`), by the
+    /// certificate's host name: pass [`Lab::tls_args`] to curl with it.
+    pub fn https_url(&self, path: &str) -> Result<String> {
+        let (Some(port), Some(name)) = (self.info.tls_port, &self.info.server_name) else {
+            bail!("lab {} serves no HTTPS (made without --tls)", self.name);
+        };
+        Ok(format!("https://{name}:{port}{path}"))
+    }
+
+    /// curl's options for [`Lab::https_url`]: trust the lab's CA, resolve
+    /// its host name to the VIP.
+    pub fn tls_args(&self) -> Result<Vec<String>> {
+        let (Some(port), Some(name), Some(ca)) = (
+            self.info.tls_port,
+            &self.info.server_name,
+            &self.info.ca_file,
+        ) else {
+            bail!("lab {} serves no HTTPS (made without --tls)", self.name);
+        };
+        Ok(vec![
+            "--cacert".into(),
+            ca.to_string_lossy().into_owned(),
+            "--resolve".into(),
+            format!("{name}:{port}:{}", self.info.vip),
+        ])
+    }
+
+    /// [`Lab::curl`] over HTTPS (`extra` as for `curl`, e.g. `--tlsv1.2`).
+    pub fn curl_https(&self, path: &str, out_file: &Path, extra: &[&str]) -> Result<CurlResult> {
+        let url = self.https_url(path)?;
+        let tls = self.tls_args()?;
+        let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        self.curl_url(&url, out_file, &args)
     }
 
     /// Runs wrk in the client namespace against `path` on the VIP (bounded by `seconds`).
