@@ -2204,12 +2204,25 @@ impl Front {
             "[relay]",
             format!("{:?}", new.relay) == format!("{:?}", old.relay),
         );
+        differs(
+            "[tls] port (or [tls] added or removed)",
+            new.tls.as_ref().map(|t| t.port) == old.tls.as_ref().map(|t| t.port),
+        );
         if !fixed.is_empty() {
             return Err(format!(
                 "{} cannot change without a restart (baton front --takeover); nothing changed",
                 fixed.join(", ")
             ));
         }
+        // Certificates are read again every time (a renewal replaces the
+        // files in place); a bad one refuses the whole reload.
+        let new_tls = match &new.tls {
+            Some(t) => Some(Arc::new(
+                ServerTls::load_keeping(t, self.server_tls().as_deref())
+                    .map_err(|e| format!("[tls]: {e:#}"))?,
+            )),
+            None => None,
+        };
         let current = self.backends();
         // Plan first, change nothing until everything is known to work.
         let mut plan = Vec::with_capacity(new.backends.len());
@@ -2313,6 +2326,16 @@ impl Front {
         }
         *self.backends.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(all);
         *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next_routing);
+        if let Some(t) = &new_tls {
+            for w in &t.warnings {
+                warn!("TLS certificate: {w}");
+            }
+            summary.push(format!(
+                "TLS certificates read again ({})",
+                t.certificates.len()
+            ));
+        }
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = new_tls;
         for (k, mode) in added {
             if mode == BackendMode::Handoff && self.kit.is_some() {
                 self.spawn_channel(k);

@@ -69,6 +69,7 @@ const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 pub struct ServerTls {
     config: Arc<ServerConfig>,
     log: Arc<SecretLog>,
+    session_cache: usize,
     /// One line per certificate: name, subject, expiry.
     pub certificates: Vec<String>,
     /// Certificates that expire soon.
@@ -79,6 +80,13 @@ impl ServerTls {
     /// Reads, matches and dates every certificate and key of `[tls]`; any
     /// problem is an error naming the file.
     pub fn load(cfg: &TlsConfig) -> Result<ServerTls> {
+        Self::load_keeping(cfg, None)
+    }
+
+    /// [`ServerTls::load`] for a reload: the resumable sessions of `prev`
+    /// stay valid when the cache size is the same (a certificate renewal
+    /// does not make every returning client do a full handshake).
+    pub fn load_keeping(cfg: &TlsConfig, prev: Option<&ServerTls>) -> Result<ServerTls> {
         // ring: no C toolchain needed. It offers no post-quantum key
         // exchange (rustls deprecates it for that); clients fall back to X25519.
         #[allow(deprecated)]
@@ -122,13 +130,19 @@ impl ServerTls {
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.enable_secret_extraction = true;
         config.key_log = Arc::clone(&log) as Arc<dyn rustls::KeyLog>;
-        config.session_storage = rustls::server::ServerSessionMemoryCache::new(cfg.session_cache);
+        config.session_storage = match prev {
+            Some(p) if p.session_cache == cfg.session_cache => {
+                Arc::clone(&p.config.session_storage)
+            }
+            _ => rustls::server::ServerSessionMemoryCache::new(cfg.session_cache),
+        };
         config.send_tls13_tickets = cfg.tickets;
         // No early data: a replayable request must not reach a back-end.
         config.max_early_data_size = 0;
         Ok(ServerTls {
             config: Arc::new(config),
             log,
+            session_cache: cfg.session_cache,
             certificates,
             warnings,
         })

@@ -37,8 +37,11 @@ pub(crate) fn lab_of_pin_dir(file_name: &str) -> Option<&str> {
 /// bpffs between labs: the parent directory, which is never removed.
 fn lock_bpffs() -> Result<File, LabError> {
     let dir = Path::new(BPFFS);
-    fs::create_dir_all(dir).map_err(|e| LabError::io("create", dir, e))?;
     let parent = dir.parent().unwrap_or(dir);
+    // Only the parent before the lock: the mount point itself is made and
+    // removed under the lock (another lab's `release` may remove it while
+    // this one waits for the lock).
+    fs::create_dir_all(parent).map_err(|e| LabError::io("create", parent, e))?;
     let guard = File::open(parent).map_err(|e| LabError::io("open", parent, e))?;
     sys::lock(&guard, true).map_err(|e| LabError::io("lock", parent, e))?;
     Ok(guard)
@@ -70,7 +73,7 @@ pub(crate) fn release(name: &str) -> Result<(), LabError> {
     let _guard = lock_bpffs()?;
     remove_pins(name)?;
     let dir = Path::new(BPFFS);
-    if !is_bpffs(dir)? {
+    if !dir.exists() || !is_bpffs(dir)? {
         return Ok(());
     }
     let others = fs::read_dir(dir)
@@ -90,6 +93,7 @@ pub(crate) fn release(name: &str) -> Result<(), LabError> {
 
 fn mount_if_needed() -> Result<(), LabError> {
     let dir = Path::new(BPFFS);
+    fs::create_dir_all(dir).map_err(|e| LabError::io("create", dir, e))?;
     if is_bpffs(dir)? {
         return Ok(());
     }

@@ -31,6 +31,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let opts = LabOptions {
         backends: args.backends,
+        tls: true,
         ..LabOptions::default()
     };
     let lab = Lab::up(&baton, &args.name, opts)?;
@@ -151,14 +152,96 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         );
     }
     let broken = restarts(&lab)?;
+    let (tls_bad, tls_errors) = https(&lab, args, &scratch)?;
     drop(lab);
-    println!("\n6. Lab torn down: namespaces, links, BPF attachment, pins and daemons removed.");
-    if bad > 0 || errors > 0 || broken > 0 {
+    println!("\n7. Lab torn down: namespaces, links, BPF attachment, pins and daemons removed.");
+    if bad > 0 || errors > 0 || broken > 0 || tls_bad > 0 || tls_errors > 0 {
         bail!(
-            "{bad} downloads differed, wrk saw {errors} errors, {broken} downloads broke across the restarts"
+            "{bad} downloads differed, wrk saw {errors} errors, {broken} downloads broke across the restarts; \
+             over HTTPS {tls_bad} downloads differed and wrk saw {tls_errors} errors"
         );
     }
     Ok(())
+}
+
+/// Part 6: HTTPS, the TLS session handed off with the connection; returns
+/// (downloads that differed, wrk errors).
+fn https(lab: &Lab, args: &DemoArgs, scratch: &TempDir) -> Result<(usize, u64)> {
+    println!(
+        "\n6. HTTPS on {}:{}: the front does the TLS handshake and reads the request, the back-end continues the TLS session:",
+        lab.info.vip,
+        lab.info.tls_port.unwrap_or(443)
+    );
+    println!(
+        "   {:<10} {:<8} {:>10} {:>7} {:>10} {:>11}  sha256",
+        "file", "version", "bytes", "status", "ttfb ms", "MB/s"
+    );
+    let mut bad = 0;
+    for (file, version) in [
+        ("1k.bin", "1.3"),
+        ("1m.bin", "1.3"),
+        ("1m.bin", "1.2"),
+        ("64m.bin", "1.3"),
+    ] {
+        let out = scratch.0.join(file);
+        let v = format!("--tlsv{version}");
+        let r = lab.curl_https(&format!("/{file}"), &out, &[&v, "--tls-max", version])?;
+        let same = sha256_file(&out)? == sha256_file(&lab.docroot().join(file))?;
+        if !same || r.code != 200 {
+            bad += 1;
+        }
+        println!(
+            "   {:<10} TLS {:<4} {:>10} {:>7} {:>10.3} {:>11.1}  {}",
+            file,
+            version,
+            r.size,
+            r.code,
+            r.ttfb * 1e3,
+            r.size as f64 / r.total.max(1e-9) / 1e6,
+            if same { "identical" } else { "DIFFERENT" }
+        );
+        let _ = std::fs::remove_file(&out);
+    }
+    let before = lab.nic("front", "eth0")?;
+    let out = scratch.0.join("tls-dsr.bin");
+    let r = lab.curl_https("/64m.bin", &out, &[])?;
+    let d = lab.nic("front", "eth0")?.since(&before);
+    let _ = std::fs::remove_file(&out);
+    println!(
+        "   one 64 MiB HTTPS download: the front's NIC sent {} bytes ({:.2}% of the {} served): no bulk encryption on the front",
+        d.tx_bytes,
+        100.0 * d.tx_bytes as f64 / r.size.max(1) as f64,
+        r.size
+    );
+    let mut errors = 0;
+    let url = format!(
+        "https://{}:{}/1m.bin",
+        lab.info.vip,
+        lab.info.tls_port.unwrap_or(443)
+    );
+    for (label, close) in [
+        ("1 MiB over HTTPS, keep-alive", false),
+        ("1 MiB over HTTPS, one per connection", true),
+    ] {
+        let w = lab.wrk_url(&url, 2, 32, args.seconds, close)?;
+        errors += w.errors();
+        println!(
+            "   {:<38} {:>9} requests {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+            label,
+            w.requests,
+            w.rps(),
+            w.p50_us as f64 / 1e3,
+            w.p99_us as f64 / 1e3,
+            w.errors()
+        );
+    }
+    let s = lab.front_stats()?;
+    let t = &s["tls"];
+    println!(
+        "   front: {} handshakes ({} resumed, {} failed), {} TLS connections handed off with their session; {} TLS secrets held now",
+        t["handshakes"], t["resumed"], t["handshake_failures"], t["handoffs"], t["secrets_held"]
+    );
+    Ok((bad, errors))
 }
 
 /// Part 5: the front killed, then upgraded, while downloads run; returns

@@ -468,13 +468,27 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Check { file, host: false } => config::check(&file).map(|c| match c {
-            config::AnyConfig::Front(f) => println!(
-                "{}: valid front-end configuration ({} back-ends, VIP {}:{})",
-                file.display(),
-                f.backends.len(),
-                f.vip,
-                f.port
-            ),
+            config::AnyConfig::Front(f) => {
+                println!(
+                    "{}: valid front-end configuration ({} back-ends, VIP {}:{})",
+                    file.display(),
+                    f.backends.len(),
+                    f.vip,
+                    f.port
+                );
+                // Validation loaded the certificates already; say what they are.
+                if let Some(t) = &f.tls {
+                    if let Ok(tls) = baton_daemon::tls::ServerTls::load(t) {
+                        println!("  HTTPS on {}:{}", f.vip, t.port);
+                        for c in &tls.certificates {
+                            println!("  certificate {c}");
+                        }
+                        for w in &tls.warnings {
+                            println!("  warning: {w}");
+                        }
+                    }
+                }
+            }
             config::AnyConfig::Back(b) => println!(
                 "{}: valid back-end configuration (control {}, VIP {})",
                 file.display(),

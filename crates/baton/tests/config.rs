@@ -196,3 +196,110 @@ fn the_example_deployment_passes_check() {
     }
     assert_eq!(backends, 3);
 }
+
+/// A certificate and key for `name`, valid from `from` to `to` (days from
+/// now), as PEM files in `dir`.
+fn cert_files(dir: &Path, tag: &str, name: &str, from: i64, to: i64) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::days(from);
+    params.not_after = now + time::Duration::days(to);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let (c, k) = (
+        dir.join(format!("{tag}.pem")),
+        dir.join(format!("{tag}.key")),
+    );
+    std::fs::write(&c, cert.pem()).expect("cert file");
+    std::fs::write(&k, key.serialize_pem()).expect("key file");
+    (c.display().to_string(), k.display().to_string())
+}
+
+/// `[tls]`: every certificate is read, dated and matched with its key by
+/// `baton check`, which names the file at fault; a good one is described.
+#[test]
+fn tls_certificates_are_checked_before_start() {
+    let tmp = TempDir::new("e2e-check-tls").expect("temp dir");
+    let dir = &tmp.0;
+    let key = dir.join("key.hex");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .expect("key");
+    let (good_c, good_k) = cert_files(dir, "good", "baton.test", -1, 30);
+    let (old_c, old_k) = cert_files(dir, "old", "baton.test", -30, -1);
+    let (soon_c, soon_k) = cert_files(dir, "soon", "baton.test", -1, 3);
+    let (other_c, other_k) = cert_files(dir, "other", "other.test", -1, 30);
+    let tls = |cert: &str, key: &str, sni: &str| {
+        format!("\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n{sni}")
+    };
+    let file = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        check(&path)
+    };
+    let (ok, out) = file(
+        "good.toml",
+        front_toml(&key, "", BACKENDS) + &tls(&good_c, &good_k, ""),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("HTTPS on 198.18.0.100:443") && out.contains("CN="),
+        "{out}"
+    );
+
+    let (ok, out) = file(
+        "soon.toml",
+        front_toml(&key, "", BACKENDS) + &tls(&soon_c, &soon_k, ""),
+    );
+    assert!(
+        ok && out.contains("warning") && out.contains("soon.pem"),
+        "{out}"
+    );
+
+    let sni = |name: &str, c: &str, k: &str| {
+        format!("[[tls.sni]]\nname = \"{name}\"\ncert = \"{c}\"\nkey = \"{k}\"\n")
+    };
+    let bad: Vec<(&str, String, &[&str])> = vec![
+        ("expired", tls(&old_c, &old_k, ""), &["old.pem", "expired"]),
+        (
+            "not yet valid",
+            {
+                let (c, k) = cert_files(dir, "future", "baton.test", 2, 30);
+                tls(&c, &k, "")
+            },
+            &["future.pem", "not valid before"],
+        ),
+        (
+            "key of another certificate",
+            tls(&good_c, &other_k, ""),
+            &["good.pem", "other.key", "do not belong together"],
+        ),
+        (
+            "missing file",
+            tls(&dir.join("nope.pem").display().to_string(), &good_k, ""),
+            &["nope.pem"],
+        ),
+        (
+            "SNI name the certificate does not cover",
+            tls(&good_c, &good_k, &sni("www.example", &other_c, &other_k)),
+            &["www.example", "does not cover"],
+        ),
+        (
+            "TLS port equal to the HTTP port",
+            tls(&good_c, &good_k, "").replace("[tls]\n", "[tls]\nport = 80\n"),
+            &["port"],
+        ),
+    ];
+    for (what, t, needles) in bad {
+        let (ok, out) = file("bad.toml", front_toml(&key, "", BACKENDS) + &t);
+        assert!(!ok, "{what} should fail: {out}");
+        for n in needles {
+            assert!(
+                out.contains(n),
+                "{what}: the message should name {n:?}: {out}"
+            );
+        }
+    }
+}

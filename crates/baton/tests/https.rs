@@ -468,3 +468,58 @@ fn a_relaying_front_terminates_tls_itself() {
     assert!(counter(&s, "relayed") >= 4, "{s:#}");
     finish(lab);
 }
+
+/// HTTPS downloads handed off with their TLS sessions outlive a killed
+/// front and an upgraded one (the HTTPS listener is handed over with the
+/// plain one), and new HTTPS connections are served after each.
+#[test]
+fn https_downloads_survive_a_front_kill_and_an_upgrade() {
+    const DOWNLOADS: usize = 4;
+    let lab = tls_lab(FAST_FLOWS);
+    let want = sha256(&doc(&lab, "64m.bin"));
+    let url = lab.https_url("/64m.bin").expect("url");
+    let tls = lab.tls_args().expect("tls").join(" ");
+    let client = lab.netns("client").expect("client").to_owned();
+    let before = counter(&stats(&lab)["tls"], "handoffs");
+    let downloads: Vec<_> = (0..DOWNLOADS)
+        .map(|_| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &client, "bash", "-c"])
+                .arg(format!(
+                    "set -o pipefail; curl -sS --fail --limit-rate 16M --max-time 60 {tls} {url} | sha256sum"
+                ))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    wait_stats(
+        &lab,
+        "every download handed off",
+        Duration::from_secs(10),
+        |s| s["tls"]["handoffs"].as_u64().unwrap_or(0) >= before + DOWNLOADS as u64,
+    );
+    let dir = TempDir::new("https5").expect("temp dir");
+    for signal in [
+        baton_lab::RestartSignal::Kill,
+        baton_lab::RestartSignal::Upgrade,
+    ] {
+        baton_lab::restart(&lab.name, "front", signal)
+            .unwrap_or_else(|e| panic!("restart {signal:?}: {e:#}\n{}", logs(&lab)));
+        // The HTTPS port serves again at once.
+        assert_exact(&lab, "1k.bin", &[], &dir.0);
+    }
+    for d in downloads {
+        let out = d.wait_with_output().expect("curl");
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && got.starts_with(&want),
+            "an HTTPS download broke across the restarts: {} {}\n{}",
+            got,
+            String::from_utf8_lossy(&out.stderr),
+            logs(&lab)
+        );
+    }
+    finish(lab);
+}
