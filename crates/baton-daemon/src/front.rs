@@ -1081,6 +1081,7 @@ impl Front {
             }
             Ok(Ok(r)) => r,
         };
+        let mut req = req;
         self.counters.tls_handshakes.inc();
         if sc.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.counters.tls_resumed.inc();
@@ -1096,6 +1097,11 @@ impl Front {
                 crate::tls::answer(&mut io, sc, 421).await;
                 return;
             }
+        }
+        // Routing rules match on the host: the SNI stands in for a missing
+        // Host (HTTP/1.0).
+        if req.head.host.is_none() {
+            req.head.host = req.sni.clone();
         }
         let bi = match self.pick(&req.head) {
             Ok(bi) => bi,

@@ -213,6 +213,15 @@ elif mode == "resume":
     t2.sendall(get("/1k.bin", close=True))
     status2, _, _ = read_response(t2, b"")
     print(json.dumps({"status": [status1, status2], "reused": t2.session_reused}))
+elif mode == "unwrap":
+    # close_notify both ways: the client's, then the server's answer to it
+    # (unwrap fails on a plain end of file, and times out on nothing).
+    t = connect()
+    t.sendall(get("/1k.bin"))
+    status, _, rest = read_response(t, b"")
+    plain = t.unwrap()
+    plain.close()
+    print(json.dumps({"status": status, "unwrapped": True}))
 elif mode == "reset":
     t = connect()
     t.sendall(get("/64m.bin"))
@@ -273,6 +282,11 @@ fn https_sessions_behave_as_a_tls_server_should() {
     }
     assert_eq!(p["clean_close"], true, "close_notify at the end: {p:#}");
 
+    // The client's close_notify gets the back-end's.
+    let r = python(&lab, "unwrap");
+    assert_eq!(r["status"], 200, "{r:#}");
+    assert_eq!(r["unwrapped"], true, "{r:#}");
+
     // A returning client resumes its session (with the front).
     let r = python(&lab, "resume");
     assert_eq!(r["status"], serde_json::json!([200, 200]), "{r:#}");
@@ -316,6 +330,23 @@ fn https_sessions_behave_as_a_tls_server_should() {
         )
         .expect("curl");
     assert_eq!(r.code, 400, "plain HTTP to the HTTPS port");
+
+    // TLS sent to the plain HTTP port: a fast, clear failure (the front
+    // answers 400 in plain text; curl reports a protocol error).
+    let t0 = Instant::now();
+    let r = lab
+        .curl_url(
+            &format!("https://{}:80/", lab.info.vip),
+            Path::new("/dev/null"),
+            &["-k"],
+        )
+        .expect("curl");
+    assert!(
+        r.code != 200 && t0.elapsed() < Duration::from_secs(5),
+        "TLS to port 80: {r:?} after {:?}",
+        t0.elapsed()
+    );
+    assert_curl_200(&lab, "TLS sent to port 80");
 
     // An unknown server name gets the default certificate (and the page).
     let r = lab
@@ -521,5 +552,111 @@ fn https_downloads_survive_a_front_kill_and_an_upgrade() {
             logs(&lab)
         );
     }
+    finish(lab);
+}
+
+/// The control channel carries the TLS sessions' secrets, encrypted: a
+/// capture of it during HTTPS handoffs contains none of the secrets the
+/// client logged (`SSLKEYLOGFILE`), in any of the encodings they could
+/// travel in.
+#[test]
+fn a_capture_of_the_control_channel_holds_no_tls_secret() {
+    let lab = tls_lab(FAST_FLOWS);
+    let dir = TempDir::new("https6").expect("temp dir");
+    let pcap = dir.0.join("control.pcap");
+    let keylog = dir.0.join("keys.log");
+    // tcpdump on the front's NIC, control ports only; it says when it listens.
+    let mut dump = lab
+        .cmd("front", "tcpdump")
+        .expect("cmd")
+        .args(["-i", "eth0", "--immediate-mode", "-U", "-w"])
+        .arg(&pcap)
+        .args(["tcp", "port", "7070"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump (scripts/setup installs it)");
+    let mut err = dump.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains("listening on") {
+        assert!(Instant::now() < deadline, "tcpdump did not start");
+        let mut b = [0u8; 256];
+        let n = err.read(&mut b).expect("tcpdump stderr");
+        assert!(n > 0, "tcpdump ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&b[..n]);
+    }
+    for v in ["1.3", "1.2"] {
+        let flag = format!("--tlsv{v}");
+        let url = lab.https_url("/1k.bin").expect("url");
+        let tls = lab.tls_args().expect("tls");
+        let mut c = lab.cmd("client", "curl").expect("cmd");
+        c.args([
+            "-sf",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            &flag,
+            "--tls-max",
+            v,
+        ])
+        .args(&tls)
+        .arg(&url)
+        .env("SSLKEYLOGFILE", &keylog);
+        for _ in 0..5 {
+            assert!(
+                c.status().expect("curl").success(),
+                "curl {v}\n{}",
+                logs(&lab)
+            );
+        }
+    }
+    // Every handoff's frame was on the wire before its client got an
+    // answer; wait until tcpdump wrote the ten handoffs' frames (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&pcap).map_or(0, |m| m.len()) < 10 * 300 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &dump.id().to_string()])
+        .status();
+    let _ = dump.wait();
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    let captured = std::fs::read(&pcap).expect("pcap");
+    assert!(
+        captured.len() > 1000,
+        "the capture holds the channel's traffic: {} bytes; tcpdump: {}{rest}",
+        captured.len(),
+        String::from_utf8_lossy(&seen)
+    );
+    let log = std::fs::read_to_string(&keylog).expect("curl wrote SSLKEYLOGFILE");
+    let mut secrets = 0;
+    for line in log.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(label), Some(_random), Some(secret)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let bytes: Vec<u8> = (0..secret.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&secret[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        assert!(bytes.len() >= 32, "{line}");
+        secrets += 1;
+        // Any 16 consecutive bytes of a secret, raw or as hex text.
+        for w in bytes.windows(16) {
+            assert!(
+                !captured.windows(16).any(|c| c == w),
+                "{label} appears in the control channel capture"
+            );
+        }
+        assert!(
+            !String::from_utf8_lossy(&captured).contains(&secret.to_ascii_lowercase()),
+            "{label} appears as text"
+        );
+    }
+    // TLS 1.3: client and server handshake and traffic secrets; TLS 1.2: the master secret.
+    assert!(secrets >= 5 * 4 + 5, "the client logged {secrets} secrets");
+    assert_eq!(counter(&stats(&lab)["tls"], "handoffs"), 10);
     finish(lab);
 }
