@@ -103,7 +103,8 @@ pub struct TlsConfig {
     /// TLS 1.3 resumption off. TLS 1.2 resumes by session id either way.
     #[serde(default = "default_tickets")]
     pub tickets: usize,
-    /// Resumable sessions remembered (TLS 1.2 ids and TLS 1.3 tickets).
+    /// Resumable sessions remembered (TLS 1.2 ids and TLS 1.3 tickets);
+    /// 0: no resumption at all (every connection a full handshake).
     #[serde(default = "default_session_cache")]
     pub session_cache: usize,
 }

@@ -134,6 +134,7 @@ impl ServerTls {
             Some(p) if p.session_cache == cfg.session_cache => {
                 Arc::clone(&p.config.session_storage)
             }
+            _ if cfg.session_cache == 0 => Arc::new(rustls::server::NoServerSessionStorage {}),
             _ => rustls::server::ServerSessionMemoryCache::new(cfg.session_cache),
         };
         config.send_tls13_tickets = cfg.tickets;
