@@ -660,3 +660,72 @@ fn a_capture_of_the_control_channel_holds_no_tls_secret() {
     assert_eq!(counter(&stats(&lab)["tls"], "handoffs"), 10);
     finish(lab);
 }
+
+/// `openssl s_client` asking for `/1k.bin`, saving (`-sess_out`) or
+/// offering (`-sess_in`) a session; returns whether it was resumed.
+fn s_client_resumed(lab: &baton_tools::labtools::Lab, sess: &Path, save: bool) -> bool {
+    let ca = lab.info.ca_file.clone().expect("ca");
+    let flag = if save { "-sess_out" } else { "-sess_in" };
+    let out = lab
+        .run(
+            "client",
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "printf 'GET /1k.bin HTTP/1.1\\r\\nHost: baton.test\\r\\nConnection: close\\r\\n\\r\\n' | \
+                     timeout 10 openssl s_client -connect {}:443 -servername baton.test -CAfile {} {flag} {} -ign_eof 2>&1",
+                    lab.info.vip,
+                    ca.display(),
+                    sess.display()
+                ),
+            ],
+        )
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("HTTP/1.1 200"), "s_client got no 200: {text}");
+    text.contains("Reused, TLSv1.3")
+}
+
+/// A reload reads the certificates again (a renewal replaces the files in
+/// place) and keeps the resumable sessions; a certificate that does not
+/// load refuses the reload and HTTPS goes on; the TLS port cannot change
+/// without a restart.
+#[test]
+fn a_reload_reads_the_certificates_again() {
+    let lab = tls_lab(FAST_FLOWS);
+    let dir = TempDir::new("https7").expect("temp dir");
+    let sess = dir.0.join("session.pem");
+    let file = lab.info.hosts["front"]
+        .config
+        .clone()
+        .expect("front config");
+    let reload = || {
+        let out = lab
+            .run("front", &[baton().to_str().expect("utf-8"), "reload"])
+            .expect("baton reload");
+        outcome(&out)
+    };
+    assert!(!s_client_resumed(&lab, &sess, true), "a first connection");
+    let (ok, text) = reload();
+    assert!(ok && text.contains("TLS certificates read again"), "{text}");
+    assert!(
+        s_client_resumed(&lab, &sess, false),
+        "a session from before the reload resumes after it"
+    );
+
+    let good = std::fs::read_to_string(&file).expect("read");
+    let broken = good.replace("server.key", "no-such.key");
+    assert_ne!(broken, good);
+    std::fs::write(&file, &broken).expect("write");
+    let (ok, text) = reload();
+    assert!(!ok && text.contains("no-such.key"), "{text}");
+    assert_exact(&lab, "1k.bin", &[], &dir.0);
+
+    std::fs::write(&file, good.replace("port = 443", "port = 8443")).expect("write");
+    let (ok, text) = reload();
+    assert!(!ok && text.contains("[tls] port"), "{text}");
+    std::fs::write(&file, &good).expect("write");
+    assert_exact(&lab, "1k.bin", &[], &dir.0);
+    finish(lab);
+}
