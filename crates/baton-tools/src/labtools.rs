@@ -28,6 +28,8 @@ pub struct LabOptions {
     pub origin: Option<OriginSpec>,
     /// The front's group of each back-end, in order (`--backend-groups`).
     pub backend_groups: Vec<String>,
+    /// `--tls`: HTTPS on the VIP with a throwaway CA.
+    pub tls: bool,
 }
 
 impl Default for LabOptions {
@@ -39,6 +41,7 @@ impl Default for LabOptions {
             back_extra: None,
             origin: None,
             backend_groups: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -77,6 +80,9 @@ impl Lab {
         if !opts.backend_groups.is_empty() {
             cmd.arg("--backend-groups")
                 .arg(opts.backend_groups.join(","));
+        }
+        if opts.tls {
+            cmd.arg("--tls");
         }
         if let Some(o) = &opts.origin {
             cmd.arg("--origin")
