@@ -272,6 +272,21 @@ pub async fn run(
         }
         None => None,
     };
+    let direct_tls = match &back.cfg.direct_tls {
+        Some(t) => {
+            let tls = crate::direct_tls::server_config(t)?;
+            let l = TcpListener::bind(t.listen)
+                .await
+                .with_context(|| format!("binding the direct TLS address {}", t.listen))?;
+            info!(addr = %t.listen, "serving HTTPS (direct)");
+            Some(tokio::spawn(Arc::clone(&back).direct_tls(
+                l,
+                tls,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let admin = back
         .cfg
         .admin_listen
@@ -349,6 +364,9 @@ pub async fn run(
         warn!(left, "drain timeout: closing the remaining connections");
     }
     if let Some(d) = direct {
+        let _ = d.await;
+    }
+    if let Some(d) = direct_tls {
         let _ = d.await;
     }
     if let Some(a) = admin {
@@ -459,6 +477,7 @@ impl Back {
             ("vip", new.vip == old.vip),
             ("key_file", new.key_file == old.key_file),
             ("direct_listen", new.direct_listen == old.direct_listen),
+            ("direct_tls", new.direct_tls == old.direct_tls),
             ("max_fronts", new.max_fronts == old.max_fronts),
             ("workers", new.workers == old.workers),
             ("origin", new.origin == old.origin),
@@ -605,6 +624,37 @@ impl Back {
                         let content = self.content();
                         tokio::spawn(async move {
                             let _ = content.serve(stream).await;
+                        });
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }
+    }
+
+    /// The direct HTTPS port (`[direct_tls]`, a baseline for benchmarks):
+    /// same content, TLS terminated here.
+    async fn direct_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        let content = self.content();
+                        let tls = Arc::clone(&tls);
+                        tokio::spawn(async move {
+                            match crate::direct_tls::DirectTlsStream::accept(stream, tls).await {
+                                Ok(s) => {
+                                    let _ = content.serve(s).await;
+                                }
+                                Err(e) => debug!(error = %e, "direct TLS handshake failed"),
+                            }
                         });
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

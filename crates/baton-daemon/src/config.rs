@@ -479,6 +479,19 @@ pub struct BackConfig {
     /// Optional plain HTTP listener (a baseline for benchmarks).
     #[serde(default)]
     pub direct_listen: Option<SocketAddr>,
+    /// Optional HTTPS listener serving the same content, TLS terminated by
+    /// this back-end (rustls; a baseline for benchmarks, like
+    /// `direct_listen`). Handed-off TLS sessions do not need it. Example:
+    ///
+    /// ```toml
+    /// [direct_tls]
+    /// listen = "198.18.0.11:8443"
+    /// cert = "/etc/baton/server.pem"   # chain, leaf first (PEM)
+    /// key = "/etc/baton/server.key"    # PKCS#8, PKCS#1 or SEC1 (PEM)
+    /// tickets = 2                      # TLS 1.3 tickets per handshake; 0: no resumption
+    /// ```
+    #[serde(default)]
+    pub direct_tls: Option<DirectTlsConfig>,
     /// How often the load is reported to the fronts.
     #[serde(default = "default_load_report")]
     pub load_report_ms: u64,
@@ -510,6 +523,23 @@ pub struct BackConfig {
     /// A front-end channel silent this long is closed (fronts ping every second).
     #[serde(default = "default_front_silence")]
     pub front_silence_ms: u64,
+}
+
+/// A back-end's direct HTTPS listener (`[direct_tls]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectTlsConfig {
+    /// Where it listens (a port of its own: not `control_listen`'s nor
+    /// `direct_listen`'s).
+    pub listen: SocketAddr,
+    /// The certificate chain (PEM, leaf first).
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Session tickets per full TLS 1.3 handshake (resumption, as the
+    /// front's `[tls] tickets`); 0 turns TLS 1.3 resumption off.
+    #[serde(default = "default_tickets")]
+    pub tickets: usize,
 }
 
 fn default_cache_bytes() -> u64 {
@@ -926,9 +956,35 @@ impl BackConfig {
                 "cache_bytes must be > 0 in caching mode"
             );
         }
+        if let Some(t) = &self.direct_tls {
+            ensure!(
+                t.listen.port() != 0,
+                "[direct_tls] listen port must not be 0"
+            );
+            let control = SocketAddr::V4(self.control_listen);
+            ensure!(
+                t.listen.port() != control.port() || !same_host(t.listen, control),
+                "[direct_tls] listen {} is control_listen's address",
+                t.listen
+            );
+            if let Some(d) = self.direct_listen {
+                ensure!(
+                    t.listen.port() != d.port() || !same_host(t.listen, d),
+                    "[direct_tls] listen {} is direct_listen's address",
+                    t.listen
+                );
+            }
+            crate::direct_tls::server_config(t)?;
+        }
         load_key(&self.key_file)?;
         Ok(())
     }
+}
+
+/// Whether two listeners on the same port would collide: the same IP, or
+/// either one the wildcard.
+fn same_host(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
 /// Reads the pre-shared key: the file's text with surrounding whitespace
@@ -1080,6 +1136,83 @@ mod tests {
             "{TOP}[[backend]]\nname = \"b\"\nmode = \"relay\"\naddress = \"nowhere\"\n"
         ));
         assert!(e.contains("nowhere"), "{e}");
+    }
+
+    #[test]
+    fn direct_tls_is_checked_with_the_files_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        std::fs::write(d.join("psk"), "0123456789abcdef0123456789abcdef").expect("key");
+        let ck = rcgen::generate_simple_self_signed(vec!["baton.test".to_string()])
+            .expect("certificate");
+        std::fs::write(d.join("c.pem"), ck.cert.pem()).expect("cert");
+        std::fs::write(d.join("k.pem"), ck.signing_key.serialize_pem()).expect("key");
+        let other =
+            rcgen::generate_simple_self_signed(vec!["x.test".to_string()]).expect("certificate");
+        std::fs::write(d.join("other.pem"), other.signing_key.serialize_pem()).expect("key");
+        let back = |table: &str| -> Result<BackConfig> {
+            let text = format!(
+                "control_listen = \"198.18.0.11:7070\"\ndirect_listen = \"198.18.0.11:8080\"\n\
+                 vip = \"198.18.0.100\"\ndocroot = {:?}\nkey_file = {:?}\n{table}",
+                d.display().to_string(),
+                d.join("psk").display().to_string()
+            );
+            let cfg: BackConfig = toml::from_str(&text)?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let tls = |listen: &str, cert: &str, key: &str| {
+            format!(
+                "[direct_tls]\nlisten = \"{listen}\"\ncert = {:?}\nkey = {:?}\n",
+                d.join(cert).display().to_string(),
+                d.join(key).display().to_string()
+            )
+        };
+        assert!(back("").expect("valid").direct_tls.is_none());
+        let cfg = back(&tls("198.18.0.11:8443", "c.pem", "k.pem")).expect("valid");
+        assert_eq!(
+            cfg.direct_tls.map(|t| (t.listen.port(), t.tickets)),
+            Some((8443, 2)),
+            "parsed, with the front's default tickets"
+        );
+        let cfg = back(&format!(
+            "{}tickets = 0\n",
+            tls("198.18.0.11:8443", "c.pem", "k.pem")
+        ))
+        .expect("valid");
+        assert_eq!(cfg.direct_tls.map(|t| t.tickets), Some(0));
+        for (table, words) in [
+            (
+                tls("0.0.0.0:8080", "c.pem", "k.pem"),
+                &["direct_listen"][..],
+            ),
+            (
+                tls("198.18.0.11:7070", "c.pem", "k.pem"),
+                &["control_listen"],
+            ),
+            (tls("198.18.0.11:0", "c.pem", "k.pem"), &["port"]),
+            (tls("198.18.0.11:8443", "none.pem", "k.pem"), &["none.pem"]),
+            (
+                tls("198.18.0.11:8443", "c.pem", "psk"),
+                &["psk", "private key"],
+            ),
+            (
+                tls("198.18.0.11:8443", "c.pem", "other.pem"),
+                &["c.pem", "other.pem"],
+            ),
+            (
+                "[direct_tls]\nlisten = \"198.18.0.11:8443\"\n".to_string(),
+                &["cert"],
+            ),
+        ] {
+            let e = match back(&table) {
+                Ok(_) => panic!("should fail:\n{table}"),
+                Err(e) => format!("{e:#}"),
+            };
+            for w in words {
+                assert!(e.contains(w), "{table}: {e}");
+            }
+        }
     }
 
     #[test]

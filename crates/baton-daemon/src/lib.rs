@@ -22,6 +22,7 @@ pub mod back;
 pub mod config;
 pub mod control;
 pub mod deadline;
+pub mod direct_tls;
 mod eager;
 pub mod front;
 pub mod hostcheck;

@@ -9,6 +9,22 @@
 //! - `nginx`: a reverse proxy on VIP:8081 (keep-alive to the back-ends);
 //! - `haproxy`: HTTP mode on VIP:8082 (connection reuse to the back-ends).
 //!
+//! With `--tls` the same comparison runs over HTTPS (wrk speaks TLS through
+//! OpenSSL), in a lab made with `baton lab up --tls` (a throwaway CA, an
+//! ECDSA P-256 certificate for `baton.test` and the VIP):
+//! - `direct`: back1's own HTTPS listener (`[direct_tls]`, rustls);
+//! - `handoff`: the lab's front on VIP:443 (TLS session handed off with the
+//!   connection; the back-end continues it with its own record layer);
+//! - `relay`: the relay front terminating TLS on VIP:8446;
+//! - `nginx`, `haproxy`: terminating TLS 1.3 on VIP:8444 and VIP:8445 with
+//!   the lab's certificate and key, plain HTTP (keep-alive) to the back-ends;
+//! - `nginx-static`: nginx serving the docroot over TLS 1.3 from back1's
+//!   host on :8447 (the yardstick for a back-end's record layer).
+//!
+//! A TLS run adds one step: the largest size over a single keep-alive
+//! connection (`single`), for `direct`, `handoff` and `nginx-static`: the
+//! bandwidth of one connection, which is the record layer's.
+//!
 //! Every front runs on one core (baton `workers = 1`, nginx
 //! `worker_processes 1`, haproxy `nbthread 1`): the machine this was built
 //! for has two CPUs, and the client and the back-ends need them too.
@@ -48,6 +64,14 @@ pub const MAX_SIZE: u64 = 64 << 20;
 const NGINX_PORT: u16 = 8081;
 const HAPROXY_PORT: u16 = 8082;
 const RELAY_PORT: u16 = 8083;
+/// With `--tls`: where the peers terminate TLS.
+const NGINX_TLS_PORT: u16 = 8444;
+const HAPROXY_TLS_PORT: u16 = 8445;
+const RELAY_TLS_PORT: u16 = 8446;
+/// With `--tls`: nginx serving files over TLS on back1's host.
+const NGINX_STATIC_PORT: u16 = 8447;
+/// With `--tls`: every back-end's `[direct_tls]` listener.
+pub const DIRECT_TLS_PORT: u16 = 8443;
 /// The relay front's admin endpoint (the lab's front has 9100).
 const RELAY_ADMIN: &str = "127.0.0.1:9102";
 /// How long a started peer may take to serve.
@@ -59,12 +83,19 @@ const TERM_GRACE: Duration = Duration::from_secs(5);
 /// Options of `baton bench compare`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CompareArgs {
-    /// A short run for CI (under 2 minutes): 1 repetition, 2 s per run,
-    /// sizes 1 KiB, 256 KiB and 1 MiB. Explicit options still apply.
+    /// A short run for CI (under 2 minutes; 2.5 with --tls): 1 repetition,
+    /// 2 s per run, sizes 1 KiB, 256 KiB and 1 MiB. Explicit options still apply.
     #[arg(long)]
     pub quick: bool,
-    /// Where to write the JSON records; the Markdown table and the SVG chart
-    /// go next to it (same name, `.md` and `.svg`).
+    /// Over HTTPS: direct (back1's own TLS listener), handoff (VIP:443),
+    /// relay, nginx and HAProxy terminating TLS 1.3 with the lab's
+    /// certificate, and nginx serving the files over TLS from back1's host.
+    #[arg(long)]
+    pub tls: bool,
+    /// Where to write the JSON records (with --tls: an object with the
+    /// records, the ratios the targets name and the negotiated TLS); the
+    /// Markdown table and the SVG chart go next to it (same name, `.md` and
+    /// `.svg`).
     #[arg(long, default_value = "bench-out/compare.json")]
     pub json: PathBuf,
     /// The lab name.
@@ -111,10 +142,14 @@ pub enum Config {
     Relay,
     Nginx,
     Haproxy,
+    /// `--tls` only: nginx serving the docroot over TLS on back1's host.
+    #[serde(rename = "nginx-static")]
+    #[value(name = "nginx-static")]
+    NginxStatic,
 }
 
 impl Config {
-    /// All, in report order.
+    /// All of a plain HTTP run, in report order.
     pub const ALL: [Config; 5] = [
         Config::Direct,
         Config::Handoff,
@@ -122,6 +157,17 @@ impl Config {
         Config::Nginx,
         Config::Haproxy,
     ];
+    /// All of a `--tls` run, in report order.
+    pub const TLS_ALL: [Config; 6] = [
+        Config::Direct,
+        Config::Handoff,
+        Config::Relay,
+        Config::Nginx,
+        Config::Haproxy,
+        Config::NginxStatic,
+    ];
+    /// Measured over one connection (`single`) in a `--tls` run.
+    pub const SINGLE: [Config; 3] = [Config::Direct, Config::Handoff, Config::NginxStatic];
 
     /// The name used in the JSON and the report.
     pub fn name(self) -> &'static str {
@@ -131,6 +177,7 @@ impl Config {
             Config::Relay => "relay",
             Config::Nginx => "nginx",
             Config::Haproxy => "haproxy",
+            Config::NginxStatic => "nginx-static",
         }
     }
 }
@@ -144,6 +191,9 @@ pub enum ConnMode {
     /// `Connection: close`: one request per connection (a handoff each).
     #[serde(rename = "close")]
     Close,
+    /// `--tls` only: one keep-alive connection (`-c1`), the largest size.
+    #[serde(rename = "single")]
+    Single,
 }
 
 impl ConnMode {
@@ -155,6 +205,7 @@ impl ConnMode {
         match self {
             ConnMode::KeepAlive => "keepalive",
             ConnMode::Close => "close",
+            ConnMode::Single => "single",
         }
     }
 }
@@ -192,6 +243,9 @@ pub struct Sample {
     pub errors: u64,
     /// TCP connections the client opened per request.
     pub conns_per_req: f64,
+    /// With `--tls`, for a baton front: TLS handshakes it completed and,
+    /// of those, resumed sessions.
+    pub tls_handshakes: Option<(u64, u64)>,
 }
 
 /// A report row: the JSON record plus what the Markdown shows beyond it.
@@ -220,6 +274,8 @@ pub struct Plan {
     pub configs: Vec<Config>,
     pub threads: u32,
     pub connections: u32,
+    /// Over HTTPS (`--tls`).
+    pub tls: bool,
 }
 
 impl Plan {
@@ -238,11 +294,17 @@ impl Plan {
         };
         sizes.sort_unstable();
         sizes.dedup();
-        let mut configs = if args.configs.is_empty() {
-            Config::ALL.to_vec()
-        } else {
+        let mut configs = if !args.configs.is_empty() {
             args.configs.clone()
+        } else if args.tls {
+            Config::TLS_ALL.to_vec()
+        } else {
+            Config::ALL.to_vec()
         };
+        anyhow::ensure!(
+            args.tls || !configs.contains(&Config::NginxStatic),
+            "nginx-static serves over TLS only: add --tls"
+        );
         configs.sort_unstable();
         configs.dedup();
         let plan = Plan {
@@ -252,6 +314,7 @@ impl Plan {
             configs,
             threads: args.threads,
             connections: args.connections,
+            tls: args.tls,
         };
         anyhow::ensure!(
             (1..=100).contains(&plan.repetitions),
@@ -270,6 +333,33 @@ impl Plan {
             "--connections must be at least --threads and at most 10000"
         );
         Ok(plan)
+    }
+
+    /// The (size, connection mode) steps of one repetition: every size in
+    /// both modes, and with `--tls` the largest size over one connection.
+    pub fn steps(&self) -> Vec<(u64, ConnMode)> {
+        let mut steps: Vec<(u64, ConnMode)> = self
+            .sizes
+            .iter()
+            .flat_map(|&s| ConnMode::ALL.map(|m| (s, m)))
+            .collect();
+        if let Some(&largest) = self.sizes.last().filter(|_| self.tls) {
+            steps.push((largest, ConnMode::Single));
+        }
+        steps
+    }
+
+    /// Whether `config` runs in `mode`.
+    pub fn runs(&self, config: Config, mode: ConnMode) -> bool {
+        mode != ConnMode::Single || Config::SINGLE.contains(&config)
+    }
+
+    /// wrk's threads and connections in `mode`.
+    fn load(&self, mode: ConnMode) -> (u32, u32) {
+        match mode {
+            ConnMode::Single => (1, 1),
+            _ => (self.threads, self.connections),
+        }
     }
 }
 
@@ -314,7 +404,11 @@ fn file_name(bytes: u64) -> String {
 pub fn run(args: CompareArgs) -> Result<()> {
     let plan = Plan::from_args(&args)?;
     baton_lab::validate_name(&args.name)?;
-    for tool in ["wrk", "curl", "ip", "timeout", "kill"] {
+    let mut tools = vec!["wrk", "curl", "ip", "timeout", "kill"];
+    if plan.tls {
+        tools.push("openssl");
+    }
+    for tool in tools {
         which(tool).with_context(|| format!("{tool} is needed (scripts/setup installs it)"))?;
     }
     let md_path = args.json.with_extension("md");
@@ -328,16 +422,31 @@ pub fn run(args: CompareArgs) -> Result<()> {
     // A lab left by a killed run would block this one.
     let _ = baton_lab::down(&args.name);
     eprintln!("compare: bringing up lab {} ...", args.name);
-    let lab = Lab::up(
+    // The lab writes its certificate there before it starts the back-ends.
+    let labdir = baton_lab::lab_dir(&args.name);
+    let back_extra = if plan.tls {
+        Some(direct_tls_toml(&labdir)?)
+    } else {
+        None
+    };
+    let mut lab = Lab::up(
         &baton,
         &args.name,
         LabOptions {
             backends: 2,
             docroot: Some(docroot.clone()),
             front_extra: Some("workers = 1".into()),
+            back_extra,
+            tls: plan.tls,
             ..LabOptions::default()
         },
     )?;
+    let tls = if plan.tls {
+        no_resumption(&baton, &mut lab)?;
+        Some(TlsLab::of(&lab)?)
+    } else {
+        None
+    };
     let mut notes = Vec::new();
     // Counting BPF run time costs two clock reads per packet, for every
     // program on the machine, for as long as this guard lives.
@@ -352,7 +461,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let mut peers: Vec<Peer> = Vec::new();
     let mut targets = Vec::new();
     for &config in &plan.configs {
-        match start_target(&lab, &baton, &scratch.0, config, &mut peers)
+        match start_target(&lab, &baton, &scratch.0, config, tls.as_ref(), &mut peers)
             .with_context(|| format!("starting {}", config.name()))?
         {
             Started::Ready(t) => targets.push(t),
@@ -370,6 +479,28 @@ pub fn run(args: CompareArgs) -> Result<()> {
         Path::new("/proc/self/task").is_dir(),
         "/proc is needed to measure the fronts' CPU time"
     );
+    // What a TLS client negotiates with each: OpenSSL's s_client with its
+    // defaults, as wrk (the same libssl, default settings) does.
+    let mut negotiated = Vec::new();
+    if let Some(tls) = &tls {
+        for t in &targets {
+            match negotiate(&lab, tls, t, &scratch.0) {
+                Ok(n) => {
+                    if n.resumes {
+                        notes.push(format!(
+                            "`{}` resumed a TLS session although resumption was turned off",
+                            t.config.name()
+                        ));
+                    }
+                    negotiated.push(n);
+                }
+                Err(e) => notes.push(format!(
+                    "`{}`: TLS negotiation not checked: {e:#}",
+                    t.config.name()
+                )),
+            }
+        }
+    }
 
     // Warm-up: page cache, ARP, upstream connections and code paths.
     eprintln!("compare: warming up ...");
@@ -381,22 +512,26 @@ pub fn run(args: CompareArgs) -> Result<()> {
         }
     }
 
-    let steps: Vec<(u64, ConnMode)> = plan
-        .sizes
-        .iter()
-        .flat_map(|&s| ConnMode::ALL.map(|m| (s, m)))
-        .collect();
-    let total = plan.repetitions as usize * steps.len() * targets.len();
+    let steps = plan.steps();
+    let total: usize = plan.repetitions as usize
+        * steps
+            .iter()
+            .map(|&(_, m)| targets.iter().filter(|t| plan.runs(t.config, m)).count())
+            .sum::<usize>();
     let mut progress = Progress::new(total);
     let mut samples: BTreeMap<(Config, u64, ConnMode), Vec<Sample>> = BTreeMap::new();
     let mut failed: BTreeMap<(Config, u64, ConnMode), u32> = BTreeMap::new();
     let mut step = 0usize;
     for _rep in 0..plan.repetitions {
         for &(size, mode) in &steps {
+            let here: Vec<&Target> = targets
+                .iter()
+                .filter(|t| plan.runs(t.config, mode))
+                .collect();
             // Rotate who goes first, so no configuration always follows another.
-            let n = targets.len();
+            let n = here.len();
             for k in 0..n {
-                let Some(t) = targets.get((k + step) % n) else {
+                let Some(t) = here.get((k + step) % n) else {
                     continue;
                 };
                 progress.draw(&format!(
@@ -447,6 +582,18 @@ pub fn run(args: CompareArgs) -> Result<()> {
             ));
         }
     }
+    let handshakes = handshake_counts(&samples);
+    for h in &handshakes {
+        if h.close_resumed > 0 {
+            notes.push(format!(
+                "`{}`: the client resumed {} of {} sessions in close mode: not every \
+                 one-request connection was a full handshake",
+                h.config.name(),
+                h.close_resumed,
+                h.close_handshakes
+            ));
+        }
+    }
     for (config, why) in peer_deaths(&mut peers) {
         notes.push(format!("`{config}` exited during the run: {why}"));
     }
@@ -455,13 +602,27 @@ pub fn run(args: CompareArgs) -> Result<()> {
 
     let rows = aggregate(&plan, &targets, &samples, &failed);
     let records: Vec<Record> = rows.iter().map(|r| r.record.clone()).collect();
-    let md = markdown(&plan, &rows, &notes);
+    let tls_report = plan.tls.then(|| TlsReport {
+        records: records.clone(),
+        ratios: tls_ratios(&plan, &records),
+        negotiated,
+        front_handshakes: handshakes,
+        wrk_errors: rows.iter().map(|r| r.errors).sum(),
+        failed_runs: rows.iter().map(|r| r.failed_runs).sum(),
+    });
+    let md = match &tls_report {
+        Some(rep) => markdown_tls(&plan, &rows, rep, &notes),
+        None => markdown(&plan, &rows, &notes),
+    };
     let svg = render_svg(&plan, &records)?;
     if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    fs::write(&args.json, serde_json::to_vec_pretty(&records)?)
-        .with_context(|| format!("writing {}", args.json.display()))?;
+    let json = match &tls_report {
+        Some(rep) => serde_json::to_vec_pretty(rep)?,
+        None => serde_json::to_vec_pretty(&records)?,
+    };
+    fs::write(&args.json, json).with_context(|| format!("writing {}", args.json.display()))?;
     fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     fs::write(&svg_path, svg).with_context(|| format!("writing {}", svg_path.display()))?;
     println!("{md}");
@@ -472,6 +633,261 @@ pub fn run(args: CompareArgs) -> Result<()> {
         svg_path.display()
     );
     Ok(())
+}
+
+/// The back-ends' `[direct_tls]` (with `--tls`): the lab's certificate and
+/// key (`server.pem`, `server.key` in the lab directory), on every address,
+/// without resumption (see [`no_resumption`]).
+pub fn direct_tls_toml(labdir: &Path) -> Result<String> {
+    let s = |p: PathBuf| -> Result<String> {
+        let p = p
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", p.display()))?
+            .to_string();
+        Ok(toml::Value::String(p).to_string())
+    };
+    Ok(format!(
+        "\n[direct_tls]\nlisten = \"0.0.0.0:{DIRECT_TLS_PORT}\"\ncert = {}\nkey = {}\ntickets = 0\n",
+        s(labdir.join("server.pem"))?,
+        s(labdir.join("server.key"))?
+    ))
+}
+
+/// With `--tls`, every server runs without session resumption, so that
+/// each connection of a close-mode run is a full handshake (an ECDSA P-256
+/// signature and an X25519 exchange): wrk keeps its last session when it
+/// reconnects and resumes it whenever the server allows. This turns the
+/// lab front's TLS 1.3 tickets off (`[tls] tickets = 0`; the relay front's
+/// config is made from it) and restarts it with `baton lab restart`
+/// (a reload keeps `[tls]`); the back-ends' `[direct_tls]`, nginx and
+/// HAProxy are configured so from the start.
+fn no_resumption(baton: &Path, lab: &mut Lab) -> Result<()> {
+    let path = lab
+        .info
+        .hosts
+        .get("front")
+        .and_then(|h| h.config.clone())
+        .context("the lab's front has no config file")?;
+    let mut t: toml::Table = fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    let Some(toml::Value::Table(tls)) = t.get_mut("tls") else {
+        bail!("{} has no [tls]", path.display());
+    };
+    tls.insert("tickets".into(), toml::Value::Integer(0));
+    fs::write(&path, toml::to_string(&t)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let status = Command::new("timeout")
+        .args(["-k", "5", "120"])
+        .arg(baton)
+        .args(["lab", "restart", "--name", &lab.name, "front", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .context("running baton lab restart")?;
+    anyhow::ensure!(
+        status.success(),
+        "baton lab restart front failed ({status})"
+    );
+    let out = Command::new("timeout")
+        .args(["-k", "5", "30"])
+        .arg(baton)
+        .args(["lab", "status", "--name", &lab.name, "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running baton lab status")?;
+    anyhow::ensure!(out.status.success(), "baton lab status failed");
+    lab.info = serde_json::from_slice(&out.stdout).context("parsing baton lab status --json")?;
+    Ok(())
+}
+
+/// The lab's TLS material (`baton lab up --tls`).
+#[derive(Debug, Clone)]
+struct TlsLab {
+    /// The CA clients trust.
+    ca: PathBuf,
+    /// The server's chain (leaf, then the CA) and key: every server uses them.
+    chain: PathBuf,
+    key: PathBuf,
+    /// The name the certificate is for.
+    server_name: String,
+}
+
+impl TlsLab {
+    fn of(lab: &Lab) -> Result<TlsLab> {
+        let ca = lab
+            .info
+            .ca_file
+            .clone()
+            .context("the lab reports no CA file: was it made with --tls?")?;
+        let server_name = lab
+            .info
+            .server_name
+            .clone()
+            .context("the lab reports no server name")?;
+        let chain = lab.info.labdir.join("server.pem");
+        let key = lab.info.labdir.join("server.key");
+        for f in [&ca, &chain, &key] {
+            anyhow::ensure!(f.is_file(), "the lab has no {}", f.display());
+        }
+        Ok(TlsLab {
+            ca,
+            chain,
+            key,
+            server_name,
+        })
+    }
+}
+
+/// What a default OpenSSL client negotiated with a configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Negotiated {
+    pub config: Config,
+    /// `TLSv1.3`.
+    pub protocol: String,
+    /// `TLS_AES_256_GCM_SHA384`.
+    pub suite: String,
+    /// The key exchange (`X25519`), as s_client names it.
+    pub key_exchange: String,
+    /// The certificate chain verified against the lab's CA for its name.
+    pub verified: bool,
+    /// A client offering what the server sent it on an earlier connection
+    /// resumed that session (it should not: resumption is off).
+    pub resumes: bool,
+}
+
+/// Handshakes the baton fronts counted (`/stats` `tls`), over all runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HandshakeCount {
+    pub config: Config,
+    pub handshakes: u64,
+    pub resumed: u64,
+    /// In close mode (one request per connection).
+    pub close_handshakes: u64,
+    pub close_resumed: u64,
+}
+
+/// One ratio a target names, measured in this run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ratio {
+    /// A stable key (e.g. `front_cpu_1mib_keepalive_nginx_per_handoff`).
+    pub name: String,
+    /// What was divided by what, with both values.
+    pub what: String,
+    pub value: f64,
+    /// The target (the ratio it should reach), if one is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goal: Option<f64>,
+    /// The same ratio for `direct` in place of handoff: what no front can
+    /// beat in this lab.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_bound: Option<f64>,
+}
+
+/// The JSON of a `--tls` run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TlsReport {
+    pub records: Vec<Record>,
+    pub ratios: Vec<Ratio>,
+    pub negotiated: Vec<Negotiated>,
+    pub front_handshakes: Vec<HandshakeCount>,
+    /// wrk errors (connect, read, write, status, timeout) over every run.
+    pub wrk_errors: u64,
+    /// Runs that produced no result.
+    pub failed_runs: u32,
+}
+
+/// Parses `openssl s_client -brief`'s summary (on stderr).
+pub fn parse_s_client(config: Config, text: &str) -> Option<Negotiated> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim_start_matches(':').trim().to_string())
+    };
+    let key_exchange = field("Negotiated TLS1.3 group")
+        .or_else(|| field("Server Temp Key"))
+        .or_else(|| field("Peer Temp Key"))
+        .unwrap_or_default();
+    Some(Negotiated {
+        config,
+        protocol: field("Protocol version")?,
+        suite: field("Ciphersuite")?,
+        key_exchange,
+        verified: field("Verification").as_deref() == Some("OK"),
+        resumes: false,
+    })
+}
+
+/// Whether `t` resumes a session: one request saves what the server sent
+/// (`-sess_out`: written when a TLS 1.3 ticket arrives), a second
+/// connection offers it (`-sess_in`) and s_client says `Reused` or `New`.
+fn resumes(lab: &Lab, tls: &TlsLab, t: &Target, scratch: &Path) -> Result<bool> {
+    let sess = scratch.join(format!("session-{}.pem", t.config.name()));
+    let _ = fs::remove_file(&sess);
+    let connect = format!("{}:{}", t.ip, t.port);
+    let script = format!(
+        "printf 'GET /index.html HTTP/1.1\\r\\nHost: {name}\\r\\nConnection: close\\r\\n\\r\\n' | \
+         timeout 10 openssl s_client -quiet -connect {connect} -servername {name} -sess_out '{}' \
+         >/dev/null 2>&1",
+        sess.display(),
+        name = tls.server_name
+    );
+    lab.run("client", &["sh", "-c", &script])?;
+    if !sess.is_file() {
+        return Ok(false);
+    }
+    let s = sess.to_string_lossy().to_string();
+    let out = lab.run(
+        "client",
+        &[
+            "timeout",
+            "10",
+            "openssl",
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            &tls.server_name,
+            "-sess_in",
+            &s,
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().any(|l| l.starts_with("Reused,")))
+}
+
+/// What OpenSSL's client negotiates with `t` from the client host.
+fn negotiate(lab: &Lab, tls: &TlsLab, t: &Target, scratch: &Path) -> Result<Negotiated> {
+    let connect = format!("{}:{}", t.ip, t.port);
+    let ca = tls.ca.to_string_lossy().to_string();
+    let out = lab.run(
+        "client",
+        &[
+            "timeout",
+            "10",
+            "openssl",
+            "s_client",
+            "-brief",
+            "-connect",
+            &connect,
+            "-servername",
+            &tls.server_name,
+            "-verify_hostname",
+            &tls.server_name,
+            "-CAfile",
+            &ca,
+        ],
+    )?;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut n = parse_s_client(t.config, &text)
+        .with_context(|| format!("no handshake summary from openssl s_client: {text}"))?;
+    n.resumes = resumes(lab, tls, t, scratch)?;
+    Ok(n)
 }
 
 /// Writes `index.html` (the lab's readiness check fetches `/`) and one file
@@ -496,12 +912,49 @@ fn write_docroot(dir: &Path, sizes: &[u64]) -> Result<()> {
 #[derive(Debug, Clone)]
 struct Target {
     config: Config,
-    /// `http://host:port`.
+    /// `http://host:port` (`https://` with `--tls`).
     base_url: String,
-    /// The process group whose CPU time is the front's; `None` for `direct`.
+    /// Where it listens.
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    /// The process group whose CPU time is the front's; `None` for `direct`
+    /// and `nginx-static` (no front).
     pgid: Option<u32>,
     /// The front's BPF forwarder, whose run time is the front's too.
     bpf_prog: Option<u32>,
+    /// With `--tls`, a baton front's `/stats` (in the front host), for its
+    /// handshake counts.
+    stats_url: Option<String>,
+}
+
+impl Target {
+    fn new(config: Config, tls: Option<&TlsLab>, ip: std::net::Ipv4Addr, port: u16) -> Target {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        Target {
+            config,
+            base_url: format!("{scheme}://{ip}:{port}"),
+            ip,
+            port,
+            pgid: None,
+            bpf_prog: None,
+            stats_url: None,
+        }
+    }
+
+    /// curl's arguments to GET `path` from it: with TLS, the certificate is
+    /// verified against the lab's CA for the lab's name.
+    fn curl_get(&self, tls: Option<&TlsLab>, path: &str) -> Vec<String> {
+        match tls {
+            None => vec![format!("{}{path}", self.base_url)],
+            Some(t) => vec![
+                "--cacert".into(),
+                t.ca.to_string_lossy().to_string(),
+                "--resolve".into(),
+                format!("{}:{}:{}", t.server_name, self.port, self.ip),
+                format!("https://{}:{}{path}", t.server_name, self.port),
+            ],
+        }
+    }
 }
 
 /// A proxy peer just spawned: kept with the others, ready once the client
@@ -510,18 +963,19 @@ fn serving_peer(
     lab: &Lab,
     peers: &mut Vec<Peer>,
     peer: Peer,
-    config: Config,
-    base_url: String,
+    mut target: Target,
+    tls: Option<&TlsLab>,
+    with_front_cpu: bool,
 ) -> Result<Started> {
     let pgid = peer.pgid();
     peers.push(peer);
-    wait_serving(lab, peers, &[("client", format!("{base_url}/index.html"))])?;
-    Ok(Started::Ready(Target {
-        config,
-        base_url,
-        pgid: Some(pgid),
-        bpf_prog: None,
-    }))
+    wait_serving(
+        lab,
+        peers,
+        &[("client", target.curl_get(tls, "/index.html"))],
+    )?;
+    target.pgid = with_front_cpu.then_some(pgid);
+    Ok(Started::Ready(target))
 }
 
 /// What starting a configuration gave.
@@ -539,6 +993,7 @@ fn start_target(
     baton: &Path,
     scratch: &Path,
     config: Config,
+    tls: Option<&TlsLab>,
     peers: &mut Vec<Peer>,
 ) -> Result<Started> {
     let vip = lab.info.vip;
@@ -551,13 +1006,18 @@ fn start_target(
     };
     let front_ns = lab.netns("front")?.to_string();
     let upstreams = [back_ip("back1")?, back_ip("back2")?];
+    let port = |plain: u16, https: u16| if tls.is_some() { https } else { plain };
     match config {
-        Config::Direct => Ok(Started::Ready(Target {
-            config,
-            base_url: format!("http://{}:{}", upstreams[0], baton_lab::DIRECT_PORT),
-            pgid: None,
-            bpf_prog: None,
-        })),
+        Config::Direct => {
+            let t = Target::new(
+                config,
+                tls,
+                upstreams[0],
+                port(baton_lab::DIRECT_PORT, DIRECT_TLS_PORT),
+            );
+            wait_serving(lab, peers, &[("client", t.curl_get(tls, "/index.html"))])?;
+            Ok(Started::Ready(t))
+        }
         Config::Handoff => {
             let pid = lab
                 .info
@@ -570,23 +1030,40 @@ fn start_target(
                 .get("bpf_program_id")
                 .and_then(serde_json::Value::as_u64)
                 .and_then(|id| u32::try_from(id).ok());
+            let https = lab.info.tls_port.unwrap_or(baton_lab::TLS_PORT);
+            let mut t = Target::new(config, tls, vip, port(lab.info.port, https));
             // The lab starts each daemon as the leader of its own session.
-            Ok(Started::Ready(Target {
-                config,
-                base_url: format!("http://{vip}:{}", lab.info.port),
-                pgid: Some(pid),
-                bpf_prog,
-            }))
+            t.pgid = Some(pid);
+            t.bpf_prog = bpf_prog;
+            t.stats_url = tls.map(|_| "http://127.0.0.1:9100/stats".to_string());
+            wait_serving(lab, peers, &[("client", t.curl_get(tls, "/index.html"))])?;
+            Ok(Started::Ready(t))
         }
-        Config::Nginx => {
-            let dir = scratch.join("nginx");
+        Config::Nginx | Config::NginxStatic => {
+            let dir = scratch.join(config.name());
             fs::create_dir_all(&dir)?;
             let conf = dir.join("nginx.conf");
-            fs::write(&conf, nginx_conf(&dir, vip, &upstreams))?;
+            let (ns, t) = if config == Config::Nginx {
+                let t = Target::new(config, tls, vip, port(NGINX_PORT, NGINX_TLS_PORT));
+                let text = match tls {
+                    None => nginx_conf(&dir, vip, &upstreams),
+                    Some(c) => nginx_tls_conf(&dir, vip, &upstreams, &c.chain, &c.key),
+                };
+                fs::write(&conf, text)?;
+                (front_ns.clone(), t)
+            } else {
+                let c = tls.context("nginx-static runs with --tls only")?;
+                let t = Target::new(config, tls, upstreams[0], NGINX_STATIC_PORT);
+                fs::write(
+                    &conf,
+                    nginx_static_conf(&dir, upstreams[0], &lab.info.docroot, &c.chain, &c.key),
+                )?;
+                (lab.netns("back1")?.to_string(), t)
+            };
             let err_log = dir.join("error.log");
             let peer = Peer::spawn(
                 config,
-                &front_ns,
+                &ns,
                 &[
                     "nginx".as_ref(),
                     "-c".as_ref(),
@@ -598,19 +1075,27 @@ fn start_target(
                 ],
                 &dir.join("stdout.log"),
             )?;
-            serving_peer(
-                lab,
-                peers,
-                peer,
-                config,
-                format!("http://{vip}:{NGINX_PORT}"),
-            )
+            serving_peer(lab, peers, peer, t, tls, config == Config::Nginx)
         }
         Config::Haproxy => {
             let dir = scratch.join("haproxy");
             fs::create_dir_all(&dir)?;
             let conf = dir.join("haproxy.cfg");
-            fs::write(&conf, haproxy_conf(vip, &upstreams))?;
+            let text = match tls {
+                None => haproxy_conf(vip, &upstreams),
+                Some(c) => {
+                    // HAProxy reads the chain and key from one file.
+                    let pem = dir.join("server-and-key.pem");
+                    let mut both = fs::read(&c.chain)
+                        .with_context(|| format!("reading {}", c.chain.display()))?;
+                    both.extend(
+                        fs::read(&c.key).with_context(|| format!("reading {}", c.key.display()))?,
+                    );
+                    write_private(&pem, &both)?;
+                    haproxy_tls_conf(vip, &upstreams, &pem)
+                }
+            };
+            fs::write(&conf, text)?;
             let peer = Peer::spawn(
                 config,
                 &front_ns,
@@ -622,13 +1107,8 @@ fn start_target(
                 ],
                 &dir.join("haproxy.log"),
             )?;
-            serving_peer(
-                lab,
-                peers,
-                peer,
-                config,
-                format!("http://{vip}:{HAPROXY_PORT}"),
-            )
+            let t = Target::new(config, tls, vip, port(HAPROXY_PORT, HAPROXY_TLS_PORT));
+            serving_peer(lab, peers, peer, t, tls, true)
         }
         Config::Relay => {
             let dir = scratch.join("relay");
@@ -673,31 +1153,125 @@ fn start_target(
                 ],
                 &dir.join("relay.log"),
             )?;
-            let base_url = format!("http://{vip}:{RELAY_PORT}");
-            let pgid = peer.pgid();
+            let mut t = Target::new(config, tls, vip, port(RELAY_PORT, RELAY_TLS_PORT));
+            t.pgid = Some(peer.pgid());
+            t.stats_url = tls.map(|_| format!("http://{RELAY_ADMIN}/stats"));
             peers.push(peer);
             wait_serving(
                 lab,
                 peers,
                 &[
-                    ("front", format!("http://{RELAY_ADMIN}/ready")),
-                    ("client", format!("{base_url}/index.html")),
+                    ("front", vec![format!("http://{RELAY_ADMIN}/ready")]),
+                    ("client", t.curl_get(tls, "/index.html")),
                 ],
             )?;
-            Ok(Started::Ready(Target {
-                config,
-                base_url,
-                pgid: Some(pgid),
-                bpf_prog: None,
-            }))
+            Ok(Started::Ready(t))
         }
     }
+}
+
+/// Writes `bytes` to `path`, readable by its owner only (a private key).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// nginx as a reverse proxy of `upstreams` on VIP:8081: one worker,
 /// keep-alive to the back-ends, no access log, 1 MiB of buffers per
 /// connection and never a temporary file (bodies stream through memory).
 pub fn nginx_conf(dir: &Path, vip: std::net::Ipv4Addr, upstreams: &[std::net::Ipv4Addr]) -> String {
+    nginx_proxy_conf(
+        dir,
+        &format!("{vip}:{NGINX_PORT} backlog=4096"),
+        "",
+        upstreams,
+    )
+}
+
+/// nginx's TLS directives: TLS 1.3 only, with `cert` and `key`, no session
+/// resumption (no tickets, no cache; see [`no_resumption`]).
+fn nginx_tls_directives(cert: &Path, key: &Path) -> String {
+    format!(
+        "    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n\
+         \x20   ssl_session_tickets off;\n    ssl_session_cache off;\n    ssl_conf_command NumTickets 0;\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// nginx terminating TLS 1.3 on VIP:8444 (`--tls`), otherwise as
+/// [`nginx_conf`]: plain HTTP with keep-alive to the back-ends.
+pub fn nginx_tls_conf(
+    dir: &Path,
+    vip: std::net::Ipv4Addr,
+    upstreams: &[std::net::Ipv4Addr],
+    cert: &Path,
+    key: &Path,
+) -> String {
+    nginx_proxy_conf(
+        dir,
+        &format!("{vip}:{NGINX_TLS_PORT} ssl backlog=4096"),
+        &nginx_tls_directives(cert, key),
+        upstreams,
+    )
+}
+
+/// nginx serving `docroot` over TLS 1.3 on `ip`:8447 (`--tls`, on back1's
+/// host): one worker, no access log, the same keep-alive limits.
+pub fn nginx_static_conf(
+    dir: &Path,
+    ip: std::net::Ipv4Addr,
+    docroot: &Path,
+    cert: &Path,
+    key: &Path,
+) -> String {
+    let d = dir.display();
+    format!(
+        "# Written by baton bench compare --tls.
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+  worker_connections 4096;
+}}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  sendfile on;
+  default_type application/octet-stream;
+  server {{
+    listen {ip}:{NGINX_STATIC_PORT} ssl backlog=4096;
+{}    root {};
+  }}
+}}
+",
+        nginx_tls_directives(cert, key),
+        docroot.display()
+    )
+}
+
+/// The reverse proxy of [`nginx_conf`] listening on `listen` (nginx's
+/// `listen` parameters), with `server_extra` in its `server` block.
+fn nginx_proxy_conf(
+    dir: &Path,
+    listen: &str,
+    server_extra: &str,
+    upstreams: &[std::net::Ipv4Addr],
+) -> String {
     let d = dir.display();
     let mut servers = String::new();
     for ip in upstreams {
@@ -725,8 +1299,8 @@ http {{
     keepalive_requests 1000000;
   }}
   server {{
-    listen {vip}:{NGINX_PORT} backlog=4096;
-    location / {{
+    listen {listen};
+{server_extra}    location / {{
       proxy_pass http://baton_backs;
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
@@ -745,6 +1319,29 @@ http {{
 /// with server connections reused across clients, 64 KiB buffers and
 /// kernel splicing where HAProxy judges it useful.
 pub fn haproxy_conf(vip: std::net::Ipv4Addr, upstreams: &[std::net::Ipv4Addr]) -> String {
+    haproxy_conf_with(&format!("{vip}:{HAPROXY_PORT}"), "", upstreams)
+}
+
+/// HAProxy terminating TLS 1.3 on VIP:8445 (`--tls`) with `pem` (chain and
+/// key in one file), otherwise as [`haproxy_conf`]; no session resumption
+/// (no tickets, no cache; see [`no_resumption`]).
+pub fn haproxy_tls_conf(
+    vip: std::net::Ipv4Addr,
+    upstreams: &[std::net::Ipv4Addr],
+    pem: &Path,
+) -> String {
+    haproxy_conf_with(
+        &format!(
+            "{vip}:{HAPROXY_TLS_PORT} ssl crt {} alpn http/1.1",
+            pem.display()
+        ),
+        "  ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets\n  tune.ssl.cachesize 0\n",
+        upstreams,
+    )
+}
+
+/// [`haproxy_conf`] with its `bind` arguments and extra `global` lines.
+fn haproxy_conf_with(bind: &str, global_extra: &str, upstreams: &[std::net::Ipv4Addr]) -> String {
     let mut servers = String::new();
     for (i, ip) in upstreams.iter().enumerate() {
         let _ = writeln!(
@@ -760,7 +1357,7 @@ global
   nbthread 1
   maxconn 2000
   tune.bufsize 65536
-defaults
+{global_extra}defaults
   mode http
   timeout connect 5s
   timeout client 30s
@@ -769,7 +1366,7 @@ defaults
   option http-keep-alive
   option splice-auto
 frontend baton_cmp
-  bind {vip}:{HAPROXY_PORT}
+  bind {bind}
   default_backend baton_backs
 backend baton_backs
   balance roundrobin
@@ -802,6 +1399,13 @@ pub fn relay_toml(
         toml::Value::String(RELAY_ADMIN.into()),
     );
     t.insert("workers".into(), toml::Value::Integer(1));
+    // The lab's front has HTTPS (`--tls`): the relay terminates it too.
+    if let Some(toml::Value::Table(tls)) = t.get_mut("tls") {
+        tls.insert(
+            "port".into(),
+            toml::Value::Integer(i64::from(RELAY_TLS_PORT)),
+        );
+    }
     if let Some(toml::Value::Array(backends)) = t.get_mut("backend") {
         for b in backends.iter_mut() {
             let toml::Value::Table(b) = b else { continue };
@@ -913,14 +1517,15 @@ fn peer_deaths(peers: &mut [Peer]) -> Vec<(&'static str, String)> {
 
 /// Polls until every `(host, url)` answers 200, or fails when a peer dies
 /// or `READY_TIMEOUT` passes.
-fn wait_serving(lab: &Lab, peers: &mut [Peer], checks: &[(&str, String)]) -> Result<()> {
+fn wait_serving(lab: &Lab, peers: &mut [Peer], checks: &[(&str, Vec<String>)]) -> Result<()> {
     let start = Instant::now();
-    for (host, url) in checks {
+    for (host, get) in checks {
+        let url = get.last().map(String::as_str).unwrap_or_default();
         loop {
             if let Some((name, why)) = peer_deaths(peers).into_iter().next() {
                 bail!("{name} exited: {why}");
             }
-            if http_status(lab, host, url).as_deref() == Some("200") {
+            if http_status(lab, host, get).as_deref() == Some("200") {
                 break;
             }
             if start.elapsed() > READY_TIMEOUT {
@@ -936,24 +1541,21 @@ fn wait_serving(lab: &Lab, peers: &mut [Peer], checks: &[(&str, String)]) -> Res
     Ok(())
 }
 
-/// The status code of a GET from `host`, if any came.
-fn http_status(lab: &Lab, host: &str, url: &str) -> Option<String> {
-    let out = lab
-        .run(
-            host,
-            &[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "2",
-                url,
-            ],
-        )
-        .ok()?;
+/// The status code of a GET from `host` (`get`: curl's arguments, the URL
+/// last), if any came.
+fn http_status(lab: &Lab, host: &str, get: &[String]) -> Option<String> {
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "2",
+    ];
+    argv.extend(get.iter().map(String::as_str));
+    let out = lab.run(host, &argv).ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -967,19 +1569,27 @@ fn measure(
     tick_hz: f64,
 ) -> Result<Sample> {
     let url = format!("{}/{}", target.base_url, file_name(size));
+    // Read before the CPU snapshot and after the last: the stats request
+    // costs the front a little CPU.
+    let hs0 = match &target.stats_url {
+        Some(u) => Some(tls_handshakes(lab, u)?),
+        None => None,
+    };
     let nic0 = lab.nic("front", "eth0")?;
     let opens0 = tcp_active_opens(lab, "client")?;
     let cpu0 = target.pgid.map(CpuSnapshot::of_group);
     let bpf0 = target.bpf_prog.and_then(bpf_run_ns);
-    let w = lab.wrk_url(
-        &url,
-        plan.threads,
-        plan.connections,
-        plan.seconds,
-        mode == ConnMode::Close,
-    )?;
+    let (threads, conns) = plan.load(mode);
+    let w = lab.wrk_url(&url, threads, conns, plan.seconds, mode == ConnMode::Close)?;
     let cpu1 = target.pgid.map(CpuSnapshot::of_group);
     let bpf1 = target.bpf_prog.and_then(bpf_run_ns);
+    let hs = match (&target.stats_url, hs0) {
+        (Some(u), Some((h0, r0))) => {
+            let (h1, r1) = tls_handshakes(lab, u)?;
+            Some((h1.saturating_sub(h0), r1.saturating_sub(r0)))
+        }
+        _ => None,
+    };
     let opens = tcp_active_opens(lab, "client")?.saturating_sub(opens0);
     let nic = lab.nic("front", "eth0")?.since(&nic0);
     let cpu_us = match (cpu0, cpu1) {
@@ -994,7 +1604,44 @@ fn measure(
     if w.requests > 0 {
         s.bpf_us_per_req = bpf_us / w.requests as f64;
     }
+    s.tls_handshakes = hs;
     Ok(s)
+}
+
+/// A baton front's TLS handshakes and resumptions so far (`/stats`).
+fn tls_handshakes(lab: &Lab, stats_url: &str) -> Result<(u64, u64)> {
+    let out = lab.run("front", &["curl", "-sf", "--max-time", "5", stats_url])?;
+    anyhow::ensure!(out.status.success(), "{stats_url} did not answer");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing /stats")?;
+    let n = |k: &str| v["tls"][k].as_u64();
+    n("handshakes")
+        .zip(n("resumed"))
+        .with_context(|| format!("{stats_url} has no tls handshake counts"))
+}
+
+/// The handshakes each baton front counted, from the samples.
+fn handshake_counts(
+    samples: &BTreeMap<(Config, u64, ConnMode), Vec<Sample>>,
+) -> Vec<HandshakeCount> {
+    let mut by: BTreeMap<Config, HandshakeCount> = BTreeMap::new();
+    for ((config, _, mode), v) in samples {
+        for (h, r) in v.iter().filter_map(|s| s.tls_handshakes) {
+            let c = by.entry(*config).or_insert(HandshakeCount {
+                config: *config,
+                handshakes: 0,
+                resumed: 0,
+                close_handshakes: 0,
+                close_resumed: 0,
+            });
+            c.handshakes += h;
+            c.resumed += r;
+            if *mode == ConnMode::Close {
+                c.close_handshakes += h;
+                c.close_resumed += r;
+            }
+        }
+    }
+    by.into_values().collect()
 }
 
 /// Nanoseconds the kernel counted in program `id` (counting is on for
@@ -1025,6 +1672,7 @@ pub fn sample_of(w: &WrkResult, cpu_us: f64, nic_bytes: u64, opens: u64) -> Samp
         requests: w.requests,
         errors: w.errors(),
         conns_per_req: per_req(opens as f64),
+        tls_handshakes: None,
     }
 }
 
@@ -1191,36 +1839,34 @@ fn aggregate(
     failed: &BTreeMap<(Config, u64, ConnMode), u32>,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
-    for &size in &plan.sizes {
-        for mode in ConnMode::ALL {
-            for t in targets {
-                let key = (t.config, size, mode);
-                let v = samples.get(&key).map(Vec::as_slice).unwrap_or_default();
-                let med = |f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
-                let cpu = if t.pgid.is_some() {
-                    med(|s| s.cpu_us_per_req)
-                } else {
-                    0.0
-                };
-                rows.push(Row {
-                    record: Record {
-                        config: t.config,
-                        size_bytes: size,
-                        conn_mode: mode,
-                        rps: med(|s| s.rps),
-                        mbps: med(|s| s.mbps),
-                        p50_ms: med(|s| s.p50_ms),
-                        p99_ms: med(|s| s.p99_ms),
-                        front_cpu_us_per_req: cpu,
-                        front_nic_bytes: med(|s| s.nic_bytes as f64).round() as u64,
-                    },
-                    requests: v.iter().map(|s| s.requests).sum(),
-                    errors: v.iter().map(|s| s.errors).sum(),
-                    conns_per_req: med(|s| s.conns_per_req),
-                    bpf_us_per_req: med(|s| s.bpf_us_per_req),
-                    failed_runs: failed.get(&key).copied().unwrap_or(0),
-                });
-            }
+    for (size, mode) in plan.steps() {
+        for t in targets.iter().filter(|t| plan.runs(t.config, mode)) {
+            let key = (t.config, size, mode);
+            let v = samples.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let med = |f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+            let cpu = if t.pgid.is_some() {
+                med(|s| s.cpu_us_per_req)
+            } else {
+                0.0
+            };
+            rows.push(Row {
+                record: Record {
+                    config: t.config,
+                    size_bytes: size,
+                    conn_mode: mode,
+                    rps: med(|s| s.rps),
+                    mbps: med(|s| s.mbps),
+                    p50_ms: med(|s| s.p50_ms),
+                    p99_ms: med(|s| s.p99_ms),
+                    front_cpu_us_per_req: cpu,
+                    front_nic_bytes: med(|s| s.nic_bytes as f64).round() as u64,
+                },
+                requests: v.iter().map(|s| s.requests).sum(),
+                errors: v.iter().map(|s| s.errors).sum(),
+                conns_per_req: med(|s| s.conns_per_req),
+                bpf_us_per_req: med(|s| s.bpf_us_per_req),
+                failed_runs: failed.get(&key).copied().unwrap_or(0),
+            });
         }
     }
     rows
@@ -1267,45 +1913,7 @@ pub fn markdown(plan: &Plan, rows: &[Row], notes: &[String]) -> String {
          `Connection: close`: one connection per request.\n",
         plan.threads, plan.connections, plan.seconds, plan.repetitions
     );
-    let _ = writeln!(
-        o,
-        "| size | conn | config | req/s | vs nginx | MB/s | p50 ms | p99 ms | front CPU µs/req | of which BPF | front NIC B/req | conn/req | errors |"
-    );
-    let _ = writeln!(
-        o,
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    for row in rows {
-        let r = &row.record;
-        let nginx = find(&records, Config::Nginx, r.size_bytes, r.conn_mode).map_or(0.0, |n| n.rps);
-        let nic_per_req = if r.rps > 0.0 {
-            r.front_nic_bytes as f64 / (r.rps * f64::from(plan.seconds))
-        } else {
-            0.0
-        };
-        let errors = if row.failed_runs > 0 {
-            format!("{} ({} runs failed)", row.errors, row.failed_runs)
-        } else {
-            row.errors.to_string()
-        };
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} | {} |",
-            size_label(r.size_bytes),
-            r.conn_mode.name(),
-            r.config.name(),
-            r.rps,
-            ratio(r.rps, nginx),
-            r.mbps,
-            r.p50_ms,
-            r.p99_ms,
-            cpu_label(r.front_cpu_us_per_req),
-            cpu_label(row.bpf_us_per_req),
-            nic_per_req,
-            row.conns_per_req,
-            errors
-        );
-    }
+    o.push_str(&table_md(plan, rows));
     o.push_str("\n## Against the targets\n\n");
     for line in target_lines(plan, &records) {
         let _ = writeln!(o, "- {line}");
@@ -1449,13 +2057,304 @@ fn target_lines(plan: &Plan, records: &[Record]) -> Vec<String> {
     out
 }
 
+/// The table of every row, with each one's req/s against nginx's.
+fn table_md(plan: &Plan, rows: &[Row]) -> String {
+    let records: Vec<Record> = rows.iter().map(|r| r.record.clone()).collect();
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "| size | conn | config | req/s | vs nginx | MB/s | p50 ms | p99 ms | front CPU µs/req | of which BPF | front NIC B/req | conn/req | errors |"
+    );
+    let _ = writeln!(
+        o,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in rows {
+        let r = &row.record;
+        let nginx = find(&records, Config::Nginx, r.size_bytes, r.conn_mode).map_or(0.0, |n| n.rps);
+        let nic_per_req = if r.rps > 0.0 {
+            r.front_nic_bytes as f64 / (r.rps * f64::from(plan.seconds))
+        } else {
+            0.0
+        };
+        let errors = if row.failed_runs > 0 {
+            format!("{} ({} runs failed)", row.errors, row.failed_runs)
+        } else {
+            row.errors.to_string()
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {:.0} | {} | {:.1} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} | {} |",
+            size_label(r.size_bytes),
+            r.conn_mode.name(),
+            r.config.name(),
+            r.rps,
+            ratio(r.rps, nginx),
+            r.mbps,
+            r.p50_ms,
+            r.p99_ms,
+            cpu_label(r.front_cpu_us_per_req),
+            cpu_label(row.bpf_us_per_req),
+            nic_per_req,
+            row.conns_per_req,
+            errors
+        );
+    }
+    o
+}
+
+/// `1 MiB` as a key: `1mib`.
+fn size_key(bytes: u64) -> String {
+    size_label(bytes).replace(' ', "").to_ascii_lowercase()
+}
+
+/// `a / b` if both are positive and finite.
+fn div(a: f64, b: f64) -> Option<f64> {
+    (a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+/// The ratios the `--tls` targets name, each from this run's medians. A
+/// ratio whose inputs were not measured (a configuration left out or
+/// failed) is left out.
+pub fn tls_ratios(plan: &Plan, records: &[Record]) -> Vec<Ratio> {
+    let get = |c, s, m| find(records, c, s, m);
+    let mut out = Vec::new();
+    let mib = 1u64 << 20;
+    for mode in ConnMode::ALL {
+        let (Some(h), Some(n)) = (
+            get(Config::Handoff, mib, mode),
+            get(Config::Nginx, mib, mode),
+        ) else {
+            continue;
+        };
+        if let Some(value) = div(n.front_cpu_us_per_req, h.front_cpu_us_per_req) {
+            out.push(Ratio {
+                name: format!("front_cpu_1mib_{}_nginx_per_handoff", mode.name()),
+                what: format!(
+                    "front CPU per 1 MiB HTTPS request, {}: nginx {} µs / handoff {} µs",
+                    mode.name(),
+                    cpu_label(n.front_cpu_us_per_req),
+                    cpu_label(h.front_cpu_us_per_req)
+                ),
+                value,
+                goal: Some(20.0),
+                direct_bound: None,
+            });
+        }
+    }
+    for &size in plan.sizes.iter().filter(|&&s| s >= 256 << 10) {
+        for mode in ConnMode::ALL {
+            let (Some(h), Some(n)) = (
+                get(Config::Handoff, size, mode),
+                get(Config::Nginx, size, mode),
+            ) else {
+                continue;
+            };
+            if let Some(value) = div(h.rps, n.rps) {
+                out.push(Ratio {
+                    name: format!("rps_{}_{}_handoff_per_nginx", size_key(size), mode.name()),
+                    what: format!(
+                        "HTTPS req/s, {} {}: handoff {:.0} / nginx {:.0}",
+                        size_label(size),
+                        mode.name(),
+                        h.rps,
+                        n.rps
+                    ),
+                    value,
+                    goal: Some(2.0),
+                    direct_bound: get(Config::Direct, size, mode).and_then(|d| div(d.rps, n.rps)),
+                });
+            }
+        }
+    }
+    // One request per connection, the smallest file: the rate of full
+    // handshakes (the client does not resume; see the handshake counts).
+    if let Some(&small) = plan.sizes.first() {
+        if let Some(n) = get(Config::Nginx, small, ConnMode::Close) {
+            for c in [Config::Handoff, Config::Relay, Config::Haproxy] {
+                let Some(x) = get(c, small, ConnMode::Close) else {
+                    continue;
+                };
+                if let Some(value) = div(x.rps, n.rps) {
+                    out.push(Ratio {
+                        name: format!("handshakes_per_s_{}_per_nginx", c.name()),
+                        what: format!(
+                            "full TLS 1.3 handshakes/s on the front ({} close, ECDSA P-256): \
+                             {} {:.0} / nginx {:.0}",
+                            size_label(small),
+                            c.name(),
+                            x.rps,
+                            n.rps
+                        ),
+                        value,
+                        goal: None,
+                        direct_bound: None,
+                    });
+                }
+            }
+        }
+    }
+    // A back-end's TLS record layer against nginx's (OpenSSL) on the same
+    // host, at the largest size: many connections, then one.
+    if let Some(&big) = plan.sizes.last() {
+        for (mode, configs) in [
+            (ConnMode::KeepAlive, &[Config::Direct][..]),
+            (ConnMode::Single, &[Config::Direct, Config::Handoff][..]),
+        ] {
+            let Some(n) = get(Config::NginxStatic, big, mode) else {
+                continue;
+            };
+            for &c in configs {
+                let Some(x) = get(c, big, mode) else {
+                    continue;
+                };
+                let who = match c {
+                    Config::Handoff => "handoff (baton-tls on a back-end)",
+                    _ => "direct (rustls on back1)",
+                };
+                if let Some(value) = div(x.mbps, n.mbps) {
+                    out.push(Ratio {
+                        name: format!(
+                            "backend_tls_mbps_{}_{}_{}_per_nginx_static",
+                            size_key(big),
+                            mode.name(),
+                            c.name()
+                        ),
+                        what: format!(
+                            "a back-end serving over TLS, {} {}: {who} {:.1} MB/s / nginx-static {:.1} MB/s",
+                            size_label(big),
+                            match mode {
+                                ConnMode::Single => "over one connection",
+                                _ => "keep-alive",
+                            },
+                            x.mbps,
+                            n.mbps
+                        ),
+                        value,
+                        goal: Some(0.8),
+                        direct_bound: None,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A ratio as a report line.
+fn ratio_line(r: &Ratio) -> String {
+    let mut line = format!("`{}`: {}: **{:.2}x**", r.name, r.what, r.value);
+    if let Some(g) = r.goal {
+        let _ = write!(
+            line,
+            " (goal: at least {g}x{})",
+            if r.value >= g { ", met" } else { ", not met" }
+        );
+    }
+    if let Some(b) = r.direct_bound {
+        let _ = write!(line, "; direct / nginx (the bound): {b:.2}x");
+    }
+    line
+}
+
+/// The report of a `--tls` run.
+fn markdown_tls(plan: &Plan, rows: &[Row], rep: &TlsReport, notes: &[String]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# baton bench compare --tls\n");
+    let _ = writeln!(
+        o,
+        "HTTPS from wrk (OpenSSL) to: `direct` (back1's own `[direct_tls]` listener, \
+         rustls), `handoff` (the lab's front on VIP:443: TLS terminated, the request read, \
+         connection and TLS session handed to a back-end that answers with its own record \
+         layer), `relay` (a baton front with `handoff = false` terminating TLS and relaying \
+         plain HTTP), `nginx` and `haproxy` (terminating TLS 1.3 with the lab's ECDSA P-256 \
+         certificate and key, keep-alive plain HTTP to the two back-ends), and `nginx-static` \
+         (nginx serving the same files over TLS 1.3 from back1's host). Session resumption \
+         off everywhere (no TLS 1.3 tickets, no session cache), so every new connection is a \
+         full handshake (ECDSA P-256 signature, X25519). Load: wrk -t{} -c{} from the client namespace, {} s per run, {} \
+         repetition(s), medians shown; runs interleaved. Every front on one core. `close` \
+         sends `Connection: close`: one connection, so one full handshake, per request. \
+         `single`: one keep-alive connection (wrk -t1 -c1), the largest size.\n",
+        plan.threads, plan.connections, plan.seconds, plan.repetitions
+    );
+    o.push_str(&table_md(plan, rows));
+    o.push_str("\n## Against the targets\n\n");
+    if rep.ratios.is_empty() {
+        o.push_str("- no ratio could be computed (see the notes)\n");
+    }
+    for r in &rep.ratios {
+        let _ = writeln!(o, "- {}", ratio_line(r));
+    }
+    o.push_str("\n## TLS negotiated\n\n");
+    for n in &rep.negotiated {
+        let _ = writeln!(
+            o,
+            "- `{}`: {} {} {}, certificate {}, {}",
+            n.config.name(),
+            n.protocol,
+            n.suite,
+            n.key_exchange,
+            if n.verified {
+                "verified against the lab CA"
+            } else {
+                "NOT verified"
+            },
+            if n.resumes {
+                "RESUMES sessions"
+            } else {
+                "no resumption"
+            }
+        );
+    }
+    for h in &rep.front_handshakes {
+        let _ = writeln!(
+            o,
+            "- `{}` front counted {} handshakes ({} resumed); in close mode {} ({} resumed)",
+            h.config.name(),
+            h.handshakes,
+            h.resumed,
+            h.close_handshakes,
+            h.close_resumed
+        );
+    }
+    o.push_str(
+        "\n## Method\n\n\
+         - As in the plain comparison: req/s, MB/s and latencies are wrk's; **front CPU \
+         µs/req** is the CPU time of the front's process group (and of the handoff front's \
+         BPF forwarder) per request; 0 for `direct` and `nginx-static`, which have no front.\n\
+         - **TLS negotiated**: `openssl s_client` with OpenSSL's defaults from the client \
+         namespace, verifying the certificate against the lab's CA; wrk uses the same libssl \
+         with its defaults, so it negotiates the same. wrk does not verify certificates.\n\
+         - **Handshakes**: wrk keeps the session of its last connection and offers it when \
+         it reconnects, so with resumption on most close-mode connections would resume; it \
+         is off everywhere, which `openssl s_client -sess_out`/`-sess_in` checks against \
+         every configuration (*no resumption* above) and the baton fronts' `/stats` \
+         (`tls.handshakes`, `tls.resumed`, read around every run) confirm.\n\
+         - **Direct bound**: no front makes the client faster than the back-end answering it \
+         straight; direct / nginx is what the handoff / nginx ratio can reach in this lab.\n\
+         - **Record layer**: `direct` (rustls) and `handoff` (the back-end continuing the \
+         session) against `nginx-static` (OpenSSL) on the same back-end host, in MB/s; \
+         `single` is one connection, so its bandwidth is one record layer's.\n\
+         - Caveats: one shared 2-CPU VM, everything in one kernel: absolute numbers are this \
+         machine's; the ratios are the result.\n",
+    );
+    if !notes.is_empty() {
+        o.push_str("\n## Notes\n\n");
+        for n in notes {
+            let _ = writeln!(o, "- {n}");
+        }
+    }
+    o
+}
+
 /// Tableau colours (as in the simulator's chart), one per configuration.
-const PALETTE: [plotters::style::RGBColor; 5] = [
+const PALETTE: [plotters::style::RGBColor; 6] = [
     plotters::style::RGBColor(127, 127, 127),
     plotters::style::RGBColor(214, 39, 40),
     plotters::style::RGBColor(255, 127, 14),
     plotters::style::RGBColor(44, 160, 44),
     plotters::style::RGBColor(31, 119, 180),
+    plotters::style::RGBColor(148, 103, 189),
 ];
 
 /// Requests/s by response size (log scale), one line per configuration,
@@ -1480,7 +2379,8 @@ pub fn render_svg(plan: &Plan, records: &[Record]) -> Result<String> {
         let root = root
             .titled(
                 &format!(
-                    "baton bench compare: requests/s by response size (wrk -c{}, {} s runs, median of {})",
+                    "baton bench compare{}: requests/s by response size (wrk -c{}, {} s runs, median of {})",
+                    if plan.tls { " --tls (HTTPS)" } else { "" },
                     plan.connections, plan.seconds, plan.repetitions
                 ),
                 ("sans-serif", 22),
@@ -1491,6 +2391,7 @@ pub fn render_svg(plan: &Plan, records: &[Record]) -> Result<String> {
             let title = match mode {
                 ConnMode::KeepAlive => "keep-alive",
                 ConnMode::Close => "Connection: close (one request per connection)",
+                ConnMode::Single => "one connection",
             };
             let mut chart = ChartBuilder::on(panel)
                 .caption(title, ("sans-serif", 18))
@@ -1517,7 +2418,12 @@ pub fn render_svg(plan: &Plan, records: &[Record]) -> Result<String> {
                 .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()
                 .map_err(|e| err(&e))?;
-            for (k, config) in Config::ALL.into_iter().enumerate() {
+            let configs: &[Config] = if plan.tls {
+                &Config::TLS_ALL
+            } else {
+                &Config::ALL
+            };
+            for (k, &config) in configs.iter().enumerate() {
                 let color = PALETTE.get(k).copied().unwrap_or(BLACK).to_rgba();
                 let points: Vec<(SegmentValue<u32>, f64)> = plan
                     .sizes
@@ -1655,6 +2561,7 @@ mod tests {
             configs: Config::ALL.to_vec(),
             threads: 1,
             connections: 16,
+            tls: false,
         }
     }
 
@@ -1724,6 +2631,7 @@ mod tests {
     fn quick_is_short_and_full_is_the_default() {
         let args = |quick: bool| CompareArgs {
             quick,
+            tls: false,
             json: "x.json".into(),
             name: "x".into(),
             repetitions: None,
@@ -1749,6 +2657,135 @@ mod tests {
         let mut bad = args(true);
         bad.connections = 0;
         assert!(Plan::from_args(&bad).is_err());
+        let mut plain_static = args(true);
+        plain_static.configs = vec![Config::NginxStatic];
+        let e = Plan::from_args(&plain_static).expect_err("needs --tls");
+        assert!(e.to_string().contains("--tls"), "{e}");
+        assert!(!quick.steps().iter().any(|(_, m)| *m == ConnMode::Single));
+
+        let mut tls = args(true);
+        tls.tls = true;
+        let tls = Plan::from_args(&tls).expect("plan");
+        assert_eq!(tls.configs, Config::TLS_ALL);
+        let steps = tls.steps();
+        assert_eq!(steps.last(), Some(&(1 << 20, ConnMode::Single)));
+        let runs: usize = steps
+            .iter()
+            .map(|&(_, m)| tls.configs.iter().filter(|c| tls.runs(**c, m)).count())
+            .sum();
+        // 2.5 minutes for the test suite: load time leaves room for the lab,
+        // the peers and the warm-up.
+        let load = tls.repetitions as usize * tls.seconds as usize * runs;
+        assert!(load <= 90, "{load} s of load");
+        assert!(!tls.runs(Config::Nginx, ConnMode::Single));
+        assert_eq!(tls.load(ConnMode::Single), (1, 1));
+        assert_eq!(tls.load(ConnMode::Close), (1, 16));
+    }
+
+    #[test]
+    fn tls_ratios_name_the_targets_with_the_direct_bound() {
+        let mib = 1 << 20;
+        let mut recs = Vec::new();
+        for mode in ConnMode::ALL {
+            for size in [1024, mib] {
+                recs.push(record(Config::Handoff, size, mode, 600.0, 10.0));
+                recs.push(record(Config::Nginx, size, mode, 300.0, 800.0));
+                recs.push(record(Config::Direct, size, mode, 900.0, 0.0));
+                recs.push(record(Config::NginxStatic, size, mode, 500.0, 0.0));
+            }
+        }
+        recs.push(record(Config::Handoff, mib, ConnMode::Single, 400.0, 5.0));
+        recs.push(record(
+            Config::NginxStatic,
+            mib,
+            ConnMode::Single,
+            500.0,
+            0.0,
+        ));
+        // Not measured: no ratio.
+        recs.push(record(Config::Direct, mib, ConnMode::Single, 0.0, 0.0));
+        let mut p = plan(&[1024, mib]);
+        p.tls = true;
+        let ratios = tls_ratios(&p, &recs);
+        let get = |name: &str| {
+            ratios
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("no {name} in {ratios:?}"))
+        };
+        let cpu = get("front_cpu_1mib_keepalive_nginx_per_handoff");
+        assert_eq!((cpu.value, cpu.goal), (80.0, Some(20.0)));
+        get("front_cpu_1mib_close_nginx_per_handoff");
+        let rps = get("rps_1mib_close_handoff_per_nginx");
+        assert_eq!((rps.value, rps.direct_bound), (2.0, Some(3.0)));
+        assert!(!ratios.iter().any(|r| r.name.starts_with("rps_1kib")));
+        assert_eq!(get("handshakes_per_s_handoff_per_nginx").value, 2.0);
+        let rl = get("backend_tls_mbps_1mib_single_handoff_per_nginx_static");
+        assert_eq!((rl.value, rl.goal), (0.8, Some(0.8)));
+        get("backend_tls_mbps_1mib_keepalive_direct_per_nginx_static");
+        assert!(!ratios
+            .iter()
+            .any(|r| r.name == "backend_tls_mbps_1mib_single_direct_per_nginx_static"));
+        assert!(ratios.iter().all(|r| r.value.is_finite() && r.value > 0.0));
+        let line = ratio_line(rps);
+        assert!(
+            line.contains("**2.00x**") && line.contains("bound): 3.00x"),
+            "{line}"
+        );
+        let v = serde_json::to_value(cpu).expect("json");
+        assert!(v.get("direct_bound").is_none(), "{v}");
+    }
+
+    #[test]
+    fn s_client_summary_parses() {
+        let text = "Connecting to 198.18.0.100\nCONNECTION ESTABLISHED\n\
+                    Protocol version: TLSv1.3\nCiphersuite: TLS_AES_256_GCM_SHA384\n\
+                    Peer certificate: CN = baton.test\nHash used: SHA256\n\
+                    Signature type: ECDSA\nVerification: OK\n\
+                    Server Temp Key: X25519, 253 bits\nDONE\n";
+        let n = parse_s_client(Config::Nginx, text).expect("parsed");
+        assert_eq!(n.protocol, "TLSv1.3");
+        assert_eq!(n.suite, "TLS_AES_256_GCM_SHA384");
+        assert_eq!(n.key_exchange, "X25519, 253 bits");
+        assert!(n.verified && !n.resumes);
+        assert!(parse_s_client(Config::Nginx, "connect: refused\n").is_none());
+    }
+
+    #[test]
+    fn tls_peer_configs_use_the_lab_files_without_resumption() {
+        let vip = std::net::Ipv4Addr::new(198, 18, 0, 100);
+        let ups = [
+            std::net::Ipv4Addr::new(198, 18, 0, 11),
+            std::net::Ipv4Addr::new(198, 18, 0, 12),
+        ];
+        let (cert, key) = (Path::new("/lab/server.pem"), Path::new("/lab/server.key"));
+        let ng = nginx_tls_conf(Path::new("/tmp/x"), vip, &ups, cert, key);
+        assert!(ng.contains("listen 198.18.0.100:8444 ssl"), "{ng}");
+        assert!(ng.contains("ssl_certificate /lab/server.pem;"), "{ng}");
+        assert!(ng.contains("ssl_certificate_key /lab/server.key;"), "{ng}");
+        assert!(ng.contains("    ssl_session_tickets off;"), "{ng}");
+        assert!(ng.contains("server 198.18.0.11:8080") && ng.contains("keepalive 64"));
+        let st = nginx_static_conf(Path::new("/tmp/y"), ups[0], Path::new("/docs"), cert, key);
+        assert!(st.contains("listen 198.18.0.11:8447 ssl") && st.contains("root /docs;"));
+        assert!(st.contains("ssl_protocols TLSv1.3;") && !st.contains("proxy_pass"));
+        let hp = haproxy_tls_conf(vip, &ups, Path::new("/tmp/x/both.pem"));
+        assert!(
+            hp.contains("bind 198.18.0.100:8445 ssl crt /tmp/x/both.pem"),
+            "{hp}"
+        );
+        assert!(hp.contains("ssl-min-ver TLSv1.3 no-tls-tickets"), "{hp}");
+        assert!(hp.contains("server back1 198.18.0.11:8080"));
+        let d = direct_tls_toml(Path::new("/run/lab")).expect("toml");
+        let t: toml::Table = d.parse().expect("valid TOML");
+        assert_eq!(t["direct_tls"]["listen"].as_str(), Some("0.0.0.0:8443"));
+        assert_eq!(
+            t["direct_tls"]["cert"].as_str(),
+            Some("/run/lab/server.pem")
+        );
+        assert_eq!(t["direct_tls"]["tickets"].as_integer(), Some(0));
+        // The plain configs are unchanged by the TLS ones.
+        let plain = nginx_conf(Path::new("/tmp/x"), vip, &ups);
+        assert!(plain.contains("listen 198.18.0.100:8081 backlog=4096;") && !plain.contains("ssl"));
     }
 
     #[test]
@@ -1853,6 +2890,14 @@ mod tests {
         let sock = std::path::Path::new("/run/x/relay.sock");
         let text = relay_toml(lab, &ips, sock).expect("relay config");
         let t: toml::Table = text.parse().expect("valid TOML");
+        assert!(t.get("tls").is_none());
+        let with_tls = format!("{lab}\n[tls]\nport = 443\ncert = \"/c\"\nkey = \"/k\"\n");
+        let tt: toml::Table = relay_toml(&with_tls, &ips, sock)
+            .expect("relay config")
+            .parse()
+            .expect("valid TOML");
+        assert_eq!(tt["tls"]["port"].as_integer(), Some(8446));
+        assert_eq!(tt["tls"]["cert"].as_str(), Some("/c"));
         assert_eq!(t["handoff"].as_bool(), Some(false));
         // Its own upgrade socket, and nothing pinned: the lab's front owns those.
         assert_eq!(t["upgrade_socket"].as_str(), Some("/run/x/relay.sock"));
