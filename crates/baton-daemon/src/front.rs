@@ -952,12 +952,40 @@ impl Front {
         let Some(fd) = stream.fd() else {
             return;
         };
-        match self
+        let outcome = self
             .handoff(fd, key, bi, &buf, bytes::Bytes::new(), t_head)
-            .await
-        {
-            // Still in repair mode: closing sends nothing to the client.
-            Outcome::Live => drop(stream),
+            .await;
+        let Some((status, relay_to)) = self.settle(fd, &key, bi, outcome) else {
+            drop(stream);
+            return;
+        };
+        drop(pending);
+        match relay_to {
+            // The socket is in normal mode and the unread bytes are still in
+            // its queue (the dump only peeked): the connection can be
+            // relayed as if never offered.
+            Some(to) => match stream.into_polled() {
+                Ok(s) => self.relay(s, bi, to, &buf, false).await,
+                Err(e) => debug!(%key, error = %e, "client connection lost before the relay"),
+            },
+            None => stream.answer(status).await,
+        }
+    }
+
+    /// What a handoff's outcome leaves to do with the client's socket:
+    /// nothing (handed off: closed still in repair mode, which sends
+    /// nothing; or prepared for the reset that closing it sends), or the
+    /// front's own answer `status`, by a relay to the address given if the
+    /// back-end has one (the socket is out of repair mode again).
+    fn settle(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        key: &FlowKey,
+        bi: usize,
+        outcome: Outcome,
+    ) -> Option<(u16, Option<SocketAddr>)> {
+        match outcome {
+            Outcome::Live => None,
             Outcome::Reset => {
                 // The back-end may or may not serve this client: a reset is
                 // the one answer that cannot collide with its own.
@@ -966,36 +994,22 @@ impl Front {
                 {
                     debug!(%key, error = %e, "could not prepare the reset");
                 }
-                drop(stream);
+                None
             }
             Outcome::GiveBack { status, dumped } => {
                 if dumped {
                     if let Err(e) = repair::set_repair(fd, false) {
                         warn!(%key, error = %e, "could not leave repair mode");
-                        return;
+                        return None;
                     }
                 }
                 let b = Arc::clone(&self.backends()[bi]);
-                match b.relay_to() {
-                    // The socket is in normal mode and the unread bytes are
-                    // still in its queue (the dump only peeked): the
-                    // connection can be relayed as if never offered.
-                    Some(to) => {
-                        self.counters.relay_fallbacks.inc();
-                        debug!(%key, backend = %b.name, status, "handoff failed; relaying the connection instead");
-                        drop(pending);
-                        match stream.into_polled() {
-                            Ok(s) => self.relay(s, bi, to, &buf, false).await,
-                            Err(e) => {
-                                debug!(%key, error = %e, "client connection lost before the relay")
-                            }
-                        }
-                    }
-                    None => {
-                        drop(pending);
-                        stream.answer(status).await;
-                    }
+                let to = b.relay_to();
+                if to.is_some() {
+                    self.counters.relay_fallbacks.inc();
+                    debug!(%key, backend = %b.name, status, "handoff failed; relaying the connection instead");
                 }
+                Some((status, to))
             }
         }
     }
@@ -1029,8 +1043,8 @@ impl Front {
         };
         // The handshake flights must not wait for the client's ACKs.
         let _ = io.set_nodelay(true);
-        let mut sc = match tls.session() {
-            Ok(sc) => sc,
+        let mut session = match tls.session() {
+            Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "no TLS session could be made");
                 return;
@@ -1045,7 +1059,7 @@ impl Front {
         drop(tun);
         let read = tokio::time::timeout(
             head_timeout,
-            crate::tls::read_request(&mut io, &mut sc, &tls, &limits),
+            crate::tls::read_request(&mut io, &mut session.conn, &limits),
         )
         .await;
         let req = match read {
@@ -1053,8 +1067,8 @@ impl Front {
                 self.counters.head_timeouts.inc();
                 debug!(%peer, "TLS handshake or request head timeout");
                 drop(pending);
-                if !sc.is_handshaking() {
-                    crate::tls::answer(&mut io, sc, 408).await;
+                if !session.conn.is_handshaking() {
+                    crate::tls::answer(&mut io, session.conn, 408).await;
                 }
                 return;
             }
@@ -1076,25 +1090,27 @@ impl Front {
                 self.counters.bad_requests.inc();
                 debug!(%peer, status, why, "bad request head");
                 drop(pending);
-                crate::tls::answer(&mut io, sc, status).await;
+                crate::tls::answer(&mut io, session.conn, status).await;
                 return;
             }
             Ok(Ok(r)) => r,
         };
         let mut req = req;
         self.counters.tls_handshakes.inc();
-        if sc.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        if session.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.counters.tls_resumed.inc();
         }
         let t_head = Instant::now();
         // RFC 9110 7.4: a request for a name this connection was not set up
         // for (its certificate may not even cover it) is misdirected.
         if let (Some(sni), Some(host)) = (&req.sni, req.head.host_name()) {
-            if !host.eq_ignore_ascii_case(sni) {
+            // A fully qualified name's trailing dot names the same host.
+            let bare = |n: &str| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase();
+            if bare(host) != bare(sni) {
                 self.counters.tls_misdirected.inc();
                 debug!(%peer, sni, host, "Host does not match SNI: 421");
                 drop(pending);
-                crate::tls::answer(&mut io, sc, 421).await;
+                crate::tls::answer(&mut io, session.conn, 421).await;
                 return;
             }
         }
@@ -1109,7 +1125,7 @@ impl Front {
                 self.counters.no_backend.inc();
                 debug!(%peer, why, "no back-end for the request");
                 drop(pending);
-                crate::tls::answer(&mut io, sc, 503).await;
+                crate::tls::answer(&mut io, session.conn, 503).await;
                 return;
             }
         };
@@ -1117,10 +1133,10 @@ impl Front {
         if matches!(route, Route::Unusable) {
             self.counters.no_backend.inc();
             drop(pending);
-            crate::tls::answer(&mut io, sc, 503).await;
+            crate::tls::answer(&mut io, session.conn, 503).await;
             return;
         }
-        let carried = match crate::tls::extract(&tls, sc, &req) {
+        let carried = match crate::tls::extract(session, &req) {
             Ok(c) => c,
             Err(why) => {
                 // rustls is gone and nothing else holds the keys: close.
@@ -1152,41 +1168,23 @@ impl Front {
             bytes::Bytes::from_owner(enc)
         };
         let fd = io.as_fd();
-        match self
+        let outcome = self
             .handoff(fd, key, bi, &req.ciphertext, blob, t_head)
-            .await
-        {
-            Outcome::Live => {
-                self.counters.tls_handoffs.inc();
-                drop(io);
+            .await;
+        if matches!(outcome, Outcome::Live) {
+            self.counters.tls_handoffs.inc();
+        }
+        let Some((status, relay_to)) = self.settle(fd, &key, bi, outcome) else {
+            drop(io);
+            return;
+        };
+        drop(pending);
+        match relay_to {
+            Some(to) => {
+                self.relay_tls(io, &carried, &req.ciphertext, bi, to, &first, false)
+                    .await
             }
-            Outcome::Reset => {
-                if let Err(e) = repair::set_repair(fd, false)
-                    .and_then(|()| baton_sys::sockopt::set_linger_zero(fd))
-                {
-                    debug!(%key, error = %e, "could not prepare the reset");
-                }
-                drop(io);
-            }
-            Outcome::GiveBack { status, dumped } => {
-                if dumped {
-                    if let Err(e) = repair::set_repair(fd, false) {
-                        warn!(%key, error = %e, "could not leave repair mode");
-                        return;
-                    }
-                }
-                drop(pending);
-                let b = Arc::clone(&self.backends()[bi]);
-                match b.relay_to() {
-                    Some(to) => {
-                        self.counters.relay_fallbacks.inc();
-                        debug!(%key, backend = %b.name, status, "handoff failed; relaying the TLS connection instead");
-                        self.relay_tls(io, &carried, &req.ciphertext, bi, to, &first, false)
-                            .await;
-                    }
-                    None => answer_tls(io, &carried, &req.ciphertext, status).await,
-                }
-            }
+            None => answer_tls(io, &carried, &req.ciphertext, status).await,
         }
     }
 
@@ -3171,11 +3169,11 @@ impl Conn {
 
 /// The client side of a TLS session that left rustls: the record layer
 /// over the socket, primed with the ciphertext read already.
-fn tls_stream(
-    io: TcpStream,
+fn tls_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: S,
     carried: &baton_tls::Carried,
     ciphertext: &[u8],
-) -> std::result::Result<baton_tls::TlsStream<TcpStream>, baton_tls::TlsError> {
+) -> std::result::Result<baton_tls::TlsStream<S>, baton_tls::TlsError> {
     let layer = baton_tls::RecordLayer::new(&carried.state)?;
     Ok(baton_tls::TlsStream::with_ciphertext(
         io,
@@ -3188,7 +3186,9 @@ fn tls_stream(
 /// Answers `status` on a TLS connection whose session left rustls, with
 /// close_notify.
 async fn answer_tls(io: TcpStream, carried: &baton_tls::Carried, ciphertext: &[u8], status: u16) {
-    if let Ok(mut s) = tls_stream(io, carried, ciphertext) {
+    // Lingering, as `answer_on`: the shutdown reads out what the client
+    // still sends before closing.
+    if let Ok(mut s) = tls_stream(baton_serve::Lingering::new(io), carried, ciphertext) {
         if s.write_all(&plain_error(status)).await.is_ok() {
             let _ = s.shutdown().await;
         }

@@ -17,10 +17,11 @@
 //! The protocol version and suite, both directions' key, IV and next record
 //! sequence number (`dangerous_extract_secrets`), and for TLS 1.3 both
 //! traffic secrets, so the back-end can answer a KeyUpdate. rustls hands the
-//! traffic secrets out only through its key log, keyed by the client random:
-//! [`SecretLog`] keeps those two labels (nothing else) for connections in
-//! their handshake, and each connection takes its own out (or drops them) by
-//! the random it read from its ClientHello.
+//! traffic secrets out only through its key log. Each connection gets its
+//! own key log ([`ConnSecrets`], in its own copy of the configuration, which
+//! shares everything else, session cache included), so no connection can
+//! see, take or overwrite another's secrets, whatever its ClientHello looks
+//! like; they are wiped when the connection ends.
 //!
 //! The session tickets rustls writes after the handshake may not be
 //! acknowledged yet at the handoff: the dump carries the send queue, so the
@@ -29,6 +30,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -48,18 +50,15 @@ use zeroize::Zeroizing;
 
 use crate::config::TlsConfig;
 
-/// The only ALPN protocol offered: the back-ends speak HTTP/1.1. A client
-/// that offers only `h2` gets a `no_application_protocol` alert.
-const ALPN: &[u8] = b"http/1.1";
+/// The ALPN protocols offered: the back-ends speak HTTP/1.1 (and 1.0). A
+/// client that offers only `h2` gets a `no_application_protocol` alert.
+const ALPN: [&[u8]; 2] = [b"http/1.1", b"http/1.0"];
 
 /// TLS record header: type, version, length.
 const HEADER: usize = 5;
 /// The largest record a peer may send (TLS 1.2's ciphertext bound; TLS 1.3's
 /// is smaller).
 const MAX_RECORD: usize = HEADER + (1 << 14) + 2048;
-
-/// Traffic secrets remembered at once for handshakes in progress.
-const MAX_LOGGED: usize = 65_536;
 
 /// A certificate that expires within this is reported with a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
@@ -68,7 +67,8 @@ const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 #[derive(Debug)]
 pub struct ServerTls {
     config: Arc<ServerConfig>,
-    log: Arc<SecretLog>,
+    /// Connections holding TLS 1.3 traffic secrets now.
+    held: Arc<AtomicUsize>,
     session_cache: usize,
     /// One line per certificate: name, subject, expiry.
     pub certificates: Vec<String>,
@@ -121,15 +121,13 @@ impl ServerTls {
             by_name,
             default: Arc::new(default),
         });
-        let log = Arc::new(SecretLog::default());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .context("TLS versions")?
             .with_no_client_auth()
             .with_cert_resolver(resolver);
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         config.enable_secret_extraction = true;
-        config.key_log = Arc::clone(&log) as Arc<dyn rustls::KeyLog>;
         config.session_storage = match prev {
             Some(p) if p.session_cache == cfg.session_cache => {
                 Arc::clone(&p.config.session_storage)
@@ -142,23 +140,41 @@ impl ServerTls {
         config.max_early_data_size = 0;
         Ok(ServerTls {
             config: Arc::new(config),
-            log,
+            held: Arc::default(),
             session_cache: cfg.session_cache,
             certificates,
             warnings,
         })
     }
 
-    /// A new server-side session.
-    pub fn session(&self) -> std::result::Result<ServerConnection, rustls::Error> {
-        ServerConnection::new(Arc::clone(&self.config))
+    /// A new server-side session, with its own key log (see the module
+    /// doc).
+    pub fn session(&self) -> std::result::Result<Session, rustls::Error> {
+        let secrets = Arc::new(ConnSecrets {
+            traffic: Mutex::default(),
+            held: Arc::clone(&self.held),
+            counted: std::sync::atomic::AtomicBool::new(false),
+        });
+        let mut config = ServerConfig::clone(&self.config);
+        config.key_log = Arc::clone(&secrets) as Arc<dyn rustls::KeyLog>;
+        Ok(Session {
+            conn: ServerConnection::new(Arc::new(config))?,
+            secrets,
+        })
     }
 
-    /// Traffic secrets held for handshakes in progress (for tests and
-    /// stats: it must come back to 0).
+    /// Connections holding TLS 1.3 traffic secrets now (for stats and
+    /// tests: with no handshake in progress it must be 0).
     pub fn secrets_held(&self) -> usize {
-        self.log.len()
+        self.held.load(Ordering::Relaxed)
     }
+}
+
+/// A connection's rustls session and its key log.
+#[derive(Debug)]
+pub struct Session {
+    pub conn: ServerConnection,
+    secrets: Arc<ConnSecrets>,
 }
 
 fn describe(ck: &CertifiedKey) -> String {
@@ -252,79 +268,51 @@ struct Traffic {
     server: Zeroizing<Vec<u8>>,
 }
 
-/// rustls' key log, keeping only the TLS 1.3 application traffic secrets,
-/// until their connection takes them (see the module doc).
-#[derive(Default)]
-pub struct SecretLog {
-    by_random: Mutex<HashMap<[u8; 32], Traffic>>,
+/// One connection's key log: keeps the two TLS 1.3 application traffic
+/// secrets (nothing else) until [`extract`] takes them or the connection
+/// ends; wiped either way.
+pub struct ConnSecrets {
+    traffic: Mutex<Traffic>,
+    held: Arc<AtomicUsize>,
+    counted: std::sync::atomic::AtomicBool,
 }
 
-impl std::fmt::Debug for SecretLog {
+impl std::fmt::Debug for ConnSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretLog")
-            .field("held", &self.len())
-            .finish()
+        f.write_str("ConnSecrets")
     }
 }
 
-impl SecretLog {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Traffic>> {
-        self.by_random.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn take(&self, random: &[u8; 32]) -> Option<Traffic> {
-        self.lock().remove(random)
+impl ConnSecrets {
+    fn take(&self) -> Traffic {
+        std::mem::take(&mut *self.traffic.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
-impl rustls::KeyLog for SecretLog {
+impl Drop for ConnSecrets {
+    fn drop(&mut self) {
+        if self.counted.load(Ordering::Relaxed) {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl rustls::KeyLog for ConnSecrets {
     fn will_log(&self, label: &str) -> bool {
         matches!(label, "CLIENT_TRAFFIC_SECRET_0" | "SERVER_TRAFFIC_SECRET_0")
     }
 
-    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
-        let Ok(random) = <[u8; 32]>::try_from(client_random) else {
-            return;
-        };
-        let mut map = self.lock();
-        if map.len() >= MAX_LOGGED && !map.contains_key(&random) {
-            // Connections normally take theirs within a handshake; a full
-            // map means something leaks: forget rather than grow.
-            map.clear();
-        }
-        let t = map.entry(random).or_default();
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let mut t = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
         let slot = match label {
             "CLIENT_TRAFFIC_SECRET_0" => &mut t.client,
             "SERVER_TRAFFIC_SECRET_0" => &mut t.server,
+            // rustls' TLS 1.2 code logs without asking `will_log` first.
             _ => return,
         };
         *slot = Zeroizing::new(secret.to_vec());
-    }
-}
-
-/// A connection's entry in the [`SecretLog`]: dropped with it, unless
-/// [`extract`] took the secrets out first. Every way a connection ends
-/// (an answer of the front's own, a failed handshake, a timeout) forgets
-/// them.
-struct Forget {
-    log: Arc<SecretLog>,
-    random: Option<[u8; 32]>,
-}
-
-impl std::fmt::Debug for Forget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Forget")
-    }
-}
-
-impl Drop for Forget {
-    fn drop(&mut self) {
-        if let Some(r) = &self.random {
-            self.log.take(r);
+        if !self.counted.swap(true, Ordering::Relaxed) {
+            self.held.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -341,7 +329,6 @@ pub struct Request {
     /// Bytes read from the socket and not given to rustls: whole or partial
     /// records after the head.
     pub ciphertext: Vec<u8>,
-    secrets: Forget,
 }
 
 /// Why no request could be read.
@@ -365,16 +352,6 @@ fn whole_record(buf: &[u8]) -> Option<usize> {
     (buf.len() >= total).then_some(total)
 }
 
-/// The client random of a record holding the start of a ClientHello.
-fn client_random(record: &[u8]) -> Option<[u8; 32]> {
-    // type 22 (handshake), version, length; msg type 1, u24 length,
-    // client_version, random.
-    if record.first() != Some(&22) || record.get(HEADER) != Some(&1) {
-        return None;
-    }
-    record.get(11..43)?.try_into().ok()
-}
-
 /// Whether the first bytes look like plain HTTP (an upper-case method and a
 /// space) rather than a TLS record.
 fn looks_like_http(buf: &[u8]) -> bool {
@@ -388,22 +365,16 @@ fn looks_like_http(buf: &[u8]) -> bool {
 pub async fn read_request(
     io: &mut TcpStream,
     sc: &mut ServerConnection,
-    tls: &ServerTls,
     limits: &HeadLimits,
 ) -> std::result::Result<Request, Failure> {
     let mut inbuf = BytesMut::with_capacity(4096);
     let mut plaintext = Vec::new();
-    let mut forget = Forget {
-        log: Arc::clone(&tls.log),
-        random: None,
-    };
     let mut out = Vec::new();
+    let mut fed_any = false;
     loop {
         while let Some(n) = whole_record(&inbuf) {
             let record = inbuf.split_to(n);
-            if forget.random.is_none() {
-                forget.random = client_random(&record);
-            }
+            fed_any = true;
             let mut rest = &record[..];
             while !rest.is_empty() {
                 if let Err(e) = sc.read_tls(&mut rest) {
@@ -434,7 +405,6 @@ pub async fn read_request(
                         sni: sc.server_name().map(str::to_ascii_lowercase),
                         plaintext,
                         ciphertext: inbuf.to_vec(),
-                        secrets: forget,
                     })
                 }
                 Ok(None) => {}
@@ -457,7 +427,7 @@ pub async fn read_request(
             Ok(0) | Err(_) => return Err(Failure::Closed),
             Ok(_) => {}
         }
-        if forget.random.is_none() && looks_like_http(&inbuf) {
+        if !fed_any && looks_like_http(&inbuf) {
             let _ = io.write_all(PLAIN_HTTP_ANSWER).await;
             let _ = io.shutdown().await;
             return Err(Failure::PlainHttp);
@@ -500,17 +470,16 @@ pub async fn answer(io: &mut TcpStream, mut sc: ServerConnection, status: u16) {
     sc.send_close_notify();
     let mut out = Vec::new();
     if flush(io, &mut sc, &mut out).await.is_ok() {
-        let _ = io.shutdown().await;
+        // Lingering: closing with the client's bytes unread would send a
+        // reset, and its kernel could drop the answer unread.
+        let _ = baton_serve::Lingering::new(&mut *io).shutdown().await;
     }
 }
 
 /// Takes the session out of rustls for the handoff: keys, IVs, sequence
 /// numbers, TLS 1.3 traffic secrets, and the plaintext read so far.
-pub fn extract(
-    tls: &ServerTls,
-    sc: ServerConnection,
-    req: &Request,
-) -> std::result::Result<Carried, String> {
+pub fn extract(session: Session, req: &Request) -> std::result::Result<Carried, String> {
+    let Session { conn: sc, secrets } = session;
     if sc.wants_write() {
         return Err("rustls still has bytes to write".into());
     }
@@ -519,24 +488,17 @@ pub fn extract(
         Some(ProtocolVersion::TLSv1_2) => Version::Tls12,
         other => return Err(format!("unsupported protocol version {other:?}")),
     };
-    let traffic = match (version, &req.secrets.random) {
-        (Version::Tls13, Some(r)) => tls
-            .log
-            .take(r)
-            .ok_or("the TLS 1.3 traffic secrets were not logged")?,
-        (Version::Tls13, None) => return Err("no client random".into()),
-        (Version::Tls12, r) => {
-            if let Some(r) = r {
-                tls.log.take(r);
-            }
-            Traffic::default()
-        }
-    };
+    let traffic = secrets.take();
+    if version == Version::Tls13 && (traffic.client.is_empty() || traffic.server.is_empty()) {
+        return Err("the TLS 1.3 traffic secrets were not logged".into());
+    }
     let ex = sc
         .dangerous_extract_secrets()
         .map_err(|e| format!("extracting the session secrets: {e}"))?;
     let (suite, rx) = direction(ex.rx, traffic.client.to_vec())?;
     let (tx_suite, tx) = direction(ex.tx, traffic.server.to_vec())?;
+    // The log's copies are wiped here; `Direction` wipes its own.
+    drop(traffic);
     if suite != tx_suite {
         return Err("the two directions use different suites".into());
     }
@@ -585,17 +547,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn whole_records_and_client_random_are_found() {
+    fn whole_records_are_found() {
         assert_eq!(whole_record(&[22, 3, 1, 0]), None);
         assert_eq!(whole_record(&[22, 3, 1, 0, 2, 9]), None);
         assert_eq!(whole_record(&[22, 3, 1, 0, 2, 9, 9, 7]), Some(7));
-        let mut hello = vec![22, 3, 1, 0, 60, 1, 0, 0, 56, 3, 3];
-        hello.extend(1..=32u8);
-        assert_eq!(
-            client_random(&hello),
-            Some(std::array::from_fn(|i| i as u8 + 1))
-        );
-        assert_eq!(client_random(&[23, 3, 3, 0, 1, 1]), None);
     }
 
     #[test]

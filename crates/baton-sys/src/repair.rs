@@ -166,17 +166,28 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
     // What the client has not acknowledged yet (a TLS front's session
     // tickets, usually): carried along as CRIU does, so that the handoff
     // never waits for the client's ACK.
-    let queued = outq(fd)?;
-    let sent = peek_queue(fd, queued, MAX_SENT, "the send queue")?;
-    if sent.len() != queued {
-        return Err(SysError {
+    // An ACK already past the forwarder can still shrink the queue while it
+    // is read (the bytes it acknowledges leave its head; `snd_seq`, its
+    // end, holds still): read until the length holds still too.
+    let sent = {
+        let mut stable = None;
+        let mut queued = outq(fd)?;
+        for _ in 0..DUMP_ATTEMPTS {
+            let sent = peek_queue(fd, queued, MAX_SENT, "the send queue")?;
+            let now = outq(fd)?;
+            if sent.len() == now && now == queued {
+                stable = Some(sent);
+                break;
+            }
+            queued = now;
+        }
+        stable.ok_or_else(|| SysError {
             call: "recv(MSG_PEEK)",
             source: std::io::Error::other(format!(
-                "read {} of the {queued} bytes in the send queue",
-                sent.len()
+                "the send queue kept changing over {DUMP_ATTEMPTS} reads"
             )),
-        });
-    }
+        })?
+    };
     tcp(
         fd,
         libc::TCP_REPAIR_QUEUE,

@@ -222,6 +222,61 @@ elif mode == "unwrap":
     plain = t.unwrap()
     plain.close()
     print(json.dumps({"status": status, "unwrapped": True}))
+elif mode == "fragment":
+    # The ClientHello re-cut into records of 5 bytes each (legal TLS, which
+    # DPI-evasion tools do), over TLS 1.3 and 1.2.
+    out = {}
+    for v, maxv in (("1.3", ssl.TLSVersion.TLSv1_3), ("1.2", ssl.TLSVersion.TLSv1_2)):
+        c = ssl.create_default_context(cafile=ca)
+        c.maximum_version = maxv
+        i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
+        t = c.wrap_bio(i, o, server_hostname=name)
+        s = socket.create_connection((vip, 443), timeout=20)
+        first = True
+        def flush():
+            global first
+            data = o.read()
+            if first and data:
+                first = False
+                body = data[5:5 + int.from_bytes(data[3:5], "big")]
+                rest = data[5 + len(body):]
+                data = b"".join(data[:3] + len(body[k:k + 5]).to_bytes(2, "big") + body[k:k + 5]
+                                for k in range(0, len(body), 5)) + rest
+            if data:
+                s.sendall(data)
+        def pump():
+            b = s.recv(65536)
+            if not b:
+                raise SystemExit("closed during the exchange")
+            i.write(b)
+        while True:
+            try:
+                t.do_handshake()
+                flush()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                pump()
+        t.write(get("/1k.bin", close=True))
+        flush()
+        buf = b""
+        while True:
+            try:
+                d = t.read(65536)
+                if not d:
+                    break
+                buf += d
+            except ssl.SSLWantReadError:
+                flush()
+                try:
+                    pump()
+                except SystemExit:
+                    break
+            except ssl.SSLZeroReturnError:
+                break
+        head, _, body = buf.partition(b"\r\n\r\n")
+        out[v] = [int(head.split()[1]) if head else 0, hashlib.sha256(body).hexdigest()]
+    print(json.dumps(out))
 elif mode == "reset":
     t = connect()
     t.sendall(get("/64m.bin"))
@@ -281,6 +336,19 @@ fn https_sessions_behave_as_a_tls_server_should() {
         assert_eq!(r[1], want[i].as_str(), "response {i}: {p:#}");
     }
     assert_eq!(p["clean_close"], true, "close_notify at the end: {p:#}");
+
+    // A ClientHello cut into 5-byte records is served, and leaves no secret.
+    let f = python(&lab, "fragment");
+    let one_k = sha256(&doc(&lab, "1k.bin"));
+    for v in ["1.3", "1.2"] {
+        assert_eq!(
+            f[v][0],
+            200,
+            "TLS {v}, fragmented ClientHello: {f:#}\n{}",
+            logs(&lab)
+        );
+        assert_eq!(f[v][1], one_k.as_str(), "TLS {v}: {f:#}");
+    }
 
     // The client's close_notify gets the back-end's.
     let r = python(&lab, "unwrap");
