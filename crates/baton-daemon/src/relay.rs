@@ -263,57 +263,31 @@ pub async fn run(
     meter: &Meter<'_>,
     pipes: &PipePool,
 ) -> Done {
-    let clock = Clock {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
-    let upstream = Dir {
-        from: Side::Client,
-        to: Side::Back,
-        total: &up,
-        meter: meter.up,
-    };
-    let downstream = Dir {
-        from: Side::Back,
-        to: Side::Client,
-        total: &down,
-        meter: meter.down,
-    };
+    let pump = Pump::new();
+    let (upstream, downstream) = pump.dirs(meter);
+    let clock = &pump.clock;
     let copy = limits.copy;
     let work = async {
         back.write_all(first).await.map_err(|e| (Side::Back, e))?;
-        count(&upstream, &clock, first.len());
+        count(&upstream, clock, first.len());
         let (cr, cw) = client.split();
         let (br, bw) = back.split();
         match copy {
             RelayCopy::Splice | RelayCopy::Auto => {
                 tokio::try_join!(
-                    splice_copy(cr, bw, upstream, &clock, pipes),
-                    splice_copy(br, cw, downstream, &clock, pipes)
+                    splice_copy(cr, bw, upstream, clock, pipes),
+                    splice_copy(br, cw, downstream, clock, pipes)
                 )
             }
             RelayCopy::Userspace => {
                 tokio::try_join!(
-                    user_copy(cr, bw, upstream, &clock),
-                    user_copy(br, cw, downstream, &clock)
+                    user_copy(cr, bw, upstream, clock),
+                    user_copy(br, cw, downstream, clock)
                 )
             }
         }
     };
-    let end = tokio::select! {
-        r = work => match r {
-            Ok(_) => End::Closed,
-            Err((side, _)) => End::Error(side),
-        },
-        _ = clock.idle(limits.idle_timeout) => End::Idle,
-    };
-    Done {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
-        end,
-    }
+    pump.finish(work, limits.idle_timeout).await
 }
 
 /// [`run`] for a client connection that is not a plain socket (a TLS
@@ -329,45 +303,79 @@ pub async fn run_stream<C>(
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let clock = Clock {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
-    let upstream = Dir {
-        from: Side::Client,
-        to: Side::Back,
-        total: &up,
-        meter: meter.up,
-    };
-    let downstream = Dir {
-        from: Side::Back,
-        to: Side::Client,
-        total: &down,
-        meter: meter.down,
-    };
+    let pump = Pump::new();
+    let (upstream, downstream) = pump.dirs(meter);
+    let clock = &pump.clock;
     let work = async {
         back.write_all(first).await.map_err(|e| (Side::Back, e))?;
-        count(&upstream, &clock, first.len());
+        count(&upstream, clock, first.len());
         let (cr, cw) = tokio::io::split(client);
         let (br, bw) = back.split();
         tokio::try_join!(
-            stream_copy(cr, bw, upstream, &clock),
-            stream_copy(br, cw, downstream, &clock)
+            stream_copy(cr, bw, upstream, clock),
+            stream_copy(br, cw, downstream, clock)
         )
     };
-    let end = tokio::select! {
-        r = work => match r {
-            Ok(_) => End::Closed,
-            Err((side, _)) => End::Error(side),
-        },
-        _ = clock.idle(limits.idle_timeout) => End::Idle,
-    };
-    Done {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
-        end,
+    pump.finish(work, limits.idle_timeout).await
+}
+
+/// What the two directions of one relay share: the bytes each carried and
+/// when a byte last moved.
+struct Pump {
+    clock: Clock,
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl Pump {
+    fn new() -> Pump {
+        Pump {
+            clock: Clock {
+                start: Instant::now(),
+                last_ms: AtomicU64::new(0),
+            },
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+        }
+    }
+
+    /// Client to back-end, and back-end to client.
+    fn dirs<'a>(&'a self, meter: &Meter<'a>) -> (Dir<'a>, Dir<'a>) {
+        (
+            Dir {
+                from: Side::Client,
+                to: Side::Back,
+                total: &self.up,
+                meter: meter.up,
+            },
+            Dir {
+                from: Side::Back,
+                to: Side::Client,
+                total: &self.down,
+                meter: meter.down,
+            },
+        )
+    }
+
+    /// Runs `work` (both directions) until it ends or nothing moved for
+    /// `idle`.
+    async fn finish<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, (Side, io::Error)>>,
+        idle: Duration,
+    ) -> Done {
+        let end = tokio::select! {
+            r = work => match r {
+                Ok(_) => End::Closed,
+                Err((side, _)) => End::Error(side),
+            },
+            _ = self.clock.idle(idle) => End::Idle,
+        };
+        Done {
+            up: self.up.load(Ordering::Relaxed),
+            down: self.down.load(Ordering::Relaxed),
+            end,
+        }
     }
 }
 
