@@ -427,10 +427,22 @@ pub async fn read_request(
             Ok(0) | Err(_) => return Err(Failure::Closed),
             Ok(_) => {}
         }
-        if !fed_any && looks_like_http(&inbuf) {
-            let _ = io.write_all(PLAIN_HTTP_ANSWER).await;
-            let _ = io.shutdown().await;
-            return Err(Failure::PlainHttp);
+        if !fed_any {
+            // A TLS connection starts with a handshake record (type 22).
+            // Anything else is not TLS: plain HTTP gets its readable 400 at
+            // once, whatever its method looks like, rather than the wait for
+            // a "record" as long as its third and fourth bytes say.
+            let printable = |b: &u8| b.is_ascii_graphic() || b.is_ascii_whitespace();
+            if looks_like_http(&inbuf)
+                || (inbuf.first().is_some_and(|&b| b != 22) && inbuf.iter().take(16).all(printable))
+            {
+                let _ = io.write_all(PLAIN_HTTP_ANSWER).await;
+                let _ = io.shutdown().await;
+                return Err(Failure::PlainHttp);
+            }
+            if inbuf.first().is_some_and(|&b| b != 22) {
+                return Err(Failure::Handshake("not a TLS handshake record".into()));
+            }
         }
     }
 }

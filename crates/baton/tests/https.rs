@@ -399,6 +399,30 @@ fn https_sessions_behave_as_a_tls_server_should() {
         .expect("curl");
     assert_eq!(r.code, 400, "plain HTTP to the HTTPS port");
 
+    // Not TLS, not even a well-formed request line: still a fast 400.
+    for junk in ["get / HTTP/1.1", "\\r\\nGET / HTTP/1.1"] {
+        let t0 = Instant::now();
+        let script = format!(
+            "import socket\ns = socket.create_connection(('{}', 443), timeout=5)\n\
+             s.sendall(b'{junk}\\r\\n\\r\\n')\nprint(s.recv(12).decode(), end='')\n",
+            lab.info.vip
+        );
+        let out = lab
+            .run("client", &["/usr/bin/python3", "-c", &script])
+            .expect("python3");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "HTTP/1.1 400",
+            "{junk:?} to the HTTPS port, after {:?}: {}",
+            t0.elapsed(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "{junk:?}: slow answer"
+        );
+    }
+
     // TLS sent to the plain HTTP port: a fast, clear failure (the front
     // answers 400 in plain text; curl reports a protocol error).
     let t0 = Instant::now();
