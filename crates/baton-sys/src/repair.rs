@@ -169,25 +169,13 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
     // An ACK already past the forwarder can still shrink the queue while it
     // is read (the bytes it acknowledges leave its head; `snd_seq`, its
     // end, holds still): read until the length holds still too.
-    let sent = {
-        let mut stable = None;
-        let mut queued = outq(fd)?;
-        for _ in 0..DUMP_ATTEMPTS {
-            let sent = peek_queue(fd, queued, MAX_SENT, "the send queue")?;
-            let now = outq(fd)?;
-            if sent.len() == now && now == queued {
-                stable = Some(sent);
-                break;
-            }
-            queued = now;
-        }
-        stable.ok_or_else(|| SysError {
-            call: "recv(MSG_PEEK)",
-            source: std::io::Error::other(format!(
-                "the send queue kept changing over {DUMP_ATTEMPTS} reads"
-            )),
-        })?
-    };
+    let (_, sent) = until_stable(
+        "recv(MSG_PEEK)",
+        "the send queue",
+        || outq(fd),
+        |queued| peek_queue(fd, queued, MAX_SENT, "the send queue"),
+        |sent: &Vec<u8>, queued| sent.len() == queued,
+    )?;
     tcp(
         fd,
         libc::TCP_REPAIR_QUEUE,
@@ -199,8 +187,10 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
     // land in the queue while it is read. The restore puts the bytes at
     // rcv_seq - len, so a sequence number and bytes from different moments
     // would shift the stream: read until the sequence number holds still.
-    let (rcv_seq, unread) = {
-        let rcv_seq_now = || -> Result<u32> {
+    let (rcv_seq, unread) = until_stable(
+        "getsockopt(TCP_QUEUE_SEQ, recv)",
+        "the receive queue",
+        || -> Result<u32> {
             sockopt::get(
                 fd,
                 p,
@@ -208,30 +198,13 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
                 "getsockopt(TCP_QUEUE_SEQ, recv)",
                 false,
             )
-        };
-        let mut before = rcv_seq_now()?;
-        let mut stable = None;
-        for _ in 0..DUMP_ATTEMPTS {
-            let unread = peek_queue(
-                fd,
-                ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")?,
-                MAX_UNREAD,
-                "the receive queue",
-            )?;
-            let after = rcv_seq_now()?;
-            if after == before {
-                stable = Some((after, unread));
-                break;
-            }
-            before = after;
-        }
-        stable.ok_or_else(|| SysError {
-            call: "getsockopt(TCP_QUEUE_SEQ, recv)",
-            source: std::io::Error::other(format!(
-                "the receive queue kept changing over {DUMP_ATTEMPTS} reads"
-            )),
-        })?
-    };
+        },
+        |_| {
+            let n = ioctl_int(fd, libc::FIONREAD, "ioctl(SIOCINQ)")?;
+            peek_queue(fd, n, MAX_UNREAD, "the receive queue")
+        },
+        |_: &Vec<u8>, _| true,
+    )?;
     // The queue selection stays on `recv`: the reads below do not use it,
     // and the kernel consults it only in repair mode, which the socket
     // leaves by closing (handed off) or by `set_repair(false)` (kept).
@@ -289,6 +262,31 @@ fn dump_in_repair(fd: BorrowedFd<'_>) -> Result<Dumped> {
         state,
         unread,
         sent,
+    })
+}
+
+/// Reads a queue (`read`, given the marker read just before) until a
+/// marker of it (a sequence number, a length) is the same before and after
+/// the read and `fits` the bytes read, at most [`DUMP_ATTEMPTS`] times.
+fn until_stable<M: PartialEq + Copy>(
+    call: &'static str,
+    what: &str,
+    mut marker: impl FnMut() -> Result<M>,
+    mut read: impl FnMut(M) -> Result<Vec<u8>>,
+    fits: impl Fn(&Vec<u8>, M) -> bool,
+) -> Result<(M, Vec<u8>)> {
+    let mut before = marker()?;
+    for _ in 0..DUMP_ATTEMPTS {
+        let bytes = read(before)?;
+        let after = marker()?;
+        if after == before && fits(&bytes, after) {
+            return Ok((after, bytes));
+        }
+        before = after;
+    }
+    Err(SysError {
+        call,
+        source: std::io::Error::other(format!("{what} kept changing over {DUMP_ATTEMPTS} reads")),
     })
 }
 
