@@ -8,7 +8,7 @@
 //! weight 0 meaning "unavailable".
 
 use crate::common::{any_below, least_loaded, TargetKey, TargetTable};
-use crate::{BackendView, ConfigError, Policy, Request};
+use crate::{BackendView, ConfigError, Placement, Policy, Request};
 
 /// Parameters of [`Lard`] (and of the growth rule of [`LardReplicated`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +82,32 @@ impl LardConfig {
 /// Invariant (given the front admits at most [`Lard::admission_limit`]
 /// connections in total): no node ever goes above 2*T_high, and no request
 /// is sent to a node above T_high while some node is below T_low.
+///
+/// With several fronts, each assignment carries a version (see
+/// [`Placement`]): a move takes the next version, and an assignment learnt
+/// from another front replaces this front's when its version is higher (or
+/// equal with a lower node index), so all fronts send a target to one node.
 #[derive(Debug, Clone)]
 pub struct Lard {
     cfg: LardConfig,
-    server: TargetTable<u32>,
+    server: TargetTable<Assigned>,
     cursor: usize,
+}
+
+/// A target's node and the version of that decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Assigned {
+    node: u32,
+    version: u64,
+}
+
+impl Assigned {
+    /// Whether `other` is the newer decision (higher version; equal
+    /// versions: the lower node, which every front agrees on).
+    fn older_than(&self, other: &Assigned) -> bool {
+        (other.version, std::cmp::Reverse(other.node))
+            > (self.version, std::cmp::Reverse(self.node))
+    }
 }
 
 impl Default for Lard {
@@ -133,10 +154,9 @@ impl Policy for Lard {
 
     fn pick(&mut self, req: &Request<'_>, cluster: &[BackendView], _now_ms: u64) -> Option<usize> {
         let key = self.cfg.key.hash(req);
-        let current = self
-            .server
-            .get_mut(key)
-            .map(|n| *n as usize)
+        let known = self.server.get_mut(key).copied();
+        let current = known
+            .map(|a| a.node as usize)
             .filter(|&n| cluster.get(n).is_some_and(BackendView::available));
         if let Some(n) = current {
             if !self.cfg.overloaded(cluster[n].load, cluster) {
@@ -144,12 +164,44 @@ impl Policy for Lard {
             }
         }
         let n = least_loaded(cluster, &mut self.cursor)?;
-        self.server.insert(key, n as u32);
+        // A new target is version 1; a move (or a node gone) the next one.
+        let version = known.map_or(1, |a| a.version.saturating_add(1));
+        self.server.insert(
+            key,
+            Assigned {
+                node: n as u32,
+                version,
+            },
+        );
         Some(n)
     }
 
     fn admission_limit(&self, cluster: &[BackendView]) -> Option<u64> {
         self.cfg.admission_limit(cluster)
+    }
+
+    fn placement(&mut self, req: &Request<'_>) -> Option<Placement> {
+        let target = self.cfg.key.hash(req);
+        let a = self.server.get_mut(target)?;
+        Some(Placement {
+            target,
+            version: a.version,
+        })
+    }
+
+    fn learn(&mut self, placement: Placement, node: usize, _now_ms: u64) {
+        let Ok(node) = u32::try_from(node) else {
+            return;
+        };
+        let learnt = Assigned {
+            node,
+            version: placement.version,
+        };
+        match self.server.get_mut(placement.target) {
+            Some(a) if a.older_than(&learnt) => *a = learnt,
+            Some(_) => {}
+            None => self.server.insert(placement.target, learnt),
+        }
     }
 }
 
@@ -303,11 +355,42 @@ impl Policy for LardReplicated {
     fn admission_limit(&self, cluster: &[BackendView]) -> Option<u64> {
         self.cfg.lard.admission_limit(cluster)
     }
+
+    fn placement(&mut self, req: &Request<'_>) -> Option<Placement> {
+        let target = self.cfg.lard.key.hash(req);
+        self.sets.get_mut(target)?;
+        Some(Placement { target, version: 0 })
+    }
+
+    /// Another front sent the target to `node`: it joins the target's
+    /// server set (sets grow by union across fronts; each front shrinks its
+    /// own by the K rule, and a node another front still uses comes back
+    /// with its next notice).
+    fn learn(&mut self, placement: Placement, node: usize, now_ms: u64) {
+        let Ok(node) = u32::try_from(node) else {
+            return;
+        };
+        match self.sets.get_mut(placement.target) {
+            Some(set) if set.nodes.contains(&node) => {}
+            Some(set) => {
+                set.nodes.push(node);
+                set.last_mod_ms = now_ms;
+            }
+            None => self.sets.insert(
+                placement.target,
+                ServerSet {
+                    nodes: vec![node],
+                    last_mod_ms: now_ms,
+                },
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TargetKey;
 
     fn view(load: u32) -> BackendView {
         BackendView {
@@ -384,6 +467,67 @@ mod tests {
         assert_eq!(l.server_set(&req("/a")), vec![1]);
         c[1].up = false;
         assert_eq!(l.pick(&req("/a"), &c, 0), None);
+    }
+
+    #[test]
+    fn lard_learns_the_newer_placement_only() {
+        let mut a = Lard::default();
+        let mut b = Lard::default();
+        let c = vec![view(0), view(0), view(0)];
+        // Two fronts place a new target at the same moment on different nodes.
+        b.pick(&req("/x"), &[view(9), view(0), view(9)], 0);
+        assert_eq!(a.pick(&req("/x"), &c, 0), Some(0));
+        let pa = a.placement(&req("/x")).unwrap();
+        let pb = b.placement(&req("/x")).unwrap();
+        assert_eq!((pa.version, pb.version), (1, 1));
+        // Each learns the other's: both settle on the lower node index.
+        a.learn(pb, 1, 0);
+        b.learn(pa, 0, 0);
+        assert_eq!(a.pick(&req("/x"), &c, 0), Some(0));
+        assert_eq!(b.pick(&req("/x"), &c, 0), Some(0));
+        // A move on b is version 2 and wins on a, whatever a had.
+        let hot = vec![view(130), view(0), view(3)];
+        assert_eq!(b.pick(&req("/x"), &hot, 0), Some(1));
+        let moved = b.placement(&req("/x")).unwrap();
+        assert_eq!(moved.version, 2);
+        a.learn(moved, 1, 0);
+        // A late, older notice changes nothing.
+        a.learn(pa, 0, 0);
+        assert_eq!(a.pick(&req("/x"), &c, 0), Some(1));
+        // An unknown target is learnt as is; a node index out of range is
+        // never picked.
+        a.learn(
+            Placement {
+                target: TargetKey::Path.hash(&req("/y")),
+                version: 1,
+            },
+            7,
+            0,
+        );
+        assert_eq!(a.pick(&req("/y"), &c, 0).map(|n| n < 3), Some(true));
+    }
+
+    #[test]
+    fn lard_r_sets_grow_by_union() {
+        let mut a = LardReplicated::default();
+        let c = vec![view(0), view(0), view(0)];
+        let first = a.pick(&req("/x"), &c, 0).unwrap();
+        let p = a.placement(&req("/x")).unwrap();
+        let other = (first + 1) % 3;
+        a.learn(p, other, 5);
+        a.learn(p, other, 6);
+        let mut set = a.server_set(&req("/x"));
+        set.sort_unstable();
+        let mut want = vec![first, other];
+        want.sort_unstable();
+        assert_eq!(set, want);
+        assert_eq!(
+            Placement::decode(&p.encode()),
+            Some(p),
+            "the hint round-trips"
+        );
+        assert_eq!(Placement::decode(b""), None);
+        assert_eq!(Placement::decode(&[9; Placement::LEN]), None);
     }
 
     #[test]

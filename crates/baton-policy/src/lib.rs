@@ -83,6 +83,67 @@ pub trait Policy: Send + std::fmt::Debug {
     fn admission_limit(&self, _cluster: &[BackendView]) -> Option<u64> {
         None
     }
+    /// What this front decided for `req`'s target, to be told to the other
+    /// fronts (after a [`pick`](Self::pick) that chose a node for `req`).
+    /// Locality policies keep per-target state that fronts must agree on;
+    /// the others need no sharing and answer `None`.
+    fn placement(&mut self, _req: &Request<'_>) -> Option<Placement> {
+        None
+    }
+    /// Another front placed target `placement.target` on `node` (an index
+    /// into the same `cluster` slice `pick` gets). Idempotent; a placement
+    /// older than what this front knows is ignored, so every front converges
+    /// on the newest whatever order the notices arrive in.
+    fn learn(&mut self, _placement: Placement, _node: usize, _now_ms: u64) {}
+}
+
+/// A locality policy's decision about one target, as fronts share it.
+///
+/// `version` orders the decisions about a target: a front that moves a
+/// target gives it the next version, and a front that learns a placement
+/// keeps the higher version (ties, two fronts placing a new target at the
+/// same moment, go to the lower node index, which every front with the same
+/// configuration agrees on). `version` 0 means "the node serves the target"
+/// without ordering (LARD/R's server sets grow by union).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// [`TargetKey::hash`] of the request: the same on every front.
+    pub target: u64,
+    /// See above.
+    pub version: u64,
+}
+
+impl Placement {
+    /// Its size on the wire.
+    pub const LEN: usize = 17;
+    const TAG: u8 = 1;
+
+    /// Tag, target and version, big-endian: what a front puts in a
+    /// handoff's hint for the back-end to echo to the other fronts.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0] = Self::TAG;
+        b[1..9].copy_from_slice(&self.target.to_be_bytes());
+        b[9..17].copy_from_slice(&self.version.to_be_bytes());
+        b
+    }
+
+    /// The inverse of [`encode`](Self::encode); `None` for anything else
+    /// (another front's format, an empty hint, junk).
+    pub fn decode(b: &[u8]) -> Option<Placement> {
+        let b: &[u8; Self::LEN] = b.try_into().ok()?;
+        if b[0] != Self::TAG {
+            return None;
+        }
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&b[1..9]);
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[9..17]);
+        Some(Placement {
+            target: u64::from_be_bytes(t),
+            version: u64::from_be_bytes(v),
+        })
+    }
 }
 
 /// Plain round-robin over the available back-ends, ignoring weights and load.

@@ -272,4 +272,50 @@ proptest! {
         let frac = moved as f64 / before.len() as f64;
         prop_assert!(frac <= 1.0 / n as f64 + 0.01, "moved {:.4} of slots with N = {}", frac, n);
     }
+
+    /// LARD on several fronts: each front picks with its own view of the
+    /// loads, and every placement reaches every other front in any order
+    /// (a back-end relays it). Once all notices are in, every front sends
+    /// each target to the same node.
+    #[test]
+    fn lard_fronts_agree_once_notices_are_in(
+        fronts in 2usize..5,
+        n in 2usize..6,
+        picks in proptest::collection::vec((any::<usize>(), 0u8..20, proptest::collection::vec(0u32..200, 6)), 1..80),
+        order_seed in any::<u64>(),
+    ) {
+        let mut policies: Vec<Lard> = (0..fronts).map(|_| Lard::default()).collect();
+        // (to front, placement, node)
+        let mut notices: Vec<(usize, baton_policy::Placement, usize)> = Vec::new();
+        for (f, target, loads) in &picks {
+            let f = f % fronts;
+            let cluster: Vec<BackendView> = (0..n).map(|i| up(loads[i])).collect();
+            let path = format!("/t{target}");
+            let node = policies[f].pick(&req(&path), &cluster, 0).unwrap();
+            let p = policies[f].placement(&req(&path)).unwrap();
+            for g in (0..fronts).filter(|&g| g != f) {
+                notices.push((g, p, node));
+            }
+        }
+        // Any delivery order: a fixed shuffle from the seed.
+        let mut x = order_seed | 1;
+        for i in (1..notices.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            notices.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        for (g, p, node) in notices {
+            policies[g].learn(p, node, 0);
+        }
+        let idle: Vec<BackendView> = (0..n).map(|_| up(0)).collect();
+        for (_, target, _) in &picks {
+            let path = format!("/t{target}");
+            let nodes: Vec<usize> = policies
+                .iter_mut()
+                .map(|p| p.pick(&req(&path), &idle, 0).unwrap())
+                .collect();
+            prop_assert!(nodes.windows(2).all(|w| w[0] == w[1]), "{} goes to {:?}", path, nodes);
+        }
+    }
 }
