@@ -903,3 +903,151 @@ pub fn curl_loop(
         seen
     })
 }
+
+/// A capture of the downloads' TCP headers in the client's namespace
+/// (both directions, first 128 bytes of each frame), read back as what a
+/// user would look for in Wireshark: resets, and data the server sent again.
+pub struct FlowCapture {
+    child: Spawned,
+    file: std::path::PathBuf,
+    stderr: std::thread::JoinHandle<Vec<String>>,
+}
+
+/// What [`FlowCapture::finish`] found.
+#[derive(Debug, Default)]
+pub struct CaptureReport {
+    /// Frames captured.
+    pub frames: u64,
+    /// Every segment with RST, one line each.
+    pub resets: Vec<String>,
+    /// Data segments from the server that repeat bytes already sent on
+    /// their flow (a retransmission: after a timeout, or a fast one).
+    pub retransmissions: Vec<String>,
+    /// Server data bytes seen, all flows.
+    pub data_bytes: u64,
+    /// Flows (client ports) that carried data.
+    pub flows: usize,
+}
+
+impl FlowCapture {
+    /// Starts tcpdump on the client's NIC for the downloads' ports
+    /// ([`DOWNLOAD_PORTS`]); returns once it listens.
+    pub fn start(lab: &Lab, file: std::path::PathBuf) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", lab.netns("client").expect("client netns")])
+            .args([
+                "tcpdump", "-i", "eth0", "-U", "-n", "-s", "128", "-B", "16384", "-w",
+            ])
+            .arg(&file)
+            .arg(format!("tcp and portrange {DOWNLOAD_PORTS}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (installed by scripts/setup)");
+        let stderr = child.stderr.take().expect("tcpdump's stderr");
+        let mut lines = io::BufReader::new(stderr).lines();
+        let ready = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        assert!(ready.contains("listening on"), "tcpdump: {ready}");
+        // Keep draining its stderr (never a full pipe); the summary is at the end.
+        let stderr = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+        FlowCapture {
+            child: Spawned(child),
+            file,
+            stderr,
+        }
+    }
+
+    /// Stops the capture and analyses it. tcpdump must not have dropped
+    /// a frame (checked from its summary).
+    pub fn finish(mut self) -> CaptureReport {
+        signal(self.child.0.id(), "-INT");
+        let _ = self.child.0.wait();
+        let summary = self.stderr.join().unwrap_or_default();
+        let dropped = summary
+            .iter()
+            .find(|l| l.contains("dropped by kernel"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok());
+        assert_eq!(dropped, Some(0), "tcpdump lost frames: {summary:?}");
+        analyse_capture(&self.file)
+    }
+}
+
+/// Reads a pcap of Ethernet/IPv4/TCP frames; see [`CaptureReport`].
+pub fn analyse_capture(file: &Path) -> CaptureReport {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let f = std::fs::File::open(file).expect("the capture file");
+    let mut reader = pcap_file::pcap::PcapReader::new(io::BufReader::new(f)).expect("a pcap file");
+    let mut report = CaptureReport::default();
+    // Per (server port, client port): the highest sequence number sent + 1.
+    let mut high: BTreeMap<(u16, u16), u32> = BTreeMap::new();
+    while let Some(pkt) = reader.next_packet() {
+        let pkt = pkt.expect("a readable capture record");
+        report.frames += 1;
+        let Ok(sliced) = SlicedPacket::from_ethernet(&pkt.data) else {
+            continue;
+        };
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) =
+            (&sliced.net, &sliced.transport)
+        else {
+            continue;
+        };
+        let h = ip.header();
+        let from_server = DOWNLOAD_PORTS_RANGE.contains(&tcp.destination_port());
+        let line = || {
+            format!(
+                "{:?} {}:{} > {}:{} seq {} ack {} flags{}{}{}{} len {}",
+                pkt.timestamp,
+                h.source_addr(),
+                tcp.source_port(),
+                h.destination_addr(),
+                tcp.destination_port(),
+                tcp.sequence_number(),
+                tcp.acknowledgment_number(),
+                if tcp.syn() { " S" } else { "" },
+                if tcp.fin() { " F" } else { "" },
+                if tcp.rst() { " R" } else { "" },
+                if tcp.ack() { " ." } else { "" },
+                payload_len(h.total_len(), h.ihl(), tcp.data_offset()),
+            )
+        };
+        if tcp.rst() {
+            report.resets.push(line());
+        }
+        if !from_server || tcp.syn() {
+            continue;
+        }
+        // The frame may be cut at 128 bytes: the length comes from the IP header.
+        let len = payload_len(h.total_len(), h.ihl(), tcp.data_offset());
+        if len == 0 {
+            continue;
+        }
+        report.data_bytes += u64::from(len);
+        let key = (tcp.source_port(), tcp.destination_port());
+        let end = tcp.sequence_number().wrapping_add(len);
+        match high.get_mut(&key) {
+            None => {
+                high.insert(key, end);
+            }
+            Some(hi) => {
+                // Serial-number arithmetic: an end at or before the highest
+                // sent so far repeats bytes.
+                if (end.wrapping_sub(*hi) as i32) <= 0 {
+                    report.retransmissions.push(line());
+                } else {
+                    *hi = end;
+                }
+            }
+        }
+    }
+    report.flows = high.len();
+    report
+}
+
+fn payload_len(total_len: u16, ihl: u8, data_offset: u8) -> u32 {
+    u32::from(total_len).saturating_sub(4 * u32::from(ihl) + 4 * u32::from(data_offset))
+}
+
+/// [`DOWNLOAD_PORTS`] as a range.
+pub const DOWNLOAD_PORTS_RANGE: std::ops::RangeInclusive<u16> = 50000..=50999;
