@@ -156,7 +156,9 @@ fn an_unknown_flow_to_a_guarded_port_retransmits_instead_of_being_reset() {
         let (mut without_socket, server2) = connect(ns, &listener);
         with_listener.write_all(b"ping").expect("write");
         let mut got = [0u8; 4];
-        server.read_exact(&mut got).expect("a known flow's bytes arrive");
+        server
+            .read_exact(&mut got)
+            .expect("a known flow's bytes arrive");
         assert_eq!(&got, b"ping");
         let known = stats(&fwd);
         assert_eq!((known.unknown_dropped, known.no_listener_dropped), (0, 0));
@@ -243,8 +245,7 @@ fn traffic_not_to_a_guarded_port_passes_even_without_a_socket() {
             let probe = TcpListener::bind((VIP, 0)).expect("bind");
             probe.local_addr().expect("address").port()
         };
-        let fwd =
-            Forwarder::attach_guarded(FRONT_IF, Some(&guard(port))).expect("attach guarded");
+        let fwd = Forwarder::attach_guarded(FRONT_IF, Some(&guard(port))).expect("attach guarded");
 
         // An established connection to the front's address that its socket
         // forgets: the kernel resets it, as without the program.
@@ -303,8 +304,7 @@ fn connections_to_a_guarded_listener_complete_with_defer_accept_and_syn_cookies(
         )
         .expect("TCP_DEFER_ACCEPT");
         let port = listener.local_addr().expect("address").port();
-        let fwd =
-            Forwarder::attach_guarded(FRONT_IF, Some(&guard(port))).expect("attach guarded");
+        let fwd = Forwarder::attach_guarded(FRONT_IF, Some(&guard(port))).expect("attach guarded");
         bound_waits(&listener);
         let exchange = |what: &str| {
             let mut client = dial(ns, listener.local_addr().expect("address"));
