@@ -39,10 +39,23 @@ fn restart_front(lab: &Lab) -> u32 {
     u32::try_from(r["new_pid"].as_u64().expect("new_pid")).expect("pid")
 }
 
-/// Kills the front with SIGKILL: its listener is gone, its pinned forwarder stays.
+/// Kills the front with SIGKILL and returns once its listener is closed;
+/// its pinned forwarder stays. (The thread group's leader turns zombie
+/// before the other threads have exited, and the descriptors they share
+/// close with the last of them: [`wait_killed`] alone returns too early.)
 fn kill_front(pid: u32) {
     signal(pid, "-9");
     wait_killed(pid);
+    let threads_left =
+        || std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count());
+    let t = std::time::Instant::now();
+    while threads_left() > 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{pid}'s threads survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// What a new connection to the VIP from the client meets.

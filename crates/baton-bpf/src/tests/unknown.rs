@@ -515,3 +515,42 @@ fn guards_that_would_protect_nothing_or_everything_are_refused() {
     fwd.set_guard(Some(&four)).expect("four ports");
     assert_eq!(fwd.guard().expect("guard"), Some(four));
 }
+
+/// Hand-run: the program's mean run time per frame (`BPF_PROG_TEST_RUN`)
+/// for an entry hit, a miss unguarded, and guarded misses.
+/// `cargo test --release -p baton-bpf guard_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check"]
+fn guard_cost_per_frame() {
+    const RUNS: u32 = 1_000_000;
+    let lab = Lab::new("fxcost");
+    lab.run(|ns| {
+        ns.front();
+        let listener = TcpListener::bind(("0.0.0.0", 80)).expect("bind :80");
+        let mut fwd = Forwarder::load().expect("load");
+        let data = tcp_frame(b"GET / HTTP/1.1\r\n\r\n", 0, 0);
+        let mut time = |what: &str, fwd: &Forwarder, frame: &[u8]| {
+            let run = fwd.test_run(frame, RUNS).expect("BPF_PROG_TEST_RUN");
+            eprintln!("{what:<40} {:>4} ns ({:?})", run.duration_ns, run.verdict);
+        };
+        let target = ForwardTarget {
+            ifindex: 1,
+            dst_mac: BACK_MAC,
+            src_mac: FRONT_MAC,
+        };
+        fwd.forward(&key(), &target, owner()).expect("forward");
+        time("entry hit (forward)", &fwd, &data);
+        fwd.set_guard(Some(&guard(80))).expect("guard");
+        time("entry hit (forward), guarded", &fwd, &data);
+        fwd.remove(&key()).expect("remove");
+        fwd.set_guard(None).expect("unguard");
+        time("miss, unguarded (pass)", &fwd, &data);
+        fwd.set_guard(Some(&guard(81))).expect("guard");
+        time("miss, another port guarded (pass)", &fwd, &data);
+        fwd.set_guard(Some(&guard(80))).expect("guard");
+        time("miss, guarded, listener, SYN (pass)", &fwd, &segment(SYN));
+        time("miss, guarded, listener, ACK (drop)", &fwd, &data);
+        drop(listener);
+        time("miss, guarded, no socket, ACK (drop)", &fwd, &data);
+    });
+}
