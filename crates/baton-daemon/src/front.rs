@@ -2637,6 +2637,15 @@ impl Front {
             .kit
             .as_ref()
             .and_then(|k| k.lock_forwarder().program_id().ok());
+        // As the program has it (read back from its map), not as configured.
+        let unknown_flows = self
+            .kit
+            .as_ref()
+            .and_then(|k| k.lock_forwarder().guard().ok())
+            .map(|g| match g {
+                Some(_) => UnknownFlows::Drop.as_str(),
+                None => UnknownFlows::Pass.as_str(),
+            });
         let entries = self.kit.as_ref().map_or(0, |k| {
             k.lock_forwarder().entries().map(|e| e.len()).unwrap_or(0)
         });
@@ -2724,10 +2733,7 @@ impl Front {
             bpf_park_lost: bpf.as_ref().map_or(0, |s| s.park_lost),
             bpf_syn_replaced: bpf.as_ref().map_or(0, |s| s.syn_replaced),
             bpf_errors: bpf.as_ref().map_or(0, |s| s.errors),
-            unknown_flows: self
-                .kit
-                .as_ref()
-                .map(|_| self.routing().cfg.flows.unknown.as_str()),
+            unknown_flows,
             bpf_unknown_dropped: bpf.as_ref().map_or(0, |s| s.unknown_dropped),
             bpf_no_listener_dropped: bpf.as_ref().map_or(0, |s| s.no_listener_dropped),
             bpf_syncookie_passed: bpf.as_ref().map_or(0, |s| s.syncookie_passed),
@@ -2951,8 +2957,8 @@ pub struct FrontStats {
     pub bpf_syn_replaced: u64,
     /// Helper failures and unknown actions in the program.
     pub bpf_errors: u64,
-    /// `flows.unknown` in force ("drop" or "pass"); `None` when not
-    /// handing off (no forwarder).
+    /// `flows.unknown` in force ("drop" or "pass"), as the forwarder's map
+    /// holds it; `None` when not handing off (no forwarder).
     pub unknown_flows: Option<&'static str>,
     /// Packets to the VIP that matched no entry and that no socket took
     /// (the kernel would have reset them): dropped, the client retransmits.

@@ -529,7 +529,7 @@ fn guard_cost_per_frame() {
         let listener = TcpListener::bind(("0.0.0.0", 80)).expect("bind :80");
         let mut fwd = Forwarder::load().expect("load");
         let data = tcp_frame(b"GET / HTTP/1.1\r\n\r\n", 0, 0);
-        let mut time = |what: &str, fwd: &Forwarder, frame: &[u8]| {
+        let time = |what: &str, fwd: &Forwarder, frame: &[u8]| {
             let run = fwd.test_run(frame, RUNS).expect("BPF_PROG_TEST_RUN");
             eprintln!("{what:<40} {:>4} ns ({:?})", run.duration_ns, run.verdict);
         };
