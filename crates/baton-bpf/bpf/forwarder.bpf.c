@@ -3,7 +3,10 @@
  * BTCP, the bottom half of Baton's TCP handoff: a tc ingress program on the
  * front's NIC that steers the packets of handed-off connections.
  *
- *   no FLOWS entry  -> TC_ACT_OK: the front's own kernel handles the packet;
+ *   no FLOWS entry  -> TC_ACT_OK: the front's own kernel handles the packet,
+ *                      except, when CONFIG guards the VIP, a packet to one of
+ *                      its service ports that no local socket would take
+ *                      (the kernel would answer it with a reset): dropped;
  *   PARK            -> copy the frame into the PARKED ring, TC_ACT_SHOT: the
  *                      front's socket is in repair mode and must not see it;
  *   FORWARD         -> Ethernet dst := back-end, src := front, redirect to the
@@ -13,7 +16,10 @@
  *                      4-tuple belongs to the front's listener.
  */
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
 #include <linux/pkt_cls.h>
+#include <linux/tcp.h>
 #include <bpf/bpf_helpers.h>
 
 #include "abi.h"
@@ -81,6 +87,104 @@ static __always_inline int forward(struct __sk_buff *skb, const struct flow_val 
 	return 0;
 }
 
+static __always_inline int is_service_port(const struct btcp_config *cfg, __be16 port)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < BTCP_MAX_SERVICE_PORTS; i++)
+		if (cfg->ports[i] && cfg->ports[i] == port)
+			return 1;
+	return 0;
+}
+
+/*
+ * Whether `sk`, a listener, would take this ACK for a connection whose
+ * SYN-ACK carried a SYN cookie (the listener kept no request for it).
+ * Copies of the headers on the stack: no pull, no packet pointers.
+ */
+static __always_inline int syncookie_ok(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	struct iphdr ip;
+	struct tcphdr th;
+
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)))
+		return 0;
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + ip.ihl * 4, &th, sizeof(th)))
+		return 0;
+	return bpf_tcp_check_syncookie(sk, &ip, sizeof(ip), &th, sizeof(th)) == 0;
+}
+
+/*
+ * A packet that matches no FLOWS entry. Only the front's own flows and
+ * flows it never saw get here. Unless CONFIG guards the VIP and this is one
+ * of its service ports, it is the front's own traffic (control channels,
+ * admin, other services): passed untouched. To a guarded port, the packet
+ * passes only if a socket of this host takes it: an established, closing or
+ * TIME_WAIT socket, a request socket (the handshake's last ACK while
+ * TCP_DEFER_ACCEPT holds the request), or a listener for a bare SYN or an
+ * ACK with a valid SYN cookie. Anything else the kernel would answer with a
+ * reset (or refuse, for a SYN without a listener): it belongs to a flow
+ * another front steers, or one this front has not learnt yet, or this
+ * front's process is gone. Dropped, the client retransmits (through another
+ * front once the routers move the flow) instead of losing the connection.
+ * Runs only on misses: the hot path of FLOWS hits never gets here.
+ */
+static __always_inline int no_entry(struct __sk_buff *skb, const struct flow_key *key,
+				    __u8 flags)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct btcp_config *cfg;
+	struct bpf_sock *sk;
+	__u32 zero = 0;
+	__u32 state;
+
+	cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+	if (!cfg || !(cfg->flags & BTCP_CONFIG_DROP_UNKNOWN) || key->vip != cfg->vip ||
+	    !is_service_port(cfg, key->vip_port)) {
+		count(BTCP_STAT_PASSED);
+		return TC_ACT_OK;
+	}
+
+	tuple.ipv4.saddr = key->client_ip;
+	tuple.ipv4.daddr = key->vip;
+	tuple.ipv4.sport = key->client_port;
+	tuple.ipv4.dport = key->vip_port;
+	/* skc: also finds request and TIME_WAIT sockets, which bpf_sk_lookup_tcp turns away. */
+	sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk) {
+		if ((flags & (BTCP_TCP_SYN | BTCP_TCP_ACK)) == BTCP_TCP_SYN)
+			count(BTCP_STAT_NO_LISTENER_DROPPED);
+		else
+			count(BTCP_STAT_UNKNOWN_DROPPED);
+		return TC_ACT_SHOT;
+	}
+	state = sk->state;
+	if (state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		count(BTCP_STAT_PASSED);
+		return TC_ACT_OK;
+	}
+	/* A listener: it opens a connection for a bare SYN (ECE/CWR are fine)... */
+	if ((flags & (BTCP_TCP_SYN | BTCP_TCP_ACK | BTCP_TCP_RST | BTCP_TCP_FIN)) ==
+	    BTCP_TCP_SYN) {
+		bpf_sk_release(sk);
+		count(BTCP_STAT_PASSED);
+		return TC_ACT_OK;
+	}
+	/* ...and for an ACK only by its SYN cookie (syncookies keep working under a flood). */
+	if ((flags & (BTCP_TCP_SYN | BTCP_TCP_ACK | BTCP_TCP_RST)) == BTCP_TCP_ACK &&
+	    syncookie_ok(skb, sk)) {
+		bpf_sk_release(sk);
+		count(BTCP_STAT_SYNCOOKIE_PASSED);
+		return TC_ACT_OK;
+	}
+	/* An ACK it does not know gets a reset; the rest it discards anyway. */
+	bpf_sk_release(sk);
+	count(BTCP_STAT_UNKNOWN_DROPPED);
+	return TC_ACT_SHOT;
+}
+
 SEC("classifier")
 int btcp_ingress(struct __sk_buff *skb)
 {
@@ -101,10 +205,8 @@ int btcp_ingress(struct __sk_buff *skb)
 	}
 
 	val = bpf_map_lookup_elem(&FLOWS, &key);
-	if (!val) {
-		count(BTCP_STAT_PASSED);
-		return TC_ACT_OK;
-	}
+	if (!val)
+		return no_entry(skb, &key, flags);
 
 	/*
 	 * A SYN without ACK opens a new connection that reuses the 4-tuple of a
@@ -116,14 +218,15 @@ int btcp_ingress(struct __sk_buff *skb)
 	 * entry would let the front's kernel reset the connection. Forwarded, the
 	 * back-end's socket answers it with a challenge ACK. Parked flows keep it
 	 * like any other segment. With RST or FIN as well it opens nothing (a
-	 * listener discards it). ECE/CWR (an ECN SYN) are fine.
+	 * listener discards it). ECE/CWR (an ECN SYN) are fine. The SYN then
+	 * goes the way of any packet without an entry (no listener: dropped).
 	 */
 	if (val->action == BTCP_ACTION_FORWARD_CLOSING &&
 	    (flags & (BTCP_TCP_SYN | BTCP_TCP_ACK | BTCP_TCP_RST | BTCP_TCP_FIN)) ==
 		    BTCP_TCP_SYN) {
 		bpf_map_delete_elem(&FLOWS, &key);
 		count(BTCP_STAT_SYN_REPLACED);
-		return TC_ACT_OK;
+		return no_entry(skb, &key, flags);
 	}
 
 	len = skb->len;

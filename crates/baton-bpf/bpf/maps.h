@@ -18,7 +18,7 @@
 /*
  * FLOWS and STATS are pinned by name when the loader is given a pin
  * directory: they outlive the front's process, so a restarted front adopts
- * the flows (and the counters). PARKED and SCRATCH are per program and never
+ * the flows (and the counters). PARKED, SCRATCH and CONFIG are per program and never
  * pinned: aya 0.13 cannot reopen a ring whose positions are not 0 (its
  * reader starts with a producer position of 0 and reads stale records as
  * new ones), so frames parked just before a restart are lost and their
@@ -50,6 +50,20 @@ struct {
 	__type(value, __u64);
 	BTCP_PIN
 } STATS SEC(".maps");
+
+/*
+ * What the program guards: the VIP, its service ports, and whether packets
+ * to them that no entry and no local socket claims are dropped. Per
+ * program, never pinned: each loader writes its own before attaching (so a
+ * program that replaces a pinned one on its link guards from its first
+ * packet), and the pinned program keeps its copy while no front runs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct btcp_config);
+} CONFIG SEC(".maps");
 
 /*
  * Staging area for one parked record per CPU. A PERCPU_ARRAY value is capped

@@ -42,6 +42,44 @@ pub(crate) struct RawFlowVal {
     pub handoff_id: u64,
 }
 
+/// `struct btcp_config`: the VIP and its ports in network byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct RawConfig {
+    vip: u32,
+    flags: u32,
+    ports: [u16; MAX_SERVICE_PORTS as usize],
+}
+
+impl RawConfig {
+    /// Guards `vip`'s `ports` (at most [`MAX_SERVICE_PORTS`]; more are the caller's error).
+    pub(crate) fn guarding(vip: Ipv4Addr, ports: &[u16]) -> Self {
+        let mut raw = RawConfig {
+            vip: u32::from_ne_bytes(vip.octets()),
+            flags: CONFIG_DROP_UNKNOWN,
+            ports: [0; MAX_SERVICE_PORTS as usize],
+        };
+        for (slot, port) in raw.ports.iter_mut().zip(ports) {
+            *slot = u16::from_ne_bytes(port.to_be_bytes());
+        }
+        raw
+    }
+
+    /// The guarded VIP and its ports, or `None` when nothing is guarded.
+    pub(crate) fn guarded(&self) -> Option<(Ipv4Addr, Vec<u16>)> {
+        if self.flags & CONFIG_DROP_UNKNOWN == 0 || self.vip == 0 {
+            return None;
+        }
+        let ports = self
+            .ports
+            .iter()
+            .filter(|p| **p != 0)
+            .map(|p| u16::from_be_bytes(p.to_ne_bytes()))
+            .collect();
+        Some((Ipv4Addr::from(self.vip.to_ne_bytes()), ports))
+    }
+}
+
 const _: () = assert!(size_of::<RawFlowKey>() == SIZEOF_FLOW_KEY as usize);
 const _: () = assert!(size_of::<RawFlowVal>() == SIZEOF_FLOW_VAL as usize);
 const _: () = assert!(offset_of!(RawFlowVal, dst_mac) == 8);
@@ -51,7 +89,9 @@ const _: () = assert!(offset_of!(RawFlowVal, last_seen_ns) == 24);
 const _: () = assert!(offset_of!(RawFlowVal, handoff_id) == 48);
 // The ring must be a power-of-two number of pages; Stats reads every index.
 const _: () = assert!(RING_BYTES.is_power_of_two() && RING_BYTES % 4096 == 0);
-const _: () = assert!(STAT_COUNT == 8);
+const _: () = assert!(STAT_COUNT == 11);
+const _: () = assert!(size_of::<RawConfig>() == SIZEOF_CONFIG as usize);
+const _: () = assert!(offset_of!(RawConfig, ports) == 8);
 
 // SAFETY: repr(C), integer fields only, no padding (size asserted equal to the
 // sum of the fields above), so every bit pattern is a valid value and the
@@ -59,6 +99,9 @@ const _: () = assert!(STAT_COUNT == 8);
 unsafe impl aya::Pod for RawFlowKey {}
 // SAFETY: as for RawFlowKey; `backend_ip` fills what would be the only gap.
 unsafe impl aya::Pod for RawFlowVal {}
+// SAFETY: repr(C), integer fields only, no padding (size asserted equal to
+// the sum of the fields), so every bit pattern is a valid value.
+unsafe impl aya::Pod for RawConfig {}
 
 impl From<&FlowKey> for RawFlowKey {
     fn from(key: &FlowKey) -> Self {
@@ -264,6 +307,26 @@ mod tests {
         bytes.extend_from_slice(&raw.vip_port.to_ne_bytes());
         assert_eq!(bytes, [198, 18, 0, 2, 198, 18, 0, 100, 0x9c, 0x40, 0, 80]);
         assert_eq!(FlowKey::from(raw), key);
+    }
+
+    #[test]
+    fn config_is_laid_out_in_network_order_and_read_back() {
+        let raw = RawConfig::guarding(Ipv4Addr::new(198, 18, 0, 100), &[80, 443]);
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&raw.vip.to_ne_bytes());
+        bytes.extend_from_slice(&raw.flags.to_ne_bytes());
+        for p in raw.ports {
+            bytes.extend_from_slice(&p.to_ne_bytes());
+        }
+        let flags = CONFIG_DROP_UNKNOWN.to_ne_bytes();
+        assert_eq!(bytes[..4], [198, 18, 0, 100]);
+        assert_eq!(bytes[4..8], flags);
+        assert_eq!(bytes[8..], [0, 80, 1, 187, 0, 0, 0, 0]);
+        assert_eq!(
+            raw.guarded(),
+            Some((Ipv4Addr::new(198, 18, 0, 100), vec![80, 443]))
+        );
+        assert_eq!(RawConfig::default().guarded(), None);
     }
 
     #[test]

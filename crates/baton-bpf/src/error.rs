@@ -88,6 +88,14 @@ pub enum BpfError {
         /// What is wrong with the target.
         reason: &'static str,
     },
+    /// A guard that would protect nothing, or everything.
+    #[error("{iface}: invalid VIP guard: {reason}")]
+    InvalidGuard {
+        /// The interface the forwarder is for.
+        iface: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A FLOWS entry that this loader did not write (another writer, or ABI drift).
     #[error("{iface}: FLOWS entry for {key} has unknown action {action}")]
     UnknownAction {

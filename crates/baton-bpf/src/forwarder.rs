@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{
     self, NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType,
@@ -15,7 +15,7 @@ use aya::programs::tc::{
 use aya::{Ebpf, EbpfLoader};
 use baton_proto::FlowKey;
 
-use crate::abi::{self, RawFlowKey, RawFlowVal};
+use crate::abi::{self, RawConfig, RawFlowKey, RawFlowVal};
 use crate::error::BpfError;
 
 pub(crate) static OBJECT: &[u8] =
@@ -33,6 +33,7 @@ const FLOWS: &str = "FLOWS";
 const STATS: &str = "STATS";
 const PARKED: &str = "PARKED";
 const SCRATCH: &str = "SCRATCH";
+const CONFIG: &str = "CONFIG";
 /// `BPF_EXIST` (include/uapi/linux/bpf.h): update an element only if it exists.
 const BPF_EXIST: u32 = 2;
 /// The `iface` of errors from a forwarder loaded with [`Forwarder::load`].
@@ -110,6 +111,21 @@ pub struct FlowEntry {
     pub bytes: u64,
 }
 
+/// The VIP and the service ports the program guards: a packet to one of
+/// them that matches no flow entry and that no socket of this host would
+/// take is dropped rather than left to the kernel, which would answer it
+/// with a reset (or refuse a SYN without a listener). The client
+/// retransmits, and reaches the front that knows the flow, or this one once
+/// it does. Packets to any other address or port (the front's own traffic)
+/// pass untouched, as do all packets of a forwarder without a guard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VipGuard {
+    /// The VIP (the destination address of clients' packets).
+    pub vip: Ipv4Addr,
+    /// Its service ports: 1 to [`crate::MAX_SERVICE_PORTS`], none 0.
+    pub ports: Vec<u16>,
+}
+
 /// Packet counters, summed over CPUs, since the program was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
@@ -127,8 +143,17 @@ pub struct Stats {
     pub fragments: u64,
     /// Helper failures (dropped) and entries with an unknown action (passed).
     pub errors: u64,
-    /// Closing entries deleted because a new SYN reused their 4-tuple.
+    /// Closing entries deleted because a new SYN reused their 4-tuple (the
+    /// SYN is then counted as a packet without an entry).
     pub syn_replaced: u64,
+    /// Packets to a guarded port without an entry that no socket takes
+    /// (the kernel would reset them): dropped.
+    pub unknown_dropped: u64,
+    /// SYNs to a guarded port with no socket at all, no listener (the
+    /// kernel would refuse them): dropped.
+    pub no_listener_dropped: u64,
+    /// ACKs to a guarded port that a listener takes by their SYN cookie: passed.
+    pub syncookie_passed: u64,
 }
 
 /// A frame kept while its flow was parked.
@@ -271,6 +296,7 @@ pub struct Forwarder {
     adoption: Adoption,
     flows: HashMap<MapData, RawFlowKey, RawFlowVal>,
     stats: PerCpuArray<MapData, u64>,
+    config: Array<MapData, RawConfig>,
     ring: Option<RingBuf<MapData>>,
     ring_fd: Option<OwnedFd>,
     // Owns the program and its link; dropped last.
@@ -290,9 +316,15 @@ impl fmt::Debug for Forwarder {
 impl Forwarder {
     /// Loads the program and attaches it at tc ingress of `iface`: a TCX link,
     /// or a clsact filter where TCX is unavailable. `iface` is resolved in
-    /// the calling thread's network namespace.
+    /// the calling thread's network namespace. Guards nothing: every packet
+    /// without an entry passes.
     pub fn attach(iface: &str) -> Result<Self, BpfError> {
-        let mut forwarder = Self::load_for(iface, None)?;
+        Self::attach_guarded(iface, None)
+    }
+
+    /// Like [`Forwarder::attach`], guarding `guard` from the first packet.
+    pub fn attach_guarded(iface: &str, guard: Option<&VipGuard>) -> Result<Self, BpfError> {
+        let mut forwarder = Self::load_for(iface, None, guard)?;
         let tcx = forwarder.attach_as(AttachMode::Tcx);
         if let Err(tcx_error) = tcx {
             let tcx_error = match &tcx_error {
@@ -319,14 +351,14 @@ impl Forwarder {
 
     /// Like [`Forwarder::attach`], with no fallback from the given mode.
     pub fn attach_with(iface: &str, mode: AttachMode) -> Result<Self, BpfError> {
-        let mut forwarder = Self::load_for(iface, None)?;
+        let mut forwarder = Self::load_for(iface, None, None)?;
         forwarder.attach_as(mode)?;
         Ok(forwarder)
     }
 
     /// Loads the program without attaching it, for [`Forwarder::test_run`] and benchmarks.
     pub fn load() -> Result<Self, BpfError> {
-        Self::load_for(UNATTACHED, None)
+        Self::load_for(UNATTACHED, None, None)
     }
 
     /// Attaches to `iface` with its maps and TCX link pinned under
@@ -337,10 +369,22 @@ impl Forwarder {
     /// (`BPF_LINK_UPDATE`: no packet sees neither); the maps (flows, kept
     /// frames, counters) are the pinned ones. Pins of another ABI version,
     /// or a pinned map of another layout, are refused with an error that
-    /// says what to do; nothing is misread. TCX only.
+    /// says what to do; nothing is misread. TCX only. Guards nothing.
     pub fn attach_pinned(iface: &str, root: &Path) -> Result<Self, BpfError> {
+        Self::attach_pinned_guarded(iface, root, None)
+    }
+
+    /// Like [`Forwarder::attach_pinned`], guarding `guard`: the guard is in
+    /// place before the program replaces a pinned one, so no packet sees a
+    /// program without it. The program left pinned when this process ends
+    /// keeps guarding (a killed front's clients retransmit, not reset).
+    pub fn attach_pinned_guarded(
+        iface: &str,
+        root: &Path,
+        guard: Option<&VipGuard>,
+    ) -> Result<Self, BpfError> {
         let dir = prepare_pin_dir(iface, root)?;
-        let mut forwarder = Self::load_for(iface, Some(&dir))?;
+        let mut forwarder = Self::load_for(iface, Some(&dir), guard)?;
         forwarder.pins = Some(dir.clone());
         let link_path = dir.join(LINK_PIN);
         if link_path.exists() {
@@ -628,6 +672,9 @@ impl Forwarder {
             Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
         };
         Ok(Stats {
+            unknown_dropped: read(abi::STAT_UNKNOWN_DROPPED)?,
+            no_listener_dropped: read(abi::STAT_NO_LISTENER_DROPPED)?,
+            syncookie_passed: read(abi::STAT_SYNCOOKIE_PASSED)?,
             passed: read(abi::STAT_PASSED)?,
             forwarded: read(abi::STAT_FORWARDED)?,
             parked: read(abi::STAT_PARKED)?,
@@ -637,6 +684,25 @@ impl Forwarder {
             errors: read(abi::STAT_ERROR)?,
             syn_replaced: read(abi::STAT_SYN_REPLACED)?,
         })
+    }
+
+    /// Guards `guard` from now on (`None`: guards nothing, every packet
+    /// without an entry passes). One map write, which the program sees at
+    /// its next packet; a reload calls it.
+    pub fn set_guard(&mut self, guard: Option<&VipGuard>) -> Result<(), BpfError> {
+        let raw = config_value(&self.iface, guard)?;
+        self.config
+            .set(0, raw, 0)
+            .map_err(|e| self.map_error("writing the guard", CONFIG, e))
+    }
+
+    /// What the program guards now, as read back from its map.
+    pub fn guard(&self) -> Result<Option<VipGuard>, BpfError> {
+        let raw = self
+            .config
+            .get(&0, 0)
+            .map_err(|e| self.map_error("reading the guard", CONFIG, e))?;
+        Ok(raw.guarded().map(|(vip, ports)| VipGuard { vip, ports }))
     }
 
     /// Takes the parked-frame ring. There is one consumer: a second call fails.
@@ -677,7 +743,13 @@ impl Forwarder {
         })
     }
 
-    fn load_for(iface: &str, pins: Option<&Path>) -> Result<Self, BpfError> {
+    fn load_for(
+        iface: &str,
+        pins: Option<&Path>,
+        guard: Option<&VipGuard>,
+    ) -> Result<Self, BpfError> {
+        // Checked before anything is loaded.
+        let guard = config_value(iface, guard)?;
         let cpus = aya::util::nr_cpus()
             .ok()
             .and_then(|n| u32::try_from(n).ok())
@@ -738,6 +810,15 @@ impl Forwarder {
             _ => None,
         };
         let ring = RingBuf::try_from(ring).map_err(|e| map_error("opening", PARKED, e))?;
+        let config = ebpf
+            .take_map(CONFIG)
+            .ok_or_else(|| missing("map", CONFIG))?;
+        let mut config: Array<MapData, RawConfig> =
+            Array::try_from(config).map_err(|e| map_error("opening", CONFIG, e))?;
+        // Before the program is attached (or replaces a pinned one).
+        config
+            .set(0, guard, 0)
+            .map_err(|e| map_error("writing the guard", CONFIG, e))?;
 
         Ok(Self {
             iface: iface.to_owned(),
@@ -747,6 +828,7 @@ impl Forwarder {
             adoption: Adoption::Fresh,
             flows,
             stats,
+            config,
             ring: Some(ring),
             ring_fd,
             ebpf,
@@ -849,6 +931,29 @@ impl Forwarder {
             source: Box::new(e),
         }
     }
+}
+
+/// The CONFIG value for `guard`, checked: a guard that names no address or
+/// no port would silently guard nothing, or everything.
+fn config_value(iface: &str, guard: Option<&VipGuard>) -> Result<RawConfig, BpfError> {
+    let Some(guard) = guard else {
+        return Ok(RawConfig::default());
+    };
+    let invalid = |reason| BpfError::InvalidGuard {
+        iface: iface.to_owned(),
+        reason,
+    };
+    if guard.vip.is_unspecified() || guard.vip.is_broadcast() || guard.vip.is_multicast() {
+        return Err(invalid("the VIP is not a unicast address"));
+    }
+    const _: () = assert!(abi::MAX_SERVICE_PORTS == 4, "the message below says 4");
+    if guard.ports.is_empty() || guard.ports.len() > abi::MAX_SERVICE_PORTS as usize {
+        return Err(invalid("1 to 4 service ports are needed"));
+    }
+    if guard.ports.contains(&0) {
+        return Err(invalid("port 0 is not a service port"));
+    }
+    Ok(RawConfig::guarding(guard.vip, &guard.ports))
 }
 
 /// Makes `root/<iface>/v<ABI>` on a bpf filesystem and checks what is

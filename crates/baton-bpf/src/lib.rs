@@ -7,7 +7,11 @@
 //! `bpf/abi.h`, the one header whose structs both sides share.
 //!
 //! Invariants:
-//! - A flow without a FLOWS entry is the front's own business: its packets pass.
+//! - A flow without a FLOWS entry is the front's own business: its packets
+//!   pass, except those to a port of the [`VipGuard`] that no socket of this
+//!   host would take (the kernel would reset them): those are dropped, so no
+//!   front resets a flow it does not know. Nothing else is ever dropped for
+//!   lack of an entry: the front's own traffic is untouched.
 //! - A PARKED flow's packets never reach the front's stack: each is copied into
 //!   the ring and dropped, or, when it cannot be kept, dropped and counted in
 //!   [`Stats::park_lost`] (the client retransmits). IPv4 fragments are the
@@ -34,7 +38,7 @@ mod tests;
 pub use error::BpfError;
 pub use forwarder::{
     on_bpffs, Action, Adoption, AttachMode, FlowEntry, ForwardTarget, Forwarder, Owner,
-    ParkedFrame, ParkedRing, Stats, TestRun, Verdict,
+    ParkedFrame, ParkedRing, Stats, TestRun, Verdict, VipGuard,
 };
 pub use frame::{is_pure_ack, prepare_for_resend, supersedes, FrameError};
 pub use runstats::{enable_run_time_stats, program_run_time, RunStatsGuard, RunTime};
@@ -45,3 +49,5 @@ pub const ABI_VERSION: u32 = abi::ABI_VERSION;
 pub const MAX_FLOWS: u32 = abi::MAX_FLOWS;
 /// The largest frame that can be parked; larger ones count as [`Stats::park_lost`].
 pub const PARK_MAX_FRAME: u32 = abi::PARK_MAX_FRAME;
+/// The most service ports a [`VipGuard`] holds.
+pub const MAX_SERVICE_PORTS: u32 = abi::MAX_SERVICE_PORTS;

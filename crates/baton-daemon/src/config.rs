@@ -69,7 +69,7 @@ pub struct FrontConfig {
     /// Limits on what clients may send.
     #[serde(default)]
     pub limits: Limits,
-    /// Forwarding-entry lifetimes.
+    /// Forwarding-entry lifetimes, and what becomes of packets no entry claims.
     #[serde(default)]
     pub flows: FlowTimers,
     /// Control-channel timers.
@@ -423,6 +423,11 @@ pub struct FlowTimers {
     /// much: if the channel comes back first, the back-end lists the flows
     /// it still serves and the rest go at once.
     pub orphan_timeout_ms: u64,
+    /// What the forwarder does with a packet to the VIP's `port` (or `[tls]
+    /// port`) that matches no forwarding entry and that no socket of this
+    /// host would take, which the kernel would answer with a reset (or
+    /// refuse, for a SYN without a listener). Reloadable.
+    pub unknown: UnknownFlows,
 }
 
 impl Default for FlowTimers {
@@ -432,7 +437,58 @@ impl Default for FlowTimers {
             idle_timeout_ms: 300_000,
             sweep_interval_ms: 500,
             orphan_timeout_ms: 30_000,
+            unknown: UnknownFlows::Drop,
         }
+    }
+}
+
+/// `flows.unknown`: the fate of a client's packet that no front knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownFlows {
+    /// Dropped: the client retransmits, and reaches the front that steers
+    /// its flow (another front behind ECMP, or this one once it learnt
+    /// it), instead of losing its connection to a reset. A SYN while no
+    /// listener runs (the front's process is gone) is dropped too: the
+    /// client tries again, through another front once the router moved.
+    #[default]
+    Drop,
+    /// Left to the front's kernel, which resets it (one front alone, as
+    /// before this setting existed).
+    Pass,
+}
+
+impl UnknownFlows {
+    /// As in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownFlows::Drop => "drop",
+            UnknownFlows::Pass => "pass",
+        }
+    }
+}
+
+/// By hand, for one message whatever the value: `expected "drop" or "pass"`
+/// (serde's derive says `wanted string or table` for a boolean).
+impl<'de> Deserialize<'de> for UnknownFlows {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Choice;
+        impl serde::de::Visitor<'_> for Choice {
+            type Value = UnknownFlows;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"drop\" or \"pass\"")
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                match v {
+                    "drop" => Ok(UnknownFlows::Drop),
+                    "pass" => Ok(UnknownFlows::Pass),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Choice)
     }
 }
 
@@ -1075,6 +1131,23 @@ mod tests {
         .expect("valid");
         assert_eq!(cfg.relay.copy, RelayCopy::Userspace);
         assert!(!cfg.uses_handoff());
+    }
+
+    #[test]
+    fn flows_unknown_is_drop_by_default_pass_on_request_and_nothing_else() {
+        let backend =
+            "[[backend]]\nname = \"web\"\nmode = \"relay\"\naddress = \"localhost:8080\"\n";
+        let cfg = front(&format!("{TOP}{backend}")).expect("valid");
+        assert_eq!(cfg.flows.unknown, UnknownFlows::Drop);
+        let cfg = front(&format!("{TOP}[flows]\nunknown = \"pass\"\n{backend}")).expect("valid");
+        assert_eq!(cfg.flows.unknown, UnknownFlows::Pass);
+        for bad in ["\"reset\"", "\"Drop\"", "true", "1"] {
+            let e = err(&format!("{TOP}[flows]\nunknown = {bad}\n{backend}"));
+            assert!(
+                e.contains("unknown = ") && e.contains("expected \"drop\" or \"pass\""),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use baton_bpf::{ForwardTarget, Forwarder, Owner, ParkedRing};
+use baton_bpf::{ForwardTarget, Forwarder, Owner, ParkedRing, VipGuard};
 use baton_policy::{BackendView, Policy, Request};
 use baton_proto::frame::Frame;
 use baton_proto::handoff::{
@@ -43,7 +43,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::config::{ms, BackendMode, FrontConfig};
+use crate::config::{ms, BackendMode, FrontConfig, UnknownFlows};
 use crate::control::{self, FrameWriter};
 use crate::relay::{self, RelayLimits};
 use crate::stats::{Counter, Samples, Summary};
@@ -273,11 +273,12 @@ enum KitError {
 
 impl HandoffKit {
     /// Checks that TCP_REPAIR is allowed, attaches the forwarder to
-    /// `interface` (pinned under `pins` if given; `true`: required) and
-    /// opens the packet socket.
+    /// `interface` (pinned under `pins` if given; `true`: required),
+    /// guarding `guard` from its first packet, and opens the packet socket.
     fn open(
         interface: &str,
         pins: Option<(PathBuf, bool)>,
+        guard: Option<&VipGuard>,
     ) -> std::result::Result<HandoffKit, KitError> {
         let iface = baton_sys::iface::iface_info(interface)
             .with_context(|| format!("interface {interface}"))
@@ -291,16 +292,17 @@ impl HandoffKit {
             });
         }
         let attached = match pins {
-            Some((dir, required)) => match Forwarder::attach_pinned(interface, &dir) {
+            Some((dir, required)) => match Forwarder::attach_pinned_guarded(interface, &dir, guard)
+            {
                 Err(e @ baton_bpf::BpfError::NotBpffs { .. }) if !required => {
                     warn!(
                         "{e}; handed-off connections will not survive a restart of the front (set pin_dir = \"\" to silence this)"
                     );
-                    Forwarder::attach(interface)
+                    Forwarder::attach_guarded(interface, guard)
                 }
                 other => other,
             },
-            None => Forwarder::attach(interface),
+            None => Forwarder::attach_guarded(interface, guard),
         };
         let mut forwarder = match attached {
             Ok(f) => f,
@@ -495,7 +497,7 @@ impl Front {
     /// line and relays every connection instead.
     pub fn new(cfg: FrontConfig) -> Result<Arc<Self>> {
         let kit = if cfg.uses_handoff() {
-            match HandoffKit::open(&cfg.interface, cfg.pins()) {
+            match HandoffKit::open(&cfg.interface, cfg.pins(), guard_of(&cfg).as_ref()) {
                 Ok(kit) => {
                     let f = kit.lock_forwarder();
                     let pins = f.pin_dir().map(|p| p.display().to_string());
@@ -2295,6 +2297,20 @@ impl Front {
                 "no back-end could be relayed to: give the back-ends a relay_address".into(),
             );
         }
+        // The last step that can fail: the forwarder's guard (one map write).
+        let guard = guard_of(&new);
+        if let Some(kit) = &self.kit {
+            if guard != guard_of(old) {
+                kit.lock_forwarder()
+                    .set_guard(guard.as_ref())
+                    .map_err(|e| format!("flows.unknown: {e}"))?;
+                summary.push(format!(
+                    "flows.unknown {} -> {}",
+                    old.flows.unknown.as_str(),
+                    new.flows.unknown.as_str()
+                ));
+            }
+        }
         // Swap: back-ends first (the routing refers to their slots).
         let mut all: Vec<Arc<Backend>> = current.as_ref().clone();
         let mut added = Vec::new();
@@ -2621,6 +2637,15 @@ impl Front {
             .kit
             .as_ref()
             .and_then(|k| k.lock_forwarder().program_id().ok());
+        // As the program has it (read back from its map), not as configured.
+        let unknown_flows = self
+            .kit
+            .as_ref()
+            .and_then(|k| k.lock_forwarder().guard().ok())
+            .map(|g| match g {
+                Some(_) => UnknownFlows::Drop.as_str(),
+                None => UnknownFlows::Pass.as_str(),
+            });
         let entries = self.kit.as_ref().map_or(0, |k| {
             k.lock_forwarder().entries().map(|e| e.len()).unwrap_or(0)
         });
@@ -2708,6 +2733,10 @@ impl Front {
             bpf_park_lost: bpf.as_ref().map_or(0, |s| s.park_lost),
             bpf_syn_replaced: bpf.as_ref().map_or(0, |s| s.syn_replaced),
             bpf_errors: bpf.as_ref().map_or(0, |s| s.errors),
+            unknown_flows,
+            bpf_unknown_dropped: bpf.as_ref().map_or(0, |s| s.unknown_dropped),
+            bpf_no_listener_dropped: bpf.as_ref().map_or(0, |s| s.no_listener_dropped),
+            bpf_syncookie_passed: bpf.as_ref().map_or(0, |s| s.syncookie_passed),
             bpf_program_id,
             latency_us: Latency {
                 dump: self.lat_dump.summary(),
@@ -2762,6 +2791,24 @@ impl Front {
         self.lat_restore.clear();
         self.lat_total.clear();
         self.lat_send.clear();
+    }
+}
+
+/// What the forwarder guards for `cfg`: the VIP's client ports (`port` and
+/// `[tls] port`), unless `flows.unknown = "pass"`. Only those: the front's
+/// own traffic on the NIC (control channels, admin, other services on the
+/// VIP) never meets the guard.
+fn guard_of(cfg: &FrontConfig) -> Option<VipGuard> {
+    match cfg.flows.unknown {
+        UnknownFlows::Pass => None,
+        UnknownFlows::Drop => {
+            let mut ports = vec![cfg.port];
+            ports.extend(cfg.tls.as_ref().map(|t| t.port));
+            Some(VipGuard {
+                vip: cfg.vip,
+                ports,
+            })
+        }
     }
 }
 
@@ -2910,6 +2957,17 @@ pub struct FrontStats {
     pub bpf_syn_replaced: u64,
     /// Helper failures and unknown actions in the program.
     pub bpf_errors: u64,
+    /// `flows.unknown` in force ("drop" or "pass"), as the forwarder's map
+    /// holds it; `None` when not handing off (no forwarder).
+    pub unknown_flows: Option<&'static str>,
+    /// Packets to the VIP that matched no entry and that no socket took
+    /// (the kernel would have reset them): dropped, the client retransmits.
+    pub bpf_unknown_dropped: u64,
+    /// SYNs to the VIP while no listener ran (the kernel would have
+    /// refused them): dropped, the client retries.
+    pub bpf_no_listener_dropped: u64,
+    /// ACKs to the VIP that the listener took by their SYN cookie.
+    pub bpf_syncookie_passed: u64,
     /// The forwarder's kernel id (as `bpftool prog show id N`); `None`
     /// when not handing off.
     pub bpf_program_id: Option<u32>,
@@ -3437,6 +3495,9 @@ impl prometheus_client::collector::Collector for Metrics {
                 ("park_lost", s.bpf_park_lost),
                 ("syn_replaced", s.bpf_syn_replaced),
                 ("error", s.bpf_errors),
+                ("unknown_dropped", s.bpf_unknown_dropped),
+                ("no_listener_dropped", s.bpf_no_listener_dropped),
+                ("syncookie_passed", s.bpf_syncookie_passed),
             ],
         )?;
         counter(

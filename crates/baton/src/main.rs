@@ -476,6 +476,14 @@ fn main() -> ExitCode {
                     f.vip,
                     f.port
                 );
+                println!(
+                    "  packets to the VIP's ports that this front does not know: {} (flows.unknown = \"{}\"; a reload changes it)",
+                    match f.flows.unknown {
+                        config::UnknownFlows::Drop => "dropped, the client retransmits",
+                        config::UnknownFlows::Pass => "left to the kernel, which resets them",
+                    },
+                    f.flows.unknown.as_str()
+                );
                 // Validation loaded the certificates already; say what they are.
                 if let Some(t) = &f.tls {
                     if let Ok(tls) = baton_daemon::tls::ServerTls::load(t) {

@@ -218,8 +218,11 @@ fn daemons_work_with_only_the_units_capabilities() {
         "{after:#}\n{}",
         daemon_logs(&daemons)
     );
-    // The unprivileged front pinned its forwarder, as root's did.
+    // The unprivileged front pinned its forwarder, as root's did, and the
+    // verifier took the program's socket lookups with these capabilities:
+    // it guards the VIP (flows.unknown = "drop", the default).
     assert_eq!(after["pinned"], serde_json::json!(true), "{after:#}");
+    assert_eq!(after["unknown_flows"], "drop", "{after:#}");
     // After start-up every thread keeps only what each connection needs:
     // the front CAP_NET_ADMIN (0x1000), the back-end CAP_NET_ADMIN and
     // CAP_NET_BIND_SERVICE (0x1400); nothing in the ambient set.

@@ -4,6 +4,7 @@
 mod fixtures;
 mod netns;
 mod pinning;
+mod unknown;
 
 /// The owner written with every test entry.
 fn owner() -> crate::Owner {

@@ -26,9 +26,9 @@ pub(super) const FRONT_IF: &str = "btf0";
 const CLIENT_IF: &str = "btc0";
 pub(super) const FRONT_MAC: [u8; 6] = [0x02, 0xb7, 0, 0, 0, 0x01];
 const CLIENT_MAC: [u8; 6] = [0x02, 0xb7, 0, 0, 0, 0x02];
-const FRONT_IP: &str = "198.18.0.1";
+pub(super) const FRONT_IP: &str = "198.18.0.1";
 const CLIENT_IP: &str = "198.18.0.2";
-const DEADLINE: Duration = Duration::from_secs(10);
+pub(super) const DEADLINE: Duration = Duration::from_secs(10);
 
 fn mac_text(mac: [u8; 6]) -> String {
     mac.iter()
@@ -51,7 +51,7 @@ pub(super) fn run(args: &[&str]) -> String {
 }
 
 /// A network namespace, deleted on drop (also when the test panics).
-struct Netns {
+pub(super) struct Netns {
     name: String,
 }
 
@@ -79,7 +79,7 @@ impl Drop for Netns {
 
 /// The two namespaces and the veth between them.
 pub(super) struct Lab {
-    front: Netns,
+    pub(super) front: Netns,
     client: Netns,
 }
 
@@ -120,6 +120,18 @@ impl Lab {
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         lab
+    }
+
+    /// Adds `addr` (a /32 on the front's veth, such as a VIP) to the front.
+    pub(super) fn add_front_address(&self, addr: &str) {
+        #[rustfmt::skip]
+        run(&["ip", "-n", &self.front.name, "addr", "add", &format!("{addr}/32"), "dev", FRONT_IF]);
+    }
+
+    /// `sysctl -w name=value` in the front's namespace (gone with it).
+    pub(super) fn front_sysctl(&self, name: &str, value: &str) {
+        #[rustfmt::skip]
+        run(&["ip", "netns", "exec", &self.front.name, "sysctl", "-q", "-w", &format!("{name}={value}")]);
     }
 
     /// Runs `body` on a thread of its own, which may switch namespaces at will.
@@ -178,7 +190,7 @@ impl Switch {
         abi::enter_netns(self.front.as_fd()).expect("entering the front namespace");
     }
 
-    fn client(&self) {
+    pub(super) fn client(&self) {
         abi::enter_netns(self.client.as_fd()).expect("entering the client namespace");
     }
 
@@ -200,7 +212,7 @@ impl Switch {
     }
 }
 
-fn v4(addr: SocketAddr) -> SocketAddrV4 {
+pub(super) fn v4(addr: SocketAddr) -> SocketAddrV4 {
     match addr {
         SocketAddr::V4(a) => a,
         SocketAddr::V6(a) => panic!("IPv6 address {a} in an IPv4 lab"),
@@ -208,7 +220,7 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
 }
 
 /// Polls a kernel counter until `done`; there is no event to wait on.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");

@@ -118,12 +118,20 @@ fn pins_of_another_abi_or_layout_are_refused_and_never_read() {
     let fs = Bpffs::new();
     lab.run(|sw| {
         sw.front();
-        // Another version's directory beside ours.
-        let other = fs.path().join(FRONT_IF).join("v0");
+        // The previous version's directory beside ours (a front of the
+        // previous release left its pins).
+        let previous = crate::ABI_VERSION - 1;
+        let other = fs.path().join(FRONT_IF).join(format!("v{previous}"));
         std::fs::create_dir_all(&other).expect("mkdir on bpffs");
         let err = Forwarder::attach_pinned(FRONT_IF, fs.path()).expect_err("another ABI");
         assert!(matches!(err, BpfError::OtherAbi { .. }), "{err}");
-        assert!(err.to_string().contains("baton unpin"), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("baton unpin"), "{err}");
+        assert!(
+            text.contains(&format!("ABI v{previous}"))
+                && text.contains(&format!("speaks v{}", crate::ABI_VERSION)),
+            "{err}"
+        );
         assert!(attached().is_empty(), "nothing attached");
         std::fs::remove_dir(&other).expect("rmdir");
 
