@@ -169,7 +169,7 @@ impl Sim {
             .collect();
         for k in in_flight {
             if let Some((b, ch, Msg::ToBack(frame))) = self.net.remove(&k) {
-                self.backs[b].handle_frame(ch, frame);
+                self.backs[b].handle_frame(self.now, ch, frame);
             }
         }
         self.run_backs();
@@ -330,6 +330,10 @@ impl Sim {
                     self.owners.insert(flow, (id, backend));
                 }
             }
+            FrontAction::Steer { id, flow, backend } => {
+                self.fwd.insert(flow, (Entry::Forward(backend), now));
+                self.owners.insert(flow, (id, backend));
+            }
             FrontAction::RemoveIfQuiet { id, flow, quiet } => {
                 let q = match self.fwd.get(&flow) {
                     Some((_, seen)) if now.duration_since(*seen) < quiet => Quiet::Busy {
@@ -382,7 +386,14 @@ impl Sim {
                     );
                     Ok(15)
                 };
-                self.backs[b].handle_restored(channel, FRONT_IP, handoff.id, handoff.flow, result);
+                self.backs[b].handle_restored(
+                    now,
+                    channel,
+                    FRONT_IP,
+                    handoff.id,
+                    handoff.flow,
+                    result,
+                );
             }
             BackAction::Send { channel, frame } => {
                 if self.chan[b] == Some(channel) {
@@ -455,7 +466,7 @@ impl Sim {
                         self.net.insert((at, k.1), (b, ch, Msg::ToBack(frame)));
                         continue;
                     }
-                    self.backs[b].handle_frame(ch, frame);
+                    self.backs[b].handle_frame(self.now, ch, frame);
                 }
                 Msg::ToFront(frame) => {
                     let before = match &frame {

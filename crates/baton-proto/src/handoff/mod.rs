@@ -67,6 +67,6 @@ mod front;
 
 pub use back::{BackAction, BackEngine, BackEvent, ChannelId, Refusal};
 pub use front::{
-    BackendId, Dump, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent, FrontTimers,
-    ParkFailure, Quiet, RemoveCause, Timer,
+    is_mirror_id, BackendId, Dump, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent,
+    FrontTimers, Holder, ParkFailure, Quiet, RemoveCause, Timer, MIRROR_ID_BIT,
 };
