@@ -1512,6 +1512,14 @@ mod tests {
                     done: true,
                 },
             );
+            e.handle_frame(
+                now,
+                b,
+                ToFront::Mirroring {
+                    flows: vec![],
+                    done: true,
+                },
+            );
         }
         e
     }
@@ -1845,5 +1853,479 @@ mod tests {
         e.handle_timeout(t0 + 75_000 * MS);
         assert_eq!(actions(&mut e).last(), Some(&FrontAction::SweepIdle));
         assert_eq!(e.poll_timeout(), Some(t0 + 150_000 * MS));
+    }
+
+    // ---- mirrored flows ----
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 101));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 102));
+
+    fn m(origin: IpAddr, id: u64, port: u16) -> MirrorFlow {
+        MirrorFlow {
+            origin,
+            id,
+            flow: key(port),
+            hint: Bytes::from_static(b"/t"),
+        }
+    }
+
+    fn mirror(e: &mut FrontEngine, now: Instant, backend: BackendId, flows: Vec<MirrorFlow>) {
+        e.handle_frame(now, backend, ToFront::Mirror { flows });
+    }
+
+    fn unmirror(e: &mut FrontEngine, now: Instant, backend: BackendId, flows: &[MirrorFlow]) {
+        e.handle_frame(
+            now,
+            backend,
+            ToFront::Unmirror {
+                flows: flows.iter().map(MirrorFlow::as_ref).collect(),
+            },
+        );
+    }
+
+    fn listing(e: &mut FrontEngine, now: Instant, backend: BackendId, flows: Vec<MirrorFlow>) {
+        e.handle_frame(
+            now,
+            backend,
+            ToFront::Holding {
+                ids: vec![],
+                done: true,
+            },
+        );
+        e.handle_frame(now, backend, ToFront::Mirroring { flows, done: true });
+    }
+
+    fn events(e: &mut FrontEngine) -> Vec<FrontEvent> {
+        std::iter::from_fn(|| e.poll_event()).collect()
+    }
+
+    /// The mirrored flow holding `port`'s entry: (its id, back-end, origin).
+    fn mirror_holder(
+        e: &FrontEngine,
+        port: u16,
+    ) -> Option<(u64, BackendId, Option<(IpAddr, u64)>)> {
+        match e.holder(&key(port))? {
+            Holder::Mirror {
+                id,
+                backend,
+                origin,
+                ..
+            } => Some((id, backend, origin)),
+            Holder::Own { .. } => None,
+        }
+    }
+
+    #[test]
+    fn a_mirrored_flow_is_steered_then_ages_out_like_an_own_one() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        events(&mut e);
+        mirror(&mut e, t0, 1, vec![m(A, 7, 1)]);
+        let (id, backend, origin) = mirror_holder(&e, 1).expect("held");
+        assert!(is_mirror_id(id));
+        assert_eq!((backend, origin), (1, Some((A, 7))));
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Steer {
+                id,
+                flow: key(1),
+                backend: 1
+            }]
+        );
+        assert_eq!(
+            events(&mut e),
+            [FrontEvent::Mirrored {
+                backend: 1,
+                origin: A,
+                flow: key(1),
+                hint: Bytes::from_static(b"/t")
+            }]
+        );
+        assert_eq!(e.steer(&key(1)), Some(Some(1)));
+        assert_eq!((e.mirrored(), e.handed(), e.flows_on(1)), (1, 0, 0));
+        // The same flow again is a repeat: nothing changes.
+        mirror(&mut e, t0, 1, vec![m(A, 7, 1)]);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(
+            events(&mut e),
+            [FrontEvent::Stale {
+                backend: 1,
+                kind: "mirror"
+            }]
+        );
+        // Another back-end, or another origin, cannot end it.
+        unmirror(&mut e, t0, 0, &[m(A, 7, 1)]);
+        unmirror(&mut e, t0, 1, &[m(B, 7, 1)]);
+        unmirror(&mut e, t0, 1, &[m(A, 7, 2)]);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(events(&mut e).len(), 3);
+        unmirror(&mut e, t0 + MS, 1, &[m(A, 7, 1)]);
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::MarkClosing {
+                id,
+                flow: key(1),
+                backend: 1
+            }]
+        );
+        assert_eq!(events(&mut e), [FrontEvent::Unmirrored { backend: 1 }]);
+        e.handle_timeout(t0 + 2001 * MS);
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::RemoveIfQuiet {
+                id,
+                flow: key(1),
+                quiet: 2000 * MS
+            }]
+        );
+        e.handle_removal(t0 + 2001 * MS, id, Quiet::Removed);
+        assert_eq!(e.flows(), 0);
+        // A late repeat of the Unmirror finds nothing.
+        unmirror(&mut e, t0, 1, &[m(A, 7, 1)]);
+        assert_eq!(actions(&mut e), []);
+    }
+
+    #[test]
+    fn a_channel_listing_keeps_what_it_names_and_ends_the_rest() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        mirror(&mut e, t0, 0, vec![m(A, 1, 1), m(B, 1, 2)]);
+        actions(&mut e);
+        let (kept, _, _) = mirror_holder(&e, 1).expect("held");
+        let (gone, _, _) = mirror_holder(&e, 2).expect("held");
+        e.handle_channel_down(t0, 0);
+        assert_eq!(
+            actions(&mut e),
+            [
+                FrontAction::MarkClosing {
+                    id: kept,
+                    flow: key(1),
+                    backend: 0
+                },
+                FrontAction::MarkClosing {
+                    id: gone,
+                    flow: key(2),
+                    backend: 0
+                }
+            ]
+        );
+        // Mirroring only at the start of a channel.
+        e.handle_frame(
+            t0,
+            1,
+            ToFront::Mirroring {
+                flows: vec![m(A, 9, 9)],
+                done: true,
+            },
+        );
+        assert_eq!(e.holder(&key(9)), None);
+        e.handle_channel_up(0);
+        events(&mut e);
+        listing(&mut e, t0 + 10 * MS, 0, vec![m(A, 1, 1)]);
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Resteer {
+                id: kept,
+                flow: key(1),
+                backend: 0
+            }]
+        );
+        assert_eq!(events(&mut e), [FrontEvent::Unmirrored { backend: 0 }]);
+        e.handle_timeout(t0 + 2010 * MS);
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::RemoveIfQuiet {
+                id: gone,
+                flow: key(2),
+                quiet: 2000 * MS
+            }]
+        );
+        // The orphan deadline of the old channel finds nothing to remove.
+        e.handle_removal(t0 + 2010 * MS, gone, Quiet::Removed);
+        e.handle_timeout(t0 + 31_000 * MS);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(e.mirrored(), 1);
+    }
+
+    #[test]
+    fn mirrored_flows_of_a_channel_that_stays_down_go_at_the_orphan_timeout() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        mirror(&mut e, t0, 0, vec![m(A, 1, 1)]);
+        e.handle_channel_down(t0, 0);
+        actions(&mut e);
+        events(&mut e);
+        e.handle_timeout(t0 + 30_000 * MS);
+        assert_eq!(actions(&mut e), [FrontAction::Remove { flow: key(1) }]);
+        assert_eq!(
+            events(&mut e),
+            [
+                FrontEvent::Unmirrored { backend: 0 },
+                FrontEvent::Removed {
+                    cause: RemoveCause::Orphaned
+                }
+            ]
+        );
+        assert_eq!(e.flows(), 0);
+    }
+
+    #[test]
+    fn an_own_flow_being_served_keeps_its_tuple_and_a_waiting_mirror_takes_it_at_the_close() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let own = offer(&mut e, t0, 5, 0);
+        // Mirrored while the own handoff is offered, then live: it waits.
+        mirror(&mut e, t0, 1, vec![m(A, 3, 5)]);
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Live {
+                id: own,
+                restore_us: 1,
+            },
+        );
+        mirror(&mut e, t0, 1, vec![m(B, 4, 5)]);
+        let a = actions(&mut e);
+        assert!(
+            a.iter().all(|a| !matches!(a, FrontAction::Steer { .. })),
+            "{a:?}"
+        );
+        assert_eq!(e.live_on(&key(5)), Some((own, 0)));
+        assert_eq!(e.mirrored(), 2);
+        // The own flow closes: the newest waiting mirror takes the entry at
+        // once; the own record goes (its entry is the mirror's now).
+        e.handle_frame(
+            t0 + MS,
+            0,
+            ToFront::Closed {
+                id: own,
+                flow: key(5),
+            },
+        );
+        let (id, backend, origin) = mirror_holder(&e, 5).expect("held");
+        assert_eq!((backend, origin), (1, Some((B, 4))));
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Steer {
+                id,
+                flow: key(5),
+                backend: 1
+            }]
+        );
+        // Its end hands the entry to the other one still served.
+        unmirror(&mut e, t0 + 2 * MS, 1, &[m(B, 4, 5)]);
+        let (id2, _, origin) = mirror_holder(&e, 5).expect("held");
+        assert_eq!(origin, Some((A, 3)));
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Steer {
+                id: id2,
+                flow: key(5),
+                backend: 1
+            }]
+        );
+        // Nothing is left behind by the grace of anything.
+        e.handle_timeout(t0 + 10_000 * MS);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(e.flows(), 1);
+    }
+
+    #[test]
+    fn a_mirror_replaces_a_closing_entry_and_a_new_connection_drops_every_record() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let own = offer(&mut e, t0, 5, 0);
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Live {
+                id: own,
+                restore_us: 1,
+            },
+        );
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Closed {
+                id: own,
+                flow: key(5),
+            },
+        );
+        actions(&mut e);
+        // The client's next connection on the tuple went to another front.
+        mirror(&mut e, t0 + MS, 1, vec![m(A, 3, 5)]);
+        let (id, _, _) = mirror_holder(&e, 5).expect("held");
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Steer {
+                id,
+                flow: key(5),
+                backend: 1
+            }]
+        );
+        // The own flow's grace is gone with it.
+        e.handle_timeout(t0 + 2500 * MS);
+        assert_eq!(actions(&mut e), []);
+        // A new connection reaches this front on the tuple (its entry was
+        // removed): the mirror is forgotten, its late Unmirror is stale.
+        e.handle_removal(t0, id, Quiet::Removed);
+        let new = offer(&mut e, t0 + 3000 * MS, 5, 0);
+        assert_eq!(e.mirrored(), 0);
+        unmirror(&mut e, t0 + 3001 * MS, 1, &[m(A, 3, 5)]);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(
+            e.holder(&key(5)),
+            Some(Holder::Own {
+                id: new,
+                backend: 0
+            })
+        );
+    }
+
+    #[test]
+    fn the_newest_mirror_takes_the_tuple_a_listing_does_not_and_stale_ends_touch_nothing() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        mirror(&mut e, t0, 0, vec![m(A, 1, 5)]);
+        let (old, _, _) = mirror_holder(&e, 5).expect("held");
+        // A newer connection on the tuple, mirrored by another back-end,
+        // reported before the old one's end.
+        mirror(&mut e, t0, 1, vec![m(B, 2, 5)]);
+        let (new, backend, _) = mirror_holder(&e, 5).expect("held");
+        assert_eq!(backend, 1);
+        actions(&mut e);
+        // The old one's end: it was waiting, it just goes.
+        unmirror(&mut e, t0 + MS, 0, &[m(A, 1, 5)]);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(mirror_holder(&e, 5).map(|h| h.0), Some(new));
+        assert!(!e.flows.contains_key(&old));
+        // A repeat of it, or of anything about the old identity, is stale.
+        unmirror(&mut e, t0 + MS, 0, &[m(A, 1, 5)]);
+        mirror(&mut e, t0 + MS, 1, vec![m(B, 2, 5)]);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(mirror_holder(&e, 5).map(|h| h.0), Some(new));
+        // A channel's listing of an older connection waits behind the holder.
+        e.handle_channel_down(t0, 0);
+        e.handle_channel_up(0);
+        listing(&mut e, t0 + 2 * MS, 0, vec![m(A, 9, 5)]);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(mirror_holder(&e, 5).map(|h| h.0), Some(new));
+        assert_eq!(e.mirrored(), 2);
+    }
+
+    #[test]
+    fn a_failed_own_handoff_drops_the_mirrors_waiting_on_its_tuple() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        let own = offer(&mut e, t0, 5, 0);
+        mirror(&mut e, t0, 1, vec![m(A, 3, 5)]);
+        e.handle_frame(
+            t0,
+            0,
+            ToFront::Refused {
+                id: own,
+                reason: "in use".into(),
+                backend_fault: false,
+            },
+        );
+        let a = actions(&mut e);
+        assert!(matches!(&a[..], [FrontAction::GiveBack { .. }]), "{a:?}");
+        assert_eq!(e.flows(), 0);
+    }
+
+    #[test]
+    fn a_restarted_front_adopts_mirrored_entries_and_its_back_end_names_them() {
+        let t0 = Instant::now();
+        let mut e = FrontEngine::new(timers(), 2, 100, t0);
+        let pinned = MIRROR_ID_BIT | 55;
+        assert!(e.adopt(t0, key(1), pinned, 1, Entry::Forwarding));
+        assert!(e.adopt(t0, key(2), MIRROR_ID_BIT | 56, 1, Entry::Forwarding));
+        assert!(!e.adopt(t0, key(3), MIRROR_ID_BIT | 57, 1, Entry::Parked));
+        assert_eq!(
+            actions(&mut e),
+            [
+                FrontAction::MarkClosing {
+                    id: pinned,
+                    flow: key(1),
+                    backend: 1
+                },
+                FrontAction::MarkClosing {
+                    id: MIRROR_ID_BIT | 56,
+                    flow: key(2),
+                    backend: 1
+                }
+            ]
+        );
+        assert_eq!(mirror_holder(&e, 1), Some((pinned, 1, None)));
+        // New ids never take an adopted one's.
+        assert!(!is_mirror_id(e.start(key(4), 0)));
+        actions(&mut e);
+        e.handle_channel_up(1);
+        // The back-end lists the first by its 4-tuple; the second is over.
+        listing(&mut e, t0 + MS, 1, vec![m(A, 77, 1)]);
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Resteer {
+                id: pinned,
+                flow: key(1),
+                backend: 1
+            }]
+        );
+        assert_eq!(mirror_holder(&e, 1), Some((pinned, 1, Some((A, 77)))));
+        assert_eq!(
+            events(&mut e)
+                .iter()
+                .filter(|e| matches!(e, FrontEvent::Mirrored { origin: A, .. }))
+                .count(),
+            1
+        );
+        // From now on its identity is known: its Unmirror ends it.
+        unmirror(&mut e, t0 + 2 * MS, 1, &[m(A, 77, 1)]);
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::MarkClosing {
+                id: pinned,
+                flow: key(1),
+                backend: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn the_idle_sweep_leaves_live_mirrors_alone() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        mirror(&mut e, t0, 0, vec![m(A, 1, 1), m(A, 2, 2)]);
+        unmirror(&mut e, t0, 0, &[m(A, 2, 2)]);
+        actions(&mut e);
+        e.handle_idle(&[key(1), key(2)]);
+        assert_eq!(actions(&mut e), [FrontAction::Remove { flow: key(2) }]);
+        assert_eq!(e.mirrored(), 1);
+    }
+
+    #[test]
+    fn a_hint_travels_in_the_handoff_and_an_oversized_one_is_dropped() {
+        let t0 = Instant::now();
+        let mut e = engine(t0);
+        for (hint, sent) in [
+            (
+                Bytes::from_static(b"/img/a.png"),
+                Bytes::from_static(b"/img/a.png"),
+            ),
+            (Bytes::from(vec![1; MAX_HINT + 1]), Bytes::new()),
+        ] {
+            let id = e.start_with_hint(key(1), 0, hint);
+            e.handle_parked(id, Ok(()));
+            actions(&mut e);
+            e.handle_dumped(t0, id, Ok(Dump::default()));
+            let a = actions(&mut e);
+            assert!(
+                matches!(&a[..], [FrontAction::Send { frame: ToBack::Handoff(h), .. }] if h.hint == sent),
+                "{a:?}"
+            );
+        }
+        // Ids of mirrored flows are not handoff ids.
+        mirror(&mut e, t0, 0, vec![m(A, MIRROR_ID_BIT | 1, 9)]);
+        assert_eq!(e.holder(&key(9)), None);
     }
 }
