@@ -16,18 +16,33 @@
 //! a frame about another identity never acts on it.
 //!
 //! One 4-tuple has one forwarder entry, so one record *holds* it and the
-//! others on that 4-tuple wait (they are kept, without an entry, until
-//! they end or the holder does):
+//! others on that 4-tuple wait (kept, without an entry, until they end or
+//! the holder does). A client has one connection per 4-tuple at a time, so
+//! two records on one 4-tuple mean one of them ended and the front has not
+//! heard yet; which one is newer cannot be told from the reports (they
+//! come on different channels, with no common clock). The rule: **the
+//! holder keeps the 4-tuple as long as the front believes it served**
+//! (own: parking, offered, live, orphaned or inherited; mirrored: live or
+//! orphaned), and a report about another connection on it (`Mirror` or a
+//! listing) waits; **a closing holder gives way at once** (as to a new
+//! SYN); **when the holder ends, the first waiting record takes the
+//! entry at once** (live ones before orphaned ones).
 //!
-//! | the 4-tuple is held by                  | a `Mirror` for another connection on it |
-//! |-----------------------------------------|-----------------------------------------|
-//! | nothing                                 | takes it                                |
-//! | an own flow being handed off, live or orphaned | waits (what the front itself saw is newer) |
-//! | an own or mirrored flow that is closing | takes it (as a new SYN does)            |
-//! | a mirrored flow still served            | takes it (the newest report wins); a `Mirroring` listing waits instead (a snapshot, maybe older) |
+//! | the 4-tuple is held by                    | a `Mirror` for another connection on it |
+//! |-------------------------------------------|-----------------------------------------|
+//! | nothing                                   | takes it                                |
+//! | an own or mirrored flow that is closing   | takes it                                |
+//! | an own flow not closing                   | waits                                   |
+//! | a mirrored flow live or orphaned          | waits                                   |
 //!
-//! When the holder closes or goes while another still-served record
-//! waits, that one takes the entry at once (the newest first); when an
+//! So a late report about an older connection (its channel lagging) never
+//! moves the entry of a newer connection the front believes served, and a
+//! newer connection whose report overtook the older one's end waits at
+//! most until that end arrives (which its back-end sent before the newer
+//! connection existed). A closing entry only protects the tail of a
+//! connection that ended (its last ACKs): it gives way even to a late
+//! report about an older connection, whose own end follows on the same
+//! channel. When an
 //! own handoff fails (given back or reset), the records waiting on its
 //! 4-tuple are dropped: they are older than the connection the front just
 //! accepted. A new connection on the 4-tuple (`start`) drops every record
@@ -282,8 +297,12 @@ pub enum Quiet {
 /// Who holds a 4-tuple's forwarder entry, for tests and introspection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Holder {
-    /// This front's handoff `id` to `backend`.
-    Own { id: u64, backend: BackendId },
+    /// This front's handoff `id` to `backend` (`closing`: reported closed).
+    Own {
+        id: u64,
+        backend: BackendId,
+        closing: bool,
+    },
     /// Mirrored flow `id` (this front's id for it): a connection another
     /// front handed to `backend`. `origin` is that front and its handoff
     /// id; unknown for a flow adopted from the pinned table until its
@@ -506,6 +525,7 @@ impl FrontEngine {
             Kind::Own => Holder::Own {
                 id,
                 backend: f.backend,
+                closing: matches!(f.phase, Phase::Closing { .. }),
             },
             Kind::Mirror { origin } => Holder::Mirror {
                 id,
@@ -744,7 +764,7 @@ impl FrontEngine {
             ToFront::Holding { ids, done } => self.on_holding(now, backend, ids, done),
             ToFront::Mirror { flows } => {
                 for m in flows {
-                    self.on_mirror(backend, m, false);
+                    self.on_mirror(backend, m);
                 }
             }
             ToFront::Unmirror { flows } => {
@@ -1005,9 +1025,9 @@ impl FrontEngine {
         }
     }
 
-    /// A flow another front handed to `backend` is live there. `listed`: it
-    /// comes from the channel's opening listing, not as news.
-    fn on_mirror(&mut self, backend: BackendId, m: MirrorFlow, listed: bool) {
+    /// A flow another front handed to `backend` is live there (news, or
+    /// the channel's opening listing).
+    fn on_mirror(&mut self, backend: BackendId, m: MirrorFlow) {
         if backend >= self.peers.len() || is_mirror_id(m.id) {
             // Fronts never give a handoff such an id.
             return self.stale(backend, "mirror");
@@ -1081,11 +1101,7 @@ impl FrontEngine {
         });
         let takes = match self.by_key.get(&m.flow).and_then(|h| self.flows.get(h)) {
             None => true,
-            Some(h) => match (h.kind, h.phase) {
-                (_, Phase::Closing { .. }) => true,
-                (Kind::Own, _) => false,
-                (Kind::Mirror { .. }, _) => !listed,
-            },
+            Some(h) => matches!(h.phase, Phase::Closing { .. }),
         };
         if takes {
             self.take(m.flow, id);
@@ -1122,7 +1138,7 @@ impl FrontEngine {
             return self.stale(backend, "mirroring");
         }
         for m in flows {
-            self.on_mirror(backend, m, true);
+            self.on_mirror(backend, m);
         }
         if !done {
             return;
@@ -1163,6 +1179,14 @@ impl FrontEngine {
             let Some(f) = self.flows.get(&id).copied() else {
                 continue;
             };
+            if matches!(f.phase, Phase::Inherited { .. }) {
+                // Whether the back-end took it is still unknown: as when its
+                // `Holding` does not list it (the connection it was handing
+                // off is newer than whatever waits on its 4-tuple).
+                self.events.push_back(FrontEvent::Lost { id, backend });
+                self.reset(id);
+                continue;
+            }
             match (f.kind, f.phase) {
                 (Kind::Own, Phase::Orphaned { .. }) => {
                     self.events.push_back(FrontEvent::Closed { id, backend });
@@ -1180,12 +1204,7 @@ impl FrontEngine {
             self.events.push_back(FrontEvent::Removed {
                 cause: RemoveCause::Orphaned,
             });
-            if matches!(f.phase, Phase::Inherited { .. }) {
-                // The connection it was handing off is newer than them.
-                self.drop_waiting(f.key);
-            } else {
-                self.promote(f.key);
-            }
+            self.promote(f.key);
         }
     }
 
@@ -1242,8 +1261,8 @@ impl FrontEngine {
         self.arm(due, Timer::Grace(id));
     }
 
-    /// Mirrored flow `id` takes `flow`'s entry from whoever holds it: a
-    /// closing holder goes, a mirrored one still served waits.
+    /// Mirrored flow `id` takes `flow`'s entry (free, or held by a closing
+    /// flow, which goes; a mirrored one still served would wait).
     fn take(&mut self, flow: FlowKey, id: u64) {
         if let Some(old) = self.by_key.get(&flow).copied() {
             let served = self.flows.get(&old).is_some_and(Flow::mirror_served);
@@ -1266,8 +1285,8 @@ impl FrontEngine {
         }
     }
 
-    /// Nothing holds `flow` any more: the newest mirrored flow waiting for
-    /// it takes its entry.
+    /// Nothing holds `flow` any more: the first mirrored flow that waited
+    /// for it (a live one before an orphaned one) takes its entry.
     fn promote(&mut self, flow: FlowKey) {
         if self.by_key.contains_key(&flow) {
             return;
@@ -1276,14 +1295,15 @@ impl FrontEngine {
             return;
         };
         ids.retain(|id| self.flows.get(id).is_some_and(Flow::mirror_served));
-        let Some(newest) = ids.iter().copied().max() else {
+        let live = |id: &u64| self.flows.get(id).is_some_and(|f| f.phase == Phase::Live);
+        let Some(first) = ids.iter().copied().find(live).or(ids.first().copied()) else {
             return;
         };
-        ids.retain(|id| *id != newest);
+        ids.retain(|id| *id != first);
         if !ids.is_empty() {
             self.waiting.insert(flow, ids);
         }
-        self.take(flow, newest);
+        self.take(flow, first);
     }
 
     /// Before the point of no return (nothing dumped, or the dump undone).
@@ -1899,11 +1919,11 @@ mod tests {
         std::iter::from_fn(|| e.poll_event()).collect()
     }
 
-    /// The mirrored flow holding `port`'s entry: (its id, back-end, origin).
-    fn mirror_holder(
-        e: &FrontEngine,
-        port: u16,
-    ) -> Option<(u64, BackendId, Option<(IpAddr, u64)>)> {
+    /// A mirrored flow holding an entry: its id, back-end and origin.
+    type Held = (u64, BackendId, Option<(IpAddr, u64)>);
+
+    /// The mirrored flow holding `port`'s entry.
+    fn mirror_holder(e: &FrontEngine, port: u16) -> Option<Held> {
         match e.holder(&key(port))? {
             Holder::Mirror {
                 id,
@@ -2084,7 +2104,7 @@ mod tests {
                 restore_us: 1,
             },
         );
-        mirror(&mut e, t0, 1, vec![m(B, 4, 5)]);
+        mirror(&mut e, t0 + MS, 1, vec![m(B, 4, 5)]);
         let a = actions(&mut e);
         assert!(
             a.iter().all(|a| !matches!(a, FrontAction::Steer { .. })),
@@ -2092,7 +2112,7 @@ mod tests {
         );
         assert_eq!(e.live_on(&key(5)), Some((own, 0)));
         assert_eq!(e.mirrored(), 2);
-        // The own flow closes: the newest waiting mirror takes the entry at
+        // The own flow closes: the first waiting mirror takes the entry at
         // once; the own record goes (its entry is the mirror's now).
         e.handle_frame(
             t0 + MS,
@@ -2103,7 +2123,7 @@ mod tests {
             },
         );
         let (id, backend, origin) = mirror_holder(&e, 5).expect("held");
-        assert_eq!((backend, origin), (1, Some((B, 4))));
+        assert_eq!((backend, origin), (1, Some((A, 3))));
         assert_eq!(
             actions(&mut e),
             [FrontAction::Steer {
@@ -2113,9 +2133,9 @@ mod tests {
             }]
         );
         // Its end hands the entry to the other one still served.
-        unmirror(&mut e, t0 + 2 * MS, 1, &[m(B, 4, 5)]);
+        unmirror(&mut e, t0 + 2 * MS, 1, &[m(A, 3, 5)]);
         let (id2, _, origin) = mirror_holder(&e, 5).expect("held");
-        assert_eq!(origin, Some((A, 3)));
+        assert_eq!(origin, Some((B, 4)));
         assert_eq!(
             actions(&mut e),
             [FrontAction::Steer {
@@ -2177,40 +2197,56 @@ mod tests {
             e.holder(&key(5)),
             Some(Holder::Own {
                 id: new,
-                backend: 0
+                backend: 0,
+                closing: false
             })
         );
     }
 
     #[test]
-    fn the_newest_mirror_takes_the_tuple_a_listing_does_not_and_stale_ends_touch_nothing() {
+    fn the_holder_keeps_the_tuple_until_it_ends_and_stale_reports_touch_nothing() {
         let t0 = Instant::now();
         let mut e = engine(t0);
         mirror(&mut e, t0, 0, vec![m(A, 1, 5)]);
         let (old, _, _) = mirror_holder(&e, 5).expect("held");
-        // A newer connection on the tuple, mirrored by another back-end,
-        // reported before the old one's end.
+        actions(&mut e);
+        // Another connection on the tuple, mirrored by another back-end:
+        // whichever is newer, the holder keeps its entry until it ends.
         mirror(&mut e, t0, 1, vec![m(B, 2, 5)]);
+        assert_eq!(actions(&mut e), []);
+        assert_eq!(mirror_holder(&e, 5).map(|h| h.0), Some(old));
+        // The holder's end: the waiting one takes the entry at once.
+        unmirror(&mut e, t0 + MS, 0, &[m(A, 1, 5)]);
         let (new, backend, _) = mirror_holder(&e, 5).expect("held");
         assert_eq!(backend, 1);
-        actions(&mut e);
-        // The old one's end: it was waiting, it just goes.
-        unmirror(&mut e, t0 + MS, 0, &[m(A, 1, 5)]);
-        assert_eq!(actions(&mut e), []);
-        assert_eq!(mirror_holder(&e, 5).map(|h| h.0), Some(new));
+        assert_eq!(
+            actions(&mut e),
+            [FrontAction::Steer {
+                id: new,
+                flow: key(5),
+                backend: 1
+            }]
+        );
         assert!(!e.flows.contains_key(&old));
-        // A repeat of it, or of anything about the old identity, is stale.
+        // A repeat of anything about the old identity, or of the new one, is
+        // stale.
         unmirror(&mut e, t0 + MS, 0, &[m(A, 1, 5)]);
         mirror(&mut e, t0 + MS, 1, vec![m(B, 2, 5)]);
         assert_eq!(actions(&mut e), []);
         assert_eq!(mirror_holder(&e, 5).map(|h| h.0), Some(new));
-        // A channel's listing of an older connection waits behind the holder.
+        // A late report of an older connection on it (a lagging channel),
+        // or a listing naming one, waits behind the holder.
+        mirror(&mut e, t0 + 2 * MS, 0, vec![m(A, 0, 5)]);
         e.handle_channel_down(t0, 0);
         e.handle_channel_up(0);
-        listing(&mut e, t0 + 2 * MS, 0, vec![m(A, 9, 5)]);
+        listing(&mut e, t0 + 2 * MS, 0, vec![m(A, 0, 5), m(A, 9, 5)]);
         assert_eq!(actions(&mut e), []);
         assert_eq!(mirror_holder(&e, 5).map(|h| h.0), Some(new));
-        assert_eq!(e.mirrored(), 2);
+        assert_eq!(e.mirrored(), 3);
+        // Orphaned, the holder keeps it too.
+        e.handle_channel_down(t0, 1);
+        mirror(&mut e, t0 + 3 * MS, 0, vec![m(A, 10, 5)]);
+        assert_eq!(mirror_holder(&e, 5).map(|h| h.0), Some(new));
     }
 
     #[test]
