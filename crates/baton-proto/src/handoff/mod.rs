@@ -63,7 +63,8 @@
 //! start of every channel); the front engine keeps them as mirrored flows
 //! beside its own and steers them the same way, so any front the routers
 //! send a client's packets to knows where its connection lives. The
-//! rules for two records on one 4-tuple are in the `front` module's doc;
+//! rules for two records on one 4-tuple are in `docs/handoff.md` (and the
+//! head of `src/handoff/front.rs`);
 //! `docs/fronts.md` says why the back-ends, not the fronts, share them.
 //!
 //! A back-end that reads `Abort` in the same batch as its `Handoff` never
