@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use baton_cache::{CachingProxy, ObjectCache, ProxyLimits};
 use baton_proto::frame::{Frame, Handoff, LoadReport};
 use baton_proto::handoff::{BackAction, BackEngine, BackEvent, ChannelId, Refusal};
-use baton_proto::{Incoming, Link};
+use baton_proto::{Incoming, Link, ToFront};
 use baton_serve::StaticFiles;
 use baton_sys::repair;
 use serde::Serialize;
@@ -64,6 +64,9 @@ pub struct BackCounters {
     /// keys, which this side receives with) and this side's.
     pub tls_key_updates_rx: Counter,
     pub tls_key_updates_tx: Counter,
+    /// `Mirror`, `Unmirror` and `Mirroring` frames written: what other
+    /// fronts were told of each front's connections.
+    pub mirror_frames: Counter,
 }
 
 /// What the back-end serves.
@@ -406,6 +409,9 @@ pub struct BackStats {
     /// TLS 1.3 key updates in sessions that ended: received, and sent.
     pub tls_key_updates_rx: u64,
     pub tls_key_updates_tx: u64,
+    /// `Mirror`, `Unmirror` and `Mirroring` frames written (every front
+    /// hears of every connection served here).
+    pub mirror_frames: u64,
     /// How TLS sessions are continued: "userspace" (the record layer in
     /// this process). Kernel TLS is probed at start; see `tls_kernel`.
     pub tls_record_layer: &'static str,
@@ -573,6 +579,7 @@ impl Back {
             tls_sessions: c.tls_sessions.get(),
             tls_key_updates_rx: c.tls_key_updates_rx.get(),
             tls_key_updates_tx: c.tls_key_updates_tx.get(),
+            mirror_frames: c.mirror_frames.get(),
             tls_record_layer: "userspace",
             tls_kernel: match &self.kernel_tls {
                 Ok(()) => "available".into(),
@@ -677,8 +684,11 @@ impl Back {
             outbox: std::sync::Mutex::default(),
         });
         self.lock_channels().insert(id, Arc::clone(&chan));
-        let front = peer.ip();
-        // First thing on the channel: which of this front's handoffs we hold.
+        // Fronts are told apart by address (IPv4 seen through a dual-stack
+        // socket is the same front as IPv4).
+        let front = peer.ip().to_canonical();
+        // First thing on the channel: which of this front's handoffs we hold,
+        // then which connections of other fronts.
         let flush = self.drive(|e, _| e.handle_channel_up(id, front));
         self.apply(flush).await;
         let live = self.live_cfg();
@@ -767,9 +777,9 @@ impl Back {
             }
         }
         if !handoff.is_empty() {
-            let flush = self.drive(|e, _| {
+            let flush = self.drive(|e, now| {
                 for f in handoff {
-                    e.handle_frame(id, f);
+                    e.handle_frame(now, id, f);
                 }
             });
             // The connections just restored answer their clients first (their
@@ -807,11 +817,20 @@ impl Back {
                     }
                     let mut e = self.lock_engine();
                     if let Some(front) = front {
-                        e.handle_restored(channel, front, handoff.id, handoff.flow, result);
+                        let now = Instant::now();
+                        e.handle_restored(now, channel, front, handoff.id, handoff.flow, result);
                     }
                     queue.extend(std::iter::from_fn(|| e.poll_action()));
                 }
                 BackAction::Send { channel, frame } => {
+                    if matches!(
+                        frame,
+                        ToFront::Mirror { .. }
+                            | ToFront::Unmirror { .. }
+                            | ToFront::Mirroring { .. }
+                    ) {
+                        self.counters.mirror_frames.inc();
+                    }
                     if let Some(c) = self.lock_channels().get(&channel) {
                         c.outbox
                             .lock()
@@ -1088,6 +1107,12 @@ impl prometheus_client::collector::Collector for Metrics {
             "TLS 1.3 key updates in ended sessions, by direction",
             "direction",
             &[("rx", s.tls_key_updates_rx), ("tx", s.tls_key_updates_tx)],
+        )?;
+        counter(
+            e,
+            "baton_back_mirror_frames",
+            "Mirror, Unmirror and Mirroring frames written to the fronts",
+            s.mirror_frames,
         )?;
         counters_by(
             e,

@@ -28,8 +28,8 @@ use baton_bpf::{ForwardTarget, Forwarder, Owner, ParkedRing, VipGuard};
 use baton_policy::{BackendView, Policy, Request};
 use baton_proto::frame::Frame;
 use baton_proto::handoff::{
-    BackendId, Dump, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent, FrontTimers,
-    ParkFailure, Quiet, RemoveCause,
+    is_mirror_id, BackendId, Dump, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent,
+    FrontTimers, ParkFailure, Quiet, RemoveCause,
 };
 use baton_proto::http::{error_response, parse_request_head, HeadLimits, RequestHead};
 use baton_proto::FlowKey;
@@ -402,6 +402,8 @@ struct FrontCounters {
     stale_frames: Counter,
     /// Flows taken over from the pinned flow table at start.
     flows_adopted: Counter,
+    /// Flows other fronts handed off, as their back-ends told this one.
+    mirror: MirrorCounters,
     relayed: Counter,
     relay_fallbacks: Counter,
     relay_failures: Counter,
@@ -415,6 +417,22 @@ struct FrontCounters {
     tls_plain_http: Counter,
     tls_misdirected: Counter,
     tls_handoffs: Counter,
+}
+
+/// What this front heard of other fronts' flows (`Mirror`, `Unmirror`,
+/// `Mirroring`; see `baton_proto::handoff`'s mirrored flows).
+#[derive(Debug, Default)]
+struct MirrorCounters {
+    /// Frames read.
+    frames_in: Counter,
+    /// Flows learnt (`FrontEvent::Mirrored`).
+    mirrored: Counter,
+    /// Flows that ended (`FrontEvent::Unmirrored`).
+    unmirrored: Counter,
+    /// Entries about a flow that did not match what this front knows.
+    stale: Counter,
+    /// Forwarding entries written for them.
+    steered: Counter,
 }
 
 /// The shared state of one front-end.
@@ -955,7 +973,15 @@ impl Front {
             return;
         };
         let outcome = self
-            .handoff(fd, key, bi, &buf, bytes::Bytes::new(), t_head)
+            .handoff(
+                fd,
+                key,
+                bi,
+                &buf,
+                bytes::Bytes::new(),
+                bytes::Bytes::new(),
+                t_head,
+            )
             .await;
         let Some((status, relay_to)) = self.settle(fd, &key, bi, outcome) else {
             drop(stream);
@@ -1171,7 +1197,15 @@ impl Front {
         };
         let fd = io.as_fd();
         let outcome = self
-            .handoff(fd, key, bi, &req.ciphertext, blob, t_head)
+            .handoff(
+                fd,
+                key,
+                bi,
+                &req.ciphertext,
+                blob,
+                bytes::Bytes::new(),
+                t_head,
+            )
             .await;
         if matches!(outcome, Outcome::Live) {
             self.counters.tls_handoffs.inc();
@@ -1421,6 +1455,10 @@ impl Front {
 
     /// Hands the connection off: the engine decides, this carries it out.
     /// Returns what became of the client's socket.
+    /// `hint` travels in the `Handoff` and reaches the other fronts
+    /// ([`FrontEvent::Mirrored`]); empty for now (the policy's target
+    /// assignment goes there).
+    #[allow(clippy::too_many_arguments)]
     async fn handoff(
         self: &Arc<Self>,
         fd: std::os::fd::BorrowedFd<'_>,
@@ -1428,6 +1466,7 @@ impl Front {
         bi: usize,
         already_read: &[u8],
         tls: bytes::Bytes,
+        hint: bytes::Bytes,
         t0: Instant,
     ) -> Outcome {
         let Some(kit) = self.kit.as_ref() else {
@@ -1443,7 +1482,9 @@ impl Front {
             tls,
             tx: Some(tx),
         };
-        let fx = self.drive(kit, Some(local), |e, _| Feed::Start(e.start(key, bi)));
+        let fx = self.drive(kit, Some(local), |e, _| {
+            Feed::Start(e.start_with_hint(key, bi, hint))
+        });
         self.lat_send.record_us(t0.elapsed().as_micros() as u64);
         self.apply(fx).await;
         // The engine hands out an outcome by the answer deadline at the
@@ -1600,7 +1641,11 @@ impl Front {
                 }
                 Feed::Nothing
             }
-            FrontAction::Resteer { id, flow, backend } => {
+            FrontAction::Resteer { id, flow, backend }
+            | FrontAction::Steer { id, flow, backend } => {
+                if is_mirror_id(id) {
+                    self.counters.mirror.steered.inc();
+                }
                 if let Some(t) = self.target(kit, backend) {
                     let owner = self.owner(backend, id);
                     if let Err(e) = kit.lock_forwarder().forward(&flow, &t, owner) {
@@ -1742,13 +1787,30 @@ impl Front {
                 RemoveCause::Idle => self.counters.entries_removed_idle.inc(),
                 RemoveCause::Orphaned => self.counters.entries_removed_orphaned.inc(),
             },
+            FrontEvent::Mirrored { backend, hint, .. } => {
+                self.counters.mirror.mirrored.inc();
+                self.learn_hint(backend, &hint);
+            }
+            FrontEvent::Unmirrored { .. } => self.counters.mirror.unmirrored.inc(),
             FrontEvent::Stale { backend, kind } => {
+                if matches!(kind, "mirror" | "unmirror" | "mirroring") {
+                    self.counters.mirror.stale.inc();
+                }
                 self.counters.stale_frames.inc();
                 debug!(
                     backend,
                     kind, "frame about a handoff this front no longer tracks"
                 );
             }
+        }
+    }
+
+    /// What another front's policy put in the hint of a connection it handed
+    /// to `backend` (opaque here). The hook for sharing the policy's
+    /// assignments across fronts; nothing uses it yet.
+    fn learn_hint(&self, backend: BackendId, hint: &bytes::Bytes) {
+        if !hint.is_empty() {
+            debug!(backend, hint_len = hint.len(), "hint of a mirrored flow");
         }
     }
 
@@ -1821,7 +1883,7 @@ impl Front {
             .enumerate()
             .filter_map(|(i, b)| b.control.map(|a| (*a.ip(), i)))
             .collect();
-        let (mut adopted, mut unknown, mut refused) = (0u64, 0u64, 0u64);
+        let (mut adopted, mut unknown, mut refused, mut mirrored) = (0u64, 0u64, 0u64, 0u64);
         let fx = self.drive(kit, None, |e, now| {
             for (key, entry) in &entries {
                 let Some(&backend) = by_ip.get(&entry.owner.backend) else {
@@ -1837,6 +1899,8 @@ impl Front {
                 };
                 if e.adopt(now, *key, entry.owner.id, backend, kind) {
                     adopted += 1;
+                    // Another front's flow this one steered (the id says so).
+                    mirrored += u64::from(is_mirror_id(entry.owner.id));
                 } else {
                     refused += 1;
                 }
@@ -1847,6 +1911,7 @@ impl Front {
         self.counters.flows_adopted.add(adopted);
         info!(
             adopted,
+            mirrored,
             unknown_backend = unknown,
             duplicates = refused,
             "adopted the flows of the previous front process"
@@ -2576,6 +2641,16 @@ impl Front {
         let Some(kit) = self.kit.as_ref() else {
             return;
         };
+        let mirrors = frames
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f,
+                    ToFront::Mirror { .. } | ToFront::Unmirror { .. } | ToFront::Mirroring { .. }
+                )
+            })
+            .count();
+        self.counters.mirror.frames_in.add(mirrors as u64);
         let fx = self.drive(kit, None, |e, now| {
             for f in frames {
                 e.handle_frame(now, i, f);
@@ -2664,9 +2739,9 @@ impl Front {
         });
         // One lock at a time: guards taken inside the struct literal below
         // would all live until its end (and the flows lock is not reentrant).
-        let (flows_tracked, flows_parked) = {
+        let (flows_tracked, flows_parked, flows_mirrored) = {
             let e = self.lock_engine();
-            (e.flows(), e.parked())
+            (e.flows(), e.parked(), e.mirrored())
         };
         let (kept_frames, parked_malformed) = self.kit.as_ref().map_or((0, 0), |k| {
             let store = k.lock_parked();
@@ -2717,6 +2792,14 @@ impl Front {
             handoffs_reset: c.handoffs_reset.get(),
             stale_frames: c.stale_frames.get(),
             flows_adopted: c.flows_adopted.get(),
+            mirror: MirrorStats {
+                flows: flows_mirrored,
+                mirrored: c.mirror.mirrored.get(),
+                unmirrored: c.mirror.unmirrored.get(),
+                frames_in: c.mirror.frames_in.get(),
+                stale: c.mirror.stale.get(),
+                steered: c.mirror.steered.get(),
+            },
             reloads_ok: reloads.0,
             reloads_failed: reloads.1,
             last_reload_ok_unix: reloads.2,
@@ -2931,6 +3014,8 @@ pub struct FrontStats {
     /// Flows a previous front process handed off, adopted from the pinned
     /// flow table at start.
     pub flows_adopted: u64,
+    /// Flows other fronts handed off (every front steers every flow).
+    pub mirror: MirrorStats,
     /// Configuration reloads that took effect, and those refused.
     pub reloads_ok: u64,
     pub reloads_failed: u64,
@@ -2973,6 +3058,26 @@ pub struct FrontStats {
     pub bpf_program_id: Option<u32>,
     pub latency_us: Latency,
     pub backends: Vec<BackendStats>,
+}
+
+/// What the back-ends told this front of other fronts' flows (`/stats`
+/// `mirror`).
+#[derive(Debug, Serialize)]
+pub struct MirrorStats {
+    /// Mirrored flows tracked now (with an entry or waiting for one).
+    pub flows: usize,
+    /// Mirrored flows learnt (`Mirror`, or a listing after a channel or
+    /// this front started).
+    pub mirrored: u64,
+    /// Mirrored flows that ended (`Unmirror`, or left out of a listing).
+    pub unmirrored: u64,
+    /// `Mirror`, `Unmirror` and `Mirroring` frames read.
+    pub frames_in: u64,
+    /// Entries of those frames about flows that did not match (repeats,
+    /// or already ended): ignored. Also counted in `stale_frames`.
+    pub stale: u64,
+    /// Forwarding entries written (or written again) for mirrored flows.
+    pub steered: u64,
 }
 
 /// Handoff latency, front side.
@@ -3425,6 +3530,30 @@ impl prometheus_client::collector::Collector for Metrics {
             "baton_front_flows_adopted",
             "Flows adopted from the pinned flow table at start (a restart or upgrade)",
             s.flows_adopted,
+        )?;
+        gauge(
+            e,
+            "baton_front_mirrored_flows",
+            "Flows other fronts handed off that this front tracks now",
+            as_gauge(s.mirror.flows),
+        )?;
+        counters_by(
+            e,
+            "baton_front_mirror_flows",
+            "Flows other fronts handed off, by what this front heard",
+            "event",
+            &[
+                ("mirrored", s.mirror.mirrored),
+                ("unmirrored", s.mirror.unmirrored),
+                ("stale", s.mirror.stale),
+                ("steered", s.mirror.steered),
+            ],
+        )?;
+        counter(
+            e,
+            "baton_front_mirror_frames",
+            "Mirror, Unmirror and Mirroring frames read",
+            s.mirror.frames_in,
         )?;
         gauge(
             e,

@@ -905,7 +905,7 @@ mod tests {
             concat!(
                 "00000023",
                 "80",
-                "0003",
+                "0004",
                 "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a",
             )
         );
@@ -914,9 +914,9 @@ mod tests {
             concat!(
                 "00000043",
                 "81",
-                "0003",
+                "0004",
                 "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
-                "6f8940568503e0a60ed4d61fed368a8eb122f9fcb5fdbff726a12a6744f0334d",
+                "0fbfa6129e49aeb36fbfae378d94bf5ac9aaceba909fc4f9d54ba2a7dac3eff7",
             )
         );
         assert_eq!(
@@ -924,21 +924,21 @@ mod tests {
             concat!(
                 "00000021",
                 "82",
-                "60eb58e169248e812f04da0d507d7cf83e5a2b5fc7e021c3ac3bd5750b10152c"
+                "c033fed490a9460892906176cbd52701482776280ec7a45524fe1e47463705d7"
             )
         );
         assert_eq!(
             hex::encode(&ping),
             concat!(
                 "00000019",
-                "70c6b4f0e31e2a395dc97ee8de0f35c51eb31d45358a15a354"
+                "e7e23f16bbd91520e2c7fd56bfc1b6bd913619ad620417de02"
             )
         );
         assert_eq!(
             hex::encode(&pong),
             concat!(
                 "00000019",
-                "7be927af4b15bc87d7e5a8050f64d735927cd42eb2bb24d09a"
+                "23060c3f4a25eec52f0738a54aff07157a27e5a0c801eb5c80"
             )
         );
         assert_eq!(
@@ -1102,20 +1102,20 @@ mod tests {
         let Ok(BackStep::Reject { reply, error }) = back.handle(&mut hello) else {
             panic!("expected a rejection");
         };
-        assert_eq!(error, AuthError::VersionMismatch { ours: 3, theirs: 9 });
+        assert_eq!(error, AuthError::VersionMismatch { ours: 4, theirs: 9 });
         assert_eq!(
             error.to_string(),
-            "protocol version mismatch: this side speaks version 3, the peer speaks version 9"
+            "protocol version mismatch: this side speaks version 4, the peer speaks version 9"
         );
         // The reply carries the back's version where any front reads it.
-        assert_eq!(&reply[4..7], &[TY_CHALLENGE, 0, 3]);
+        assert_eq!(&reply[4..7], &[TY_CHALLENGE, 0, 4]);
 
         let (mut front, _) = FrontHandshake::start(psk(KEY), eph(1));
         let mut challenge = BytesMut::new();
-        put_message(&mut challenge, &[&[TY_CHALLENGE], &4u16.to_be_bytes()]);
+        put_message(&mut challenge, &[&[TY_CHALLENGE], &5u16.to_be_bytes()]);
         assert_eq!(
             front.handle(&mut challenge).err(),
-            Some(AuthError::VersionMismatch { ours: 3, theirs: 4 })
+            Some(AuthError::VersionMismatch { ours: 4, theirs: 5 })
         );
     }
 
@@ -1131,14 +1131,14 @@ mod tests {
         else {
             panic!("expected a rejection");
         };
-        assert_eq!(error, AuthError::VersionMismatch { ours: 3, theirs: 2 });
+        assert_eq!(error, AuthError::VersionMismatch { ours: 4, theirs: 2 });
 
         let mut v2_reject = vec![0, 0, 0, 67, TY_CHALLENGE, 0, 2];
         v2_reject.extend_from_slice(&[0; 64]);
         let (mut front, _) = FrontHandshake::start(psk(KEY), eph(1));
         assert_eq!(
             front.handle(&mut BytesMut::from(&v2_reject[..])).err(),
-            Some(AuthError::VersionMismatch { ours: 3, theirs: 2 })
+            Some(AuthError::VersionMismatch { ours: 4, theirs: 2 })
         );
     }
 

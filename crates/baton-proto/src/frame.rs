@@ -19,7 +19,7 @@
 //!
 //! | type | frame      | direction | body                                   |
 //! |------|------------|-----------|----------------------------------------|
-//! | 1    | `Handoff`  | to back   | id u64, flow, state, data, sent, tls   |
+//! | 1    | `Handoff`  | to back   | id u64, flow, state, data, sent, tls, hint |
 //! | 2    | `Live`     | to front  | id u64, restore_us u32                 |
 //! | 3    | `Refused`  | to front  | id u64, backend_fault u8 (0/1), reason |
 //! | 5    | `Abort`    | to back   | id u64                                 |
@@ -29,24 +29,35 @@
 //! | 9    | `Pong`     | both      | nonce u64                              |
 //! | 10   | `Goodbye`  | both      | reason string                          |
 //! | 11   | `Holding`  | to front  | done u8 (0/1), count u32, count x u64  |
+//! | 12   | `Mirror`   | to front  | count u32, count x mirrored            |
+//! | 13   | `Unmirror` | to front  | count u32, count x (origin, id u64, flow) |
+//! | 14   | `Mirroring`| to front  | done u8 (0/1), count u32, count x mirrored |
 //!
 //! Type 4 was version 1's `Go`; it is not reused.
+//!
+//! `mirrored` is origin, id u64, flow, hint. `origin` is the origin front's
+//! address as 16 bytes (an IPv4 address as `::ffff:a.b.c.d`; decoded back
+//! to IPv4). `hint` is a `u16` length and at most [`MAX_HINT`] bytes.
 //!
 //! `flow` is client IPv4 (4), client port (2), VIP (4), VIP port (2).
 //! `state` is snd_seq u32, rcv_seq u32, mss u16, flags u8 (bit 0 window
 //! scaling, bit 1 timestamps, bit 2 SACK; other bits must be zero),
 //! snd_wscale u8, rcv_wscale u8, ts_val u32, then the five `u32` of
 //! [`RepairWindow`] in declaration order. `data`, `sent` and `tls` are
-//! byte blobs (see [`Handoff`]).
+//! byte blobs (see [`Handoff`]); `hint` is a `u16` length and at most
+//! [`MAX_HINT`] bytes.
 //!
 //! # Limits
 //!
 //! The decoder rejects a claimed length above [`FrameLimits::max_frame_len`]
 //! as soon as the four prefix bytes arrive, and reserves at most the claimed
-//! length while waiting for the rest. A decode error leaves the stream at an
-//! unknown position: the channel must be closed.
+//! length while waiting for the rest. A hint longer than [`MAX_HINT`], or a
+//! `Holding`, `Mirror`, `Unmirror` or `Mirroring` that claims more entries
+//! than one chunk ([`HOLDING_CHUNK`], [`MIRROR_CHUNK`]) or than its bytes
+//! hold, is refused before anything is reserved for it. A decode error
+//! leaves the stream at an unknown position: the channel must be closed.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
@@ -57,7 +68,7 @@ use crate::wire::{self, Reader, LEN_PREFIX};
 
 /// The version both ends announce in the handshake; bump it on any change to
 /// the wire format or to the meaning of a frame.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// A control-channel message.
 ///
@@ -100,10 +111,62 @@ pub enum Frame {
     /// the last. The front forgets the flows it thought lived there and
     /// that are not listed.
     Holding { ids: Vec<u64>, done: bool },
+    /// Back to every front but the origin: these connections, handed to
+    /// this back-end by another front, are live here (steer their packets
+    /// here if they reach you).
+    Mirror { flows: Vec<MirrorFlow> },
+    /// Back to every front told of them by `Mirror` or `Mirroring`: these
+    /// connections ended.
+    Unmirror { flows: Vec<MirrorRef> },
+    /// Back to front, on every channel right after `Holding`: every
+    /// connection this back-end serves for other fronts, in chunks; `done`
+    /// on the last. The front forgets the mirrored flows of this back-end
+    /// that are not listed.
+    Mirroring { flows: Vec<MirrorFlow>, done: bool },
 }
 
 /// The most ids one `Holding` frame carries (64 KiB of ids).
 pub const HOLDING_CHUNK: usize = 8192;
+
+/// The most flows one `Mirror`, `Unmirror` or `Mirroring` frame carries
+/// (at most 300 KiB with the longest hints; about 40 KiB without).
+pub const MIRROR_CHUNK: usize = 1024;
+
+/// The longest `hint` a `Handoff` (and so a `Mirror`) carries.
+pub const MAX_HINT: usize = 256;
+
+/// A connection a back-end serves for another front, as told to the other
+/// fronts (`Mirror`, `Mirroring`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorFlow {
+    /// The front that handed it off, as the back-end sees its channel.
+    pub origin: IpAddr,
+    /// The origin front's handoff id.
+    pub id: u64,
+    pub flow: FlowKey,
+    /// The `hint` of its `Handoff`, echoed (opaque to the back-end).
+    pub hint: Bytes,
+}
+
+impl MirrorFlow {
+    /// Its identity, as `Unmirror` names it.
+    pub fn as_ref(&self) -> MirrorRef {
+        MirrorRef {
+            origin: self.origin,
+            id: self.id,
+            flow: self.flow,
+        }
+    }
+}
+
+/// A mirrored connection's identity: the origin front, its handoff id
+/// there, and the 4-tuple (`Unmirror`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MirrorRef {
+    pub origin: IpAddr,
+    pub id: u64,
+    pub flow: FlowKey,
+}
 
 /// Handoff frames a front-end sends: the input of the back-end's
 /// [`BackEngine`](crate::handoff::BackEngine).
@@ -132,6 +195,16 @@ pub enum ToFront {
     },
     Holding {
         ids: Vec<u64>,
+        done: bool,
+    },
+    Mirror {
+        flows: Vec<MirrorFlow>,
+    },
+    Unmirror {
+        flows: Vec<MirrorRef>,
+    },
+    Mirroring {
+        flows: Vec<MirrorFlow>,
         done: bool,
     },
 }
@@ -185,6 +258,9 @@ impl From<ToFront> for Frame {
             },
             ToFront::Closed { id, flow } => Frame::Closed { id, flow },
             ToFront::Holding { ids, done } => Frame::Holding { ids, done },
+            ToFront::Mirror { flows } => Frame::Mirror { flows },
+            ToFront::Unmirror { flows } => Frame::Unmirror { flows },
+            ToFront::Mirroring { flows, done } => Frame::Mirroring { flows, done },
         }
     }
 }
@@ -216,6 +292,11 @@ impl Frame {
             }),
             Frame::Closed { id, flow } => Incoming::Handoff(ToFront::Closed { id, flow }),
             Frame::Holding { ids, done } => Incoming::Handoff(ToFront::Holding { ids, done }),
+            Frame::Mirror { flows } => Incoming::Handoff(ToFront::Mirror { flows }),
+            Frame::Unmirror { flows } => Incoming::Handoff(ToFront::Unmirror { flows }),
+            Frame::Mirroring { flows, done } => {
+                Incoming::Handoff(ToFront::Mirroring { flows, done })
+            }
             Frame::Load(l) => Incoming::Link(Link::Load(l)),
             Frame::Ping { nonce } => Incoming::Link(Link::Ping { nonce }),
             Frame::Pong { nonce } => Incoming::Link(Link::Pong { nonce }),
@@ -238,6 +319,9 @@ impl Frame {
             | Frame::Refused { .. }
             | Frame::Closed { .. }
             | Frame::Holding { .. }
+            | Frame::Mirror { .. }
+            | Frame::Unmirror { .. }
+            | Frame::Mirroring { .. }
             | Frame::Load(_)) => return Err(WrongDirection(other.kind())),
         })
     }
@@ -268,6 +352,11 @@ pub struct Handoff {
     /// with its keys, then the application data the front already
     /// decrypted); empty for plain HTTP.
     pub tls: Bytes,
+    /// Opaque to the back-end, at most [`MAX_HINT`] bytes: echoed to the
+    /// other fronts in `Mirror` and `Mirroring` (the front's policy puts
+    /// what the other fronts' policies should learn there, such as the
+    /// request's target). Empty by default.
+    pub hint: Bytes,
 }
 
 /// A back-end's periodic load report.
@@ -330,6 +419,12 @@ pub enum ProtoError {
     InvalidUtf8,
     #[error("unknown TCP option flags {0:#04x}")]
     InvalidFlags(u8),
+    #[error("{what}: {len} exceeds the limit of {max}")]
+    OverLimit {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error(
         "frame #{seq} failed authentication: tampered, truncated, replayed, reordered or injected"
     )]
@@ -351,9 +446,15 @@ mod ty {
     pub const PONG: u8 = 9;
     pub const GOODBYE: u8 = 10;
     pub const HOLDING: u8 = 11;
+    pub const MIRROR: u8 = 12;
+    pub const UNMIRROR: u8 = 13;
+    pub const MIRRORING: u8 = 14;
 }
 
 const FLOW_LEN: usize = 12;
+const ORIGIN_LEN: usize = 16;
+/// An `Unmirror` entry; a mirrored flow is this plus the hint.
+const MIRROR_REF_LEN: usize = ORIGIN_LEN + 8 + FLOW_LEN;
 const STATE_LEN: usize = 4 + 4 + 2 + 1 + 1 + 1 + 4 + 5 * 4;
 const FLAG_WSCALE: u8 = 1 << 0;
 const FLAG_TIMESTAMPS: u8 = 1 << 1;
@@ -374,6 +475,9 @@ impl Frame {
             Frame::Pong { .. } => "pong",
             Frame::Goodbye { .. } => "goodbye",
             Frame::Holding { .. } => "holding",
+            Frame::Mirror { .. } => "mirror",
+            Frame::Unmirror { .. } => "unmirror",
+            Frame::Mirroring { .. } => "mirroring",
         }
     }
 
@@ -389,7 +493,10 @@ impl Frame {
             | Frame::Ping { .. }
             | Frame::Pong { .. }
             | Frame::Goodbye { .. }
-            | Frame::Holding { .. } => None,
+            | Frame::Holding { .. }
+            | Frame::Mirror { .. }
+            | Frame::Unmirror { .. }
+            | Frame::Mirroring { .. } => None,
         }
     }
 
@@ -415,7 +522,13 @@ impl Frame {
         let string = |s: &str| 2 + truncated(s, limits.string_max()).len();
         1 + match self {
             Frame::Handoff(h) => {
-                8 + FLOW_LEN + STATE_LEN + 12 + h.data.len() + h.sent.len() + h.tls.len()
+                8 + FLOW_LEN
+                    + STATE_LEN
+                    + 12
+                    + h.data.len()
+                    + h.sent.len()
+                    + h.tls.len()
+                    + hint_len(&h.hint)
             }
             Frame::Live { .. } => 8 + 4,
             Frame::Abort { .. } => 8,
@@ -425,6 +538,9 @@ impl Frame {
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::Goodbye { reason } => string(reason),
             Frame::Holding { ids, .. } => 1 + 4 + 8 * ids.len(),
+            Frame::Mirror { flows } => 4 + mirrored_len(flows),
+            Frame::Unmirror { flows } => 4 + MIRROR_REF_LEN * flows.len(),
+            Frame::Mirroring { flows, .. } => 1 + 4 + mirrored_len(flows),
         }
     }
 }
@@ -464,6 +580,7 @@ fn encode_payload(frame: &Frame, limits: &FrameLimits, out: &mut BytesMut) {
                 out.put_u32(blob.len() as u32);
                 out.put_slice(blob);
             }
+            put_hint(out, &h.hint);
         }
         Frame::Live { id, restore_us } => {
             put_id(out, ty::LIVE, *id);
@@ -503,6 +620,65 @@ fn encode_payload(frame: &Frame, limits: &FrameLimits, out: &mut BytesMut) {
                 out.put_u64(*id);
             }
         }
+        Frame::Mirror { flows } => {
+            out.put_u8(ty::MIRROR);
+            put_mirrored(out, flows);
+        }
+        Frame::Unmirror { flows } => {
+            out.put_u8(ty::UNMIRROR);
+            out.put_u32(u32::try_from(flows.len()).unwrap_or(u32::MAX));
+            for m in flows {
+                put_mirror_ref(out, m.origin, m.id, &m.flow);
+            }
+        }
+        Frame::Mirroring { flows, done } => {
+            out.put_u8(ty::MIRRORING);
+            out.put_u8(u8::from(*done));
+            put_mirrored(out, flows);
+        }
+    }
+}
+
+/// The hint as encoded: longer ones are cut at [`MAX_HINT`] (the engines
+/// never make one; the cut keeps the frame decodable).
+fn hint_of(hint: &Bytes) -> &[u8] {
+    hint.get(..MAX_HINT).unwrap_or(hint)
+}
+
+fn hint_len(hint: &Bytes) -> usize {
+    2 + hint_of(hint).len()
+}
+
+fn mirrored_len(flows: &[MirrorFlow]) -> usize {
+    flows
+        .iter()
+        .map(|m| MIRROR_REF_LEN + hint_len(&m.hint))
+        .sum()
+}
+
+fn put_hint(out: &mut BytesMut, hint: &Bytes) {
+    let h = hint_of(hint);
+    // At most MAX_HINT, which fits u16.
+    out.put_u16(h.len() as u16);
+    out.put_slice(h);
+}
+
+fn put_mirror_ref(out: &mut BytesMut, origin: IpAddr, id: u64, flow: &FlowKey) {
+    let v6 = match origin {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    };
+    out.put_slice(&v6.octets());
+    out.put_u64(id);
+    put_flow(out, flow);
+}
+
+fn put_mirrored(out: &mut BytesMut, flows: &[MirrorFlow]) {
+    // Senders chunk by MIRROR_CHUNK; the frame limit bounds it too.
+    out.put_u32(u32::try_from(flows.len()).unwrap_or(u32::MAX));
+    for m in flows {
+        put_mirror_ref(out, m.origin, m.id, &m.flow);
+        put_hint(out, &m.hint);
     }
 }
 
@@ -578,6 +754,7 @@ pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Fra
             let data = blob("handoff data")?;
             let sent = blob("handoff send queue")?;
             let tls = blob("handoff TLS session")?;
+            let hint = read_hint(&mut r)?;
             Frame::Handoff(Handoff {
                 id,
                 flow,
@@ -585,6 +762,7 @@ pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Fra
                 data,
                 sent,
                 tls,
+                hint,
             })
         }
         ty::LIVE => Frame::Live {
@@ -637,6 +815,28 @@ pub(crate) fn decode_payload(payload: Bytes, limits: &FrameLimits) -> Result<Fra
             }
             Frame::Holding { ids, done }
         }
+        ty::MIRROR => Frame::Mirror {
+            flows: read_mirrored(&mut r)?,
+        },
+        ty::UNMIRROR => {
+            let count = read_count(&mut r, MIRROR_REF_LEN, "unmirror count")?;
+            let mut flows = Vec::with_capacity(count);
+            for _ in 0..count {
+                flows.push(read_mirror_ref(&mut r)?);
+            }
+            Frame::Unmirror { flows }
+        }
+        ty::MIRRORING => {
+            let done = match r.u8("mirroring done")? {
+                0 => false,
+                1 => true,
+                other => return Err(ProtoError::InvalidFlags(other)),
+            };
+            Frame::Mirroring {
+                flows: read_mirrored(&mut r)?,
+                done,
+            }
+        }
         other => return Err(ProtoError::UnknownType(other)),
     };
     r.finish()?;
@@ -652,6 +852,59 @@ fn read_flow(r: &mut Reader) -> Result<FlowKey, ProtoError> {
         client: SocketAddrV4::new(client_ip, client_port),
         vip: SocketAddrV4::new(vip, vip_port),
     })
+}
+
+fn read_hint(r: &mut Reader) -> Result<Bytes, ProtoError> {
+    let len = usize::from(r.u16("hint length")?);
+    if len > MAX_HINT {
+        return Err(ProtoError::OverLimit {
+            what: "hint bytes",
+            len,
+            max: MAX_HINT,
+        });
+    }
+    r.bytes(len, "hint")
+}
+
+/// A chunk's entry count, checked against [`MIRROR_CHUNK`] and against
+/// what the frame holds (at least `min_entry` bytes each) before anything
+/// is reserved: a claimed count cannot make us allocate.
+fn read_count(r: &mut Reader, min_entry: usize, what: &'static str) -> Result<usize, ProtoError> {
+    let count = usize::try_from(r.u32(what)?).unwrap_or(usize::MAX);
+    if count > MIRROR_CHUNK {
+        return Err(ProtoError::OverLimit {
+            what,
+            len: count,
+            max: MIRROR_CHUNK,
+        });
+    }
+    if count.saturating_mul(min_entry) > r.remaining() {
+        return Err(ProtoError::Truncated(what));
+    }
+    Ok(count)
+}
+
+fn read_mirror_ref(r: &mut Reader) -> Result<MirrorRef, ProtoError> {
+    let origin = Ipv6Addr::from(r.array::<16>("origin front")?).to_canonical();
+    let id = r.u64("origin handoff id")?;
+    let flow = read_flow(r)?;
+    Ok(MirrorRef { origin, id, flow })
+}
+
+fn read_mirrored(r: &mut Reader) -> Result<Vec<MirrorFlow>, ProtoError> {
+    let count = read_count(r, MIRROR_REF_LEN + 2, "mirror count")?;
+    let mut flows = Vec::with_capacity(count);
+    for _ in 0..count {
+        let MirrorRef { origin, id, flow } = read_mirror_ref(r)?;
+        let hint = read_hint(r)?;
+        flows.push(MirrorFlow {
+            origin,
+            id,
+            flow,
+            hint,
+        });
+    }
+    Ok(flows)
 }
 
 fn read_state(r: &mut Reader) -> Result<TcpState, ProtoError> {
@@ -736,7 +989,17 @@ mod tests {
             data: Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
             sent: Bytes::from_static(b"ticket"),
             tls: Bytes::from_static(b"session"),
+            hint: Bytes::from_static(b"/a"),
         })
+    }
+
+    fn mirrored(id: u64, hint: &'static [u8]) -> MirrorFlow {
+        MirrorFlow {
+            origin: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 102)),
+            id,
+            flow: flow(),
+            hint: Bytes::from_static(hint),
+        }
     }
 
     fn all_frames() -> Vec<Frame> {
@@ -772,6 +1035,28 @@ mod tests {
             Frame::Pong { nonce: 8 },
             Frame::Goodbye {
                 reason: String::new(),
+            },
+            Frame::Mirror {
+                flows: vec![mirrored(9, b"target"), mirrored(u64::MAX, b"")],
+            },
+            Frame::Mirror { flows: vec![] },
+            Frame::Unmirror {
+                flows: vec![
+                    mirrored(9, b"").as_ref(),
+                    MirrorRef {
+                        origin: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+                        id: 1,
+                        flow: flow(),
+                    },
+                ],
+            },
+            Frame::Mirroring {
+                flows: vec![mirrored(3, &[0xff; MAX_HINT])],
+                done: true,
+            },
+            Frame::Mirroring {
+                flows: vec![],
+                done: false,
             },
         ]
     }
@@ -828,11 +1113,23 @@ mod tests {
         let h = encode(&handoff());
         assert_eq!(
             h.len(),
-            4 + 1 + 8 + FLOW_LEN + STATE_LEN + (4 + 27) + (4 + 6) + (4 + 7)
+            4 + 1 + 8 + FLOW_LEN + STATE_LEN + (4 + 27) + (4 + 6) + (4 + 7) + (2 + 2)
         );
-        // The three blobs in order: data, send queue, TLS session.
-        assert_eq!(&h[h.len() - 11..], b"\0\0\0\x07session");
-        assert_eq!(&h[h.len() - 21..h.len() - 11], b"\0\0\0\x06ticket");
+        // The three blobs in order: data, send queue, TLS session; then the hint.
+        assert_eq!(&h[h.len() - 4..], b"\0\x02/a");
+        assert_eq!(&h[h.len() - 15..h.len() - 4], b"\0\0\0\x07session");
+        assert_eq!(&h[h.len() - 25..h.len() - 15], b"\0\0\0\x06ticket");
+        // A mirrored flow: origin as a v4-mapped IPv6 address, id, flow, hint.
+        let m = encode(&Frame::Mirror {
+            flows: vec![mirrored(0x0102, b"xy")],
+        });
+        let mut expected = vec![0, 0, 0, 45, 12, 0, 0, 0, 1];
+        expected.extend_from_slice(&[0; 10]);
+        expected.extend_from_slice(&[0xff, 0xff, 198, 18, 0, 102]);
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
+        expected.extend_from_slice(&[198, 18, 0, 10, 0x9c, 0x40, 198, 18, 0, 1, 0, 80]);
+        expected.extend_from_slice(&[0, 2, b'x', b'y']);
+        assert_eq!(&m[..], &expected[..]);
         // flags byte: window scaling and timestamps
         assert_eq!(h[4 + 1 + 8 + FLOW_LEN + 10], FLAG_WSCALE | FLAG_TIMESTAMPS);
     }
@@ -899,6 +1196,50 @@ mod tests {
                 "{bytes:?}"
             );
         }
+    }
+
+    #[test]
+    fn hints_and_mirror_counts_are_limited_on_decode() {
+        // A hint one byte over the limit (the encoder would cut it).
+        let mut buf = encode(&Frame::Mirror {
+            flows: vec![mirrored(1, &[7; MAX_HINT])],
+        });
+        let at = buf.len() - MAX_HINT - 2;
+        buf[at..at + 2].copy_from_slice(&((MAX_HINT + 1) as u16).to_be_bytes());
+        buf.extend_from_slice(&[7]);
+        let len = (buf.len() - 4) as u32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            decode(&mut buf),
+            Err(ProtoError::OverLimit {
+                what: "hint bytes",
+                len: MAX_HINT + 1,
+                max: MAX_HINT
+            })
+        );
+        // More entries than a chunk, or than the frame holds.
+        let mut buf = BytesMut::from(&[0, 0, 0, 5, 13, 0, 0, 4, 1][..]);
+        assert_eq!(
+            decode(&mut buf),
+            Err(ProtoError::OverLimit {
+                what: "unmirror count",
+                len: MIRROR_CHUNK + 1,
+                max: MIRROR_CHUNK
+            })
+        );
+        let mut buf = BytesMut::from(&[0, 0, 0, 6, 14, 1, 0, 0, 0, 2][..]);
+        assert_eq!(decode(&mut buf), Err(ProtoError::Truncated("mirror count")));
+        // The encoder cuts an over-long hint to one that decodes.
+        let long = Frame::Mirror {
+            flows: vec![MirrorFlow {
+                hint: Bytes::from(vec![1; MAX_HINT + 10]),
+                ..mirrored(1, b"")
+            }],
+        };
+        let Ok(Some(Frame::Mirror { flows })) = decode(&mut encode(&long)) else {
+            panic!("decodes");
+        };
+        assert_eq!(flows[0].hint.len(), MAX_HINT);
     }
 
     #[test]

@@ -91,8 +91,8 @@ pub use auth::{
 };
 pub use flow::FlowKey;
 pub use frame::{
-    Frame, FrameLimits, Handoff, Incoming, Link, LoadReport, ProtoError, ToBack, ToFront,
-    WrongDirection, PROTOCOL_VERSION,
+    Frame, FrameLimits, Handoff, Incoming, Link, LoadReport, MirrorFlow, MirrorRef, ProtoError,
+    ToBack, ToFront, WrongDirection, MAX_HINT, MIRROR_CHUNK, PROTOCOL_VERSION,
 };
 pub use http::{parse_request_head, HeadError, HeadLimits, RequestHead};
 pub use tcp::{RepairWindow, TcpState};

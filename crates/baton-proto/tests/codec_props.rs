@@ -1,12 +1,15 @@
 //! Property tests of the control-channel codec: round trips (unsealed and
 //! sealed) and "never panics" on arbitrary input.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use baton_proto::auth::{
     BackHandshake, BackStep, EphemeralKey, FrontHandshake, Opener, Psk, Sealer,
 };
-use baton_proto::{FlowKey, Frame, FrameLimits, Handoff, LoadReport, RepairWindow, TcpState};
+use baton_proto::{
+    FlowKey, Frame, FrameLimits, Handoff, LoadReport, MirrorFlow, MirrorRef, RepairWindow,
+    TcpState, MAX_HINT, MIRROR_CHUNK,
+};
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
@@ -60,26 +63,59 @@ fn reason() -> impl Strategy<Value = String> {
     })
 }
 
+/// A front's address as a back-end names it: IPv4, or IPv6 that is not
+/// an IPv4-mapped address (those decode as IPv4 by design).
+fn origin() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+        any::<u128>()
+            .prop_map(Ipv6Addr::from)
+            .prop_filter("not IPv4-mapped", |a| a.to_ipv4_mapped().is_none())
+            .prop_map(IpAddr::V6),
+    ]
+}
+
+fn hint() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..=MAX_HINT).prop_map(Bytes::from)
+}
+
+fn mirrored() -> impl Strategy<Value = MirrorFlow> {
+    (origin(), any::<u64>(), flow(), hint()).prop_map(|(origin, id, flow, hint)| MirrorFlow {
+        origin,
+        id,
+        flow,
+        hint,
+    })
+}
+
+fn mirror_ref() -> impl Strategy<Value = MirrorRef> {
+    (origin(), any::<u64>(), flow()).prop_map(|(origin, id, flow)| MirrorRef { origin, id, flow })
+}
+
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (
-            any::<u64>(),
-            flow(),
-            tcp_state(),
+            (any::<u64>(), flow(), tcp_state()),
             proptest::collection::vec(any::<u8>(), 0..2048),
             proptest::collection::vec(any::<u8>(), 0..512),
             proptest::collection::vec(any::<u8>(), 0..256),
+            hint(),
         )
-            .prop_map(
-                |(id, flow, state, data, sent, tls)| Frame::Handoff(Handoff {
+            .prop_map(|((id, flow, state), data, sent, tls, hint)| Frame::Handoff(
+                Handoff {
                     id,
                     flow,
                     state,
                     data: Bytes::from(data),
                     sent: Bytes::from(sent),
                     tls: Bytes::from(tls),
-                })
-            ),
+                    hint,
+                }
+            )),
+        proptest::collection::vec(mirrored(), 0..16).prop_map(|flows| Frame::Mirror { flows }),
+        proptest::collection::vec(mirror_ref(), 0..16).prop_map(|flows| Frame::Unmirror { flows }),
+        (proptest::collection::vec(mirrored(), 0..16), any::<bool>())
+            .prop_map(|(flows, done)| Frame::Mirroring { flows, done }),
         (any::<u64>(), any::<u32>()).prop_map(|(id, restore_us)| Frame::Live { id, restore_us }),
         (any::<u64>(), reason(), any::<bool>()).prop_map(|(id, reason, backend_fault)| {
             Frame::Refused {
@@ -189,7 +225,7 @@ proptest! {
     }
 
     #[test]
-    fn structured_garbage_never_panics(ty in 0u8..=12, body in proptest::collection::vec(any::<u8>(), 0..128)) {
+    fn structured_garbage_never_panics(ty in 0u8..=15, body in proptest::collection::vec(any::<u8>(), 0..128)) {
         // A valid length prefix and type byte get the body parser exercised.
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
@@ -197,6 +233,37 @@ proptest! {
         buf.extend_from_slice(&body);
         let result = Frame::decode(&mut buf, &FrameLimits::default());
         prop_assert!(!matches!(result, Ok(None)));
+    }
+
+    /// Mirror frames whose claimed count or hint lengths lie: an error,
+    /// never a panic or an allocation of the claimed size.
+    #[test]
+    fn lying_mirror_counts_and_hints_are_refused(
+        ty in 12u8..=14,
+        count in any::<u32>(),
+        hint_len in any::<u16>(),
+        tail in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut body = Vec::new();
+        if ty == 14 {
+            body.push(1);
+        }
+        body.extend_from_slice(&count.to_be_bytes());
+        body.extend_from_slice(&[0; 36]);
+        body.extend_from_slice(&hint_len.to_be_bytes());
+        body.extend_from_slice(&tail);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
+        buf.extend_from_slice(&[ty]);
+        buf.extend_from_slice(&body);
+        match Frame::decode(&mut buf, &FrameLimits::default()) {
+            Ok(Some(Frame::Mirror { flows } | Frame::Mirroring { flows, .. })) => {
+                prop_assert!(flows.len() <= 1 && flows.iter().all(|m| m.hint.len() <= MAX_HINT));
+            }
+            Ok(Some(Frame::Unmirror { flows })) => prop_assert!(flows.len() <= MIRROR_CHUNK),
+            Ok(other) => prop_assert!(false, "{other:?}"),
+            Err(_) => {}
+        }
     }
 
     #[test]

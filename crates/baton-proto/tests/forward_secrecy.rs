@@ -58,6 +58,7 @@ fn handoff() -> Frame {
         sent: Bytes::new(),
         // Where a TLS session's keys travel.
         tls: Bytes::from_static(SECRET),
+        hint: Bytes::new(),
     })
 }
 

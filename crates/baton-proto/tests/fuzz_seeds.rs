@@ -3,11 +3,13 @@
 //! changes. Regenerate with
 //! `cargo test -p baton-proto --test fuzz_seeds -- --ignored`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use baton_proto::auth::{EphemeralKey, FrontHandshake, Psk};
-use baton_proto::{FlowKey, Frame, FrameLimits, Handoff, LoadReport, RepairWindow, TcpState};
+use baton_proto::{
+    FlowKey, Frame, FrameLimits, Handoff, LoadReport, MirrorFlow, RepairWindow, TcpState,
+};
 use bytes::{Bytes, BytesMut};
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -54,7 +56,14 @@ fn frame_seeds() -> Seeds {
         data: Bytes::from_static(b"GET /index.html HTTP/1.1\r\nHost: baton.test\r\n\r\n"),
         sent: Bytes::new(),
         tls: Bytes::new(),
+        hint: Bytes::from_static(b"/index.html"),
     });
+    let mirrored = MirrorFlow {
+        origin: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 102)),
+        id: 0x1234_5678,
+        flow,
+        hint: Bytes::from_static(b"/index.html"),
+    };
     let (_, hello) = FrontHandshake::start(
         Psk::new([7u8; 32]).expect("long enough"),
         EphemeralKey::from_bytes([1; 32]),
@@ -102,6 +111,30 @@ fn frame_seeds() -> Seeds {
             encode(&[Frame::Goodbye {
                 reason: "draining".into(),
             }]),
+        ),
+        (
+            "mirror_unmirror",
+            encode(&[
+                Frame::Mirror {
+                    flows: vec![mirrored.clone()],
+                },
+                Frame::Unmirror {
+                    flows: vec![mirrored.as_ref()],
+                },
+            ]),
+        ),
+        (
+            "mirroring",
+            encode(&[
+                Frame::Holding {
+                    ids: vec![],
+                    done: true,
+                },
+                Frame::Mirroring {
+                    flows: vec![mirrored],
+                    done: true,
+                },
+            ]),
         ),
         ("hello", hello),
     ]

@@ -56,6 +56,17 @@
 //! | the front process dies or is replaced after `Live`  | the back-end's answer: the pinned entry keeps forwarding; the next front adopts it ([`FrontEngine::adopt`]) and reconciles it with `Holding` |
 //! | the front process dies between `Handoff` and `Live` | the back-end's answer if it took the handoff (the next front forwards once `Holding` lists it); else a reset |
 //!
+//! # Several fronts
+//!
+//! The back-end tells every front but the origin about each connection it
+//! serves (`Mirror` once live, `Unmirror` once ended, `Mirroring` at the
+//! start of every channel); the front engine keeps them as mirrored flows
+//! beside its own and steers them the same way, so any front the routers
+//! send a client's packets to knows where its connection lives. The
+//! rules for two records on one 4-tuple are in `docs/handoff.md` (and the
+//! head of `src/handoff/front.rs`);
+//! `docs/fronts.md` says why the back-ends, not the fronts, share them.
+//!
 //! A back-end that reads `Abort` in the same batch as its `Handoff` never
 //! restores it; one that already went live resets that connection. Every
 //! frame about a handoff names its id; ids are unique per front process,
@@ -67,6 +78,6 @@ mod front;
 
 pub use back::{BackAction, BackEngine, BackEvent, ChannelId, Refusal};
 pub use front::{
-    BackendId, Dump, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent, FrontTimers,
-    ParkFailure, Quiet, RemoveCause, Timer,
+    is_mirror_id, BackendId, Dump, DumpFailure, Entry, FrontAction, FrontEngine, FrontEvent,
+    FrontTimers, Holder, ParkFailure, Quiet, RemoveCause, Timer, MIRROR_ID_BIT,
 };
