@@ -30,6 +30,8 @@ pub struct LabOptions {
     pub backend_groups: Vec<String>,
     /// HTTPS on the VIP too (`--tls`).
     pub tls: bool,
+    /// How many fronts (`--fronts`; 1: today's topology).
+    pub fronts: usize,
 }
 
 impl Default for LabOptions {
@@ -42,6 +44,7 @@ impl Default for LabOptions {
             origin: None,
             backend_groups: Vec::new(),
             tls: false,
+            fronts: 1,
         }
     }
 }
@@ -67,6 +70,8 @@ impl Lab {
             name,
             "--backends",
             &opts.backends.to_string(),
+            "--fronts",
+            &opts.fronts.to_string(),
         ]);
         if let Some(d) = &opts.docroot {
             cmd.arg("--docroot").arg(d);
