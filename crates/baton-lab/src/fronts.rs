@@ -294,25 +294,23 @@ pub(crate) fn ecmp_argv(
 }
 
 /// The fronts in the router's group for the VIP now (by K), from `ip -j
-/// nexthop show id GROUP` in `router_ns`; empty when there is no group.
+/// nexthop show` in `router_ns`; empty when there is no group (no front
+/// announces). All next hops are listed, not `id N`: asking for a missing
+/// id is an error whose wording differs between kernels.
 pub fn group_members(router_ns: &str) -> Result<Vec<usize>, LabError> {
-    let group = ECMP_GROUP.to_string();
-    let out = match cmd::ip_run(&["-j", "-n", router_ns, "nexthop", "show", "id", &group]) {
-        Ok(out) => out,
-        // No such group: no front announces.
-        Err(LabError::Command { stderr, .. }) if stderr.contains("does not exist") => {
-            return Ok(Vec::new())
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(parse_group(&out))
+    let out = cmd::ip_run(&["-j", "-n", router_ns, "nexthop", "show"])?;
+    Ok(parse_group(&out, ECMP_GROUP))
 }
 
-/// The member ids of `ip -j nexthop show id N`'s output.
-pub(crate) fn parse_group(json: &str) -> Vec<usize> {
+/// The member ids of group `id` in `ip -j nexthop show`'s output.
+pub(crate) fn parse_group(json: &str, id: u32) -> Vec<usize> {
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
     let mut ids: Vec<usize> = v
-        .get(0)
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|n| n.get("id").and_then(serde_json::Value::as_u64) == Some(u64::from(id)))
+        })
         .and_then(|g| g.get("group"))
         .and_then(|g| g.as_array())
         .map(|members| {
@@ -384,10 +382,14 @@ mod tests {
 
     #[test]
     fn group_members_are_read_from_ip_json() {
-        let j = r#"[{"id":1000,"group":[{"id":3},{"id":1}],"type":"resilient","resilient_args":{"buckets":64,"idle_timer":40,"unbalanced_timer":0,"unbalanced_time":0},"flags":[]}]"#;
-        assert_eq!(parse_group(j), vec![1, 3]);
-        assert_eq!(parse_group("[]"), Vec::<usize>::new());
-        assert_eq!(parse_group("junk"), Vec::<usize>::new());
+        let j = r#"[{"id":1,"gateway":"198.18.0.101","dev":"eth0","scope":"link","flags":[]},
+            {"id":3,"gateway":"198.18.0.103","dev":"eth0","scope":"link","flags":[]},
+            {"id":1000,"group":[{"id":3},{"id":1}],"type":"resilient","resilient_args":{"buckets":64,"idle_timer":40,"unbalanced_timer":0,"unbalanced_time":0},"flags":[]}]"#;
+        assert_eq!(parse_group(j, 1000), vec![1, 3]);
+        assert_eq!(parse_group(j, 999), Vec::<usize>::new());
+        assert_eq!(parse_group("[]", 1000), Vec::<usize>::new());
+        assert_eq!(parse_group("", 1000), Vec::<usize>::new());
+        assert_eq!(parse_group("junk", 1000), Vec::<usize>::new());
     }
 
     #[test]
