@@ -189,9 +189,11 @@ pub async fn run(s: Settings, stop: impl std::future::Future<Output = ()>) -> Re
     crate::bird::check_protocol_name(&s.protocol)?;
     let bird = Bird::new(&s.bird_socket, BIRD_TIMEOUT);
     let mut decide = Announcer::new(s.rise);
-    // What BIRD was last told successfully; `None`: tell it again.
+    // What BIRD last confirmed, when, and whether the last attempt failed
+    // (then it is tried again every interval).
     let mut told: Option<Want> = None;
     let mut last_told = tokio::time::Instant::now();
+    let mut failing = false;
     let mut tick = tokio::time::interval(s.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -222,32 +224,32 @@ pub async fn run(s: Settings, stop: impl std::future::Future<Output = ()>) -> Re
                     "announcing: /serving answered 200 {} times in a row", s.rise
                 ),
             }
-            told = None;
         }
         let Some(want) = decide.want() else {
             continue;
         };
-        if told == Some(want) && last_told.elapsed() < s.reassert {
+        let reassert = told == Some(want);
+        if reassert && !failing && last_told.elapsed() < s.reassert {
             continue;
         }
-        let reasserting = told == Some(want);
         match tell(&bird, &s.protocol, want).await {
             Ok(changed) => {
-                if reasserting && changed {
-                    // BIRD had lost the state: it restarted, or someone
-                    // changed it by hand.
+                if reassert && changed {
+                    // BIRD had lost the state: it restarted (its config
+                    // starts the protocol disabled), or someone changed it.
                     warn!(protocol = %s.protocol, ?want, "BIRD had the other state (restarted?): set again");
-                } else if !reasserting {
+                } else if !reassert {
                     info!(protocol = %s.protocol, ?want, changed, "BIRD told");
                 }
                 told = Some(want);
                 last_told = tokio::time::Instant::now();
+                failing = false;
             }
             Err(e) => {
-                if told.is_some() || !reasserting {
-                    warn!(error = %e, ?want, "cannot tell BIRD; retrying every interval");
+                if !failing {
+                    warn!(error = %e, ?want, "cannot tell BIRD; trying again every interval");
                 }
-                told = None;
+                failing = true;
             }
         }
     }
