@@ -2651,7 +2651,7 @@ impl Front {
             let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
             match self.route_of(b) {
                 Route::Handoff => st.up && st.mac.is_some() && !st.draining,
-                Route::Relay(_) => !st.paused_until.is_some_and(|t| t > Instant::now()),
+                Route::Relay(_) => st.paused_until.is_none_or(|t| t <= Instant::now()),
                 Route::Unusable => false,
             }
         });
