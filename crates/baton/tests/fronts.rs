@@ -265,6 +265,25 @@ fn three_fronts_share_the_vip_and_leave_the_group_when_drained_or_killed() {
 #[test]
 fn a_stopping_front_is_withdrawn_before_it_stops_accepting() {
     let lab = up_fronts(2);
+    // The VIP is on lo behind the router: the host check accepts it there.
+    let config = config_of(&lab, "front2");
+    let out = lab
+        .run(
+            "front2",
+            &[
+                baton().to_str().expect("utf-8 path"),
+                "check",
+                "--host",
+                config.to_str().expect("utf-8 path"),
+            ],
+        )
+        .expect("baton check --host");
+    let (ok, text) = outcome(&out);
+    assert!(ok, "baton check --host on front2: {text}");
+    assert!(
+        text.contains("is a local address (on any interface"),
+        "{text}"
+    );
     let old = pid_of(&lab, "front2");
     let name = lab.name.clone();
     let restart = std::thread::spawn(move || {
