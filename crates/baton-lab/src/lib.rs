@@ -469,6 +469,17 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
             spec.backends
         )));
     }
+    if spec.fronts == 0 || spec.fronts > MAX_FRONTS {
+        return Err(LabError::InvalidSpec(format!(
+            "front count {} is outside 1..={MAX_FRONTS}",
+            spec.fronts
+        )));
+    }
+    if spec.fronts > 1 {
+        // Before anything is made: BIRD is every front's and the router's speaker.
+        fronts::bird()?;
+        fronts::birdc()?;
+    }
     let baton_bin = fs::canonicalize(&spec.baton_bin)
         .ok()
         .filter(|p| p.is_file())

@@ -346,3 +346,41 @@ fn finish_fronts(lab: Lab) {
     drop(lab);
     assert_gone(&name, &labdir);
 }
+
+/// A lab with several fronts whose fronts cannot start: `up` fails with
+/// the reason and removes what it made (namespaces, BIRD speakers, pins,
+/// the lab directory); a front count out of range is refused at once.
+#[test]
+fn a_failing_up_with_several_fronts_leaves_nothing() {
+    require_root();
+    let name = lab_name();
+    let out = Command::new(baton())
+        .args(["lab", "up", "--name", &name, "--fronts", "2"])
+        .args(["--front-extra", "policy = \"no-such-policy\""])
+        .output()
+        .expect("running baton lab up");
+    let (ok, text) = outcome(&out);
+    assert!(!ok, "{text}");
+    assert!(text.contains("front"), "{text}");
+    let labdir = baton_lab::lab_dir(&name);
+    assert_gone(&name, &labdir);
+    let out = Command::new("pgrep")
+        .args(["-af", &format!("{}/", labdir.display())])
+        .output()
+        .expect("pgrep");
+    let procs = String::from_utf8_lossy(&out.stdout);
+    assert!(procs.trim().is_empty(), "left after a failed up:\n{procs}");
+    assert!(
+        !baton_lab::pin_dir(&name).exists(),
+        "pins left after a failed up"
+    );
+    for n in ["0", "17"] {
+        let out = Command::new(baton())
+            .args(["lab", "up", "--name", &name, "--fronts", n])
+            .output()
+            .expect("running baton lab up");
+        let (ok, text) = outcome(&out);
+        assert!(!ok && text.contains("front count"), "--fronts {n}: {text}");
+        assert_gone(&name, &labdir);
+    }
+}
