@@ -150,7 +150,8 @@ impl Lab {
         &self.info.docroot
     }
 
-    /// The front's `/stats` (with several fronts, front1's).
+    /// The front's `/stats` (with several fronts, front1's: see
+    /// [`Lab::fronts`] and [`Lab::stats_of`] for the others).
     pub fn front_stats(&self) -> Result<serde_json::Value> {
         self.stats_of("front")
     }
@@ -217,20 +218,22 @@ impl Lab {
         Ok(baton_lab::fronts::group_members(self.netns("router")?)?)
     }
 
-    /// Forgets the front's latency samples.
+    /// Forgets every front's latency samples.
     pub fn reset_latency(&self) -> Result<()> {
-        let out = self.run(
-            "front",
-            &[
-                "curl",
-                "-sf",
-                "-X",
-                "POST",
-                "http://127.0.0.1:9100/stats/reset-latency",
-            ],
-        )?;
-        if !out.status.success() {
-            bail!("resetting latency failed");
+        for front in self.fronts() {
+            let out = self.run(
+                &front,
+                &[
+                    "curl",
+                    "-sf",
+                    "-X",
+                    "POST",
+                    "http://127.0.0.1:9100/stats/reset-latency",
+                ],
+            )?;
+            if !out.status.success() {
+                bail!("resetting {front}'s latency failed");
+            }
         }
         Ok(())
     }

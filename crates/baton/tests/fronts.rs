@@ -325,26 +325,7 @@ fn a_stopping_front_is_withdrawn_before_it_stops_accepting() {
     );
     assert_eq!(group(&lab), all(2), "restart returns once front2 is back");
     assert_curl_200(&lab, "front2 restarted");
-    finish_fronts(lab);
-}
-
-/// Ends a test: each front's forwarding entries drain, `down` removes all.
-fn finish_fronts(lab: Lab) {
-    for f in lab.fronts() {
-        let t = Instant::now();
-        loop {
-            let s = lab.stats_of(&f).expect("/stats");
-            if s["forwarding_entries"] == 0 && s["flows_tracked"] == 0 {
-                break;
-            }
-            assert!(t.elapsed() < DRAIN_DEADLINE, "{f} did not drain: {s:#}");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-    let name = lab.name.clone();
-    let labdir = lab.info.labdir.clone();
-    drop(lab);
-    assert_gone(&name, &labdir);
+    finish(lab);
 }
 
 /// A lab with several fronts whose fronts cannot start: `up` fails with
