@@ -302,7 +302,12 @@ pub fn group_members(router_ns: &str) -> Result<Vec<usize>, LabError> {
     Ok(parse_group(&out, ECMP_GROUP))
 }
 
-/// The member ids of group `id` in `ip -j nexthop show`'s output.
+/// Front K's second next hop in the router's group (`baton lab ecmp-sync`
+/// lists each front twice, so that the kernel hashes even when one front
+/// is left: see `baton_tools::ecmp`).
+pub const TWIN_OFFSET: usize = 100;
+
+/// The fronts (by K, each once) in group `id` in `ip -j nexthop show`'s output.
 pub(crate) fn parse_group(json: &str, id: u32) -> Vec<usize> {
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
     let mut ids: Vec<usize> = v
@@ -318,10 +323,18 @@ pub(crate) fn parse_group(json: &str, id: u32) -> Vec<usize> {
                 .iter()
                 .filter_map(|m| m.get("id").and_then(serde_json::Value::as_u64))
                 .filter_map(|id| usize::try_from(id).ok())
+                .map(|id| {
+                    if id > TWIN_OFFSET {
+                        id - TWIN_OFFSET
+                    } else {
+                        id
+                    }
+                })
                 .collect()
         })
         .unwrap_or_default();
     ids.sort_unstable();
+    ids.dedup();
     ids
 }
 
@@ -384,7 +397,7 @@ mod tests {
     fn group_members_are_read_from_ip_json() {
         let j = r#"[{"id":1,"gateway":"198.18.0.101","dev":"eth0","scope":"link","flags":[]},
             {"id":3,"gateway":"198.18.0.103","dev":"eth0","scope":"link","flags":[]},
-            {"id":1000,"group":[{"id":3},{"id":1}],"type":"resilient","resilient_args":{"buckets":64,"idle_timer":40,"unbalanced_timer":0,"unbalanced_time":0},"flags":[]}]"#;
+            {"id":1000,"group":[{"id":3},{"id":103},{"id":1},{"id":101}],"type":"resilient","resilient_args":{"buckets":64,"idle_timer":40,"unbalanced_timer":0,"unbalanced_time":0},"flags":[]}]"#;
         assert_eq!(parse_group(j, 1000), vec![1, 3]);
         assert_eq!(parse_group(j, 999), Vec::<usize>::new());
         assert_eq!(parse_group("[]", 1000), Vec::<usize>::new());

@@ -12,6 +12,15 @@
 //! returns, instead of an ICMP error that would abort the connections
 //! being opened.
 //!
+//! Each front is in the group twice, as next hops K and
+//! [`TWIN_OFFSET`]+K (the same gateway): the kernel hashes a flow onto the
+//! buckets only when the group has more than one next hop, and a bucket it
+//! does not hash onto never counts as busy. With one front left as one
+//! next hop, every bucket would look idle, and the front that comes back
+//! would take half of the live flows at once; twins keep the hashing, and
+//! the idle timer, working with a single front. A front's twins come and
+//! go together, so they share its load equally and leave together.
+//!
 //! [`next_hops`] and [`plan`] are pure (BIRD's reply in, next hops out;
 //! the set before and after in, `ip` commands out); [`run`] is the loop.
 
@@ -26,6 +35,9 @@ use baton_daemon::bird::{Bird, BirdError, Reply};
 
 /// `8001 Network not found`: no route to the prefix at all.
 const NETWORK_NOT_FOUND: u16 = 8001;
+
+/// Front K's second next hop in the group has id `TWIN_OFFSET + K`.
+pub const TWIN_OFFSET: usize = baton_lab::fronts::TWIN_OFFSET;
 
 /// The next hops BIRD lists for exactly `prefix` in a `show route PREFIX`
 /// reply: the `via ADDRESS` of every route to it (one per front that
@@ -89,22 +101,25 @@ impl Group {
         self.hops.iter().position(|h| *h == ip).map(|i| i + 1)
     }
 
-    /// The commands that create one next hop per front (idempotent).
+    /// The commands that create the two next hops of every front, K and
+    /// [`TWIN_OFFSET`]+K (idempotent).
     pub fn members(&self) -> Vec<Vec<String>> {
         self.hops
             .iter()
             .enumerate()
-            .map(|(i, ip)| {
-                argv(&[
-                    "nexthop",
-                    "replace",
-                    "id",
-                    &(i + 1).to_string(),
-                    "via",
-                    &ip.to_string(),
-                    "dev",
-                    &self.dev,
-                ])
+            .flat_map(|(i, ip)| {
+                [i + 1, TWIN_OFFSET + i + 1].map(|id| {
+                    argv(&[
+                        "nexthop",
+                        "replace",
+                        "id",
+                        &id.to_string(),
+                        "via",
+                        &ip.to_string(),
+                        "dev",
+                        &self.dev,
+                    ])
+                })
             })
             .collect()
     }
@@ -128,7 +143,10 @@ pub fn plan(g: &Group, from: &BTreeSet<usize>, to: &BTreeSet<usize>) -> Vec<Vec<
             argv(&["nexthop", "del", "id", &id]),
         ];
     }
-    let members: Vec<String> = to.iter().map(ToString::to_string).collect();
+    let members: Vec<String> = to
+        .iter()
+        .flat_map(|k| [k.to_string(), (TWIN_OFFSET + k).to_string()])
+        .collect();
     let mut cmds = vec![argv(&[
         "nexthop",
         "replace",
@@ -361,7 +379,7 @@ mod tests {
                     "id",
                     "1000",
                     "group",
-                    "1/3",
+                    "1/101/3/103",
                     "type",
                     "resilient",
                     "buckets",
@@ -377,7 +395,9 @@ mod tests {
         // A member more or less: the group only (the route already uses it).
         let grow = plan(&g, &ids(&[1, 3]), &ids(&[1, 2, 3]));
         assert_eq!(grow.len(), 1);
-        assert!(grow[0].contains(&"1/2/3".to_owned()));
+        assert!(grow[0].contains(&"1/101/2/102/3/103".to_owned()));
+        // One front alone is still two next hops: the kernel keeps hashing.
+        assert!(plan(&g, &ids(&[1, 2]), &ids(&[2]))[0].contains(&"2/102".to_owned()));
         assert_eq!(
             plan(&g, &ids(&[2]), &ids(&[])),
             vec![
@@ -385,14 +405,27 @@ mod tests {
                 argv(&["nexthop", "del", "id", "1000"]),
             ]
         );
-        assert_eq!(g.members().len(), 3);
+        assert_eq!(g.members().len(), 6);
         assert_eq!(
-            g.members()[1],
+            g.members()[2],
             argv(&[
                 "nexthop",
                 "replace",
                 "id",
                 "2",
+                "via",
+                "198.18.0.102",
+                "dev",
+                "eth0"
+            ])
+        );
+        assert_eq!(
+            g.members()[3],
+            argv(&[
+                "nexthop",
+                "replace",
+                "id",
+                "102",
                 "via",
                 "198.18.0.102",
                 "dev",

@@ -328,6 +328,80 @@ fn a_stopping_front_is_withdrawn_before_it_stops_accepting() {
     finish(lab);
 }
 
+/// A front that rejoins takes no live flow: downloads that started while
+/// front2 was drained (all on front1) go on through front1 when front2
+/// comes back, because the resilient group moves only buckets idle for
+/// its idle timer; the idle buckets move at once, so new connections
+/// reach front2 again.
+#[test]
+fn a_rejoining_front_takes_new_flows_but_no_live_one() {
+    let lab = up_fronts(2);
+    let want = sha256(&doc(&lab, "64m.bin"));
+    assert_eq!(lab.admin("front2", "POST", "/drain").expect("drain").0, 200);
+    wait_group(&lab, "front2 to leave", WITHDRAW_DEADLINE, |g| {
+        *g == BTreeSet::from([1])
+    });
+    let before = handoffs_per_front(&lab);
+    let url = lab.url("/64m.bin");
+    let downloads: Vec<std::process::Child> = (0..6)
+        .map(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", lab.netns("client").expect("client netns")])
+                .args(["bash", "-c"])
+                .arg(format!(
+                    "set -o pipefail; curl -sS --noproxy '*' --fail --limit-rate 16M \
+                     --max-time 40 {url} | sha256sum"
+                ))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("bash and curl")
+        })
+        .collect();
+    // Every download handed off by front1 before front2 returns.
+    let t = Instant::now();
+    while handoffs_per_front(&lab)[0] < before[0] + 6 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "downloads not handed off"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        lab.admin("front2", "POST", "/resume").expect("resume").0,
+        200
+    );
+    wait_group(&lab, "front2 to rejoin", REJOIN_DEADLINE, |g| *g == all(2));
+    // New connections reach front2 again (its share of idle buckets).
+    let before2 = handoffs_per_front(&lab)[1];
+    for i in 0..20 {
+        let r = curl(&lab, "/1k.bin", std::path::Path::new("/dev/null"), &[]);
+        assert_eq!(r.code, 200, "request {i}\n{}", logs(&lab));
+    }
+    assert!(
+        handoffs_per_front(&lab)[1] > before2,
+        "no new connection reached the rejoined front2"
+    );
+    let mut failed = Vec::new();
+    for (i, d) in downloads.into_iter().enumerate() {
+        let out = d.wait_with_output().expect("download");
+        let got = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !got.starts_with(&want) {
+            failed.push(format!(
+                "download {i}: {} {got} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "live downloads broke when front2 rejoined: {failed:#?}\n{}",
+        helper_logs(&lab)
+    );
+    finish(lab);
+}
+
 /// A lab with several fronts whose fronts cannot start: `up` fails with
 /// the reason and removes what it made (namespaces, BIRD speakers, pins,
 /// the lab directory); a front count out of range is refused at once.
