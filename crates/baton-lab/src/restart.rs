@@ -147,7 +147,14 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
     let host = host.as_str();
     let fronts_n = state.info.fronts;
 
-    let Some(old) = state.daemons.get(host).copied() else {
+    // Only hosts' own daemons: the helpers (BIRD, announcers, the agent)
+    // are not hosts.
+    let own = state
+        .daemons
+        .get(host)
+        .copied()
+        .filter(|_| fronts::helper_of(host).is_none());
+    let Some(old) = own else {
         let mut with_daemon: Vec<&String> = state
             .daemons
             .keys()
