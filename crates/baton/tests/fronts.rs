@@ -402,6 +402,56 @@ fn a_rejoining_front_takes_new_flows_but_no_live_one() {
     finish(lab);
 }
 
+/// Fronts that lose every back-end say `no back-end` on `/serving` and
+/// are withdrawn; with no front announcing, the router's route to the VIP
+/// is a blackhole (clients retry instead of meeting an ICMP error); once
+/// the back-end is back, both fronts return.
+#[test]
+fn fronts_without_a_backend_are_withdrawn_and_the_vip_is_blackholed() {
+    let lab = up_with(baton_tools::labtools::LabOptions {
+        fronts: 2,
+        backends: 1,
+        front_extra: Some(FAST_FLOWS.to_owned()),
+        ..Default::default()
+    });
+    let pid = pid_of(&lab, "back1");
+    signal(pid, "-KILL");
+    wait_group(&lab, "both fronts to leave", WITHDRAW_DEADLINE * 3, |g| {
+        g.is_empty()
+    });
+    for f in ["front1", "front2"] {
+        let (code, body) = lab.admin(f, "GET", "/serving").expect("GET /serving");
+        assert_eq!((code, body.trim()), (503, "no back-end"), "{f}");
+    }
+    let route = lab
+        .run("router", &["ip", "route", "show", "198.18.0.100"])
+        .expect("ip route");
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(route.starts_with("blackhole 198.18.0.100"), "{route}");
+    wait_killed(pid);
+    let out = Command::new(baton())
+        .args([
+            "lab", "restart", "--name", &lab.name, "back1", "--signal", "kill",
+        ])
+        .output()
+        .expect("running baton lab restart");
+    let (ok, text) = outcome(&out);
+    assert!(ok, "lab restart back1: {text}\n{}", helper_logs(&lab));
+    wait_group(&lab, "both fronts to return", REJOIN_DEADLINE, |g| {
+        *g == all(2)
+    });
+    let route = lab
+        .run("router", &["ip", "route", "show", "198.18.0.100"])
+        .expect("ip route");
+    assert!(
+        String::from_utf8_lossy(&route.stdout).contains("nhid 1000"),
+        "{}",
+        String::from_utf8_lossy(&route.stdout)
+    );
+    assert_curl_200(&lab, "back1 returned");
+    finish(lab);
+}
+
 /// A lab with several fronts whose fronts cannot start: `up` fails with
 /// the reason and removes what it made (namespaces, BIRD speakers, pins,
 /// the lab directory); a front count out of range is refused at once.
