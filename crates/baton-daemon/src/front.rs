@@ -2648,8 +2648,10 @@ impl Front {
             return Err(NotServing::Draining);
         }
         let usable = self.backends().iter().filter(|b| !b.removed()).any(|b| {
+            // Before the state's lock: `route_of` takes the relay address's.
+            let route = self.route_of(b);
             let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
-            match self.route_of(b) {
+            match route {
                 Route::Handoff => st.up && st.mac.is_some() && !st.draining,
                 Route::Relay(_) => st.paused_until.is_none_or(|t| t <= Instant::now()),
                 Route::Unusable => false,
