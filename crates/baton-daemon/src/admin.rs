@@ -1,6 +1,10 @@
 //! The daemons' admin endpoint (keep it on loopback). The front serves
 //! `GET /ready` (200 once every back-end's control channel is up, else 503),
-//! `GET /stats` (JSON), `GET /metrics` (Prometheus) and
+//! `GET /serving` (200 while the front should be announced: not draining,
+//! not stopping, some back-end usable; else 503 and the reason, which
+//! `baton announce` polls), `POST /drain` and `POST /resume` (ask to be
+//! withdrawn, and undo it; the front serves whatever reaches it either
+//! way), `GET /stats` (JSON), `GET /metrics` (Prometheus) and
 //! `POST /stats/reset-latency` (forget latency samples) and `POST /reload`
 //! (re-read the configuration file); a back-end serves
 //! `GET /stats` and `GET /metrics`.
@@ -83,6 +87,24 @@ fn route(front: &Arc<Front>, req: hyper::Request<Incoming>) -> Response<Full<Byt
                 )
             }
         }
+        (&Method::GET, "/serving") => match front.serving() {
+            Ok(()) => text(StatusCode::OK, "serving\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{}\n", why.as_str()),
+            ),
+        },
+        (&Method::POST, "/drain") => {
+            front.set_drained(true);
+            text(
+                StatusCode::OK,
+                "drained: /serving answers 503 until POST /resume\n",
+            )
+        }
+        (&Method::POST, "/resume") => {
+            front.set_drained(false);
+            text(StatusCode::OK, "resumed\n")
+        }
         (&Method::GET, "/stats") => json(&front.snapshot()),
         (&Method::GET, "/metrics") => metrics(crate::front::Metrics(Arc::clone(front))),
         (&Method::POST, "/stats/reset-latency") => {
@@ -98,7 +120,7 @@ fn route(front: &Arc<Front>, req: hyper::Request<Incoming>) -> Response<Full<Byt
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "try GET /ready, /stats or /metrics, POST /reload\n",
+            "try GET /ready, /serving, /stats or /metrics, POST /reload, /drain or /resume\n",
         ),
     }
 }

@@ -42,6 +42,14 @@ pub struct FrontConfig {
     /// (the forwarder stays attached) before the front exits.
     #[serde(default = "default_drain")]
     pub drain_timeout_ms: u64,
+    /// On SIGTERM, how long the front says it is not serving (`GET
+    /// /serving` answers 503) while it still accepts, before it closes its
+    /// listeners: the time an announcer (`baton announce`) needs to
+    /// withdraw the VIP's route, so that the router sends new connections
+    /// elsewhere before this front stops taking them. 0 (the default): stop
+    /// accepting at once, as a single front does.
+    #[serde(default)]
+    pub drain_withdraw_ms: u64,
     /// Where the forwarder's flow table, kept frames, counters and TCX link
     /// are pinned (a directory on a bpf filesystem, outside /sys: `ip netns
     /// exec` mounts a fresh /sys), so that handed-off connections outlive
@@ -782,6 +790,7 @@ impl FrontConfig {
         // Durations are added to Instants: beyond MAX_MS that could overflow.
         let mut durations = vec![
             ("drain_timeout_ms", self.drain_timeout_ms),
+            ("drain_withdraw_ms", self.drain_withdraw_ms),
             ("limits.head_timeout_ms", l.head_timeout_ms),
             ("limits.handoff_timeout_ms", l.handoff_timeout_ms),
             ("flows.closed_grace_ms", f.closed_grace_ms),

@@ -480,6 +480,11 @@ pub struct Front {
     lat_total: Samples,
     lat_send: Samples,
     shutting_down: AtomicBool,
+    /// `POST /drain` (until `POST /resume`): `/serving` says 503 so that
+    /// the announcer withdraws this front, which goes on serving.
+    admin_drained: AtomicBool,
+    /// SIGTERM or SIGINT arrived: `/serving` says 503 from then on.
+    stopping: AtomicBool,
     /// Woken whenever a control channel comes up.
     channel_up: tokio::sync::Notify,
     /// HTTPS (`[tls]`); swapped whole by a reload (new certificates).
@@ -634,6 +639,8 @@ impl Front {
             lat_total: Samples::new(SAMPLES),
             lat_send: Samples::new(SAMPLES),
             shutting_down: AtomicBool::new(false),
+            admin_drained: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             channel_up: tokio::sync::Notify::new(),
             cfg,
         }))
@@ -722,6 +729,21 @@ impl Front {
         }
         info!(%addr, backends = self.backends().len(), "front-end serving");
         let limit = Arc::new(Semaphore::new(self.cfg.limits.max_pending));
+        // Stopping starts with saying so on `/serving` while still
+        // accepting, for `drain_withdraw_ms`: the announcer withdraws the
+        // route and the router stops sending new connections here first.
+        let shutdown = async {
+            shutdown.await;
+            self.stopping.store(true, Ordering::Relaxed);
+            let withdraw = ms(self.routing().cfg.drain_withdraw_ms);
+            if !withdraw.is_zero() {
+                info!(
+                    withdraw_ms = withdraw.as_millis(),
+                    "stopping: /serving says 503 while still accepting, so the announcement is withdrawn first"
+                );
+                tokio::time::sleep(withdraw).await;
+            }
+        };
         tokio::pin!(shutdown);
         loop {
             let successor = loop {
@@ -2451,6 +2473,10 @@ impl Front {
                 "drain_timeout_ms",
                 new.drain_timeout_ms == old.drain_timeout_ms,
             ),
+            (
+                "drain_withdraw_ms",
+                new.drain_withdraw_ms == old.drain_withdraw_ms,
+            ),
         ] {
             if !same {
                 summary.push(format!("{what} changed"));
@@ -2701,6 +2727,53 @@ impl Front {
         all && usable
     }
 
+    /// Whether this front should be announced (`GET /serving`): not
+    /// stopping, not drained by `POST /drain`, and some back-end usable (a
+    /// handoff back-end with its channel up, or a relay target not paused
+    /// after a failed connect). `/ready` is stricter: every channel up.
+    pub fn serving(&self) -> std::result::Result<(), NotServing> {
+        if self.stopping.load(Ordering::Relaxed) || self.shutting_down.load(Ordering::Relaxed) {
+            return Err(NotServing::Stopping);
+        }
+        if self.admin_drained.load(Ordering::Relaxed) {
+            return Err(NotServing::Draining);
+        }
+        let usable = self.backends().iter().filter(|b| !b.removed()).any(|b| {
+            // Before the state's lock: `route_of` takes the relay address's.
+            let route = self.route_of(b);
+            let st = b.st.lock().unwrap_or_else(|e| e.into_inner());
+            match route {
+                Route::Handoff => st.up && st.mac.is_some() && !st.draining,
+                Route::Relay(_) => st.paused_until.is_none_or(|t| t <= Instant::now()),
+                Route::Unusable => false,
+            }
+        });
+        if usable {
+            Ok(())
+        } else {
+            Err(NotServing::NoBackend)
+        }
+    }
+
+    /// `POST /drain` (`true`) or `POST /resume` (`false`): whether this
+    /// front asks to be withdrawn. It serves whatever reaches it either
+    /// way. Returns whether that changed (both are idempotent).
+    pub fn set_drained(&self, drained: bool) -> bool {
+        let was = self.admin_drained.swap(drained, Ordering::Relaxed);
+        if was != drained {
+            info!(
+                drained,
+                "{}",
+                if drained {
+                    "drained by the admin endpoint: /serving says 503 (still serving)"
+                } else {
+                    "resumed by the admin endpoint"
+                }
+            );
+        }
+        was != drained
+    }
+
     /// A snapshot for `/stats`.
     pub fn snapshot(&self) -> FrontStats {
         let c = &self.counters;
@@ -2751,6 +2824,8 @@ impl Front {
         let upstream = self.upstreams.stats();
         FrontStats {
             uptime_s: self.started.elapsed().as_secs_f64(),
+            serving: self.serving().is_ok(),
+            admin_drained: self.admin_drained.load(Ordering::Relaxed),
             handoff: self.kit.is_some(),
             relayed: c.relayed.get(),
             relay_fallbacks: c.relay_fallbacks.get(),
@@ -2951,10 +3026,36 @@ pub struct TlsStats {
     pub secrets_held: usize,
 }
 
+/// Why a front asks not to be announced (`GET /serving` answers 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotServing {
+    /// `POST /drain` (until `POST /resume`).
+    Draining,
+    /// SIGTERM or SIGINT: the front is stopping.
+    Stopping,
+    /// No back-end can take a connection.
+    NoBackend,
+}
+
+impl NotServing {
+    /// The reason as `/serving` says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotServing::Draining => "draining",
+            NotServing::Stopping => "stopping",
+            NotServing::NoBackend => "no back-end",
+        }
+    }
+}
+
 /// `/stats` of a front-end.
 #[derive(Debug, Serialize)]
 pub struct FrontStats {
     pub uptime_s: f64,
+    /// What `GET /serving` says: whether the front asks to be announced.
+    pub serving: bool,
+    /// `POST /drain` is in force (until `POST /resume`).
+    pub admin_drained: bool,
     /// Whether connections are handed off (false: every one is relayed,
     /// by configuration or for lack of privileges).
     pub handoff: bool,
@@ -3463,6 +3564,18 @@ impl prometheus_client::collector::Collector for Metrics {
         let f = &self.0;
         let s = f.snapshot();
         let e = &mut enc;
+        gauge(
+            e,
+            "baton_front_serving",
+            "Whether the front asks to be announced (GET /serving answers 200)",
+            i64::from(s.serving),
+        )?;
+        gauge(
+            e,
+            "baton_front_admin_drained",
+            "Whether POST /drain is in force (until POST /resume)",
+            i64::from(s.admin_drained),
+        )?;
         counter(
             e,
             "baton_front_connections_accepted",

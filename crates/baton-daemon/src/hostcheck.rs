@@ -50,10 +50,24 @@ fn front(cfg: &FrontConfig) -> Vec<Finding> {
         ))),
     }
     if !cfg.vip.is_unspecified() {
-        out.push(local_address(
+        // Any local interface will do: the listener is bound to `interface`
+        // (where the packets arrive), not to where the address is. Behind a
+        // router (several fronts) the VIP is on lo and never answered for
+        // in ARP, as on a back-end.
+        let mut f = local_address(
             cfg.vip,
-            &format!("ip addr add {}/32 dev {}", cfg.vip, cfg.interface),
-        ));
+            &format!(
+                "ip addr add {}/32 dev {} (or dev lo behind a router, with arp_ignore=1)",
+                cfg.vip, cfg.interface
+            ),
+        );
+        if f.ok {
+            f.what.push_str(&format!(
+                " (on any interface: {} for a front on the clients' segment, lo behind a router)",
+                cfg.interface
+            ));
+        }
+        out.push(f);
     }
     if cfg.handoff {
         out.push(capability(

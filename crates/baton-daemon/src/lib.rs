@@ -18,7 +18,9 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod announce;
 pub mod back;
+pub mod bird;
 pub mod config;
 pub mod control;
 pub mod deadline;

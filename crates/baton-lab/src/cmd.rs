@@ -50,6 +50,18 @@ pub(crate) fn tc() -> Option<&'static Path> {
     cached(&CELL, "tc")
 }
 
+/// The `bird` binary (BIRD 2), needed only for labs with several fronts.
+pub(crate) fn bird() -> Option<&'static Path> {
+    static CELL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    cached(&CELL, "bird")
+}
+
+/// The `birdc` binary, BIRD's own client (readiness checks).
+pub(crate) fn birdc() -> Option<&'static Path> {
+    static CELL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    cached(&CELL, "birdc")
+}
+
 fn display(program: &Path, args: &[&OsStr]) -> String {
     let mut s = program.display().to_string();
     for a in args {

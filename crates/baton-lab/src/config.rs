@@ -169,14 +169,29 @@ pub(crate) fn tls_toml(port: u16, cert: &Path, key: &Path) -> Result<String, Lab
     ))
 }
 
+/// Whether TOML text (a front's extra) sets the top-level `key`; text
+/// that does not parse sets nothing (the daemon will say what is wrong).
+pub(crate) fn sets_key(text: &str, key: &str) -> bool {
+    text.parse::<toml::Table>()
+        .is_ok_and(|t| t.contains_key(key))
+}
+
 pub(crate) fn drain_timeout(text: &str) -> Duration {
+    ms_key(text, "drain_timeout_ms").unwrap_or(DEFAULT_DRAIN)
+}
+
+/// `drain_withdraw_ms` of a front's config text (0 if not set or not
+/// valid), at most [`MAX_DRAIN_WAIT`].
+pub(crate) fn drain_withdraw(text: &str) -> Duration {
+    ms_key(text, "drain_withdraw_ms").unwrap_or(Duration::ZERO)
+}
+
+fn ms_key(text: &str, key: &str) -> Option<Duration> {
     text.parse::<toml::Table>()
         .ok()
-        .and_then(|t| t.get("drain_timeout_ms").and_then(toml::Value::as_integer))
+        .and_then(|t| t.get(key).and_then(toml::Value::as_integer))
         .and_then(|ms| u64::try_from(ms).ok())
-        .map_or(DEFAULT_DRAIN, |ms| {
-            Duration::from_millis(ms).min(MAX_DRAIN_WAIT)
-        })
+        .map(|ms| Duration::from_millis(ms).min(MAX_DRAIN_WAIT))
 }
 
 #[cfg(test)]

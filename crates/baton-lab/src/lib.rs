@@ -7,13 +7,16 @@
 //! Invariants:
 //! - Everything a lab makes lives in its own namespaces, `{name}-client`,
 //!   `{name}-front`, `{name}-backK`, `{name}-origin` (only with an origin)
-//!   and `{name}-br` (the bridge); veths are created from the bridge
-//!   namespace straight into the host namespaces, so nothing ever appears in
-//!   the root namespace.
+//!   and `{name}-br` (the bridge), plus `{name}-router` and
+//!   `{name}-front1`..`-frontN` instead of `-front` with several fronts;
+//!   veths are created from the bridge (or router) namespace straight into
+//!   the host namespaces, so nothing ever appears in the root namespace.
 //! - Addresses come only from 198.18.0.0/24: client .2, front .3, origin .5,
 //!   backK .(10+K), VIP .100 on the front's `eth0` (/32) and on each
-//!   back-end's `lo` (/32); back-ends never answer ARP for the VIP. The lab
-//!   is IPv4 only.
+//!   back-end's `lo` (/32); back-ends never answer ARP for the VIP. With
+//!   several fronts (see [`topology`] and [`fronts`]): router .1, frontK
+//!   .(100+K) with the VIP on `lo`, and the client at 198.18.1.2 behind the
+//!   router. The lab is IPv4 only.
 //! - The origin (`baton serve` on the lab's docroot) serves before any
 //!   back-end starts, so a caching back-end never sees its origin missing.
 //! - What `up` made, `up` removes again if it fails (RAII guards), and `down`
@@ -30,7 +33,9 @@
 //! Files, under `/run/baton/labs/{name}/`: `state.json`, `key.hex` (0600),
 //! `front.toml`, `backK.toml`, `{host}.log` (`origin.log` too), `docroot/`
 //! unless the spec names one, `restart.lock` once a daemon was restarted,
-//! and the front's `front-upgrade.sock` while it runs.
+//! and the front's `front-upgrade.sock` while it runs. With several fronts:
+//! `frontK.toml`, `frontK-upgrade.sock`, and for the helpers
+//! `bird-{host}.conf|.ctl|.pid|.log`, `announce-frontK.log`, `ecmp-sync.log`.
 #![deny(unsafe_code)]
 
 mod certs;
@@ -39,6 +44,7 @@ mod config;
 mod daemon;
 mod docroot;
 mod error;
+pub mod fronts;
 mod pins;
 mod restart;
 mod sys;
@@ -65,9 +71,10 @@ pub use docroot::{
 pub use error::LabError;
 pub use pins::{pin_dir, BPFFS};
 pub use restart::{restart, RestartReport, RestartSignal};
-pub use topology::{Topology, IFACE, MAX_BACKENDS, ORIGIN_IP, VIP};
+pub use topology::{Topology, IFACE, MAX_BACKENDS, MAX_FRONTS, ORIGIN_IP, VIP};
 
-use topology::{is_host_name, is_lab_netns, remove_namespaces, Role, TERM_GRACE};
+use fronts::Helper;
+use topology::{front_name, is_host_name, is_lab_netns, remove_namespaces, Role, TERM_GRACE};
 
 /// Where labs keep their files.
 pub const LABS_DIR: &str = "/run/baton/labs";
@@ -106,6 +113,16 @@ pub struct LabSpec {
     /// certificate for [`SERVER_NAME`] and the VIP.
     #[serde(default)]
     pub tls: bool,
+    /// How many fronts (1 to [`MAX_FRONTS`]). 1: one front on the
+    /// client's segment. From 2: a router between the client and the
+    /// fronts, spreading the VIP over them by ECMP, each front announcing
+    /// it over BGP while it serves.
+    #[serde(default = "one")]
+    pub fronts: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub use certs::SERVER_NAME;
@@ -175,6 +192,7 @@ impl LabSpec {
             origin: None,
             backend_groups: Vec::new(),
             tls: false,
+            fronts: 1,
         }
     }
 }
@@ -199,7 +217,28 @@ pub struct HostInfo {
     /// The daemon's log (stdout and stderr).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
-    /// Whether the daemon still runs (filled in by [`status`]).
+    /// Whether the daemon still runs (filled in by [`status`]); for the
+    /// router, whether its BIRD and agent both run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+    /// Daemons beside the host's own, with several fronts: `bird` (router
+    /// and fronts), `announce` (fronts), `ecmp-sync` (router).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub helpers: BTreeMap<String, HelperInfo>,
+}
+
+/// A daemon beside a host's own (see [`fronts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperInfo {
+    /// Its pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Its log (stdout and stderr; BIRD logs there too).
+    pub log: PathBuf,
+    /// BIRD's control socket (`birdc -s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Whether it still runs (filled in by [`status`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<bool>,
 }
@@ -211,7 +250,12 @@ pub struct LabInfo {
     pub vip: Ipv4Addr,
     /// The port on the VIP.
     pub port: u16,
-    /// `client`, `front`, `back1`..`backN`, and `origin` if the lab has one.
+    /// How many fronts.
+    #[serde(default = "one")]
+    pub fronts: usize,
+    /// `client`, `front`, `back1`..`backN`, and `origin` if the lab has
+    /// one; with several fronts `router` and `front1`..`frontN` too, and
+    /// `front` as an alias of `front1` (the same data).
     pub hosts: BTreeMap<String, HostInfo>,
     /// The lab name.
     pub name: String,
@@ -221,12 +265,14 @@ pub struct LabInfo {
     pub key_file: PathBuf,
     /// The back-ends' document root.
     pub docroot: PathBuf,
-    /// Where the front pins its forwarder (`pin_dir` in `front.toml`); absent
+    /// Where the front pins its forwarder (`pin_dir` in `front.toml`; with
+    /// several fronts, front1's, and frontK's is `lab-NAME/frontK`); absent
     /// in the state of a lab made by an older baton.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_dir: Option<PathBuf>,
     /// Where the front hands its listeners to a successor (`upgrade_socket`
-    /// in `front.toml`); absent in the state of a lab made by an older baton.
+    /// in `front.toml`; with several fronts, front1's, and frontK's is
+    /// `frontK-upgrade.sock`); absent in the state of a lab made by an older baton.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_socket: Option<PathBuf>,
     /// With `--tls`: the HTTPS port on the VIP.
@@ -319,18 +365,51 @@ fn lab_namespaces(name: &str) -> Result<Vec<String>, LabError> {
     Ok(v)
 }
 
-/// client, front, back1, back2, ... back10 (numerically), origin, then the bridge.
+/// client, router, front, front1, front2, ..., back1, back2, ... back10
+/// (numerically), origin, then the bridge.
 fn host_order(host: &str) -> (u8, usize, String) {
+    let numbered = |prefix: &str| host.strip_prefix(prefix).and_then(|k| k.parse().ok());
     match host {
         "client" => (0, 0, String::new()),
-        "front" => (1, 0, String::new()),
-        "origin" => (3, 0, String::new()),
-        "br" => (4, 0, String::new()),
-        _ => match host.strip_prefix("back").and_then(|k| k.parse().ok()) {
-            Some(k) => (2, k, String::new()),
-            None => (5, 0, host.to_owned()),
+        "router" => (1, 0, String::new()),
+        "front" => (2, 0, String::new()),
+        "origin" => (4, 0, String::new()),
+        "br" => (5, 0, String::new()),
+        _ => match (numbered("front"), numbered("back")) {
+            (Some(k), _) => (2, k, String::new()),
+            (None, Some(k)) => (3, k, String::new()),
+            _ => (6, 0, host.to_owned()),
         },
     }
+}
+
+/// The host `host` names in a lab with `fronts` fronts: `front` is
+/// `front1` when there are several.
+pub(crate) fn resolve_host(host: &str, fronts: usize) -> String {
+    if host == "front" && fronts > 1 {
+        front_name(1, fronts)
+    } else {
+        host.to_owned()
+    }
+}
+
+/// `info` as `up` and `status` show it: with several fronts, `front` is an
+/// alias of `front1` (the same data).
+fn with_alias(mut info: LabInfo) -> LabInfo {
+    if info.fronts > 1 {
+        if let Some(f1) = info.hosts.get("front1").cloned() {
+            info.hosts.insert("front".into(), f1);
+        }
+    }
+    info
+}
+
+/// Whether `host` runs `baton front` (`front` or `frontK`).
+pub(crate) fn is_front(host: &str) -> bool {
+    host == "front"
+        || host
+            .strip_prefix("front")
+            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The lab a namespace belongs to, if it looks like a lab namespace.
@@ -389,6 +468,17 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
             "back-end count {} is outside 1..={MAX_BACKENDS}",
             spec.backends
         )));
+    }
+    if spec.fronts == 0 || spec.fronts > MAX_FRONTS {
+        return Err(LabError::InvalidSpec(format!(
+            "front count {} is outside 1..={MAX_FRONTS}",
+            spec.fronts
+        )));
+    }
+    if spec.fronts > 1 {
+        // Before anything is made: BIRD is every front's and the router's speaker.
+        fronts::bird()?;
+        fronts::birdc()?;
     }
     let baton_bin = fs::canonicalize(&spec.baton_bin)
         .ok()
@@ -458,10 +548,13 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
     pins::remove_pins(name)?;
     pins::claim(name)?;
 
-    let topo = guard.topology.insert(match spec.origin {
-        Some(_) => Topology::create_with_origin(name, spec.backends)?,
-        None => Topology::create(name, spec.backends)?,
-    });
+    let fronts = spec.fronts;
+    let topo = guard.topology.insert(Topology::create_fronts(
+        name,
+        spec.backends,
+        fronts,
+        spec.origin.is_some(),
+    )?);
     if let Some(rate) = spec.origin.as_ref().and_then(|o| o.rate.as_deref()) {
         // Its egress: what the back-ends receive from it.
         topo.limit_egress("origin", rate)?;
@@ -485,8 +578,27 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
     let mut hosts = BTreeMap::new();
     let mut backends = Vec::new();
     for h in topo.hosts() {
-        let configured = matches!(h.role, Role::Front | Role::Back(_));
+        let configured = matches!(h.role, Role::Front(_) | Role::Back(_));
         let daemon = configured || h.role == Role::Origin;
+        let mut helpers = BTreeMap::new();
+        if fronts > 1 {
+            for (_, helper) in fronts::helpers(fronts)
+                .into_iter()
+                .filter(|(host, _)| *host == h.name)
+            {
+                let key = helper.key(&h.name);
+                helpers.insert(
+                    helper.kind().to_owned(),
+                    HelperInfo {
+                        pid: None,
+                        log: labdir.join(format!("{key}.log")),
+                        socket: (helper == Helper::Bird)
+                            .then(|| fronts::BirdFiles::of(&labdir, &h.name).ctl),
+                        running: None,
+                    },
+                );
+            }
+        }
         hosts.insert(
             h.name.clone(),
             HostInfo {
@@ -498,6 +610,7 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
                 config: configured.then(|| labdir.join(format!("{}.toml", h.name))),
                 log: daemon.then(|| labdir.join(format!("{}.log", h.name))),
                 running: None,
+                helpers,
             },
         );
         if let Role::Back(_) = h.role {
@@ -513,29 +626,56 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
             backends.push((h.name.clone(), h.ip));
         }
     }
-    let pin_dir = pins::pin_dir(name);
-    let upgrade_socket = labdir.join("front-upgrade.sock");
-    let upgrade = Some(config::FrontUpgrade {
-        pin_dir: &pin_dir,
-        upgrade_socket: &upgrade_socket,
-    });
-    let mut front_text = config::front_toml(
-        VIP,
-        IFACE,
-        &key_file,
-        &backends,
-        &spec.backend_groups,
-        upgrade,
-        spec.front_extra.as_deref(),
-    )?;
     let tls = if spec.tls {
-        let c = certs::make(&labdir, VIP)?;
-        front_text.push_str(&config::tls_toml(TLS_PORT, &c.chain, &c.key)?);
-        Some(c)
+        Some(certs::make(&labdir, VIP)?)
     } else {
         None
     };
-    write_file(&labdir.join("front.toml"), &front_text)?;
+    // With several fronts each says it stops serving a while before it
+    // stops accepting (unless the extra TOML chose otherwise).
+    let front_extra = match spec.front_extra.as_deref() {
+        Some(x) if fronts == 1 || config::sets_key(x, "drain_withdraw_ms") => Some(x.to_owned()),
+        x => (fronts > 1).then(|| {
+            format!(
+                "drain_withdraw_ms = {}\n{}",
+                fronts::DRAIN_WITHDRAW_MS,
+                x.unwrap_or_default()
+            )
+        }),
+    };
+    for k in 1..=fronts {
+        let host = front_name(k, fronts);
+        let pin_dir = front_pin_dir(name, &host, fronts);
+        let upgrade_socket = labdir.join(format!("{host}-upgrade.sock"));
+        let upgrade = Some(config::FrontUpgrade {
+            pin_dir: &pin_dir,
+            upgrade_socket: &upgrade_socket,
+        });
+        let mut text = config::front_toml(
+            VIP,
+            IFACE,
+            &key_file,
+            &backends,
+            &spec.backend_groups,
+            upgrade,
+            front_extra.as_deref(),
+        )?;
+        if let Some(c) = &tls {
+            text.push_str(&config::tls_toml(TLS_PORT, &c.chain, &c.key)?);
+        }
+        write_file(&labdir.join(format!("{host}.toml")), &text)?;
+    }
+    if fronts > 1 {
+        let router = fronts::BirdFiles::of(&labdir, "router");
+        write_file(&router.conf, &fronts::router_conf(&router.log, fronts)?)?;
+        for h in topo.hosts() {
+            if let Role::Front(_) = h.role {
+                let f = fronts::BirdFiles::of(&labdir, &h.name);
+                write_file(&f.conf, &fronts::front_conf(&f.log, h.ip)?)?;
+            }
+        }
+    }
+    let first_front = front_name(1, fronts);
 
     let mut state = LabState {
         version: STATE_VERSION,
@@ -548,13 +688,14 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         info: LabInfo {
             vip: VIP,
             port: VIP_PORT,
+            fronts,
             hosts,
             name: name.to_owned(),
             labdir: labdir.clone(),
             key_file,
             docroot,
-            pin_dir: Some(pin_dir),
-            upgrade_socket: Some(upgrade_socket),
+            pin_dir: Some(front_pin_dir(name, &first_front, fronts)),
+            upgrade_socket: Some(labdir.join(format!("{first_front}-upgrade.sock"))),
             tls_port: tls.as_ref().map(|_| TLS_PORT),
             ca_file: tls.as_ref().map(|c| c.ca.clone()),
             server_name: tls.as_ref().map(|_| SERVER_NAME.to_owned()),
@@ -572,45 +713,109 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo, LabError> {
         wait_origin(&mut guard.children, &netns, &labdir, curl)?;
     }
 
-    // Back-ends next: the front connects to their control ports when it starts.
-    let order: Vec<(String, String)> = topo
+    // Back-ends next: the fronts connect to their control ports when they
+    // start. With several fronts, the router's speaker and agent before
+    // the fronts, and each front's speaker and announcer after it.
+    let netns_of = |host: &str| topo.host(host).map(|h| h.netns.clone()).unwrap_or_default();
+    let mut order: Vec<String> = topo
         .hosts()
         .iter()
         .filter(|h| matches!(h.role, Role::Back(_)))
-        .chain(topo.host("front"))
-        .map(|h| (h.name.clone(), h.netns.clone()))
+        .map(|h| h.name.clone())
         .collect();
-    let front_ns = topo
-        .host("front")
-        .map(|h| h.netns.clone())
-        .unwrap_or_default();
-    let client_ns = topo
-        .host("client")
-        .map(|h| h.netns.clone())
-        .unwrap_or_default();
-    for (host, netns) in order {
-        let log = labdir.join(format!("{host}.log"));
-        let argv = daemon_argv(&state, &host)?;
-        start_daemon(&host, &netns, &argv, &log, &mut guard.children, &mut state)?;
+    let helpers = if fronts > 1 {
+        fronts::helpers(fronts)
+    } else {
+        Vec::new()
+    };
+    order.extend(
+        helpers
+            .iter()
+            .filter(|(h, _)| h == "router")
+            .map(|(h, helper)| helper.key(h)),
+    );
+    for k in 1..=fronts {
+        let host = front_name(k, fronts);
+        order.push(host.clone());
+        order.extend(
+            helpers
+                .iter()
+                .filter(|(h, _)| *h == host)
+                .map(|(h, helper)| helper.key(h)),
+        );
+    }
+    for key in order {
+        let host = fronts::helper_of(&key).map_or_else(|| key.clone(), |(h, _)| h);
+        let log = labdir.join(format!("{key}.log"));
+        let argv = daemon_argv(&state, &key)?;
+        start_daemon(
+            &key,
+            &netns_of(&host),
+            &argv,
+            &log,
+            &mut guard.children,
+            &mut state,
+        )?;
     }
 
-    wait_ready(&mut guard.children, &front_ns, &client_ns, &labdir, curl)?;
+    let client_ns = netns_of("client");
+    if fronts > 1 {
+        let probes: Vec<FrontProbe> = (1..=fronts)
+            .map(|k| FrontProbe::new(&state.info, k))
+            .collect();
+        wait_fronts(
+            &mut guard.children,
+            &probes,
+            &netns_of("router"),
+            &client_ns,
+            &labdir,
+            curl,
+        )?;
+    } else {
+        wait_ready(
+            &mut guard.children,
+            &netns_of(&first_front),
+            &client_ns,
+            &labdir,
+            curl,
+        )?;
+    }
 
     guard.armed = false;
     if let Some(t) = guard.topology.take() {
         t.keep();
     }
-    Ok(state.info)
+    Ok(with_alias(state.info))
 }
 
-/// The command line of `host`'s daemon: `baton front|back --config FILE`,
-/// or `baton serve --listen ADDR --docroot DIR` for the origin. `up` and
-/// `restart` both start daemons with it.
-fn daemon_argv(state: &LabState, host: &str) -> Result<Vec<OsString>, LabError> {
+/// Where front `host` of `fronts` pins: the lab's directory, or a
+/// directory per front inside it (each front's netns has its own `eth0`,
+/// and the pins go under `<pin_dir>/eth0/`).
+fn front_pin_dir(name: &str, host: &str, fronts: usize) -> PathBuf {
+    if fronts > 1 {
+        pins::pin_dir(name).join(host)
+    } else {
+        pins::pin_dir(name)
+    }
+}
+
+/// The command line of `key`'s daemon: `baton front|back --config FILE`,
+/// `baton serve --listen ADDR --docroot DIR` for the origin, or a helper's
+/// (see [`fronts`]). `up` and `restart` both start daemons with it.
+fn daemon_argv(state: &LabState, key: &str) -> Result<Vec<OsString>, LabError> {
     let bin = state.spec.baton_bin.clone().into_os_string();
+    let labdir = &state.info.labdir;
+    if let Some((host, helper)) = fronts::helper_of(key) {
+        return match helper {
+            Helper::Bird => fronts::bird_argv(labdir, &host),
+            Helper::Announce => Ok(fronts::announce_argv(&state.spec.baton_bin, labdir, &host)),
+            Helper::EcmpSync => fronts::ecmp_argv(&state.spec.baton_bin, labdir, state.info.fronts),
+        };
+    }
+    let host = key;
     let info = state.info.hosts.get(host);
     let role = match host {
-        "front" => "front",
+        _ if is_front(host) => "front",
         "origin" => {
             return Ok(vec![
                 bin,
@@ -644,10 +849,33 @@ fn daemon_argv(state: &LabState, host: &str) -> Result<Vec<OsString>, LabError> 
     ])
 }
 
-/// Starts `argv` as the daemon of `host` and records it, in the guard (so a
-/// failing `up` ends it) and in the state file (so `down` can).
+/// Records `id` as the daemon `key` (a host or a helper) in the state.
+pub(crate) fn record(state: &mut LabState, key: &str, id: ProcId) {
+    state.daemons.insert(key.to_owned(), id);
+    match fronts::helper_of(key) {
+        Some((host, helper)) => {
+            if let Some(h) = state
+                .info
+                .hosts
+                .get_mut(&host)
+                .and_then(|h| h.helpers.get_mut(helper.kind()))
+            {
+                h.pid = Some(id.pid);
+            }
+        }
+        None => {
+            if let Some(h) = state.info.hosts.get_mut(key) {
+                h.pid = Some(id.pid);
+            }
+        }
+    }
+}
+
+/// Starts `argv` as the daemon `key` (a host or a helper) and records it,
+/// in the guard (so a failing `up` ends it) and in the state file (so
+/// `down` can).
 fn start_daemon(
-    host: &str,
+    key: &str,
     netns: &str,
     argv: &[OsString],
     log: &Path,
@@ -659,18 +887,15 @@ fn start_daemon(
         LabError::DaemonExited {
             status, log, tail, ..
         } => LabError::DaemonExited {
-            host: host.to_owned(),
+            host: key.to_owned(),
             status,
             log,
             tail,
         },
         e => e,
     })?;
-    children.push((host.to_owned(), child, id));
-    state.daemons.insert(host.to_owned(), id);
-    if let Some(h) = state.info.hosts.get_mut(host) {
-        h.pid = Some(id.pid);
-    }
+    children.push((key.to_owned(), child, id));
+    record(state, key, id);
     write_state(state)
 }
 
@@ -796,6 +1021,123 @@ fn wait_ready(
     }
 }
 
+/// One front whose readiness [`wait_fronts`] checks (labs with several fronts).
+#[derive(Debug, Clone)]
+pub(crate) struct FrontProbe {
+    /// K in `frontK`.
+    k: usize,
+    host: String,
+    netns: String,
+    /// Its BIRD's control socket.
+    bird_ctl: PathBuf,
+    labdir: PathBuf,
+}
+
+impl FrontProbe {
+    pub(crate) fn new(info: &LabInfo, k: usize) -> FrontProbe {
+        let host = front_name(k, info.fronts);
+        FrontProbe {
+            k,
+            netns: info
+                .hosts
+                .get(&host)
+                .map(|h| h.netns.clone())
+                .unwrap_or_else(|| format!("{}-{host}", info.name)),
+            bird_ctl: fronts::BirdFiles::of(&info.labdir, &host).ctl,
+            labdir: info.labdir.clone(),
+            host,
+        }
+    }
+}
+
+/// Polls until each probed front reports ready, its BGP session to the
+/// router is Established, the router's next-hop group for the VIP holds
+/// it (its announcer saw it serving and BIRD passed the route on), and the
+/// client gets an answer from the VIP; fails at once if a daemon dies.
+pub(crate) fn wait_fronts(
+    children: &mut [(String, Child, ProcId)],
+    probes: &[FrontProbe],
+    router_ns: &str,
+    client_ns: &str,
+    labdir: &Path,
+    curl: &Path,
+) -> Result<(), LabError> {
+    /// Each round runs a curl and a birdc per front: not too often.
+    const POLL: Duration = Duration::from_millis(50);
+    let start = Instant::now();
+    let ready_url = format!("http://{ADMIN_LISTEN}/ready");
+    let vip_url = format!("http://{VIP}:{VIP_PORT}/");
+    let mut ready = vec![false; probes.len()];
+    let mut bgp = vec![false; probes.len()];
+    let mut members = Vec::new();
+    loop {
+        check_children(children, labdir)?;
+        for (i, p) in probes.iter().enumerate() {
+            if !ready[i] {
+                ready[i] = cmd::http_ok(&p.netns, curl, &ready_url)?;
+            }
+            if !bgp[i] {
+                bgp[i] = fronts::established(&p.bird_ctl, fronts::UPLINK_PROTOCOL)?;
+            }
+        }
+        let up = ready.iter().chain(&bgp).all(|b| *b);
+        if up {
+            members = fronts::group_members(router_ns)?;
+        }
+        let grouped = probes.iter().all(|p| members.contains(&p.k));
+        if up && grouped && cmd::http_answers(client_ns, curl, &vip_url)? {
+            return Ok(());
+        }
+        if start.elapsed() >= READY_TIMEOUT {
+            let not_ready = probes.iter().zip(&ready).find(|(_, r)| !**r);
+            let no_bgp = probes.iter().zip(&bgp).find(|(_, b)| !**b);
+            let missing: Vec<&FrontProbe> =
+                probes.iter().filter(|p| !members.contains(&p.k)).collect();
+            let (what, log) = if let Some((p, _)) = not_ready {
+                (
+                    format!("{} never answered {ready_url}", p.host),
+                    p.labdir.join(format!("{}.log", p.host)),
+                )
+            } else if let Some((p, _)) = no_bgp {
+                (
+                    format!(
+                        "{}'s BGP session to the router never got Established",
+                        p.host
+                    ),
+                    fronts::BirdFiles::of(&p.labdir, &p.host).log,
+                )
+            } else if let Some(p) = missing.first() {
+                (
+                    format!(
+                        "the router's next-hop group {} never held {} (it holds fronts {members:?});                          see also {}",
+                        fronts::ECMP_GROUP,
+                        p.host,
+                        p.labdir
+                            .join(format!("{}.log", Helper::Announce.key(&p.host)))
+                            .display()
+                    ),
+                    labdir.join(format!("{}.log", Helper::EcmpSync.key("router"))),
+                )
+            } else {
+                (
+                    format!("the client gets no answer from {vip_url}"),
+                    labdir.join(format!(
+                        "{}.log",
+                        probes.first().map_or("front1", |p| p.host.as_str())
+                    )),
+                )
+            };
+            return Err(LabError::NotReady {
+                what,
+                waited: start.elapsed(),
+                tail: daemon::log_tail(&log),
+                log,
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 fn absent_or_incomplete(name: &str) -> LabError {
     match lab_namespaces(name) {
         Ok(ns) if !ns.is_empty() => LabError::Incomplete {
@@ -842,21 +1184,37 @@ pub fn status(name: &str) -> Result<LabInfo, LabError> {
         if let Some(id) = state.daemons.get(host) {
             h.running = Some(id.alive());
         }
+        for (kind, helper) in &mut h.helpers {
+            let key = match kind.as_str() {
+                "bird" => Helper::Bird.key(host),
+                "announce" => Helper::Announce.key(host),
+                _ => Helper::EcmpSync.key(host),
+            };
+            helper.running = Some(state.daemons.get(&key).is_some_and(ProcId::alive));
+        }
+        if h.running.is_none() && !h.helpers.is_empty() {
+            // The router runs helpers only.
+            h.running = Some(h.helpers.values().all(|x| x.running == Some(true)));
+        }
     }
-    Ok(info)
+    Ok(with_alias(info))
 }
 
 /// Runs `argv` in the namespace of `host` (`client`, `front`, `backK`,
-/// `origin`, or `br` for the bridge) with this process's stdio; returns its exit code (128+N
-/// for a death by signal N).
+/// `origin`, `router`, `frontK`, or `br` for the bridge) with this
+/// process's stdio; returns its exit code (128+N for a death by signal N).
 pub fn exec(name: &str, host: &str, argv: &[String]) -> Result<i32, LabError> {
     validate_name(name)?;
     if argv.is_empty() {
         return Err(LabError::EmptyCommand);
     }
     let present = lab_namespaces(name)?;
+    let mut fronts = 1;
     let mut hosts: Vec<String> = match read_state(name) {
-        Ok(Some(s)) => s.info.hosts.into_keys().collect(),
+        Ok(Some(s)) => {
+            fronts = s.info.fronts;
+            with_alias(s.info).hosts.into_keys().collect()
+        }
         _ => present
             .iter()
             .filter_map(|ns| ns.rsplit('-').next())
@@ -878,7 +1236,7 @@ pub fn exec(name: &str, host: &str, argv: &[String]) -> Result<i32, LabError> {
             known: hosts.join(", "),
         });
     }
-    let netns = format!("{name}-{host}");
+    let netns = format!("{name}-{}", resolve_host(host, fronts));
     if !present.contains(&netns) {
         return Err(LabError::Incomplete {
             name: name.to_owned(),
@@ -999,6 +1357,27 @@ mod tests {
     }
 
     #[test]
+    fn several_fronts_have_their_own_names_and_an_alias() {
+        assert!(is_lab_netns("a", "a-router"));
+        assert!(is_lab_netns("a", "a-front12"));
+        assert!(!is_lab_netns("a", "a-front1x"));
+        assert_eq!(lab_of_netns("a-front3"), Some("a"));
+        assert_eq!(resolve_host("front", 3), "front1");
+        assert_eq!(resolve_host("front", 1), "front");
+        assert_eq!(resolve_host("front2", 3), "front2");
+        assert!(is_front("front") && is_front("front16"));
+        assert!(!is_front("frontx") && !is_front("front-1") && !is_front("router"));
+        let mut v = vec![
+            "back1", "front2", "router", "front10", "client", "front1", "br",
+        ];
+        v.sort_by_key(|h| host_order(h));
+        assert_eq!(
+            v,
+            ["client", "router", "front1", "front2", "front10", "back1", "br"]
+        );
+    }
+
+    #[test]
     fn hosts_sort_numerically() {
         let mut v = vec![
             "back10", "br", "origin", "back2", "front", "client", "back1",
@@ -1063,11 +1442,13 @@ mod tests {
                 config: None,
                 log: None,
                 running: None,
+                helpers: BTreeMap::new(),
             },
         );
         let info = LabInfo {
             vip: VIP,
             port: 80,
+            fronts: 1,
             hosts,
             name: "x".into(),
             labdir: lab_dir("x"),
@@ -1088,6 +1469,8 @@ mod tests {
         assert!(v["hosts"]["client"].get("pid").is_none());
         assert!(v.get("pin_dir").is_none() && v.get("upgrade_socket").is_none());
         assert!(v.get("tls_port").is_none() && v.get("ca_file").is_none());
+        assert_eq!(v["fronts"], 1);
+        assert!(v["hosts"]["client"].get("helpers").is_none());
         let tls = LabInfo {
             tls_port: Some(TLS_PORT),
             ca_file: Some(lab_dir("x").join("ca.pem")),

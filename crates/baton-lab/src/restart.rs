@@ -13,7 +13,7 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::{self, ADMIN_LISTEN, DIRECT_PORT, VIP_PORT};
 use crate::daemon::{self, ProcId, Victim};
 use crate::{
-    absent_or_incomplete, check_children, cmd, daemon_argv, host_order, lab_dir, lab_namespaces,
-    read_state, start_daemon, sys, validate_name, wait_origin, wait_ready, write_state, LabError,
-    LabState, READY_POLL, READY_TIMEOUT, VIP,
+    absent_or_incomplete, check_children, cmd, daemon_argv, fronts, host_order, is_front, lab_dir,
+    lab_namespaces, read_state, record, resolve_host, start_daemon, sys, validate_name,
+    wait_fronts, wait_origin, wait_ready, write_state, FrontProbe, LabError, READY_POLL,
+    READY_TIMEOUT, VIP,
 };
 
 /// What a daemon may take beyond its drain timeout to exit after SIGTERM
@@ -108,13 +109,16 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Restarts the daemon of `host` (`front`, `backK`, or `origin` if the lab
-/// has one) in lab `name` with `signal`, and returns once it serves again:
-/// the front's `/ready` is 200 and the client gets an answer from the VIP;
-/// for a back-end, it answers on its direct port, the front's `/stats`
-/// shows it up on a new control channel, and the client gets an answer from
-/// the VIP; the origin answers HTTP. Every wait is bounded; a timeout or a
-/// daemon that dies says so with the end of its log.
+/// Restarts the daemon of `host` (`front`, `frontK`, `backK`, or `origin`
+/// if the lab has one) in lab `name` with `signal`, and returns once it
+/// serves again: the front's `/ready` is 200 (with several fronts, its BGP
+/// session is up and the router's group holds it again) and the client
+/// gets an answer from the VIP; for a back-end, it answers on its direct
+/// port, every front's `/stats` shows it up on a new control channel, and
+/// the client gets an answer from the VIP; the origin answers HTTP. Only
+/// the host's own daemon restarts (a front's BIRD and announcer keep
+/// running). Every wait is bounded; a timeout or a daemon that dies says so
+/// with the end of its log.
 pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartReport, LabError> {
     validate_name(name)?;
     let cannot = |reason: String| LabError::CannotRestart {
@@ -138,9 +142,24 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
     let Some(mut state) = read_state(name)? else {
         return Err(absent_or_incomplete(name));
     };
+    // `front` is front1 when there are several.
+    let host = resolve_host(host, state.info.fronts);
+    let host = host.as_str();
+    let fronts_n = state.info.fronts;
 
-    let Some(old) = state.daemons.get(host).copied() else {
-        let mut with_daemon: Vec<&String> = state.daemons.keys().collect();
+    // Only hosts' own daemons: the helpers (BIRD, announcers, the agent)
+    // are not hosts.
+    let own = state
+        .daemons
+        .get(host)
+        .copied()
+        .filter(|_| fronts::helper_of(host).is_none());
+    let Some(old) = own else {
+        let mut with_daemon: Vec<&String> = state
+            .daemons
+            .keys()
+            .filter(|k| fronts::helper_of(k).is_none())
+            .collect();
         with_daemon.sort_by_key(|h| host_order(h));
         let known = with_daemon
             .iter()
@@ -159,7 +178,7 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
     };
     let is_back = host.starts_with("back");
     if signal == RestartSignal::Upgrade {
-        if host != "front" {
+        if !is_front(host) {
             return Err(cannot(
                 "--signal upgrade is for the front only: a back-end has no successor to hand \
                  its sockets to; use --signal term or --signal kill"
@@ -171,7 +190,7 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
                 "the front's config has no upgrade_socket, so no successor can take over \
                  (a lab made by an older baton; see {}); \
                  use --signal term or --signal kill",
-                labdir.join("front.toml").display()
+                labdir.join(format!("{host}.toml")).display()
             )));
         }
     }
@@ -191,8 +210,25 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
             })
     };
     let netns = netns_of(host)?;
-    let front_ns = netns_of("front")?;
+    // The fronts whose view of the lab the readiness checks read: the one
+    // restarted, or all of them.
+    let front_hosts: Vec<String> = if is_front(host) {
+        vec![host.to_owned()]
+    } else {
+        (1..=fronts_n)
+            .map(|k| crate::topology::front_name(k, fronts_n))
+            .collect()
+    };
+    let front_nss = front_hosts
+        .iter()
+        .map(|h| netns_of(h))
+        .collect::<Result<Vec<_>, _>>()?;
     let client_ns = netns_of("client")?;
+    let router_ns = if fronts_n > 1 {
+        Some(netns_of("router")?)
+    } else {
+        None
+    };
     let info = state.info.hosts.get(host);
     let ip = info.map_or(Ipv4Addr::UNSPECIFIED, |i| i.ip);
     let log = info
@@ -201,7 +237,9 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
     let drain = info
         .and_then(|i| i.config.as_deref())
         .and_then(|c| fs::read_to_string(c).ok())
-        .map_or(config::DEFAULT_DRAIN, |text| config::drain_timeout(&text));
+        .map_or(config::DEFAULT_DRAIN, |text| {
+            config::drain_timeout(&text) + config::drain_withdraw(&text)
+        });
     let mut argv = daemon_argv(&state, host)?;
     if signal == RestartSignal::Upgrade {
         argv.push(OsString::from("--takeover"));
@@ -217,13 +255,16 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
     }
     // How many control channels the front has seen to this back-end: the
     // restarted one must be a new one.
-    let baseline = if is_back {
-        channel(&front_ns, curl, host)?
-            .filter(|c| c.handoff)
-            .map(|c| c.connects)
-    } else {
-        None
-    };
+    let mut baselines = Vec::new();
+    for ns in &front_nss {
+        baselines.push(if is_back {
+            channel(ns, curl, host)?
+                .filter(|c| c.handoff)
+                .map(|c| c.connects)
+        } else {
+            None
+        });
+    }
 
     let t0 = Instant::now();
     let victims: Vec<Victim> = Victim::group(old).into_iter().collect();
@@ -274,19 +315,43 @@ pub fn restart(name: &str, host: &str, signal: RestartSignal) -> Result<RestartR
         stopped_ms = millis(t0.elapsed());
     }
 
-    if host == "front" {
-        wait_ready(&mut children, &front_ns, &client_ns, &labdir, curl).map_err(named)?;
+    if is_front(host) {
+        match (
+            &router_ns,
+            host.strip_prefix("front").and_then(|k| k.parse().ok()),
+        ) {
+            (Some(router_ns), Some(k)) => {
+                let probe = FrontProbe::new(&state.info, k);
+                wait_fronts(
+                    &mut children,
+                    &[probe],
+                    router_ns,
+                    &client_ns,
+                    &labdir,
+                    curl,
+                )
+                .map_err(named)?
+            }
+            _ => {
+                let front_ns = front_nss.first().map_or("", String::as_str);
+                wait_ready(&mut children, front_ns, &client_ns, &labdir, curl).map_err(named)?
+            }
+        }
     } else if host == "origin" {
         wait_origin(&mut children, &netns, &labdir, curl)?;
     } else {
         let probe = BackProbe {
             host,
             ip,
-            baseline,
-            front_ns: &front_ns,
+            fronts: front_hosts
+                .iter()
+                .zip(&front_nss)
+                .zip(baselines)
+                .map(|((h, ns), b)| (h.as_str(), ns.as_str(), b))
+                .collect(),
             client_ns: &client_ns,
             log: &log,
-            front_log: labdir.join("front.log"),
+            labdir: &labdir,
         };
         wait_backend(&mut children, &probe, &labdir, curl)?;
     }
@@ -316,13 +381,6 @@ fn lock(labdir: &Path) -> io::Result<File> {
         .open(labdir.join("restart.lock"))?;
     sys::lock(&file, false)?;
     Ok(file)
-}
-
-fn record(state: &mut LabState, host: &str, id: ProcId) {
-    state.daemons.insert(host.to_owned(), id);
-    if let Some(h) = state.info.hosts.get_mut(host) {
-        h.pid = Some(id.pid);
-    }
 }
 
 /// Polls until the old front `old` is gone; fails at once if its successor dies.
@@ -394,16 +452,16 @@ fn channel(front_ns: &str, curl: &Path, host: &str) -> Result<Option<Channel>, L
 struct BackProbe<'a> {
     host: &'a str,
     ip: Ipv4Addr,
-    /// The front's channel count before the restart (handoff back-ends).
-    baseline: Option<u64>,
-    front_ns: &'a str,
+    /// Each front (host, netns) with its channel count before the restart
+    /// (handoff back-ends).
+    fronts: Vec<(&'a str, &'a str, Option<u64>)>,
     client_ns: &'a str,
     log: &'a Path,
-    front_log: PathBuf,
+    labdir: &'a Path,
 }
 
-/// Polls until the back-end answers on its direct port, the front's
-/// `/stats` shows it up (on a channel newer than `baseline`), and the
+/// Polls until the back-end answers on its direct port, every front's
+/// `/stats` shows it up (on a channel newer than its baseline), and the
 /// client gets an answer from the VIP; fails at once if the back-end dies.
 fn wait_backend(
     children: &mut [(String, Child, ProcId)],
@@ -414,41 +472,56 @@ fn wait_backend(
     let start = Instant::now();
     let direct_url = format!("http://{}:{DIRECT_PORT}/", p.ip);
     let vip_url = format!("http://{VIP}:{VIP_PORT}/");
-    let (mut serves, mut joined) = (false, false);
+    let mut serves = false;
+    let mut joined = vec![false; p.fronts.len()];
     loop {
         check_children(children, labdir)?;
+        let (_, first_ns, _) = p.fronts.first().copied().unwrap_or(("", "", None));
         if !serves {
-            serves = cmd::http_answers(p.front_ns, curl, &direct_url)?;
+            serves = cmd::http_answers(first_ns, curl, &direct_url)?;
         }
-        if serves && !joined {
-            joined = channel(p.front_ns, curl, p.host)?
-                .is_some_and(|c| c.up && p.baseline.is_none_or(|b| c.connects > b));
+        for (i, (_, ns, baseline)) in p.fronts.iter().enumerate() {
+            if serves && !joined[i] {
+                joined[i] = channel(ns, curl, p.host)?
+                    .is_some_and(|c| c.up && baseline.is_none_or(|b| c.connects > b));
+            }
         }
-        if joined && cmd::http_answers(p.client_ns, curl, &vip_url)? {
+        let all_joined = joined.iter().all(|j| *j);
+        if all_joined && cmd::http_answers(p.client_ns, curl, &vip_url)? {
             return Ok(());
         }
         if start.elapsed() >= READY_TIMEOUT {
+            let not_joined = p
+                .fronts
+                .iter()
+                .zip(&joined)
+                .find(|(_, j)| !**j)
+                .map(|((h, _, _), _)| *h);
+            let front_log = |h: &str| p.labdir.join(format!("{h}.log"));
             let (what, log) = if !serves {
-                (format!("{} never answered {direct_url}", p.host), p.log)
-            } else if !joined {
+                (
+                    format!("{} never answered {direct_url}", p.host),
+                    p.log.to_owned(),
+                )
+            } else if let Some(front) = not_joined {
                 (
                     format!(
-                        "the front's /stats never showed {} up on a new control channel",
+                        "{front}'s /stats never showed {} up on a new control channel",
                         p.host
                     ),
-                    p.front_log.as_path(),
+                    front_log(front),
                 )
             } else {
                 (
                     format!("the client gets no answer from {vip_url}"),
-                    p.front_log.as_path(),
+                    front_log(p.fronts.first().map_or("front", |f| f.0)),
                 )
             };
             return Err(LabError::NotReady {
                 what,
                 waited: start.elapsed(),
-                log: log.to_owned(),
-                tail: daemon::log_tail(log),
+                tail: daemon::log_tail(&log),
+                log,
             });
         }
         std::thread::sleep(READY_POLL);

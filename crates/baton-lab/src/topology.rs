@@ -1,5 +1,15 @@
 //! The lab's network: one namespace per host and one for the bridge that joins them.
 //!
+//! With one front (the default) every host is on the bridge, the client
+//! too, and the front holds the VIP on its NIC. With several
+//! ([`Topology::create_fronts`]), a router stands between the client and
+//! the segment: the client is on a veth pair of its own with the router
+//! (198.18.1.0/24), the router is on the segment at [`ROUTER_IP`], each
+//! front `frontK` is at 198.18.0.(100+K) with the VIP on `lo` (it never
+//! answers ARP for it: the router routes the VIP to the fronts' own
+//! addresses), and back-ends and fronts reach the client through the
+//! router (direct server return, through the router).
+//!
 //! Every veth pair is created from inside the bridge namespace straight into
 //! its host namespace, so nothing ever appears in the root namespace, and
 //! every namespace is removed again when the [`Topology`] is dropped (unless
@@ -35,6 +45,39 @@ pub const FRONT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 /// The origin's address (only in labs that have one).
 pub const ORIGIN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
 
+/// At most this many fronts: 198.18.0.101 to .116.
+pub const MAX_FRONTS: usize = 16;
+/// The router's address on the segment (labs with several fronts).
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The client's own segment behind the router (labs with several fronts).
+pub const CLIENT_NET: &str = "198.18.1.0/24";
+/// The client's address in labs with several fronts: behind the router.
+pub const ROUTED_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// The router's address on the client's segment.
+pub const ROUTER_CLIENT_SIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// The router's NIC towards the client (its `eth0` is on the segment).
+pub const ROUTER_CLIENT_IFACE: &str = "eth1";
+
+/// The address of front `k` (1-based) in a lab with several fronts:
+/// 198.18.0.(100+k).
+pub fn front_ip(k: usize) -> Option<Ipv4Addr> {
+    (1..=MAX_FRONTS)
+        .contains(&k)
+        .then(|| u8::try_from(100 + k).ok())
+        .flatten()
+        .map(|last| Ipv4Addr::new(198, 18, 0, last))
+}
+
+/// The host name of front `k` of `fronts`: `front` when it is the only
+/// one (today's topology and names), else `frontK`.
+pub fn front_name(k: usize, fronts: usize) -> String {
+    if fronts <= 1 {
+        String::from("front")
+    } else {
+        format!("front{k}")
+    }
+}
+
 /// The address of back-end `k` (1-based): 198.18.0.(10+k).
 pub fn back_ip(k: usize) -> Option<Ipv4Addr> {
     (1..=MAX_BACKENDS)
@@ -49,8 +92,12 @@ pub fn back_ip(k: usize) -> Option<Ipv4Addr> {
 pub enum Role {
     /// Runs curl, wrk, benchmarks.
     Client,
-    /// Runs `baton front`; holds the VIP on its NIC.
-    Front,
+    /// Runs `baton front`: front `K` (1-based). The only front holds the
+    /// VIP on its NIC; each of several holds it on `lo`, behind the router.
+    Front(usize),
+    /// Routes between the client and the segment; spreads the VIP's
+    /// packets over the fronts (labs with several fronts only).
+    Router,
     /// Runs `baton back`; holds the VIP on `lo` and never answers ARP for it.
     Back(usize),
     /// Runs `baton serve`: where caching back-ends fetch their misses. A
@@ -89,7 +136,8 @@ pub fn bridge_netns(name: &str) -> String {
     format!("{name}-br")
 }
 
-/// Whether `netns` belongs to lab `name`: `{name}-client`, `-front`, `-origin`, `-br` or `-backK`.
+/// Whether `netns` belongs to lab `name`: `{name}-client`, `-front`,
+/// `-frontK`, `-router`, `-origin`, `-br` or `-backK`.
 /// The suffix is matched exactly so that lab `a` never claims lab `a-b`'s namespaces.
 pub fn is_lab_netns(name: &str, netns: &str) -> bool {
     netns
@@ -98,14 +146,16 @@ pub fn is_lab_netns(name: &str, netns: &str) -> bool {
         .is_some_and(|host| host == "br" || is_host_name(host))
 }
 
-/// Whether `host` is a host name a lab can have (`client`, `front`, `origin`, `backK`).
+/// Whether `host` is a host name a lab can have (`client`, `router`,
+/// `front`, `frontK`, `origin`, `backK`).
 pub(crate) fn is_host_name(host: &str) -> bool {
-    match host {
-        "client" | "front" | "origin" => true,
-        _ => host
-            .strip_prefix("back")
-            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())),
-    }
+    let numbered = |prefix: &str| {
+        host.strip_prefix(prefix)
+            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+    };
+    matches!(host, "client" | "front" | "origin" | "router")
+        || numbered("back")
+        || numbered("front")
 }
 
 fn ipv6_available() -> bool {
@@ -117,25 +167,62 @@ impl Topology {
     /// `name` with `backends` back-ends. On error everything made so far is
     /// removed again.
     pub fn create(name: &str, backends: usize) -> Result<Topology, LabError> {
-        Self::build(name, backends, false)
+        Self::build(name, backends, 1, false)
     }
 
     /// Like [`Topology::create`], plus the host `origin` ([`ORIGIN_IP`]) on the same segment.
     pub fn create_with_origin(name: &str, backends: usize) -> Result<Topology, LabError> {
-        Self::build(name, backends, true)
+        Self::build(name, backends, 1, true)
     }
 
-    fn build(name: &str, backends: usize, origin: bool) -> Result<Topology, LabError> {
+    /// `fronts` fronts (1 to [`MAX_FRONTS`]; 1 is [`Topology::create`]'s
+    /// topology), `backends` back-ends, and the origin if `origin`. From two
+    /// fronts on: hosts `router` and `front1`..`frontN`, the client behind
+    /// the router (see the module's documentation).
+    pub fn create_fronts(
+        name: &str,
+        backends: usize,
+        fronts: usize,
+        origin: bool,
+    ) -> Result<Topology, LabError> {
+        Self::build(name, backends, fronts, origin)
+    }
+
+    fn build(
+        name: &str,
+        backends: usize,
+        fronts: usize,
+        origin: bool,
+    ) -> Result<Topology, LabError> {
         validate_name(name)?;
         if backends == 0 || backends > MAX_BACKENDS {
             return Err(LabError::InvalidSpec(format!(
                 "back-end count {backends} is outside 1..={MAX_BACKENDS}"
             )));
         }
-        let mut hosts = vec![
-            (String::from("client"), Role::Client, CLIENT_IP),
-            (String::from("front"), Role::Front, FRONT_IP),
-        ];
+        if fronts == 0 || fronts > MAX_FRONTS {
+            return Err(LabError::InvalidSpec(format!(
+                "front count {fronts} is outside 1..={MAX_FRONTS}"
+            )));
+        }
+        let routed = fronts > 1;
+        let mut hosts = if routed {
+            let mut v = vec![
+                (String::from("client"), Role::Client, ROUTED_CLIENT_IP),
+                (String::from("router"), Role::Router, ROUTER_IP),
+            ];
+            for k in 1..=fronts {
+                let ip = front_ip(k)
+                    .ok_or_else(|| LabError::InvalidSpec(format!("no address for front{k}")))?;
+                v.push((front_name(k, fronts), Role::Front(k), ip));
+            }
+            v
+        } else {
+            vec![
+                (String::from("client"), Role::Client, CLIENT_IP),
+                (String::from("front"), Role::Front(1), FRONT_IP),
+            ]
+        };
         for k in 1..=backends {
             let ip = back_ip(k)
                 .ok_or_else(|| LabError::InvalidSpec(format!("no address for back{k}")))?;
@@ -215,25 +302,83 @@ impl Topology {
 
         for (host, role, ip) in hosts {
             let ns = format!("{name}-{host}");
-            ip_run(&[
-                "-n", &br, "link", "add", &host, "type", "veth", "peer", "name", IFACE, "netns",
-                &ns,
-            ])?;
-            ip_run(&["-n", &br, "link", "set", &host, "master", BRIDGE, "up"])?;
+            if routed && role == Role::Client {
+                // Not on the segment: a veth pair straight to the router,
+                // made from the router's side (never in the root namespace).
+                let router_ns = format!("{name}-router");
+                ip_run(&[
+                    "-n",
+                    &router_ns,
+                    "link",
+                    "add",
+                    ROUTER_CLIENT_IFACE,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    IFACE,
+                    "netns",
+                    &ns,
+                ])?;
+                let side = format!("{ROUTER_CLIENT_SIDE_IP}/{PREFIX_LEN}");
+                ip_run(&[
+                    "-n",
+                    &router_ns,
+                    "addr",
+                    "add",
+                    &side,
+                    "dev",
+                    ROUTER_CLIENT_IFACE,
+                ])?;
+                ip_run(&["-n", &router_ns, "link", "set", ROUTER_CLIENT_IFACE, "up"])?;
+            } else {
+                ip_run(&[
+                    "-n", &br, "link", "add", &host, "type", "veth", "peer", "name", IFACE,
+                    "netns", &ns,
+                ])?;
+                ip_run(&["-n", &br, "link", "set", &host, "master", BRIDGE, "up"])?;
+            }
             // Sysctls go in before any address or link-up, so there is never a
             // moment in which a back-end could answer ARP for the VIP.
-            sysctl_in(&ns, &role_sysctls(role))?;
+            sysctl_in(&ns, &role_sysctls(role, routed))?;
             let cidr = format!("{ip}/{PREFIX_LEN}");
             ip_run(&["-n", &ns, "addr", "add", &cidr, "dev", IFACE])?;
             let vip = format!("{VIP}/32");
             match role {
-                // A /32 beside the /24: the front answers ARP for the VIP on
-                // eth0 but never picks it as a source address.
-                Role::Front => ip_run(&["-n", &ns, "addr", "add", &vip, "dev", IFACE])?,
-                Role::Back(_) => ip_run(&["-n", &ns, "addr", "add", &vip, "dev", "lo"])?,
-                Role::Client | Role::Origin => String::new(),
+                // A /32 beside the /24: the only front answers ARP for the
+                // VIP on eth0 but never picks it as a source address.
+                Role::Front(_) if !routed => {
+                    ip_run(&["-n", &ns, "addr", "add", &vip, "dev", IFACE])?
+                }
+                // Behind the router, the VIP is routed to each front's own
+                // address: on lo, never answered for in ARP, as on a back-end.
+                Role::Front(_) | Role::Back(_) => {
+                    ip_run(&["-n", &ns, "addr", "add", &vip, "dev", "lo"])?
+                }
+                Role::Client | Role::Origin | Role::Router => String::new(),
             };
             ip_run(&["-n", &ns, "link", "set", IFACE, "up"])?;
+            if routed {
+                // Answers to the client go through the router.
+                let via = match role {
+                    Role::Client => Some(("198.18.0.0/24", ROUTER_CLIENT_SIDE_IP)),
+                    Role::Front(_) | Role::Back(_) | Role::Origin => Some((CLIENT_NET, ROUTER_IP)),
+                    Role::Router => None,
+                };
+                if let Some((net, gw)) = via {
+                    ip_run(&[
+                        "-n",
+                        &ns,
+                        "route",
+                        "add",
+                        net,
+                        "via",
+                        &gw.to_string(),
+                        "dev",
+                        IFACE,
+                    ])?;
+                }
+            }
             let mac = link_mac(&ns, IFACE)?;
             topo.hosts.push(Host {
                 name: host,
@@ -345,7 +490,7 @@ pub(crate) fn check_rate(rate: &str) -> Result<(), LabError> {
     }
 }
 
-fn role_sysctls(role: Role) -> Vec<String> {
+fn role_sysctls(role: Role, routed: bool) -> Vec<String> {
     let set = |keys: &[&str], v: u8| -> Vec<String> {
         keys.iter()
             .map(|k| format!("net.ipv4.conf.{k}={v}"))
@@ -353,7 +498,34 @@ fn role_sysctls(role: Role) -> Vec<String> {
     };
     match role {
         Role::Client | Role::Origin => Vec::new(),
-        Role::Front => {
+        Role::Router => {
+            // It forwards, hashes flows on their 4-tuple over the fronts,
+            // and sees the back-ends' answers (from the VIP, which it routes
+            // to the fronts) arrive on the segment: no reverse-path filter.
+            let mut s = vec![
+                "net.ipv4.ip_forward=1".to_owned(),
+                "net.ipv4.fib_multipath_hash_policy=1".to_owned(),
+            ];
+            s.extend(set(
+                &[
+                    "all.rp_filter",
+                    "default.rp_filter",
+                    "eth0.rp_filter",
+                    "eth1.rp_filter",
+                ],
+                0,
+            ));
+            s
+        }
+        Role::Front(_) if routed => {
+            // As a back-end for ARP (the VIP is on lo), and as the only
+            // front for reverse-path filtering.
+            let mut s = set(&["all.rp_filter", "default.rp_filter", "eth0.rp_filter"], 0);
+            s.extend(set(&["all.arp_ignore", "eth0.arp_ignore"], 1));
+            s.extend(set(&["all.arp_announce", "eth0.arp_announce"], 2));
+            s
+        }
+        Role::Front(_) => {
             // The front sees client packets for flows it handed off and, on
             // ingress, frames it did not route: no reverse-path filtering.
             let mut s = set(&["all.rp_filter", "default.rp_filter", "eth0.rp_filter"], 0);

@@ -16,6 +16,12 @@ pub enum LabCmd {
         /// How many back-ends.
         #[arg(long, default_value_t = 2)]
         backends: usize,
+        /// How many fronts (1 to 16). 1: today's topology. From 2: a router
+        /// between the client and fronts front1..frontN spreads the VIP by
+        /// ECMP (a resilient next-hop group); each front announces the VIP
+        /// over BGP (BIRD) while its /serving says so.
+        #[arg(long, default_value_t = 1)]
+        fronts: usize,
         /// The back-ends' document root (default: generated sample files).
         #[arg(long)]
         docroot: Option<PathBuf>,
@@ -60,7 +66,8 @@ pub enum LabCmd {
         /// The lab name.
         #[arg(long, default_value = "baton")]
         name: String,
-        /// client, front, back1 ... backN, origin (if the lab has one), br.
+        /// client, front, back1 ... backN, origin (if the lab has one), br;
+        /// with several fronts router and front1 ... frontN (front: front1).
         host: String,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
@@ -72,7 +79,8 @@ pub enum LabCmd {
         /// The lab name.
         #[arg(long, default_value = "baton")]
         name: String,
-        /// front, back1 ... backN, origin (if the lab has one).
+        /// front, back1 ... backN, origin (if the lab has one); with several
+        /// fronts front1 ... frontN too (front: front1).
         host: String,
         /// kill: SIGKILL. term: SIGTERM, up to the daemon's drain timeout
         /// (plus 5 s) to exit, then SIGKILL. upgrade (front only): start a
@@ -89,6 +97,36 @@ pub enum LabCmd {
         /// The lab name.
         #[arg(long, default_value = "baton")]
         name: String,
+    },
+    /// The router's agent in a lab with several fronts (started by `lab
+    /// up`): keeps the kernel's resilient next-hop group for the VIP equal
+    /// to the fronts BIRD has routes from.
+    #[command(hide = true)]
+    EcmpSync {
+        /// The router's BIRD control socket.
+        #[arg(long)]
+        bird_socket: PathBuf,
+        /// The VIP.
+        #[arg(long)]
+        vip: std::net::Ipv4Addr,
+        /// The router's device on the fronts' segment.
+        #[arg(long)]
+        dev: String,
+        /// Every front's address, in order (front K is next-hop id K).
+        #[arg(long, value_delimiter = ',', required = true)]
+        next_hops: Vec<std::net::Ipv4Addr>,
+        /// The group's next-hop id.
+        #[arg(long, default_value_t = baton_lab::fronts::ECMP_GROUP)]
+        group: u32,
+        /// The group's buckets.
+        #[arg(long, default_value_t = baton_lab::fronts::ECMP_BUCKETS)]
+        buckets: u32,
+        /// Seconds a bucket must be idle before it may move to a new member.
+        #[arg(long, default_value_t = baton_lab::fronts::ECMP_IDLE_TIMER_S)]
+        idle_timer: u32,
+        /// Milliseconds between reads of BIRD's routes.
+        #[arg(long, default_value_t = baton_lab::fronts::ECMP_POLL_MS)]
+        interval_ms: u64,
     },
 }
 
@@ -158,6 +196,7 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
         LabCmd::Up {
             name,
             backends,
+            fronts,
             docroot,
             front_extra,
             back_extra,
@@ -170,6 +209,7 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
             let mut spec = baton_lab::LabSpec::new(&name, self_exe()?);
             spec.tls = tls;
             spec.backends = backends;
+            spec.fronts = fronts;
             spec.docroot = docroot;
             spec.front_extra = front_extra;
             spec.back_extra = back_extra;
@@ -210,6 +250,34 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
         }
         LabCmd::Down { name } => {
             baton_lab::down(&name).with_context(|| format!("lab {name}"))?;
+            Ok(0)
+        }
+        LabCmd::EcmpSync {
+            bird_socket,
+            vip,
+            dev,
+            next_hops,
+            group,
+            buckets,
+            idle_timer,
+            interval_ms,
+        } => {
+            if next_hops.is_empty() || next_hops.len() > baton_lab::MAX_FRONTS {
+                anyhow::bail!("--next-hops: 1 to {} addresses", baton_lab::MAX_FRONTS);
+            }
+            let g = crate::ecmp::Group {
+                prefix: format!("{vip}/32"),
+                dev,
+                hops: next_hops,
+                id: group,
+                buckets,
+                idle_timer,
+            };
+            crate::ecmp::run(
+                &g,
+                &bird_socket,
+                std::time::Duration::from_millis(interval_ms.max(10)),
+            )?;
             Ok(0)
         }
     }

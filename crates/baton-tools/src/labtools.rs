@@ -30,6 +30,8 @@ pub struct LabOptions {
     pub backend_groups: Vec<String>,
     /// HTTPS on the VIP too (`--tls`).
     pub tls: bool,
+    /// How many fronts (`--fronts`; 1: today's topology).
+    pub fronts: usize,
 }
 
 impl Default for LabOptions {
@@ -42,6 +44,7 @@ impl Default for LabOptions {
             origin: None,
             backend_groups: Vec::new(),
             tls: false,
+            fronts: 1,
         }
     }
 }
@@ -67,6 +70,8 @@ impl Lab {
             name,
             "--backends",
             &opts.backends.to_string(),
+            "--fronts",
+            &opts.fronts.to_string(),
         ]);
         if let Some(d) = &opts.docroot {
             cmd.arg("--docroot").arg(d);
@@ -145,10 +150,24 @@ impl Lab {
         &self.info.docroot
     }
 
-    /// The front's `/stats`.
+    /// The front's `/stats` (with several fronts, front1's: see
+    /// [`Lab::fronts`] and [`Lab::stats_of`] for the others).
     pub fn front_stats(&self) -> Result<serde_json::Value> {
+        self.stats_of("front")
+    }
+
+    /// The front hosts: `front`, or `front1`..`frontN` with several.
+    pub fn fronts(&self) -> Vec<String> {
+        let n = self.info.fronts;
+        (1..=n)
+            .map(|k| baton_lab::topology::front_name(k, n))
+            .collect()
+    }
+
+    /// `/stats` of front `host`.
+    pub fn stats_of(&self, host: &str) -> Result<serde_json::Value> {
         let out = self.run(
-            "front",
+            host,
             &[
                 "curl",
                 "-sf",
@@ -159,27 +178,62 @@ impl Lab {
         )?;
         if !out.status.success() {
             bail!(
-                "front /stats unavailable: {}",
+                "{host} /stats unavailable: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        serde_json::from_slice(&out.stdout).context("parsing /stats")
+        serde_json::from_slice(&out.stdout).with_context(|| format!("parsing {host}'s /stats"))
     }
 
-    /// Forgets the front's latency samples.
-    pub fn reset_latency(&self) -> Result<()> {
+    /// Sends `method path` to front `host`'s admin address; returns the
+    /// status and the body (e.g. `POST /drain`, `GET /serving`).
+    pub fn admin(&self, host: &str, method: &str, path: &str) -> Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:9100{path}");
         let out = self.run(
-            "front",
+            host,
             &[
                 "curl",
-                "-sf",
+                "-s",
+                "--max-time",
+                "5",
                 "-X",
-                "POST",
-                "http://127.0.0.1:9100/stats/reset-latency",
+                method,
+                "-w",
+                "\n%{http_code}",
+                &url,
             ],
         )?;
-        if !out.status.success() {
-            bail!("resetting latency failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let code = code
+            .trim()
+            .parse()
+            .with_context(|| format!("{method} {path} on {host}: {text}"))?;
+        Ok((code, body.to_owned()))
+    }
+
+    /// The fronts (by K) in the router's next-hop group for the VIP now
+    /// (labs with several fronts).
+    pub fn router_group(&self) -> Result<Vec<usize>> {
+        Ok(baton_lab::fronts::group_members(self.netns("router")?)?)
+    }
+
+    /// Forgets every front's latency samples.
+    pub fn reset_latency(&self) -> Result<()> {
+        for front in self.fronts() {
+            let out = self.run(
+                &front,
+                &[
+                    "curl",
+                    "-sf",
+                    "-X",
+                    "POST",
+                    "http://127.0.0.1:9100/stats/reset-latency",
+                ],
+            )?;
+            if !out.status.success() {
+                bail!("resetting {front}'s latency failed");
+            }
         }
         Ok(())
     }

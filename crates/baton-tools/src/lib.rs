@@ -19,6 +19,7 @@
 pub mod bench;
 pub mod compare;
 pub mod demo;
+pub mod ecmp;
 pub mod labcmd;
 pub mod labtools;
 pub mod simcmd;

@@ -130,6 +130,8 @@ pub fn status(before: &Value, now: &Value, over: Duration) -> Value {
         .collect();
     json!({
         "uptime_s": now["uptime_s"],
+        "serving": now["serving"],
+        "admin_drained": now["admin_drained"],
         "accepted_per_s": rate(before, now, "accepted"),
         "handoffs_ok": now["handoffs_ok"],
         "handoffs_failed": now["handoffs_failed"],
@@ -147,8 +149,15 @@ pub fn status(before: &Value, now: &Value, over: Duration) -> Value {
 }
 
 fn table(admin: SocketAddr, doc: &Value) -> String {
+    // What GET /serving says, which an announcer turns into the VIP's route.
+    let serving = match (doc["serving"].as_bool(), doc["admin_drained"].as_bool()) {
+        (Some(true), _) => "serving",
+        (Some(false), Some(true)) => "NOT SERVING (drained)",
+        (Some(false), _) => "NOT SERVING",
+        _ => "serving unknown",
+    };
     let mut out = format!(
-        "baton status: front at {admin}, up {:.0} s; {} conn/s, {} handoffs/s ({} ok, {} failed), {} relayed/s; \
+        "baton status: front at {admin}, up {:.0} s, {serving}; {} conn/s, {} handoffs/s ({} ok, {} failed), {} relayed/s; \
          handoff p50 {} µs, p99 {} µs; {} forwarding entries\n\n",
         doc["uptime_s"].as_f64().unwrap_or(0.0),
         doc["accepted_per_s"],
@@ -229,5 +238,17 @@ mod tests {
         // A back-end new since the first snapshot counts from zero.
         assert_eq!(doc["backends"][1]["handoffs_per_s"], 2.5);
         assert!(table("127.0.0.1:9100".parse().unwrap(), &doc).contains("DOWN"));
+    }
+
+    #[test]
+    fn whether_the_front_serves_is_shown() {
+        let now = json!({"serving": false, "admin_drained": true, "backends": []});
+        let doc = status(&now, &now, Duration::from_secs(1));
+        assert_eq!(doc["serving"], false);
+        assert_eq!(doc["admin_drained"], true);
+        let admin: SocketAddr = "127.0.0.1:9100".parse().expect("address");
+        assert!(table(admin, &doc).contains("NOT SERVING (drained)"));
+        let now = json!({"serving": true, "admin_drained": false, "backends": []});
+        assert!(table(admin, &status(&now, &now, Duration::from_secs(1))).contains(", serving;"));
     }
 }

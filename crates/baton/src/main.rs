@@ -61,6 +61,11 @@ enum Cmd {
         #[arg(long)]
         host: bool,
     },
+    /// Keep a front's VIP route announced in BIRD while the front serves:
+    /// polls the front's `GET /serving`, enables the BIRD protocol that
+    /// originates the route after `--rise` answers 200 in a row, disables it
+    /// at the first failure (503, refused, timeout) and on SIGTERM/SIGINT.
+    Announce(AnnounceArgs),
     /// The network-namespace testbed.
     Lab {
         #[command(subcommand)]
@@ -110,6 +115,30 @@ struct FrontArgs {
     /// its handoffs in progress finish, and adopt its handed-off flows.
     #[arg(long)]
     takeover: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct AnnounceArgs {
+    /// The front's admin address.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    admin: std::net::SocketAddr,
+    /// BIRD's control socket (`bird -s PATH`).
+    #[arg(long)]
+    bird_socket: PathBuf,
+    /// The BIRD protocol to enable and disable (a static protocol whose
+    /// route to the VIP is exported over BGP; configure it `disabled`).
+    #[arg(long, default_value = "vip")]
+    protocol: String,
+    /// Milliseconds between polls; also each poll's timeout.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    interval_ms: u64,
+    /// Answers 200 in a row before announcing.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rise: u32,
+    /// Milliseconds between re-assertions of the current state to BIRD
+    /// (a restarted BIRD starts with the protocol disabled).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    reassert_ms: u64,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -409,6 +438,18 @@ fn run_back(a: BackArgs) -> Result<()> {
     )
 }
 
+fn announce(a: AnnounceArgs) -> Result<()> {
+    let settings = baton_daemon::announce::Settings {
+        admin: a.admin,
+        bird_socket: a.bird_socket,
+        protocol: a.protocol,
+        interval: std::time::Duration::from_millis(a.interval_ms),
+        rise: a.rise,
+        reassert: std::time::Duration::from_millis(a.reassert_ms),
+    };
+    runtime(1)?.block_on(baton_daemon::announce::run(settings, shutdown_signal()))
+}
+
 fn serve(listen: std::net::SocketAddr, docroot: PathBuf) -> Result<()> {
     let files = baton_serve::StaticFiles::new(&docroot)
         .with_context(|| format!("docroot {}", docroot.display()))?;
@@ -444,6 +485,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::require_root("baton demo").and_then(|()| demo::run(&a)),
         Cmd::Bench { cmd } => demo::require_root("baton bench").and_then(|()| bench::run(cmd)),
         Cmd::Front(a) => run_front(a),
+        Cmd::Announce(a) => announce(a),
         Cmd::Unpin { config } => unpin(&config),
         Cmd::Reload { admin } => reload(admin),
         Cmd::Back(a) => run_back(a),

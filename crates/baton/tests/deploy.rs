@@ -1,6 +1,6 @@
 //! The systemd units in `deploy/systemd/` are valid (`systemd-analyze
 //! verify`, with `ExecStart` pointing at this build) and grant each daemon
-//! the capabilities `baton check --host` requires of it.
+//! the capabilities `baton check --host` requires of it (the announcer none).
 
 mod common;
 
@@ -27,7 +27,11 @@ fn ambient(text: &str) -> Vec<&str> {
 fn systemd_units_verify_and_grant_what_the_daemons_need() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let binary = baton().to_str().expect("utf-8 path");
-    for name in ["baton-front.service", "baton-back.service"] {
+    for name in [
+        "baton-front.service",
+        "baton-back.service",
+        "baton-announce.service",
+    ] {
         let text = unit(name).replace("/usr/local/bin/baton", binary);
         let path = dir.path().join(name);
         std::fs::write(&path, &text).expect("writing the unit");
@@ -57,6 +61,13 @@ fn systemd_units_verify_and_grant_what_the_daemons_need() {
         ["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"],
         "the back-end unit grants more or less than TCP_REPAIR and port 80 need"
     );
+    // The announcer polls HTTP and writes to BIRD's socket: no capability.
+    let announce = unit("baton-announce.service");
+    assert!(
+        ambient(&announce).is_empty(),
+        "the announcer needs no capability"
+    );
+    assert!(announce.contains("CapabilityBoundingSet=\n"), "{announce}");
 }
 
 /// Starts `baton ROLE --config CONFIG` in `netns` as uid/gid 65534 with

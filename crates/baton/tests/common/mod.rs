@@ -150,14 +150,26 @@ pub fn poll_stats(
     }
 }
 
-/// Waits until the front holds no forwarding entry and tracks no flow.
+/// Waits until every front holds no forwarding entry and tracks no flow.
 pub fn assert_drained(lab: &Lab) {
-    wait_stats(
-        lab,
-        "forwarding entries to drain to 0",
-        DRAIN_DEADLINE,
-        |s| s["forwarding_entries"] == 0 && s["flows_tracked"] == 0,
-    );
+    let start = Instant::now();
+    for front in lab.fronts() {
+        loop {
+            let s = lab
+                .stats_of(&front)
+                .unwrap_or_else(|e| panic!("{front} /stats: {e:#}\n{}", logs(lab)));
+            if s["forwarding_entries"] == 0 && s["flows_tracked"] == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < DRAIN_DEADLINE,
+                "waited {DRAIN_DEADLINE:?} for {front}'s forwarding entries to drain to 0; \
+                 last /stats:\n{s:#}\n{}",
+                logs(lab)
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
 }
 
 /// Whether each daemon still runs, according to `baton lab status`.
