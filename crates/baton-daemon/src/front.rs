@@ -15,7 +15,7 @@
 //! everything when `handoff = false` or when the front lacks the privileges
 //! for TCP_REPAIR and BPF (it then says why once, at start).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -433,7 +433,25 @@ struct MirrorCounters {
     stale: Counter,
     /// Forwarding entries written for them.
     steered: Counter,
+    /// Policy placements learnt from their hints.
+    placements_learnt: Counter,
+    /// Hints no policy of this front can read (another format).
+    placements_unreadable: Counter,
+    /// The other fronts, as the back-ends name them in `Mirror`: flows
+    /// learnt from each and when the last one came.
+    peers: Mutex<BTreeMap<std::net::IpAddr, PeerSeen>>,
 }
+
+/// What this front heard about another front.
+#[derive(Debug, Clone, Copy)]
+struct PeerSeen {
+    flows: u64,
+    last: Instant,
+}
+
+/// At most this many other fronts are listed (the least recently heard go
+/// first): the names come from back-ends, and memory stays bounded.
+const MAX_PEERS: usize = 256;
 
 /// The shared state of one front-end.
 pub struct Front {
@@ -949,8 +967,8 @@ impl Front {
                 Ok(Ok(h)) => h,
             };
         let t_head = Instant::now();
-        let bi = match self.pick(&head) {
-            Ok(bi) => bi,
+        let (bi, hint) = match self.pick(&head) {
+            Ok(picked) => picked,
             Err(why) => {
                 self.counters.no_backend.inc();
                 debug!(%peer, why, "no back-end for the request");
@@ -995,15 +1013,7 @@ impl Front {
             return;
         };
         let outcome = self
-            .handoff(
-                fd,
-                key,
-                bi,
-                &buf,
-                bytes::Bytes::new(),
-                bytes::Bytes::new(),
-                t_head,
-            )
+            .handoff(fd, key, bi, &buf, bytes::Bytes::new(), hint, t_head)
             .await;
         let Some((status, relay_to)) = self.settle(fd, &key, bi, outcome) else {
             drop(stream);
@@ -1169,8 +1179,8 @@ impl Front {
         if req.head.host.is_none() {
             req.head.host = req.sni.clone();
         }
-        let bi = match self.pick(&req.head) {
-            Ok(bi) => bi,
+        let (bi, hint) = match self.pick(&req.head) {
+            Ok(picked) => picked,
             Err(why) => {
                 self.counters.no_backend.inc();
                 debug!(%peer, why, "no back-end for the request");
@@ -1219,15 +1229,7 @@ impl Front {
         };
         let fd = io.as_fd();
         let outcome = self
-            .handoff(
-                fd,
-                key,
-                bi,
-                &req.ciphertext,
-                blob,
-                bytes::Bytes::new(),
-                t_head,
-            )
+            .handoff(fd, key, bi, &req.ciphertext, blob, hint, t_head)
             .await;
         if matches!(outcome, Outcome::Live) {
             self.counters.tls_handoffs.inc();
@@ -1416,8 +1418,10 @@ impl Front {
     }
 
     /// Routes the request to a group and lets the group's policy pick a
-    /// back-end; returns the back-end's index, or why none can take it.
-    fn pick(&self, head: &RequestHead) -> std::result::Result<usize, &'static str> {
+    /// back-end; returns the back-end's index and the hint for the other
+    /// fronts (the policy's placement of the target, empty for policies
+    /// that keep no per-target state), or why no back-end can take it.
+    fn pick(&self, head: &RequestHead) -> std::result::Result<(usize, bytes::Bytes), &'static str> {
         let host = head.host_name();
         let routing = self.routing();
         let backends = self.backends();
@@ -1469,10 +1473,14 @@ impl Front {
                 return Err("over the admission limit of the back-end group");
             }
         }
-        policy
+        let bi = policy
             .pick(&req, &views, now_ms)
             .and_then(|k| g.members.get(k).copied())
-            .ok_or("no back-end available")
+            .ok_or("no back-end available")?;
+        let hint = policy.placement(&req).map_or_else(bytes::Bytes::new, |p| {
+            bytes::Bytes::copy_from_slice(&p.encode())
+        });
+        Ok((bi, hint))
     }
 
     /// Hands the connection off: the engine decides, this carries it out.
@@ -1809,8 +1817,14 @@ impl Front {
                 RemoveCause::Idle => self.counters.entries_removed_idle.inc(),
                 RemoveCause::Orphaned => self.counters.entries_removed_orphaned.inc(),
             },
-            FrontEvent::Mirrored { backend, hint, .. } => {
+            FrontEvent::Mirrored {
+                backend,
+                origin,
+                hint,
+                ..
+            } => {
                 self.counters.mirror.mirrored.inc();
+                self.heard_from(origin);
                 self.learn_hint(backend, &hint);
             }
             FrontEvent::Unmirrored { .. } => self.counters.mirror.unmirrored.inc(),
@@ -1827,13 +1841,54 @@ impl Front {
         }
     }
 
-    /// What another front's policy put in the hint of a connection it handed
-    /// to `backend` (opaque here). The hook for sharing the policy's
-    /// assignments across fronts; nothing uses it yet.
+    /// What another front's policy decided for a connection it handed to
+    /// `backend`: the placement of the request's target, which this front's
+    /// policy of the back-end's group learns, so that a target goes to the
+    /// same back-end (set) whichever front receives it. A hint this front
+    /// cannot read (empty, another format) is ignored; a back-end in no
+    /// group of this front's configuration teaches nothing.
     fn learn_hint(&self, backend: BackendId, hint: &bytes::Bytes) {
-        if !hint.is_empty() {
-            debug!(backend, hint_len = hint.len(), "hint of a mirrored flow");
+        let Some(placement) = baton_policy::Placement::decode(hint) else {
+            if !hint.is_empty() {
+                self.counters.mirror.placements_unreadable.inc();
+            }
+            return;
+        };
+        let routing = self.routing();
+        let Some((g, member)) = routing
+            .groups
+            .iter()
+            .find_map(|g| g.members.iter().position(|&m| m == backend).map(|k| (g, k)))
+        else {
+            return;
+        };
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        g.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .learn(placement, member, now_ms);
+        self.counters.mirror.placements_learnt.inc();
+    }
+
+    /// Another front handed off a flow a back-end told this one about.
+    fn heard_from(&self, front: std::net::IpAddr) {
+        let mut peers = self
+            .counters
+            .mirror
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !peers.contains_key(&front) && peers.len() >= MAX_PEERS {
+            if let Some(oldest) = peers.iter().min_by_key(|(_, p)| p.last).map(|(ip, _)| *ip) {
+                peers.remove(&oldest);
+            }
         }
+        let p = peers.entry(front).or_insert(PeerSeen {
+            flows: 0,
+            last: Instant::now(),
+        });
+        p.flows += 1;
+        p.last = Instant::now();
     }
 
     /// Writes the queued frames and drops the channels the engine gave up on.
@@ -2874,6 +2929,21 @@ impl Front {
                 frames_in: c.mirror.frames_in.get(),
                 stale: c.mirror.stale.get(),
                 steered: c.mirror.steered.get(),
+                placements_learnt: c.mirror.placements_learnt.get(),
+                placements_unreadable: c.mirror.placements_unreadable.get(),
+                peers: c
+                    .mirror
+                    .peers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(ip, p)| PeerFront {
+                        front: ip.to_string(),
+                        flows: p.flows,
+                        last_heard_ms: u64::try_from(p.last.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                    })
+                    .collect(),
             },
             reloads_ok: reloads.0,
             reloads_failed: reloads.1,
@@ -3179,6 +3249,25 @@ pub struct MirrorStats {
     pub stale: u64,
     /// Forwarding entries written (or written again) for mirrored flows.
     pub steered: u64,
+    /// Placements of a locality policy (LARD, LARD/R) learnt from the
+    /// hints of mirrored flows.
+    pub placements_learnt: u64,
+    /// Hints of mirrored flows no policy here reads (a front configured
+    /// differently).
+    pub placements_unreadable: u64,
+    /// The other fronts this one heard of through the back-ends.
+    pub peers: Vec<PeerFront>,
+}
+
+/// Another front, as the back-ends report its flows.
+#[derive(Debug, Serialize)]
+pub struct PeerFront {
+    /// Its address, as the back-ends see its control channels.
+    pub front: String,
+    /// Flows it handed off that this front learnt.
+    pub flows: u64,
+    /// Since the last one.
+    pub last_heard_ms: u64,
 }
 
 /// Handoff latency, front side.
@@ -3667,6 +3756,29 @@ impl prometheus_client::collector::Collector for Metrics {
             "baton_front_mirror_frames",
             "Mirror, Unmirror and Mirroring frames read",
             s.mirror.frames_in,
+        )?;
+        counters_by(
+            e,
+            "baton_front_placements",
+            "Locality-policy placements in the hints of mirrored flows, by fate",
+            "result",
+            &[
+                ("learnt", s.mirror.placements_learnt),
+                ("unreadable", s.mirror.placements_unreadable),
+            ],
+        )?;
+        let peers: Vec<(&str, u64)> = s
+            .mirror
+            .peers
+            .iter()
+            .map(|p| (p.front.as_str(), p.flows))
+            .collect();
+        counters_by(
+            e,
+            "baton_front_peer_flows",
+            "Flows each other front handed off, as the back-ends told this one",
+            "peer",
+            &peers,
         )?;
         gauge(
             e,

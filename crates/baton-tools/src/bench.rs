@@ -65,6 +65,11 @@ pub enum BenchCmd {
         /// Caching back-ends.
         #[arg(long, default_value_t = 3)]
         backends: usize,
+        /// Front counts to run each policy with (comma separated; more than
+        /// one front: a lab with a router spreading clients over them by
+        /// ECMP, `baton lab up --fronts N`).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        fronts: Vec<usize>,
         /// Distinct objects.
         #[arg(long, default_value_t = 600)]
         targets: usize,
@@ -103,6 +108,10 @@ pub enum BenchCmd {
 #[derive(Debug, Serialize)]
 pub struct PolicyRecord {
     pub policy: String,
+    /// Fronts the requests were spread over.
+    pub fronts: usize,
+    /// Requests each front handed off, in front order.
+    pub per_front: Vec<u64>,
     pub requests: u64,
     pub failures: u64,
     pub rps: f64,
@@ -164,6 +173,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Policies {
             policies,
             backends,
+            fronts,
             targets,
             object_bytes,
             working_set_per_cache,
@@ -182,6 +192,13 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
                 concurrency > 0 && requests > 0 && targets > 0,
                 "nothing to do"
             );
+            anyhow::ensure!(
+                fronts
+                    .iter()
+                    .all(|&f| (1..=baton_lab::MAX_FRONTS).contains(&f)),
+                "--fronts: each count must be in 1..={}",
+                baton_lab::MAX_FRONTS
+            );
             let working_set = (targets * object_bytes) as f64;
             // The cache charges a little per object beyond its body.
             let cache_bytes = (working_set / working_set_per_cache) as u64;
@@ -195,27 +212,33 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             );
             let mut records = Vec::new();
             for p in &policies {
-                let r = policy_run(
-                    p,
-                    backends,
-                    &docroot.0,
-                    cache_bytes,
-                    &origin_rate,
-                    &stream,
-                    concurrency,
-                )?;
-                println!(
-                    "  {:<12} hit rate {:>5.1}%  origin {:>8.1} MiB  {:>7.0} req/s  p50 {:>6.2} ms  p99 {:>7.2} ms  failures {}  per back-end {:?}",
+                for &f in &fronts {
+                    let r = policy_run(
+                        p,
+                        backends,
+                        f,
+                        &docroot.0,
+                        cache_bytes,
+                        &origin_rate,
+                        &stream,
+                        concurrency,
+                    )?;
+                    println!(
+                    "  {:<12} {} front{} hit rate {:>5.1}%  origin {:>8.1} MiB  {:>7.0} req/s  p50 {:>6.2} ms  p99 {:>7.2} ms  failures {}  per back-end {:?}  per front {:?}",
                     r.policy,
+                    r.fronts,
+                    if r.fronts == 1 { " " } else { "s" },
                     r.hit_rate * 100.0,
                     r.origin_bytes as f64 / 1048576.0,
                     r.rps,
                     r.p50_ms,
                     r.p99_ms,
                     r.failures,
-                    r.per_backend
+                    r.per_backend,
+                    r.per_front
                 );
-                records.push(r);
+                    records.push(r);
+                }
             }
             if let Some(dir) = json.parent() {
                 std::fs::create_dir_all(dir).ok();
@@ -604,9 +627,11 @@ fn print_handoff(r: &HandoffReport) {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn policy_run(
     policy: &str,
     backends: usize,
+    fronts: usize,
     docroot: &std::path::Path,
     cache_bytes: u64,
     origin_rate: &str,
@@ -618,6 +643,7 @@ fn policy_run(
     let _ = baton_lab::down(name);
     let opts = crate::labtools::LabOptions {
         backends,
+        fronts,
         docroot: Some(docroot.to_path_buf()),
         front_extra: Some(format!("policy = {policy:?}")),
         origin: Some(baton_lab::OriginSpec {
@@ -684,9 +710,16 @@ fn policy_run(
         origin_bytes += v["cache"]["origin_bytes"].as_u64().unwrap_or(0);
         per_backend.push(v["total"].as_u64().unwrap_or(0));
     }
+    let mut per_front = Vec::new();
+    for front in lab.fronts() {
+        let v = lab.stats_of(&front)?;
+        per_front.push(v["handoffs_ok"].as_u64().unwrap_or(0));
+    }
     let s = summarize(&mut lat);
     Ok(PolicyRecord {
         policy: policy.to_string(),
+        fronts,
+        per_front,
         requests: s.count as u64,
         failures,
         rps: s.count as f64 / secs.max(1e-9),

@@ -145,6 +145,8 @@ pub fn status(before: &Value, now: &Value, over: Duration) -> Value {
             "live_p99": now["latency_us"]["control_rtt"]["p99"],
         },
         "backends": backends,
+        "mirrored_flows": now["mirror"]["flows"],
+        "peers": now["mirror"]["peers"],
     })
 }
 
@@ -206,6 +208,25 @@ fn table(admin: SocketAddr, doc: &Value) -> String {
             b["last_error"].as_str().unwrap_or("-"),
         );
     }
+    // Other fronts, as the back-ends report the flows they handed off.
+    let peers = doc["peers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !peers.is_empty() {
+        out += &format!(
+            "\n{} flows of other fronts steered here too; fronts heard of through the back-ends:\n",
+            cell(&doc["mirrored_flows"])
+        );
+        for p in peers {
+            out += &format!(
+                "  front {:<16} {:>8} flows, last {} ms ago\n",
+                p["front"].as_str().unwrap_or("?"),
+                cell(&p["flows"]),
+                cell(&p["last_heard_ms"]),
+            );
+        }
+    }
     out
 }
 
@@ -248,7 +269,13 @@ mod tests {
         assert_eq!(doc["admin_drained"], true);
         let admin: SocketAddr = "127.0.0.1:9100".parse().expect("address");
         assert!(table(admin, &doc).contains("NOT SERVING (drained)"));
-        let now = json!({"serving": true, "admin_drained": false, "backends": []});
-        assert!(table(admin, &status(&now, &now, Duration::from_secs(1))).contains(", serving;"));
+        let now = json!({"serving": true, "admin_drained": false, "backends": [],
+            "mirror": {"flows": 3, "peers": [{"front": "198.18.0.102", "flows": 7, "last_heard_ms": 40}]}});
+        let t = table(admin, &status(&now, &now, Duration::from_secs(1)));
+        assert!(t.contains(", serving;"), "{t}");
+        assert!(
+            t.contains("3 flows of other fronts") && t.contains("front 198.18.0.102"),
+            "{t}"
+        );
     }
 }

@@ -110,8 +110,11 @@ enum Timer {
 /// (`Unmirror`); a front's new channel lists them after `Holding`
 /// (`Mirroring`). A `Mirror` still waiting for its batch when its
 /// connection ends is taken back instead of followed by an `Unmirror`: a
-/// connection shorter than the batch delay is never mirrored. Fronts are
-/// told apart by the address of their channel's peer.
+/// connection shorter than the batch delay is never mirrored, unless its
+/// `Handoff` carried a hint (a locality policy's placement, which the other
+/// fronts need whatever the connection's length): then the `Mirror` goes
+/// and its `Unmirror` follows in the same batch. Fronts are told apart by
+/// the address of their channel's peer.
 #[derive(Debug)]
 pub struct BackEngine {
     vip: Ipv4Addr,
@@ -492,14 +495,20 @@ impl BackEngine {
     }
 
     /// Tells every other front that a mirrored connection ended, or takes
-    /// back a `Mirror` that has not gone yet.
+    /// back a `Mirror` that has not gone yet (one without a hint: the hint
+    /// of a locality policy must reach the other fronts all the same).
     fn unmirror(&mut self, now: Instant, origin: IpAddr, id: u64, flow: FlowKey) {
         for c in self.others(origin) {
             self.queue(now, c, |b| {
-                let before = b.mirror.len();
-                b.mirror.retain(|m| !(m.origin == origin && m.id == id));
-                if b.mirror.len() == before {
-                    b.unmirror.push(MirrorRef { origin, id, flow });
+                let waiting = b
+                    .mirror
+                    .iter()
+                    .position(|m| m.origin == origin && m.id == id);
+                match waiting {
+                    Some(i) if b.mirror[i].hint.is_empty() => {
+                        b.mirror.remove(i);
+                    }
+                    _ => b.unmirror.push(MirrorRef { origin, id, flow }),
                 }
             });
         }
@@ -733,12 +742,16 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_shorter_than_the_batch_is_never_mirrored() {
+    fn a_connection_shorter_than_the_batch_is_never_mirrored_unless_it_has_a_hint() {
         let mut e = engine();
         let t0 = Instant::now();
         e.handle_channel_up(2, OTHER);
         actions(&mut e);
-        restore(&mut e, t0, 1, 1);
+        // Without a hint: nothing for the other front.
+        let h = handoff(1, 1);
+        e.handle_frame(t0, 1, ToBack::Handoff(h.clone()));
+        e.handle_restored(t0, 1, FRONT, 1, h.flow, Ok(1));
+        actions(&mut e);
         e.handle_closed(t0 + Duration::from_millis(2), FRONT, 1);
         e.handle_timeout(t0 + Duration::from_millis(7));
         assert_eq!(
@@ -747,9 +760,39 @@ mod tests {
                 1,
                 ToFront::Closed {
                     id: 1,
-                    flow: handoff(1, 1).flow
+                    flow: h.flow
                 }
             )]
+        );
+        assert_eq!(e.pending_reports(), 0);
+        // With a hint (a placement): Mirror then Unmirror, in one batch.
+        let t1 = t0 + Duration::from_millis(10);
+        restore(&mut e, t1, 2, 2);
+        e.handle_closed(t1 + Duration::from_millis(2), FRONT, 2);
+        e.handle_timeout(t1 + Duration::from_millis(7));
+        assert_eq!(
+            actions(&mut e),
+            [
+                send(
+                    2,
+                    ToFront::Mirror {
+                        flows: vec![mirrored(2, 2, b"/x")]
+                    }
+                ),
+                send(
+                    2,
+                    ToFront::Unmirror {
+                        flows: vec![mirrored(2, 2, b"").as_ref()]
+                    }
+                ),
+                send(
+                    1,
+                    ToFront::Closed {
+                        id: 2,
+                        flow: handoff(2, 2).flow
+                    }
+                ),
+            ]
         );
         assert_eq!(e.pending_reports(), 0);
     }
