@@ -1,6 +1,11 @@
 //! `baton demo`: a lab cluster, real traffic from the client namespace, a
 //! report of what happened, and teardown.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Context, Result};
 
 use crate::labtools::{handoffs_by_backend, sha256_file, Lab, LabOptions, TempDir};
@@ -17,6 +22,9 @@ pub struct DemoArgs {
     /// Seconds per load phase.
     #[arg(long, default_value_t = 5)]
     pub seconds: u32,
+    /// The name of part 7's lab (three fronts).
+    #[arg(long, default_value = "batondemo-f3")]
+    pub fronts_name: String,
 }
 
 /// Runs the demo.
@@ -28,7 +36,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "Baton demo: bringing up lab {:?} (client, front, {} back-ends, bridge) ...",
         args.name, args.backends
     );
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     let opts = LabOptions {
         backends: args.backends,
         tls: true,
@@ -154,14 +162,335 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let broken = restarts(&lab)?;
     let (tls_bad, tls_errors) = https(&lab, args, &scratch)?;
     drop(lab);
-    println!("\n7. Lab torn down: namespaces, links, BPF attachment, pins and daemons removed.");
+    let fronts_problems = several_fronts(&baton, args)?;
+    println!(
+        "\n8. Both labs torn down: namespaces, links, BPF attachments, pins, BIRD speakers, announcers and daemons removed."
+    );
+    let mut problems = Vec::new();
     if bad > 0 || errors > 0 || broken > 0 || tls_bad > 0 || tls_errors > 0 {
-        bail!(
+        problems.push(format!(
             "{bad} downloads differed, wrk saw {errors} errors, {broken} downloads broke across the restarts; \
              over HTTPS {tls_bad} downloads differed and wrk saw {tls_errors} errors"
-        );
+        ));
+    }
+    problems.extend(fronts_problems);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
     }
     Ok(())
+}
+
+/// Part 7's downloads: how many, their size, their rate.
+const FRONTS_DOWNLOADS: u16 = 6;
+const FRONTS_FILE: &str = "64m.bin";
+const FRONTS_RATE: &str = "8M";
+/// The downloads' source ports: FRONTS_PORT_BASE + 1 and up, above
+/// Linux's ephemeral range (32768-60999), so that no other connection of
+/// the client holds one (or left it in TIME_WAIT).
+const FRONTS_PORT_BASE: u16 = 61000;
+/// How long a drained or killed front may take to leave the router's
+/// group, and a returning one to join it again (bounds, not waits).
+const GROUP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Part 7: a second lab with three fronts behind a router; downloads spread
+/// over them, a front drained, another SIGKILLed, both brought back. The lab
+/// is torn down on return (also on error). Returns what was wrong.
+fn several_fronts(baton: &Path, args: &DemoArgs) -> Result<Vec<String>> {
+    const FRONTS: usize = 3;
+    let _ = baton_lab::down(&args.fronts_name);
+    println!(
+        "\n7. Several fronts: lab {:?} with a router (BIRD, a resilient ECMP group), {FRONTS} fronts (each with BIRD and baton announce), {} back-ends ...",
+        args.fronts_name, args.backends
+    );
+    let t = Instant::now();
+    let lab = Lab::up(
+        baton,
+        &args.fronts_name,
+        LabOptions {
+            backends: args.backends,
+            fronts: FRONTS,
+            ..LabOptions::default()
+        },
+    )?;
+    let fronts = lab.fronts();
+    println!(
+        "   up in {:.1} s; the router's group for VIP {} holds fronts {:?}",
+        t.elapsed().as_secs_f64(),
+        lab.info.vip,
+        lab.router_group()?
+    );
+    let mut problems = Vec::new();
+
+    // 1. Rate-limited downloads with distinct source ports.
+    let n = FRONTS_DOWNLOADS;
+    let before = fronts
+        .iter()
+        .map(|f| lab.stats_of(f))
+        .collect::<Result<Vec<_>>>()?;
+    let want = sha256_file(&lab.docroot().join(FRONTS_FILE))?;
+    let client = lab.netns("client")?.to_owned();
+    let url = lab.url(&format!("/{FRONTS_FILE}"));
+    let mut downloads = (1..=n)
+        .map(|i| {
+            let port = FRONTS_PORT_BASE + i;
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &client, "bash", "-c"])
+                .arg(format!(
+                    "set -o pipefail; curl -sS --noproxy '*' --fail --local-port {port} \
+                     --limit-rate {FRONTS_RATE} --max-time 60 {url} | sha256sum"
+                ))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .context("starting curl")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    println!(
+        "   {n} downloads of {FRONTS_FILE} at {FRONTS_RATE}iB/s from the client, source ports {}-{}:",
+        FRONTS_PORT_BASE + 1,
+        FRONTS_PORT_BASE + n
+    );
+    let counter = |s: &serde_json::Value, key: &str| s[key].as_u64().unwrap_or(0);
+    let mirrored = |s: &serde_json::Value| s["mirror"]["mirrored"].as_u64().unwrap_or(0);
+    // Every download handed off, and learnt by every other front from the
+    // back-ends (bounded waits).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (own, now) = loop {
+        let now = fronts
+            .iter()
+            .map(|f| lab.stats_of(f))
+            .collect::<Result<Vec<_>>>()?;
+        let own: Vec<u64> = now
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| counter(a, "handoffs_ok").saturating_sub(counter(b, "handoffs_ok")))
+            .collect();
+        let total: u64 = own.iter().sum();
+        let known = now.iter().zip(&before).zip(&own).all(|((a, b), o)| {
+            let others = total - o;
+            mirrored(a).saturating_sub(mirrored(b)) >= others
+                && a["mirror"]["flows"].as_u64().unwrap_or(0) >= others
+        });
+        if (total >= u64::from(n) && known) || Instant::now() >= deadline {
+            break (own, now);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let total: u64 = own.iter().sum();
+    for ((front, o), s) in fronts.iter().zip(&own).zip(&now) {
+        println!(
+            "   {front:<7} handed off {o} of them; mirror.flows {} (the other fronts' {}, learnt from the back-ends)",
+            s["mirror"]["flows"],
+            total - o
+        );
+    }
+    let known_everywhere = now
+        .iter()
+        .zip(&own)
+        .all(|(s, o)| s["mirror"]["flows"].as_u64().unwrap_or(0) >= total - o);
+    if total != u64::from(n) || !known_everywhere {
+        problems.push(format!(
+            "{total} of {n} downloads handed off (per front {own:?}), known by every other front: {known_everywhere}"
+        ));
+    }
+
+    // 2. Drain front2, kill front3, bring both back, while a curl loop runs.
+    let stop = AtomicBool::new(false);
+    let (codes, changes) = std::thread::scope(|scope| {
+        let looper = scope.spawn(|| curl_loop(&lab, &stop));
+        let changes = fronts_changes(&lab, &mut problems);
+        stop.store(true, Ordering::Relaxed);
+        let codes = looper.join();
+        (codes, changes)
+    });
+    let codes = codes.map_err(|_| anyhow::anyhow!("the curl loop panicked"))?;
+    let total_ms = changes?;
+    let running = downloads
+        .iter_mut()
+        .map(|d| d.try_wait())
+        .filter(|w| matches!(w, Ok(None)))
+        .count();
+
+    // 3. Every download complete and byte-exact.
+    let mut exact = 0;
+    for d in downloads {
+        let out = d.wait_with_output().context("waiting for curl")?;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with(&want) {
+            exact += 1;
+        }
+    }
+    println!(
+        "   downloads still running when all three were back: {running}/{n}; completed byte-exact (sha256): {exact}/{n}"
+    );
+    if exact != n {
+        problems.push(format!(
+            "{} of {n} downloads through three fronts broke",
+            n - exact
+        ));
+    }
+    let requests: u64 = codes.values().sum();
+    let ok = codes.get("200").copied().unwrap_or(0);
+    println!(
+        "   curl loop during the changes (a new connection each): {requests} requests: {}",
+        codes
+            .iter()
+            .map(|(c, k)| format!("{k} x {c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if requests == 0 || ok != requests {
+        problems.push(format!(
+            "the curl loop got {ok} answers 200 of {requests} requests ({codes:?})"
+        ));
+    }
+    let end = fronts
+        .iter()
+        .map(|f| lab.stats_of(f))
+        .collect::<Result<Vec<_>>>()?;
+    let sum = |f: &dyn Fn(&serde_json::Value) -> u64| end.iter().map(f).sum::<u64>();
+    println!(
+        "   BPF guard, summed over the fronts: bpf_unknown_dropped {}, bpf_no_listener_dropped {} (packets no front knew: dropped, never reset)",
+        sum(&|s| counter(s, "bpf_unknown_dropped")),
+        sum(&|s| counter(s, "bpf_no_listener_dropped"))
+    );
+    println!(
+        "   mirror, summed over the fronts (front3's since its restart): flows learnt {}, ended {}, entries steered {}, stale {}",
+        sum(&|s| s["mirror"]["mirrored"].as_u64().unwrap_or(0)),
+        sum(&|s| s["mirror"]["unmirrored"].as_u64().unwrap_or(0)),
+        sum(&|s| s["mirror"]["steered"].as_u64().unwrap_or(0)),
+        sum(&|s| s["mirror"]["stale"].as_u64().unwrap_or(0)),
+    );
+    drop(lab);
+    println!(
+        "   {exact}/{n} downloads byte-exact and {ok}/{requests} requests answered 200 across a drain, a SIGKILL and both fronts' return ({} ms until all three were back; part 7 took {:.1} s){}",
+        total_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
+        t.elapsed().as_secs_f64(),
+        if problems.is_empty() { "" } else { ": NOT ALL RIGHT" }
+    );
+    Ok(problems)
+}
+
+/// Part 7's changes: front2 drained, front3 SIGKILLed, both brought back;
+/// prints each time. Returns the time from the resume until the group
+/// held all three again (`None`: not within [`GROUP_DEADLINE`]).
+fn fronts_changes(lab: &Lab, problems: &mut Vec<String>) -> Result<Option<u64>> {
+    let all = [1, 2, 3];
+    let mut wait_group = |what: &str, t0: Instant, want: &[usize]| -> Result<Option<u64>> {
+        loop {
+            let g = lab.router_group()?;
+            let ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if g == want {
+                return Ok(Some(ms));
+            }
+            if t0.elapsed() >= GROUP_DEADLINE {
+                problems.push(format!(
+                    "{what}: the router's group was {g:?} after {ms} ms"
+                ));
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let show = |ms: Option<u64>| ms.map_or_else(|| "NEVER".to_owned(), |ms| format!("{ms} ms"));
+
+    let t0 = Instant::now();
+    let (code, body) = lab.admin("front2", "POST", "/drain")?;
+    if code != 200 {
+        bail!("POST /drain on front2: {code} {body}");
+    }
+    let ms = wait_group("front2 drained", t0, &[1, 3])?;
+    println!(
+        "   POST /drain on front2: the router's group lost it after {}",
+        show(ms)
+    );
+
+    let pid = lab.info.hosts["front3"]
+        .pid
+        .context("the lab has no pid for front3")?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "baton" {
+        bail!("front3's pid {pid} is not baton front (comm {comm:?})");
+    }
+    let t0 = Instant::now();
+    let st = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !st.success() {
+        bail!("kill -KILL {pid} (front3) failed");
+    }
+    let ms = wait_group("front3 killed", t0, &[1])?;
+    println!(
+        "   SIGKILL to front3's baton front (pid {pid}): the router's group lost it after {}",
+        show(ms)
+    );
+    // Gone for good (its listening sockets closed) before it starts again.
+    let gone = Instant::now() + GROUP_DEADLINE;
+    while process_runs(pid) {
+        if Instant::now() >= gone {
+            bail!("front3 (pid {pid}) survived SIGKILL");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let t0 = Instant::now();
+    let (code, body) = lab.admin("front2", "POST", "/resume")?;
+    if code != 200 {
+        bail!("POST /resume on front2: {code} {body}");
+    }
+    let r = baton_lab::restart(&lab.name, "front3", baton_lab::RestartSignal::Kill)?;
+    let ms = wait_group("front2 resumed, front3 restarted", t0, &all)?;
+    println!(
+        "   POST /resume on front2, front3 started again by the lab's restart (pid {} {}; new pid {}, in the group after {} ms)",
+        r.old_pid,
+        if r.old_running { "was still running" } else { "was not running: nothing to signal" },
+        r.new_pid,
+        r.serving_ms
+    );
+    println!(
+        "   the router's group held all three again {} after the resume",
+        show(ms)
+    );
+    Ok(ms)
+}
+
+/// Requests `/1k.bin` on a new connection each until `stop`; returns the
+/// count of each status (`000`: no answer).
+fn curl_loop(lab: &Lab, stop: &AtomicBool) -> BTreeMap<String, u64> {
+    let url = lab.url("/1k.bin");
+    let mut codes = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let code = lab
+            .run(
+                "client",
+                &[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "10",
+                    &url,
+                ],
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|_| "error".to_owned());
+        *codes.entry(code).or_insert(0) += 1;
+    }
+    codes
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn process_runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next().map(str::to_owned))
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// Part 6: HTTPS, the TLS session handed off with the connection; returns
@@ -269,12 +598,12 @@ fn restarts(lab: &Lab) -> Result<usize> {
         })
         .collect::<Result<Vec<_>>>()?;
     // Every download handed off before the front goes (bounded wait).
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     while lab.front_stats()?["handoffs_ok"].as_u64().unwrap_or(0)
         < before["handoffs_ok"].as_u64().unwrap_or(0) + DOWNLOADS as u64
-        && t.elapsed() < std::time::Duration::from_secs(10)
+        && t.elapsed() < Duration::from_secs(10)
     {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
     for signal in [
         baton_lab::RestartSignal::Kill,
