@@ -303,7 +303,7 @@ fn several_fronts(baton: &Path, args: &DemoArgs) -> Result<Vec<String>> {
         let codes = looper.join();
         (codes, changes)
     });
-    let codes = codes.map_err(|_| anyhow::anyhow!("the curl loop panicked"))?;
+    let (codes, slowest) = codes.map_err(|_| anyhow::anyhow!("the curl loop panicked"))?;
     let total_ms = changes?;
     let running = downloads
         .iter_mut()
@@ -331,12 +331,13 @@ fn several_fronts(baton: &Path, args: &DemoArgs) -> Result<Vec<String>> {
     let requests: u64 = codes.values().sum();
     let ok = codes.get("200").copied().unwrap_or(0);
     println!(
-        "   curl loop during the changes (a new connection each): {requests} requests: {}",
+        "   curl loop during the changes (a new connection each): {requests} requests: {}; the slowest took {:.0} ms",
         codes
             .iter()
             .map(|(c, k)| format!("{k} x {c}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        slowest * 1e3
     );
     if requests == 0 || ok != requests {
         problems.push(format!(
@@ -349,7 +350,7 @@ fn several_fronts(baton: &Path, args: &DemoArgs) -> Result<Vec<String>> {
         .collect::<Result<Vec<_>>>()?;
     let sum = |f: &dyn Fn(&serde_json::Value) -> u64| end.iter().map(f).sum::<u64>();
     println!(
-        "   BPF guard, summed over the fronts: bpf_unknown_dropped {}, bpf_no_listener_dropped {} (packets no front knew: dropped, never reset)",
+        "   BPF guard, summed over the fronts: bpf_unknown_dropped {}, bpf_no_listener_dropped {} (packets no front knew: dropped, never reset; the client's TCP sent them again)",
         sum(&|s| counter(s, "bpf_unknown_dropped")),
         sum(&|s| counter(s, "bpf_no_listener_dropped"))
     );
@@ -455,12 +456,14 @@ fn fronts_changes(lab: &Lab, problems: &mut Vec<String>) -> Result<Option<u64>> 
 }
 
 /// Requests `/1k.bin` on a new connection each until `stop`; returns the
-/// count of each status (`000`: no answer).
-fn curl_loop(lab: &Lab, stop: &AtomicBool) -> BTreeMap<String, u64> {
+/// count of each status (`000`: no answer) and the slowest request's
+/// seconds.
+fn curl_loop(lab: &Lab, stop: &AtomicBool) -> (BTreeMap<String, u64>, f64) {
     let url = lab.url("/1k.bin");
     let mut codes = BTreeMap::new();
+    let mut slowest = 0f64;
     while !stop.load(Ordering::Relaxed) {
-        let code = lab
+        let out = lab
             .run(
                 "client",
                 &[
@@ -469,17 +472,19 @@ fn curl_loop(lab: &Lab, stop: &AtomicBool) -> BTreeMap<String, u64> {
                     "-o",
                     "/dev/null",
                     "-w",
-                    "%{http_code}",
+                    "%{http_code} %{time_total}",
                     "--max-time",
                     "10",
                     &url,
                 ],
             )
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|_| "error".to_owned());
-        *codes.entry(code).or_insert(0) += 1;
+            .unwrap_or_default();
+        let (code, secs) = out.split_once(' ').unwrap_or(("error", "0"));
+        slowest = slowest.max(secs.parse().unwrap_or(0.0));
+        *codes.entry(code.to_owned()).or_insert(0) += 1;
     }
-    codes
+    (codes, slowest)
 }
 
 /// Whether `pid` runs (a zombie does not).
