@@ -220,7 +220,7 @@ fn twenty_downloads_survive_a_front_kill_and_an_upgrade_without_a_reset() {
             }
         }
         let _ = stop.send(());
-        let loop_seen = looping.map(|h| h.join().expect("the curl loop"));
+        let loop_seen = looping.map(|h| h.join().expect("the curl loop").seen);
         let resets = capture.resets();
         assert!(
             failed.is_empty(),

@@ -800,14 +800,16 @@ pub fn outcome(out: &std::process::Output) -> (bool, String) {
 }
 
 /// The client ports of the downloads (curl --local-port), so the capture
-/// looks at their connections only. Under this load about 1 in 50 of the
+/// looks at their connections only (the range is reserved in the client's
+/// namespace: see [`reserve_download_ports`]). Under this load about 1 in 50 of the
 /// short one-request connections ends with a reset from the back-end
 /// after both FINs (the client is in TIME_WAIT; nothing is lost), with or
 /// without a restart: a known defect of the teardown, tracked apart.
 pub const DOWNLOAD_PORTS: &str = "50000-50999";
 
-/// A packet capture of the TCP resets on the downloads' connections, in
-/// the client's namespace; started once tcpdump says it listens.
+/// A packet capture of TCP resets: by default on the downloads'
+/// connections in the client's namespace; started once tcpdump says it
+/// listens.
 pub struct ResetCapture {
     child: Spawned,
     file: std::path::PathBuf,
@@ -815,14 +817,34 @@ pub struct ResetCapture {
 
 impl ResetCapture {
     pub fn start(lab: &Lab, file: std::path::PathBuf) -> Self {
+        reserve_download_ports(lab);
+        Self::start_in(
+            lab,
+            "client",
+            &format!("tcp[tcpflags] & tcp-rst != 0 and portrange {DOWNLOAD_PORTS}"),
+            file,
+        )
+    }
+
+    /// Captures what `filter` (resets of some kind) selects on `host`'s NIC.
+    pub fn start_in(lab: &Lab, host: &str, filter: &str, file: std::path::PathBuf) -> Self {
         use std::io::BufRead;
         let mut child = Command::new("ip")
-            .args(["netns", "exec", lab.netns("client").expect("client netns")])
-            .args(["tcpdump", "-i", "eth0", "-U", "-n", "-w"])
+            .args(["netns", "exec", lab.netns(host).expect("the host's netns")])
+            // Immediate mode: without it the kernel hands frames over a
+            // block at a time (or after a second), and the frames of the
+            // last block are lost when tcpdump is stopped.
+            .args([
+                "tcpdump",
+                "-i",
+                "eth0",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-w",
+            ])
             .arg(&file)
-            .arg(format!(
-                "tcp[tcpflags] & tcp-rst != 0 and portrange {DOWNLOAD_PORTS}"
-            ))
+            .arg(filter)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -844,7 +866,7 @@ impl ResetCapture {
         signal(self.child.0.id(), "-INT");
         let _ = self.child.0.wait();
         let out = Command::new("tcpdump")
-            .args(["-n", "-r"])
+            .args(["-n", "-tt", "-r"])
             .arg(&self.file)
             .output()
             .expect("tcpdump -r");
@@ -855,17 +877,55 @@ impl ResetCapture {
     }
 }
 
-/// 20 rate-limited downloads of 64 MiB each, every one checked byte-exact.
+/// Keeps the client's own connections (curl loops, probes, `lab restart`'s
+/// checks) out of [`DOWNLOAD_PORTS`]: the kernel picks no ephemeral port
+/// from a reserved range, while curl's `--local-port` still binds there.
+/// So a capture of those ports sees the downloads only. Per namespace:
+/// it goes with the lab.
+pub fn reserve_download_ports(lab: &Lab) {
+    let out = lab
+        .run(
+            "client",
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.ip_local_reserved_ports={DOWNLOAD_PORTS}"),
+            ],
+        )
+        .expect("sysctl in the client's namespace");
+    assert!(
+        out.status.success(),
+        "reserving {DOWNLOAD_PORTS} in the client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `n` downloads of 64 MiB each at 8 MB/s, every one checked byte-exact.
 pub fn start_downloads(lab: &Lab, n: usize) -> Vec<std::process::Child> {
+    start_downloads_at(lab, &vec![DOWNLOAD_PORTS.to_owned(); n], "8M", 90)
+}
+
+/// A download of 64 MiB from each of `local_ports` (curl's `--local-port`:
+/// a port or a range within [`DOWNLOAD_PORTS`]), each limited to `rate`
+/// (curl's `--limit-rate`) and `max_time` seconds; each prints the sha256
+/// of what it got.
+pub fn start_downloads_at(
+    lab: &Lab,
+    local_ports: &[String],
+    rate: &str,
+    max_time: u32,
+) -> Vec<std::process::Child> {
+    reserve_download_ports(lab);
     let url = lab.url("/64m.bin");
-    (0..n)
-        .map(|_| {
+    local_ports
+        .iter()
+        .map(|ports| {
             Command::new("ip")
                 .args(["netns", "exec", lab.netns("client").expect("client netns")])
                 .args(["bash", "-c"])
                 .arg(format!(
-                    "set -o pipefail; curl -sS --noproxy '*' --fail --local-port {DOWNLOAD_PORTS} \
-                     --limit-rate 8M --max-time 90 {url} | sha256sum"
+                    "set -o pipefail; curl -sS --noproxy '*' --fail --local-port {ports} \
+                     --limit-rate {rate} --max-time {max_time} {url} | sha256sum"
                 ))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -875,16 +935,41 @@ pub fn start_downloads(lab: &Lab, n: usize) -> Vec<std::process::Child> {
         .collect()
 }
 
-/// A bounded loop of one-request connections through the VIP, until told
-/// to stop: (answers by curl's "%{http_code}" or exit status, count).
+/// What [`curl_loop`] saw.
+#[derive(Debug, Default)]
+pub struct LoopReport {
+    /// Connections by outcome: the HTTP status curl printed ("200"),
+    /// "refused", or "curl exit N".
+    pub seen: BTreeMap<String, u32>,
+    /// Every connection that did not get a 200.
+    pub failures: Vec<LoopFailure>,
+}
+
+/// One connection of [`curl_loop`] that did not get a 200.
+#[derive(Debug, Clone)]
+pub struct LoopFailure {
+    /// Its key in [`LoopReport::seen`].
+    pub what: String,
+    /// curl's exit status.
+    pub exit: Option<i32>,
+    /// When curl returned, in seconds since the Unix epoch.
+    pub at: f64,
+    /// Its client port, if curl had one (a connection refused has none).
+    pub port: Option<u16>,
+    /// curl's message.
+    pub message: String,
+}
+
+/// A bounded loop of one-request connections through the VIP, one after
+/// the other, until told to stop.
 pub fn curl_loop(
     lab: &Lab,
     stop: std::sync::mpsc::Receiver<()>,
-) -> std::thread::JoinHandle<BTreeMap<String, u32>> {
+) -> std::thread::JoinHandle<LoopReport> {
     let netns = lab.netns("client").expect("client netns").to_owned();
     let url = lab.url("/1k.bin");
     std::thread::spawn(move || {
-        let mut seen = BTreeMap::new();
+        let mut report = LoopReport::default();
         let t = std::time::Instant::now();
         for _ in 0..5000 {
             if stop.try_recv().is_ok() || t.elapsed() > Duration::from_secs(60) {
@@ -894,7 +979,7 @@ pub fn curl_loop(
                 .args(["netns", "exec", &netns])
                 .args([
                     "curl",
-                    "-s",
+                    "-sS",
                     "--noproxy",
                     "*",
                     "--max-time",
@@ -902,17 +987,32 @@ pub fn curl_loop(
                     "-o",
                     "/dev/null",
                 ])
-                .args(["-w", "%{http_code}", &url])
+                .args(["-w", "%{http_code} %{local_port}", &url])
                 .output()
                 .expect("curl");
-            let key = match out.status.code() {
-                Some(0) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            let written = String::from_utf8_lossy(&out.stdout);
+            let (code, port) = written.split_once(' ').unwrap_or((&written, ""));
+            let what = match out.status.code() {
+                Some(0) => code.to_owned(),
                 Some(7) => "refused".to_owned(),
                 other => format!("curl exit {other:?}"),
             };
-            *seen.entry(key).or_insert(0) += 1;
+            if what != "200" {
+                let failure = LoopFailure {
+                    what: what.clone(),
+                    exit: out.status.code(),
+                    at: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                    port: port.trim().parse().ok().filter(|p| *p != 0),
+                    message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                };
+                eprintln!("curl loop: {failure:?}");
+                report.failures.push(failure);
+            }
+            *report.seen.entry(what).or_insert(0) += 1;
         }
-        seen
+        report
     })
 }
 
@@ -933,12 +1033,25 @@ pub struct CaptureReport {
     /// Every segment with RST, one line each.
     pub resets: Vec<String>,
     /// Data segments from the server that repeat bytes already sent on
-    /// their flow (a retransmission: after a timeout, or a fast one).
+    /// their flow (a retransmission: after a timeout, a fast one, or a
+    /// tail loss probe).
     pub retransmissions: Vec<String>,
+    /// Those of [`CaptureReport::retransmissions`] whose first byte the
+    /// client had acknowledged at least [`ACK_SLACK`] before they reached
+    /// it: the server sent them again because the client's ACK did not
+    /// reach it (lost or held on the way through the fronts). The others
+    /// resend bytes the client had not acknowledged yet: the server probing
+    /// a receiver that holds its ACK back (a rate-limited reader with a
+    /// full window delays its ACKs), which no change of path causes.
+    pub resent_after_ack: Vec<String>,
     /// Server data bytes seen, all flows.
     pub data_bytes: u64,
     /// Flows (client ports) that carried data.
     pub flows: usize,
+    /// Per flow (client port): the bytes from its first data segment to
+    /// the highest byte seen, so a test can tell that the capture saw the
+    /// whole of each transfer.
+    pub spans: BTreeMap<u16, u64>,
 }
 
 impl FlowCapture {
@@ -946,10 +1059,25 @@ impl FlowCapture {
     /// ([`DOWNLOAD_PORTS`]); returns once it listens.
     pub fn start(lab: &Lab, file: std::path::PathBuf) -> Self {
         use std::io::BufRead;
+        reserve_download_ports(lab);
         let mut child = Command::new("ip")
             .args(["netns", "exec", lab.netns("client").expect("client netns")])
             .args([
-                "tcpdump", "-i", "eth0", "-U", "-n", "-s", "128", "-B", "16384", "-w",
+                "tcpdump",
+                "-i",
+                "eth0",
+                // Frames as they come: without it the kernel hands them over
+                // a block at a time (or after a second), and the last block's
+                // frames (a download's last 700 KB, seen) are lost when
+                // tcpdump is stopped.
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-s",
+                "128",
+                "-B",
+                "16384",
+                "-w",
             ])
             .arg(&file)
             .arg(format!("tcp and portrange {DOWNLOAD_PORTS}"))
@@ -987,20 +1115,38 @@ impl FlowCapture {
 }
 
 /// Reads a pcap of Ethernet/IPv4/TCP frames; see [`CaptureReport`].
+///
+/// Records are read raw and parsed leniently because the capture cuts
+/// frames at 128 bytes: pcap-file 2.0's checked reader refuses any record
+/// whose original length exceeds the file's snap length (every cut frame),
+/// and etherparse's strict slicing refuses an IP packet shorter than its
+/// `total_len`. A record that is not Ethernet/IPv4/TCP is counted and
+/// skipped; one longer than it says it was, or unreadable, fails the test.
 pub fn analyse_capture(file: &Path) -> CaptureReport {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
     let f = std::fs::File::open(file).expect("the capture file");
     let mut reader = pcap_file::pcap::PcapReader::new(io::BufReader::new(f)).expect("a pcap file");
+    let nanos = reader.header().ts_resolution == pcap_file::TsResolution::NanoSecond;
     let mut report = CaptureReport::default();
     // Per (server port, client port): the highest sequence number sent + 1.
     let mut high: BTreeMap<(u16, u16), u32> = BTreeMap::new();
-    while let Some(pkt) = reader.next_packet() {
+    let mut first: BTreeMap<(u16, u16), u32> = BTreeMap::new();
+    // Per flow: when the client's acknowledgement advanced, and to what.
+    let mut acks: BTreeMap<(u16, u16), Vec<(Duration, u32)>> = BTreeMap::new();
+    while let Some(pkt) = reader.next_raw_packet() {
         let pkt = pkt.expect("a readable capture record");
+        assert!(
+            pkt.incl_len <= pkt.orig_len && pkt.data.len() == pkt.incl_len as usize,
+            "a capture record of {} bytes says it kept {} of {}",
+            pkt.data.len(),
+            pkt.incl_len,
+            pkt.orig_len
+        );
         report.frames += 1;
-        let Ok(sliced) = SlicedPacket::from_ethernet(&pkt.data) else {
+        let Ok(sliced) = LaxSlicedPacket::from_ethernet(&pkt.data) else {
             continue;
         };
-        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) =
+        let (Some(LaxNetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) =
             (&sliced.net, &sliced.transport)
         else {
             continue;
@@ -1009,8 +1155,9 @@ pub fn analyse_capture(file: &Path) -> CaptureReport {
         let from_server = DOWNLOAD_PORTS_RANGE.contains(&tcp.destination_port());
         let line = || {
             format!(
-                "{:?} {}:{} > {}:{} seq {} ack {} flags{}{}{}{} len {}",
-                pkt.timestamp,
+                "{}.{:0w$} {}:{} > {}:{} seq {} ack {} flags{}{}{}{} len {}",
+                pkt.ts_sec,
+                pkt.ts_frac,
                 h.source_addr(),
                 tcp.source_port(),
                 h.destination_addr(),
@@ -1022,10 +1169,28 @@ pub fn analyse_capture(file: &Path) -> CaptureReport {
                 if tcp.rst() { " R" } else { "" },
                 if tcp.ack() { " ." } else { "" },
                 payload_len(h.total_len(), h.ihl(), tcp.data_offset()),
+                w = if nanos { 9 } else { 6 },
             )
         };
+        let at = Duration::new(
+            u64::from(pkt.ts_sec),
+            if nanos {
+                pkt.ts_frac
+            } else {
+                pkt.ts_frac * 1000
+            },
+        );
         if tcp.rst() {
             report.resets.push(line());
+        }
+        if !from_server && tcp.ack() && !tcp.rst() {
+            let seen = acks
+                .entry((tcp.destination_port(), tcp.source_port()))
+                .or_default();
+            let ack = tcp.acknowledgment_number();
+            if seen.last().is_none_or(|(_, a)| serial_lt(*a, ack)) {
+                seen.push((at, ack));
+            }
         }
         if !from_server || tcp.syn() {
             continue;
@@ -1037,24 +1202,53 @@ pub fn analyse_capture(file: &Path) -> CaptureReport {
         }
         report.data_bytes += u64::from(len);
         let key = (tcp.source_port(), tcp.destination_port());
-        let end = tcp.sequence_number().wrapping_add(len);
+        let start = tcp.sequence_number();
+        let end = start.wrapping_add(len);
         match high.get_mut(&key) {
             None => {
                 high.insert(key, end);
+                first.insert(key, start);
             }
             Some(hi) => {
-                // Serial-number arithmetic: an end at or before the highest
-                // sent so far repeats bytes.
-                if (end.wrapping_sub(*hi) as i32) <= 0 {
+                // A segment that starts below the highest byte sent so far
+                // repeats bytes.
+                if serial_lt(start, *hi) {
                     report.retransmissions.push(line());
-                } else {
+                    let acked = acks.get(&key).and_then(|v| {
+                        let before = at.checked_sub(ACK_SLACK)?;
+                        let i = v.partition_point(|(t, _)| *t <= before);
+                        i.checked_sub(1).map(|i| v[i].1)
+                    });
+                    if let Some(a) = acked.filter(|a| serial_lt(start, *a)) {
+                        report
+                            .resent_after_ack
+                            .push(format!("{} (the client had acknowledged {a})", line()));
+                    }
+                }
+                if serial_lt(*hi, end) {
                     *hi = end;
                 }
             }
         }
     }
     report.flows = high.len();
+    report.spans = high
+        .iter()
+        .map(|(k, hi)| (k.1, u64::from(hi.wrapping_sub(first[k]))))
+        .collect();
     report
+}
+
+/// How long before a retransmission reached the client its ACK must have
+/// left for the retransmission to count as caused by that ACK's loss: a
+/// round trip through the router and a front on a busy machine, well
+/// below the sender's shortest timer (a tail loss probe, 10 ms or more
+/// after the last ACK it got).
+pub const ACK_SLACK: Duration = Duration::from_millis(5);
+
+/// `a < b` in sequence-number (serial) arithmetic.
+fn serial_lt(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) > 0
 }
 
 fn payload_len(total_len: u16, ihl: u8, data_offset: u8) -> u32 {
