@@ -1177,7 +1177,7 @@ pub fn analyse_capture(file: &Path) -> CaptureReport {
             if nanos {
                 pkt.ts_frac
             } else {
-                pkt.ts_frac * 1000
+                pkt.ts_frac.saturating_mul(1000)
             },
         );
         if tcp.rst() {
